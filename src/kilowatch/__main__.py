@@ -1,0 +1,3 @@
+from kilowatch.cli.app import main
+
+main()

@@ -1,0 +1,122 @@
+"""What decoders make of a message: normalised, unit-converted values (BRIEF "Public contracts").
+
+Units out: Wh, W, V, A, Hz, VA, var. A field the message does not carry is ``None`` and absent from
+``to_json()``, never zero. ``device`` is the identity the message itself shows: the ``src`` of an RPC
+frame, else the device part of the topic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+
+class _JsonMixin:
+    __slots__ = ()
+    kind: ClassVar[str]
+
+    def to_json(self) -> dict[str, Any]:
+        """The public JSON shape: ``kind`` first, then every field that is not ``None``."""
+        out: dict[str, Any] = {"kind": self.kind}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if value is not None:
+                out[f.name] = value
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Reading(_JsonMixin):
+    """Instantaneous metrics and cumulative counters of one channel at one instant."""
+
+    device: str
+    channel: str
+    ts: float
+    power_w: float | None = None
+    voltage_v: float | None = None
+    current_a: float | None = None
+    frequency_hz: float | None = None
+    energy_wh: float | None = None
+    """Cumulative imported (consumed) energy counter, Wh."""
+    returned_energy_wh: float | None = None
+    """Cumulative exported (returned) energy counter, Wh."""
+    apparent_power_va: float | None = None
+    reactive_power_var: float | None = None
+    power_factor: float | None = None
+
+    kind: ClassVar[str] = "reading"
+
+
+@dataclass(frozen=True, slots=True)
+class Interval(_JsonMixin):
+    """Energy measured over ``[start, end)`` (unix seconds), e.g. one hour of the metering script."""
+
+    device: str
+    channel: str
+    start: int
+    end: int
+    energy_wh: float
+    returned_energy_wh: float = 0.0
+
+    kind: ClassVar[str] = "interval"
+
+
+@dataclass(frozen=True, slots=True)
+class Availability(_JsonMixin):
+    """The device said it is online or offline (``<prefix>/online``, Tasmota ``LWT``...)."""
+
+    device: str
+    online: bool
+    ts: float
+
+    kind: ClassVar[str] = "availability"
+
+
+@dataclass(frozen=True, slots=True)
+class Event(_JsonMixin):
+    """A device event (``NotifyEvent`` item): ``ota_progress``, ``config_changed``, a script event..."""
+
+    device: str
+    ts: float
+    component: str
+    event: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    kind: ClassVar[str] = "event"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo(_JsonMixin):
+    """What a message tells about the device itself (model, firmware, MAC, name, uptime)."""
+
+    device: str
+    ts: float
+    mac: str | None = None
+    model: str | None = None
+    gen: int | None = None
+    fw_ver: str | None = None
+    name: str | None = None
+    uptime_s: int | None = None
+    ip: str | None = None
+    available_update: str | None = None
+
+    kind: ClassVar[str] = "device_info"
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine(_JsonMixin):
+    """One debug log line (``<device id> <seq> <unix ts> <level>|<file:line> <message>``)."""
+
+    device: str
+    ts: float
+    message: str
+    level: int | None = None
+    seq: int | None = None
+    source: str | None = None
+
+    kind: ClassVar[str] = "log"
+
+
+Message = Reading | Interval | Availability | Event | DeviceInfo | LogLine
+
+__all__ = ["Availability", "DeviceInfo", "Event", "Interval", "LogLine", "Message", "Reading"]

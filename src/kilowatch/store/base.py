@@ -1,0 +1,190 @@
+"""The one store interface. Backends: SQLite (``sqlite:///file.db``), Redis (``redis://``, ``rediss://``)
+and Redis Cluster. Every backend passes the same conformance suite (``tests/store/test_conformance.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Literal, Protocol, Self
+
+from kilowatch.collect.messages import Event, LogLine, Reading
+from kilowatch.ledger.slots import SlotEnergy
+
+Bucket = Literal["15min", "hour", "day", "month"]
+Grouping = Literal["channel", "device", "total"]
+ChannelKey = tuple[str, str]
+"""(device id, channel name)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceUpdate:
+    """A partial update of a device record: ``None`` fields are left as they are."""
+
+    device: str
+    last_seen: float | None = None
+    online: bool | None = None
+    mac: str | None = None
+    model: str | None = None
+    gen: int | None = None
+    fw_ver: str | None = None
+    available_update: str | None = None
+    name: str | None = None
+    ip: str | None = None
+    source: str | None = None
+    """Which decoder family saw it: ``shelly``, ``shelly-gen1``, ``tasmota``, ``zigbee2mqtt``, ``hourly``."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    device: str
+    first_seen: float | None = None
+    last_seen: float | None = None
+    online: bool | None = None
+    mac: str | None = None
+    model: str | None = None
+    gen: int | None = None
+    fw_ver: str | None = None
+    available_update: str | None = None
+    name: str | None = None
+    """The name the device reports about itself."""
+    label: str | None = None
+    """The name a user gave it in kilowatch (rename); shown instead of ``name`` when set."""
+    room: str | None = None
+    ip: str | None = None
+    source: str | None = None
+    channels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that could not be decoded: kept (bounded) so a user can see what and why."""
+
+    ts: float
+    topic: str
+    payload: bytes
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Everything one ingest step changes, committed atomically by :meth:`Store.commit`.
+
+    ``slots`` are added to what is stored; ``ledger_states`` replace the saved ledger state of their
+    channels (opaque JSON-able dicts owned by ``kilowatch.ledger``), so that after a crash the stored
+    energy and the ledger state always agree.
+    """
+
+    slots: Sequence[SlotEnergy] = ()
+    ledger_states: Mapping[ChannelKey, dict[str, Any]] = field(default_factory=dict)
+    devices: Sequence[DeviceUpdate] = ()
+    latest: Sequence[Reading] = ()
+    events: Sequence[Event] = ()
+    logs: Sequence[LogLine] = ()
+    dead_letters: Sequence[DeadLetter] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EnergyQuery:
+    """Energy per bucket of local time in ``tz`` over ``[start, end)`` (aware datetimes or dates)."""
+
+    by: Bucket
+    tz: str
+    start: datetime
+    end: datetime
+    devices: tuple[str, ...] = ()
+    """Empty: every device."""
+    channels: tuple[str, ...] = ()
+    """Empty: every channel."""
+    group: Grouping = "channel"
+
+
+@dataclass(frozen=True, slots=True)
+class EnergyRow:
+    device: str | None
+    """``None`` when grouped over all devices."""
+    channel: str | None
+    """``None`` when grouped over channels."""
+    start: datetime
+    end: datetime
+    energy_wh: float
+    returned_energy_wh: float
+    estimated: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "channel": self.channel,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "energy_wh": self.energy_wh,
+            "returned_energy_wh": self.returned_energy_wh,
+            "estimated": self.estimated,
+        }
+
+
+class Store(Protocol):
+    """What the rest of kilowatch needs from storage. Use as ``async with open_store(url) as store``."""
+
+    url: str
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def commit(self, batch: Batch) -> None:
+        """Apply ``batch`` atomically: all of it is stored, or none of it."""
+
+    async def load_ledger_states(self) -> dict[ChannelKey, dict[str, Any]]:
+        """Every saved ledger state, to resume exactly where the last run stopped."""
+
+    async def energy(self, query: EnergyQuery) -> list[EnergyRow]:
+        """Energy per bucket; buckets without data are omitted. Rows sorted by start, device, channel."""
+
+    async def devices(self) -> list[DeviceRecord]: ...
+
+    async def device(self, device: str) -> DeviceRecord | None: ...
+
+    async def set_device_label(
+        self, device: str, *, label: str | None = None, room: str | None = None
+    ) -> None:
+        """User's rename / room assignment (``None`` leaves a field as it is, ``""`` clears it)."""
+
+    async def latest(self, device: str | None = None) -> list[Reading]:
+        """Last reading of each channel (of one device, or all)."""
+
+    async def events(self, device: str | None = None, limit: int = 100) -> list[Event]: ...
+
+    async def logs(self, device: str | None = None, limit: int = 100) -> list[LogLine]: ...
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]: ...
+
+    async def dead_letter_counts(self) -> dict[str, int]:
+        """Count of dead letters ever seen, by reason."""
+
+    async def get_meta(self, key: str) -> Any | None:
+        """A JSON value kept by other parts of kilowatch (settings, users, tokens)."""
+
+    async def put_meta(self, key: str, value: Any) -> None: ...
+
+
+__all__ = [
+    "Batch",
+    "Bucket",
+    "ChannelKey",
+    "DeadLetter",
+    "DeviceRecord",
+    "DeviceUpdate",
+    "EnergyQuery",
+    "EnergyRow",
+    "Grouping",
+    "Store",
+]
