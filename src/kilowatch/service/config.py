@@ -1,0 +1,363 @@
+"""Settings of ``kilowatch serve`` and of every command that opens the store.
+
+One precedence, highest first:
+
+1. command-line flags (only the ones the user actually passed);
+2. ``KILOWATCH_<KEY>`` environment variables (``KILOWATCH_STORE``, ``KILOWATCH_HTTP_PORT``...);
+3. the TOML file: ``--config FILE``, else ``$KILOWATCH_CONFIG``, else
+   ``~/.config/kilowatch/config.toml`` when it exists (flat ``key = value`` pairs, keys as below);
+4. defaults.
+
+Every setting has the same name everywhere: TOML key ``mqtt_port``, environment variable
+``KILOWATCH_MQTT_PORT``, flag ``--mqtt-port``. An invalid value raises :class:`ConfigError` naming
+the key, the value and where it came from. ``docs/configuration.md`` lists them all (a test keeps it
+complete).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from kilowatch.errors import ConfigError
+
+ENV_PREFIX = "KILOWATCH_"
+CONFIG_ENV = "KILOWATCH_CONFIG"
+"""Environment variable naming the TOML file (when ``--config`` is not given)."""
+DEFAULT_CONFIG_FILE = Path("~/.config/kilowatch/config.toml")
+DEFAULT_MQTT_PORT = 1883
+"""IANA-registered MQTT port; the embedded broker binds it by default."""
+DEFAULT_MQTTS_PORT = 8883
+"""IANA-registered MQTT-over-TLS port."""
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    """``key=value`` lines (logfmt)."""
+    JSON = "json"
+    """One JSON object per line."""
+
+
+def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_DATA_HOME/kilowatch``, else ``~/.local/share/kilowatch`` (XDG Base Directory spec)."""
+    env = os.environ if env is None else env
+    base = env.get("XDG_DATA_HOME") or str(Path("~/.local/share").expanduser())
+    return Path(base) / "kilowatch"
+
+
+def default_client_id() -> str:
+    """Fixed per machine, so the broker keeps our persistent session across restarts."""
+    return f"kilowatch-{socket.gethostname()}"
+
+
+def default_timezone(env: Mapping[str, str] | None = None) -> str:
+    """The machine's IANA zone: ``$TZ``, else the target of ``/etc/localtime``, else ``UTC``."""
+    env = os.environ if env is None else env
+    tz = env.get("TZ", "").lstrip(":")
+    if tz and _is_zone(tz):
+        return tz
+    try:
+        target = str(Path("/etc/localtime").resolve())
+    except OSError:
+        return "UTC"
+    marker = "/zoneinfo/"
+    if marker in target:
+        name = target.split(marker, 1)[1]
+        if _is_zone(name):
+            return name
+    return "UTC"
+
+
+def _is_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+class Settings(BaseModel):
+    """Every setting of kilowatch. Build it with :func:`load_settings`, not directly."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data_dir: Path = Field(description="Directory of the default SQLite file.")
+    store: str | None = Field(
+        default=None,
+        description="Store URL: sqlite:///path/file.db, redis://host:port/db, rediss://...; "
+        "default sqlite:///<data_dir>/kilowatch.db.",
+    )
+    broker: str = Field(
+        default="embedded",
+        description="'embedded' (run the built-in broker) or mqtt://user:pass@host:port, mqtts://...",
+    )
+    mqtt_host: str = Field(default="127.0.0.1", description="Address the embedded broker binds.")
+    mqtt_port: int = Field(
+        default=DEFAULT_MQTT_PORT, ge=0, le=65535, description="Port the embedded broker binds."
+    )
+    mqtt_user: str | None = Field(
+        default=None,
+        description="User the embedded broker requires (required when mqtt_host is not loopback); "
+        "also the user for an external broker whose URL has none.",
+    )
+    mqtt_password: str | None = Field(
+        default=None, description="Password that goes with mqtt_user."
+    )
+    mqtt_client_id: str = Field(
+        default_factory=default_client_id,
+        description="MQTT client id; fixed, so the broker keeps our session while we are down.",
+    )
+    mqtt_ca: Path | None = Field(
+        default=None, description="CA bundle (PEM) to verify an mqtts:// broker."
+    )
+    mqtt_cert: Path | None = Field(
+        default=None, description="Client certificate (PEM) for mutual TLS."
+    )
+    mqtt_key: Path | None = Field(default=None, description="Private key (PEM) of mqtt_cert.")
+    mqtt_insecure: bool = Field(
+        default=False, description="Accept any certificate from an mqtts:// broker (testing only)."
+    )
+    tasmota_topics: tuple[str, ...] = Field(
+        default=(),
+        description="Custom Tasmota full topics (e.g. 'home/%topic%/%prefix%/'); the default "
+        "'%prefix%/%topic%/' is always understood.",
+    )
+    zigbee2mqtt_topics: tuple[str, ...] = Field(
+        default=("zigbee2mqtt",), description="Zigbee2MQTT base topics."
+    )
+    http_host: str = Field(default="127.0.0.1", description="Address the web app binds.")
+    http_port: int = Field(default=8000, ge=0, le=65535, description="Port the web app binds.")
+    tz: str = Field(
+        default_factory=default_timezone,
+        description="Site time zone (IANA name) for hours and days.",
+    )
+    log_level: LogLevel = Field(default=LogLevel.INFO, description="DEBUG, INFO, WARNING or ERROR.")
+    log_format: LogFormat = Field(
+        default=LogFormat.TEXT, description="'text' (key=value) or 'json'."
+    )
+
+    @field_validator("tz")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        if not _is_zone(value):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Europe/Sofia)")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        if value != "embedded":
+            parse_broker_url(value)
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in {"sqlite", "redis", "rediss"}:
+            raise ValueError("a store URL starts with sqlite:///, redis:// or rediss://")
+        return value
+
+    @field_validator("tasmota_topics", "zigbee2mqtt_topics", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        # Environment variables and flags give one string: comma-separated.
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @property
+    def store_url(self) -> str:
+        """The store URL in effect: ``store``, else the SQLite file in ``data_dir``."""
+        return self.store or sqlite_url(self.data_dir / "kilowatch.db")
+
+    @property
+    def embedded(self) -> bool:
+        return self.broker == "embedded"
+
+
+def sqlite_url(path: Path) -> str:
+    """``sqlite:///`` followed by the path (absolute paths therefore give four slashes)."""
+    return f"sqlite:///{path}"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    """An external broker, parsed from ``mqtt://user:pass@host:port`` or ``mqtts://...``."""
+
+    host: str
+    port: int
+    tls: bool
+    user: str | None = None
+    password: str | None = None
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """Parse a broker URL; raise ``ValueError`` saying what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"mqtt", "mqtts"}:
+        raise ValueError("a broker is 'embedded', mqtt://user:pass@host:port or mqtts://...")
+    if not parts.hostname:
+        raise ValueError("the broker URL has no host")
+    try:
+        port = parts.port
+    except ValueError as err:
+        raise ValueError(f"bad port in broker URL: {err}") from None
+    tls = parts.scheme == "mqtts"
+    return BrokerAddress(
+        host=parts.hostname,
+        port=port or (DEFAULT_MQTTS_PORT if tls else DEFAULT_MQTT_PORT),
+        tls=tls,
+        user=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )
+
+
+def setting_names() -> list[str]:
+    """Every setting key, in declaration order (for docs and their test)."""
+    return list(Settings.model_fields)
+
+
+def env_var(key: str) -> str:
+    return ENV_PREFIX + key.upper()
+
+
+def flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def config_file_path(explicit: Path | None, env: Mapping[str, str]) -> tuple[Path | None, str]:
+    """The TOML file to read and how it was chosen (``None`` when there is none)."""
+    if explicit is not None:
+        return explicit, "--config"
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV]).expanduser(), f"${CONFIG_ENV}"
+    default = DEFAULT_CONFIG_FILE.expanduser()
+    return (default, "default config file") if default.is_file() else (None, "")
+
+
+def _read_toml(path: Path, how: str) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} (from {how}) does not exist") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {path} is not valid TOML: {err}") from err
+    return data
+
+
+def load_settings(
+    cli: Mapping[str, Any] | None = None,
+    *,
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Merge flags > ``KILOWATCH_*`` environment > TOML file > defaults into one :class:`Settings`.
+
+    ``cli`` holds the flags the user passed (``None`` values mean "not given" and are ignored).
+    Raises :class:`ConfigError` with the key, the value and its source when a value is invalid.
+    """
+    env = os.environ if env is None else env
+    known = set(Settings.model_fields)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    path, how = config_file_path(config_file, env)
+    if path is not None:
+        for key, value in _read_toml(path, how).items():
+            if key not in known:
+                raise ConfigError(
+                    f"unknown setting {key!r} in config file {path}; known settings: "
+                    + ", ".join(sorted(known))
+                )
+            values[key], sources[key] = value, f"config file {path}"
+    for key in known:
+        name = env_var(key)
+        if env.get(name, "") != "":
+            values[key], sources[key] = env[name], f"environment variable {name}"
+    for key, value in (cli or {}).items():
+        if key not in known:
+            raise ConfigError(f"unknown setting {key!r}")  # a programming error in a CLI command
+        if value is not None:
+            values[key], sources[key] = value, f"flag {flag(key)}"
+    if "data_dir" not in values:
+        values["data_dir"] = default_data_dir(env)
+        sources["data_dir"] = "default"
+    if "tz" not in values:
+        values["tz"] = default_timezone(env)
+        sources["tz"] = "default"
+    try:
+        settings = Settings.model_validate(values)
+    except ValidationError as err:
+        raise _config_error(err, values, sources) from None
+    return _expand_paths(settings)
+
+
+def _expand_paths(settings: Settings) -> Settings:
+    updates: dict[str, Any] = {"data_dir": settings.data_dir.expanduser()}
+    for key in ("mqtt_ca", "mqtt_cert", "mqtt_key"):
+        value = getattr(settings, key)
+        if value is not None:
+            updates[key] = value.expanduser()
+    return settings.model_copy(update=updates)
+
+
+def _config_error(
+    err: ValidationError, values: Mapping[str, Any], sources: Mapping[str, str]
+) -> ConfigError:
+    first = err.errors()[0]
+    key = str(first["loc"][0]) if first["loc"] else "?"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    value = values.get(key)
+    shown = "***" if key == "mqtt_password" else repr(value)
+    return ConfigError(f"invalid {key} = {shown} (from {sources.get(key, 'default')}): {message}")
+
+
+def resolve_store_url(store: str | None = None, *, config_file: Path | None = None) -> str:
+    """The store URL a command should open: ``--store``, else env, else config file, else default.
+
+    For CLI commands other than ``serve`` (``energy``, ``devices``, ``deadletters``...).
+    """
+    return load_settings({"store": store}, config_file=config_file).store_url
+
+
+__all__ = [
+    "BrokerAddress",
+    "LogFormat",
+    "LogLevel",
+    "Settings",
+    "default_client_id",
+    "default_data_dir",
+    "default_timezone",
+    "env_var",
+    "flag",
+    "load_settings",
+    "parse_broker_url",
+    "resolve_store_url",
+    "setting_names",
+    "sqlite_url",
+]
