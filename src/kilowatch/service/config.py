@@ -134,12 +134,15 @@ class Settings(BaseModel):
     mqtt_insecure: bool = Field(
         default=False, description="Accept any certificate from an mqtts:// broker (testing only)."
     )
-    tasmota_topics: tuple[str, ...] = Field(
-        default=(),
-        description="Custom Tasmota full topics (e.g. 'home/%topic%/%prefix%/'); the default "
-        "'%prefix%/%topic%/' is always understood.",
+    shelly_topic_prefixes: tuple[str, ...] = Field(
+        default=("+",),
+        description="MQTT filter fragments for Shelly Gen2+ topic prefixes ('+' = any one level; "
+        "add e.g. 'home/+' for two-level prefixes).",
     )
-    zigbee2mqtt_topics: tuple[str, ...] = Field(
+    tasmota_full_topics: tuple[str, ...] = Field(
+        default=("%prefix%/%topic%/",), description="Tasmota FullTopic patterns."
+    )
+    zigbee2mqtt_base_topics: tuple[str, ...] = Field(
         default=("zigbee2mqtt",), description="Zigbee2MQTT base topics."
     )
     http_host: str = Field(default="127.0.0.1", description="Address the web app binds.")
@@ -179,7 +182,9 @@ class Settings(BaseModel):
             raise ValueError("a store URL starts with sqlite:///, redis:// or rediss://")
         return value
 
-    @field_validator("tasmota_topics", "zigbee2mqtt_topics", mode="before")
+    @field_validator(
+        "shelly_topic_prefixes", "tasmota_full_topics", "zigbee2mqtt_base_topics", mode="before"
+    )
     @classmethod
     def _split(cls, value: Any) -> Any:
         # Environment variables and flags give one string: comma-separated.

@@ -1,7 +1,7 @@
-"""In-process fan-out of fresh readings to live consumers (the web app's SSE stream, the CLI's watch).
+"""In-process fan-out of fresh readings to live consumers (the web app's SSE stream, CLI watch).
 
-The ingest pipeline publishes; each subscriber has its own bounded queue, and a subscriber that falls
-behind loses the oldest *live* updates (never stored data: live values are only a view).
+The ingest pipeline publishes; each subscriber has its own bounded queue, and a subscriber that
+falls behind loses the oldest *live* updates (never stored data: live values are only a view).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ SUBSCRIBER_QUEUE_SIZE = 256
 
 
 class LiveHub:
-    """Publish batches of readings to any number of subscribers, without ever blocking the publisher."""
+    """Publish batches of readings to any number of subscribers, never blocking the publisher."""
 
     def __init__(self) -> None:
         self._queues: set[asyncio.Queue[list[Reading]]] = set()

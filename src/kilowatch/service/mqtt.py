@@ -1,0 +1,299 @@
+"""The MQTT intake: a paho-mqtt 2.x client that never loses a message.
+
+- QoS 1 subscriptions on a persistent session (fixed client id, ``clean_session`` off, MQTT
+  3.1.1 — the one version every broker we support speaks, NATS included), so what is published while
+  kilowatch is down waits in the broker.
+- Manual acknowledgements: a message is acknowledged (PUBACK) only after the batch that holds it
+  has been committed to the store (:meth:`MqttIntake.ack`). A crash before that makes the broker
+  redeliver it; the ledger makes a redelivery count nothing twice.
+- paho's own network thread reads the socket (see ``bench/README.md``); it appends to a buffer
+  under a lock and wakes the event loop once per burst, never once per message. The asyncio side
+  takes whole batches with :meth:`MqttIntake.next_batch`.
+- Reconnection is ours, not paho's: jittered, capped exponential backoff, each attempt logged.
+
+paho exceptions never leave this module: they become :class:`BrokerError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NamedTuple, Self
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from kilowatch.errors import BrokerError
+
+log = logging.getLogger("kilowatch.mqtt")
+
+KEEPALIVE_S = 60
+"""MQTT keep-alive; the broker drops us after 1.5× this without traffic (MQTT 3.1.1 §3.1.2.10)."""
+CONNECT_TIMEOUT_S = 10.0
+"""How long one TCP + TLS + CONNECT/CONNACK attempt may take."""
+BACKOFF_MIN_S = 0.5
+BACKOFF_MAX_S = 30.0
+"""Reconnect delays double from BACKOFF_MIN_S up to BACKOFF_MAX_S, each with ±50 % jitter so that
+many clients restarted together do not reconnect in lock-step."""
+QOS = 1
+
+
+class Delivery(NamedTuple):
+    """One received message and what it takes to acknowledge it."""
+
+    topic: str
+    payload: bytes
+    received_at: float
+    mid: int
+    """Packet id of the PUBLISH on connection ``generation`` (0 for QoS 0: nothing to ack)."""
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class MqttOptions:
+    """Where and how to connect. Built from :class:`kilowatch.service.config.Settings`."""
+
+    host: str
+    port: int
+    client_id: str
+    user: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    insecure: bool = False
+    keepalive: int = KEEPALIVE_S
+
+
+def backoff_delays(
+    *,
+    minimum: float = BACKOFF_MIN_S,
+    maximum: float = BACKOFF_MAX_S,
+    rng: random.Random | None = None,
+) -> Any:
+    """Endless jittered, capped exponential delays: ~min, ~2·min, ~4·min ... ~max."""
+    rng = rng or random.Random()
+    delay = minimum
+    while True:
+        yield delay * rng.uniform(0.5, 1.5)
+        delay = min(delay * 2, maximum)
+
+
+def ssl_context(options: MqttOptions) -> ssl.SSLContext:
+    """The TLS context for ``mqtts://``: system CAs or ``ca``, client cert, optional insecure."""
+    try:
+        ctx = ssl.create_default_context(cafile=str(options.ca) if options.ca else None)
+        if options.cert is not None:
+            ctx.load_cert_chain(str(options.cert), str(options.key) if options.key else None)
+    except (OSError, ssl.SSLError) as err:
+        raise BrokerError(
+            f"cannot load the MQTT TLS files (mqtt_ca/mqtt_cert/mqtt_key): {err}"
+        ) from err
+    if options.insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class MqttIntake:
+    """Subscribe to ``filters`` and hand batches of :class:`Delivery` to the asyncio side.
+
+    Use as ``async with MqttIntake(options, filters) as intake`` and run :meth:`run` in the owner's
+    TaskGroup; it connects, and reconnects whenever the connection drops, until cancelled.
+    """
+
+    def __init__(self, options: MqttOptions, filters: Sequence[str]) -> None:
+        self.options = options
+        self.filters = tuple(dict.fromkeys(filters))
+        self.connected = asyncio.Event()
+        self._lock = threading.Lock()
+        self._buffer: list[Delivery] = []
+        self._waiting = False
+        self._wakeup = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._generation = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client = self._make_client()
+        self._refused: str | None = None
+        self.received = 0
+        self.acked = 0
+
+    def _make_client(self) -> paho.Client:
+        o = self.options
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=o.client_id,
+            clean_session=False,
+            protocol=paho.MQTTv311,
+            manual_ack=True,
+            reconnect_on_failure=False,  # we reconnect ourselves, with jitter and logs
+        )
+        if o.user is not None:
+            client.username_pw_set(o.user, o.password)
+        if o.tls:
+            client.tls_set_context(ssl_context(o))
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    async def __aenter__(self) -> Self:
+        self._loop = asyncio.get_running_loop()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Send the acknowledgements still queued, disconnect, stop paho's thread."""
+        self._generation += 1
+        if self.connected.is_set():
+            self._client.disconnect()
+        await asyncio.to_thread(self._client.loop_stop)
+        self.connected.clear()
+
+    # -- network thread -------------------------------------------------------------------------
+
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            self._refused = str(reason)
+            return
+        self._refused = None
+        # Subscribing again is harmless when the broker kept the session, and needed when it did not
+        # (expired, or a broker restart without persistence).
+        client.subscribe([(f, QOS) for f in self.filters])
+        session = "resumed" if flags.session_present else "new"
+        self._call_soon(self.connected.set)
+        log.info(
+            "mqtt connected host=%s port=%s client_id=%s session=%s",
+            self.options.host, self.options.port, self.options.client_id, session,
+        )  # fmt: skip
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        self._call_soon(self._connection_lost)
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        delivery = Delivery(
+            msg.topic, bytes(msg.payload), time.time(), msg.mid if msg.qos else 0, self._generation
+        )
+        with self._lock:
+            self._buffer.append(delivery)
+            wake = self._waiting
+            self._waiting = False
+        if wake:
+            # One wake-up per burst: the asyncio side takes everything that piled up meanwhile.
+            self._call_soon(self._wakeup.set)
+
+    def _call_soon(self, fn: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(fn)
+
+    # -- asyncio side ---------------------------------------------------------------------------
+
+    def _connection_lost(self) -> None:
+        self.connected.clear()
+        self._lost.set()
+
+    async def next_batch(self, max_items: int) -> list[Delivery]:
+        """Wait for messages, then return up to ``max_items`` of them (whatever has arrived)."""
+        while True:
+            with self._lock:
+                if self._buffer:
+                    batch = self._buffer[:max_items]
+                    del self._buffer[:max_items]
+                    return batch
+                self._waiting = True
+                self._wakeup.clear()
+            await self._wakeup.wait()
+
+    def take_pending(self) -> list[Delivery]:
+        """Everything received and not yet taken (for the final flush at shutdown)."""
+        with self._lock:
+            batch, self._buffer = self._buffer, []
+        return batch
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge committed messages (an earlier connection's are redelivered anyway)."""
+        generation = self._generation
+        ack = self._client.ack
+        n = 0
+        for d in deliveries:
+            if d.mid and d.generation == generation:
+                ack(d.mid, QOS)
+                n += 1
+        self.acked += n
+
+    async def run(self) -> None:
+        """Connect, and reconnect with jittered capped exponential backoff, until cancelled."""
+        delays = backoff_delays()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._connect_once()
+            except BrokerError as err:
+                delay = next(delays)
+                log.warning(
+                    "mqtt connect failed attempt=%d error=%r retry_in_s=%.2f",
+                    attempt,
+                    str(err),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+            delays = backoff_delays()
+            await self._lost.wait()
+            await asyncio.to_thread(self._client.loop_stop)
+            delay = next(delays)
+            log.warning("mqtt connection lost retry_in_s=%.2f", delay)
+            await asyncio.sleep(delay)
+
+    async def _connect_once(self) -> None:
+        o = self.options
+        self._lost.clear()
+        self._generation += 1
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                rc = await asyncio.to_thread(self._client.connect, o.host, o.port, o.keepalive)
+        except (OSError, TimeoutError, ssl.SSLError) as err:
+            raise BrokerError(f"cannot connect to MQTT broker {o.host}:{o.port}: {err}") from err
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise BrokerError(
+                f"cannot connect to MQTT broker {o.host}:{o.port}: {paho.error_string(rc)}"
+            )
+        self._client.loop_start()
+        connected = asyncio.create_task(self.connected.wait())
+        lost = asyncio.create_task(self._lost.wait())
+        try:
+            done, _ = await asyncio.wait({connected, lost}, timeout=CONNECT_TIMEOUT_S)
+        finally:
+            connected.cancel()
+            lost.cancel()
+        if connected not in done:
+            self._client.disconnect()
+            await asyncio.to_thread(self._client.loop_stop)
+            why = self._refused or "no CONNACK"
+            raise BrokerError(f"MQTT broker {o.host}:{o.port} refused the connection: {why}")
+
+
+__all__ = ["Delivery", "MqttIntake", "MqttOptions", "backoff_delays", "ssl_context"]
