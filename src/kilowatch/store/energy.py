@@ -1,0 +1,138 @@
+"""Turning per-channel bucket sums into :class:`EnergyRow` s: the grouping rules both backends share.
+
+A backend computes *cells*: ``(device, channel, bucket key) -> [import mWh, export mWh, estimated]``
+(SQLite in SQL, Redis in Python via :func:`add_raw`), plus the *shadowed* ``hourly`` energy: the part of
+a device's ``hourly`` channel that falls in UTC hours in which the device has data on another selected
+channel. :func:`rows` then applies the "Names" rules of docs/architecture.md for ``device`` and
+``total`` groupings:
+
+- a part ``p/q`` counts only when the device has no selected channel ``p``;
+- ``hourly`` counts only for the hours without other channels' data (the shadowed energy is taken out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TypeAlias
+
+from kilowatch.store.base import EnergyQuery, EnergyRow
+from kilowatch.store.periods import Plan
+
+HOURLY = "hourly"
+"""The channel of the hourly metering script (and of hours an EMQX sink wrote in the seed layout)."""
+
+Cell: TypeAlias = list[int]
+"""``[import mWh, export mWh, estimated (0/1)]``."""
+Cells: TypeAlias = dict[tuple[str, str, int], Cell]
+Shadow: TypeAlias = dict[tuple[str, int], list[int]]
+"""``(device, bucket key) -> [import mWh, export mWh]`` of ``hourly`` energy not to count."""
+
+
+def parent(channel: str) -> str | None:
+    """``em:0`` for the part ``em:0/a``; ``None`` for a top-level channel."""
+    head, sep, _ = channel.partition("/")
+    return head if sep else None
+
+
+def selected(query: EnergyQuery, device: str, channel: str) -> bool:
+    """Whether the query's device and channel filters let ``(device, channel)`` through."""
+    return (not query.devices or device in query.devices) and (
+        not query.channels or channel in query.channels
+    )
+
+
+def add(cells: Cells, device: str, channel: str, key: int, imp: int, exp: int, est: bool) -> None:
+    """Add one slot's (or hour's) energy to its cell."""
+    cell = cells.get((device, channel, key))
+    if cell is None:
+        cells[(device, channel, key)] = [imp, exp, int(est)]
+    else:
+        cell[0] += imp
+        cell[1] += exp
+        cell[2] |= int(est)
+
+
+def shadow_hourly(
+    plan: Plan,
+    hourly: Iterable[tuple[str, int, int, int]],
+    covered: Mapping[str, set[int]],
+) -> Shadow:
+    """Shadowed hourly energy from ``(device, ts, import, export)`` of the ``hourly`` channel.
+
+    ``covered[device]`` holds the UTC hour starts in which the device has other channels' data.
+    """
+    out: Shadow = {}
+    for device, ts, imp, exp in hourly:
+        hours = covered.get(device)
+        if hours and ts // 3600 * 3600 in hours:
+            acc = out.setdefault((device, plan.key(ts)), [0, 0])
+            acc[0] += imp
+            acc[1] += exp
+    return out
+
+
+def rows(
+    plan: Plan,
+    query: EnergyQuery,
+    cells: Cells,
+    shadow: Shadow | None = None,
+) -> list[EnergyRow]:
+    """Group ``cells`` as the query asks and label the buckets in local time."""
+    if query.group == "channel":
+        grouped: dict[tuple[str | None, str | None, int], Cell] = {
+            (d, c, k): v for (d, c, k), v in cells.items()
+        }
+    else:
+        grouped = _grouped(query, cells, shadow or {})
+    labels: dict[int, tuple[object, object]] = {}
+    out: list[EnergyRow] = []
+    for (device, channel, key), (imp, exp, est) in grouped.items():
+        label = labels.get(key)
+        if label is None:
+            label = labels[key] = plan.label(key)
+        start, end = label
+        out.append(
+            EnergyRow(
+                device=device,
+                channel=channel,
+                start=start,  # type: ignore[arg-type]
+                end=end,  # type: ignore[arg-type]
+                energy_wh=imp / 1000,
+                returned_energy_wh=exp / 1000,
+                estimated=bool(est),
+            )
+        )
+    out.sort(key=lambda r: (r.start.timestamp(), r.device or "", r.channel or ""))
+    return out
+
+
+def _grouped(
+    query: EnergyQuery, cells: Cells, shadow: Shadow
+) -> dict[tuple[str | None, str | None, int], Cell]:
+    per_device: dict[str, set[str]] = {}
+    for device, channel, _ in cells:
+        per_device.setdefault(device, set()).add(channel)
+    out: dict[tuple[str | None, str | None, int], Cell] = {}
+    by_device = query.group == "device"
+    for (device, channel, key), (imp, exp, est) in cells.items():
+        p = parent(channel)
+        if p is not None and p in per_device[device]:
+            continue
+        if channel == HOURLY:
+            cut = shadow.get((device, key))
+            if cut is not None:
+                if cut[0] == imp and cut[1] == exp:
+                    continue  # entirely measured by the device's other channels
+                imp, exp = imp - cut[0], exp - cut[1]
+        gkey = (device if by_device else None, None, key)
+        acc = out.get(gkey)
+        if acc is None:
+            out[gkey] = [imp, exp, est]
+        else:
+            acc[0] += imp
+            acc[1] += exp
+            acc[2] |= est
+    return out
+
+
+__all__ = ["HOURLY", "Cell", "Cells", "Shadow", "add", "parent", "rows", "selected", "shadow_hourly"]

@@ -1,0 +1,230 @@
+"""Local-time buckets as ranges of UTC slots: the period arithmetic both store backends share.
+
+Pure and deterministic (no clock, no I/O). A query's ``[start, end)`` is cut into *segments* of
+constant UTC offset (at most a few per year: the zone's transitions). Inside a segment the local time is
+``utc + offset``, so for fixed-length buckets (15 min, hour, day) a slot's bucket is plain arithmetic,
+which SQL can evaluate in the database (``(slot + offset) / 3600``) instead of shipping every slot to
+Python. Months are cut by their boundaries, computed once per query.
+
+Bucket rules:
+
+- ``15min`` and ``hour`` buckets are cut at every offset change too, so a 25-hour day has 25 hour
+  buckets (the repeated hour appears twice, with its two offsets) and a zone with a 30-minute DST shift
+  (Australia/Lord_Howe) gets a 30-minute bucket on transition days.
+- ``day`` and ``month`` buckets hold every instant of one local date / month: 23, 24 or 25 hours.
+- Buckets are clipped to the query range.
+
+Every real UTC offset is a multiple of 15 minutes, so every boundary falls on a slot boundary.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from kilowatch.errors import StoreError
+from kilowatch.ledger.slots import SLOT_SECONDS
+
+BUCKET_SECONDS: dict[str, int] = {"15min": SLOT_SECONDS, "hour": 3600, "day": 86400}
+"""Fixed-length buckets (in local time); ``month`` is cut by calendar boundaries instead."""
+
+_SAMPLE_SECONDS = 6 * 3600
+"""Offsets are sampled this often to find transitions (no real zone changes twice within 6 hours)."""
+
+_EPOCH_DATE = date(1970, 1, 1)
+
+
+class InvalidQueryError(StoreError):
+    """An energy query is malformed: unknown time zone, empty or reversed range, unknown bucket."""
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """``[start, end)`` in unix seconds during which the zone's UTC offset is ``offset`` seconds."""
+
+    start: int
+    end: int
+    offset: int
+
+
+def zone(name: str) -> ZoneInfo:
+    """The IANA zone ``name``; :class:`InvalidQueryError` if it does not exist."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as err:
+        raise InvalidQueryError(
+            f"unknown time zone {name!r}; use an IANA name such as Europe/Sofia or UTC"
+        ) from err
+
+
+def offset_at(tz: ZoneInfo, ts: int) -> int:
+    """UTC offset (seconds east) of ``tz`` at unix time ``ts``."""
+    off = datetime.fromtimestamp(ts, tz).utcoffset()
+    return int(off.total_seconds()) if off is not None else 0
+
+
+def to_unix(value: datetime | date, tz: ZoneInfo) -> int:
+    """A date (local midnight), naive datetime (local wall time) or aware datetime as unix seconds."""
+    if not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=tz)
+    return int(value.timestamp())
+
+
+def segments(tz: ZoneInfo, start: int, end: int) -> list[Segment]:
+    """Cut ``[start, end)`` into runs of constant offset (transitions located to the slot)."""
+    out: list[Segment] = []
+    seg_start, seg_off = start, offset_at(tz, start)
+    t = start
+    while t < end:
+        nxt = min(t + _SAMPLE_SECONDS, end)
+        off = offset_at(tz, nxt) if nxt < end else seg_off
+        if off != seg_off:
+            # bisect on the slot grid: first slot boundary in (t, nxt] where the offset differs
+            lo, hi = t // SLOT_SECONDS, nxt // SLOT_SECONDS
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if offset_at(tz, mid * SLOT_SECONDS) == seg_off:
+                    lo = mid
+                else:
+                    hi = mid
+            change = hi * SLOT_SECONDS
+            out.append(Segment(seg_start, change, seg_off))
+            seg_start, seg_off = change, offset_at(tz, change)
+            t = change
+            continue
+        t = nxt
+    out.append(Segment(seg_start, end, seg_off))
+    return out
+
+
+def _local_midnight(day: date, tz: ZoneInfo) -> int:
+    # fold=0: a midnight that does not exist (DST at 00:00) maps to the transition instant itself
+    return int(datetime(day.year, day.month, day.day, tzinfo=tz).timestamp())
+
+
+def _month_bounds(tz: ZoneInfo, start: int, end: int) -> list[int]:
+    first = datetime.fromtimestamp(start, tz).date().replace(day=1)
+    bounds = [start]
+    y, m = first.year, first.month
+    while True:
+        y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+        t = _local_midnight(date(y, m, 1), tz)
+        if t >= end:
+            break
+        bounds.append(t)
+    bounds.append(end)
+    return bounds
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How slots in ``[start, end)`` map to local buckets of ``by`` in ``tz``.
+
+    A bucket is identified by an integer *key*: the bucket's UTC start for ``15min`` and ``hour``, the
+    local day number (days since 1970-01-01 in local time) for ``day``, and an index into
+    :attr:`bounds` for ``month``. :meth:`key` computes it for one slot; :meth:`period` turns a key into
+    the bucket's clipped ``(start, end)`` unix seconds; :meth:`label` into local aware datetimes.
+    """
+
+    by: str
+    tz: ZoneInfo
+    start: int
+    end: int
+    segments: tuple[Segment, ...]
+    bounds: tuple[int, ...] = ()
+    """Month boundaries (UTC), ``start`` first and ``end`` last; empty for other buckets."""
+
+    @property
+    def unit(self) -> int | None:
+        """Fixed bucket length in local seconds, ``None`` for months."""
+        return BUCKET_SECONDS.get(self.by)
+
+    @property
+    def whole_hours(self) -> bool:
+        """Whether every bucket is a sum of whole UTC hours (hour rollups can answer the query)."""
+        return (
+            self.by != "15min"
+            and self.start % 3600 == 0
+            and self.end % 3600 == 0
+            and all(s.offset % 3600 == 0 and s.start % 3600 == 0 for s in self.segments)
+        )
+
+    def _segment(self, ts: int) -> Segment:
+        for seg in self.segments:
+            if ts < seg.end:
+                return seg
+        return self.segments[-1]
+
+    def key(self, ts: int) -> int:
+        """Bucket key of the slot (or hour) starting at ``ts`` (which must lie in the range)."""
+        if self.by == "month":
+            return bisect.bisect_right(self.bounds, ts) - 1
+        seg = self._segment(ts)
+        if self.by == "day":
+            return (ts + seg.offset) // 86400
+        unit = BUCKET_SECONDS[self.by]
+        return max(seg.start, (ts + seg.offset) // unit * unit - seg.offset)
+
+    def period(self, key: int) -> tuple[int, int]:
+        """Clipped ``(start, end)`` unix seconds of the bucket ``key``."""
+        if self.by == "month":
+            return self.bounds[key], self.bounds[key + 1]
+        if self.by == "day":
+            day = _EPOCH_DATE + timedelta(days=key)
+            lo = _local_midnight(day, self.tz)
+            hi = _local_midnight(day + timedelta(days=1), self.tz)
+            return max(lo, self.start), min(hi, self.end)
+        seg = self._segment(key)
+        unit = BUCKET_SECONDS[self.by]
+        naive_end = (key + seg.offset) // unit * unit + unit
+        return key, min(naive_end - seg.offset, seg.end)
+
+    def label(self, key: int) -> tuple[datetime, datetime]:
+        """The bucket's start and end as aware local datetimes (ISO 8601 with the offset in force)."""
+        lo, hi = self.period(key)
+        return datetime.fromtimestamp(lo, self.tz), datetime.fromtimestamp(hi, self.tz)
+
+    def keys(self) -> list[int]:
+        """Every bucket key in the range, in time order."""
+        if self.by == "month":
+            return list(range(len(self.bounds) - 1))
+        out: list[int] = []
+        t = self.start
+        while t < self.end:
+            k = self.key(t)
+            out.append(k)
+            t = self.period(k)[1]
+        return out
+
+
+def plan(by: str, tz_name: str, start: datetime | date, end: datetime | date) -> Plan:
+    """The bucket plan of a query; the range is widened to whole slots (start down, end up)."""
+    if by not in ("15min", "hour", "day", "month"):
+        raise InvalidQueryError(f"unknown bucket {by!r}; use 15min, hour, day or month")
+    tz = zone(tz_name)
+    lo = to_unix(start, tz) // SLOT_SECONDS * SLOT_SECONDS
+    hi = -(-to_unix(end, tz) // SLOT_SECONDS) * SLOT_SECONDS
+    if hi <= lo:
+        raise InvalidQueryError(
+            f"empty time range: end {end.isoformat()} is not after start {start.isoformat()}"
+        )
+    segs = tuple(segments(tz, lo, hi))
+    bounds = tuple(_month_bounds(tz, lo, hi)) if by == "month" else ()
+    return Plan(by=by, tz=tz, start=lo, end=hi, segments=segs, bounds=bounds)
+
+
+__all__ = [
+    "BUCKET_SECONDS",
+    "InvalidQueryError",
+    "Plan",
+    "Segment",
+    "offset_at",
+    "plan",
+    "segments",
+    "to_unix",
+    "zone",
+]

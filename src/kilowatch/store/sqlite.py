@@ -1,0 +1,578 @@
+"""SQLite backend: one file, WAL, one writer thread fed by a queue, reads on their own connections.
+
+The event loop never blocks on SQLite: every write is a function queued to the single writer thread
+(the only connection that writes, so there is never a ``database is locked`` between our own writers);
+reads run in a small thread pool, each thread with its own read connection, which in WAL mode sees the
+last committed state without waiting for the writer.
+
+Energy is kept twice in the same transaction: per 15-minute slot (``slots``) and per UTC hour
+(``hours``). Queries whose buckets are whole UTC hours (every zone with a whole-hour offset, for hour,
+day and month buckets) read the hour table: 4x fewer rows. Buckets are computed in SQL from the
+query's offset segments (see :mod:`kilowatch.store.periods`), so only bucket sums leave the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from kilowatch.collect.messages import Event, LogLine, Reading
+from kilowatch.errors import StoreError
+from kilowatch.store import records
+from kilowatch.store.base import (
+    Batch,
+    ChannelKey,
+    DeadLetter,
+    DeviceRecord,
+    EnergyQuery,
+    EnergyRow,
+)
+from kilowatch.store.energy import HOURLY, Cells, Shadow, rows, shadow_hourly
+from kilowatch.store.periods import Plan, plan
+
+T = TypeVar("T")
+
+READ_THREADS = 2
+"""Read connections (one per pool thread); the machine this targets has 2 cores."""
+BUSY_TIMEOUT_MS = 10_000
+"""How long a connection waits for a lock held by another process before failing."""
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the initial schema
+    """
+    CREATE TABLE slots (
+        device TEXT NOT NULL, channel TEXT NOT NULL, slot INTEGER NOT NULL,
+        import_mwh INTEGER NOT NULL, export_mwh INTEGER NOT NULL, estimated INTEGER NOT NULL,
+        PRIMARY KEY (device, channel, slot)
+    ) WITHOUT ROWID;
+    CREATE TABLE hours (
+        device TEXT NOT NULL, channel TEXT NOT NULL, hour INTEGER NOT NULL,
+        import_mwh INTEGER NOT NULL, export_mwh INTEGER NOT NULL, estimated INTEGER NOT NULL,
+        PRIMARY KEY (device, channel, hour)
+    ) WITHOUT ROWID;
+    CREATE TABLE channels (
+        device TEXT NOT NULL, channel TEXT NOT NULL, PRIMARY KEY (device, channel)
+    ) WITHOUT ROWID;
+    CREATE TABLE ledger_states (
+        device TEXT NOT NULL, channel TEXT NOT NULL, state TEXT NOT NULL,
+        PRIMARY KEY (device, channel)
+    ) WITHOUT ROWID;
+    CREATE TABLE devices (
+        device TEXT PRIMARY KEY, first_seen REAL, last_seen REAL, online INTEGER, mac TEXT,
+        model TEXT, gen INTEGER, fw_ver TEXT, available_update TEXT, name TEXT, label TEXT,
+        room TEXT, ip TEXT, source TEXT
+    );
+    CREATE TABLE latest (
+        device TEXT NOT NULL, channel TEXT NOT NULL, ts REAL NOT NULL, reading TEXT NOT NULL,
+        PRIMARY KEY (device, channel)
+    ) WITHOUT ROWID;
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL, event TEXT NOT NULL
+    );
+    CREATE INDEX events_device ON events (device, id);
+    CREATE TABLE logs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL, line TEXT NOT NULL
+    );
+    CREATE INDEX logs_device ON logs (device, id);
+    CREATE TABLE dead_letters (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, topic TEXT NOT NULL,
+        payload BLOB NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL
+    );
+    CREATE TABLE dead_letter_counts (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+)
+"""Schema migrations in order; ``schema_version.version`` is how many have been applied."""
+
+_ADD_SLOT = """
+INSERT INTO {table} (device, channel, {col}, import_mwh, export_mwh, estimated)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT DO UPDATE SET
+    import_mwh = import_mwh + excluded.import_mwh,
+    export_mwh = export_mwh + excluded.export_mwh,
+    estimated = estimated | excluded.estimated
+"""
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    # NORMAL is durable across application crashes in WAL mode (only power loss can lose the tail)
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+def path_of(url: str) -> Path:
+    """The file of a ``sqlite:///relative.db`` or ``sqlite:////abs/path.db`` URL."""
+    rest = url[len("sqlite://") :]
+    if not rest.startswith("/") or rest == "/":
+        raise StoreError(
+            f"bad SQLite URL {url!r}: use sqlite:///relative/file.db or sqlite:////absolute/file.db"
+        )
+    rest = rest[1:]
+    if rest.startswith("~"):
+        return Path(rest).expanduser()
+    return Path(rest)
+
+
+class SqliteStore:
+    """The SQLite :class:`~kilowatch.store.base.Store`; open with ``open_store("sqlite:///file.db")``."""
+
+    def __init__(self, url: str, *, path: Path | None = None) -> None:
+        self.url = url
+        self.path = path if path is not None else path_of(url)
+        self._jobs: queue.Queue[tuple[Callable[[sqlite3.Connection], Any], Any] | None] = queue.Queue()
+        self._writer: threading.Thread | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._read_conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self._loop = asyncio.get_running_loop()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"cannot create the directory of {self.path}: {err}") from err
+        ready: asyncio.Future[None] = self._loop.create_future()
+        self._writer = threading.Thread(
+            target=self._write_loop, args=(ready,), name="kilowatch-sqlite-writer", daemon=True
+        )
+        self._writer.start()
+        await ready
+        self._readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="kilowatch-sqlite-read")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._writer is not None:
+            self._jobs.put(None)
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
+            self._readers = None
+        with self._conns_lock:
+            for conn in self._read_conns:
+                conn.close()
+            self._read_conns.clear()
+
+    def _write_loop(self, ready: asyncio.Future[None]) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        try:
+            conn = _connect(self.path)
+            _migrate(conn, self.path)
+        except (sqlite3.Error, StoreError) as err:
+            error = err if isinstance(err, StoreError) else _error(f"cannot open {self.path}", err)
+            loop.call_soon_threadsafe(_settle, ready, None, error)
+            return
+        loop.call_soon_threadsafe(_settle, ready, None, None)
+        try:
+            while (job := self._jobs.get()) is not None:
+                fn, fut = job
+                try:
+                    result, error = fn(conn), None
+                except sqlite3.Error as err:
+                    result, error = None, _error(f"write to {self.path} failed", err)
+                except Exception as err:  # noqa: BLE001 - handed to the awaiting coroutine
+                    result, error = None, err
+                loop.call_soon_threadsafe(_settle, fut, result, error)
+        finally:
+            conn.close()
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._writer is None or self._loop is None:
+            raise StoreError("the SQLite store is not open; use `async with open_store(url)`")
+        fut: asyncio.Future[T] = self._loop.create_future()
+        self._jobs.put((fn, fut))
+        return await fut
+
+    def _read_conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path)
+            conn.execute("PRAGMA query_only = ON")
+            self._local.conn = conn
+            with self._conns_lock:
+                self._read_conns.append(conn)
+        return conn
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._readers is None or self._loop is None:
+            raise StoreError("the SQLite store is not open; use `async with open_store(url)`")
+
+        def run() -> T:
+            try:
+                return fn(self._read_conn())
+            except sqlite3.Error as err:
+                raise _error(f"read from {self.path} failed", err) from err
+
+        return await self._loop.run_in_executor(self._readers, run)
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    async def commit(self, batch: Batch) -> None:
+        """Apply ``batch`` in one SQLite transaction."""
+        await self._write(lambda conn: _commit(conn, batch))
+
+    async def set_device_label(
+        self, device: str, *, label: str | None = None, room: str | None = None
+    ) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO devices (device) VALUES (?) ON CONFLICT DO NOTHING", (device,))
+            for col, value in (("label", label), ("room", room)):
+                if value is not None:
+                    conn.execute(
+                        f"UPDATE devices SET {col} = ? WHERE device = ?", (value or None, device)
+                    )
+
+        await self._write(run)
+
+    async def put_meta(self, key: str, value: Any) -> None:
+        raw = records.dumps(value).decode()
+        await self._write(
+            lambda conn: conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT DO UPDATE SET value = excluded.value",
+                (key, raw),
+            )
+        )
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    async def load_ledger_states(self) -> dict[ChannelKey, dict[str, Any]]:
+        def run(conn: sqlite3.Connection) -> dict[ChannelKey, dict[str, Any]]:
+            cur = conn.execute("SELECT device, channel, state FROM ledger_states")
+            return {(d, c): records.loads(s) for d, c, s in cur}
+
+        return await self._read(run)
+
+    async def energy(self, query: EnergyQuery) -> list[EnergyRow]:
+        p = plan(query.by, query.tz, query.start, query.end)
+        cells, shadow = await self._read(lambda conn: _energy_cells(conn, p, query))
+        return rows(p, query, cells, shadow)
+
+    async def devices(self) -> list[DeviceRecord]:
+        return await self._read(lambda conn: _devices(conn, None))
+
+    async def device(self, device: str) -> DeviceRecord | None:
+        found = await self._read(lambda conn: _devices(conn, device))
+        return found[0] if found else None
+
+    async def latest(self, device: str | None = None) -> list[Reading]:
+        def run(conn: sqlite3.Connection) -> list[Reading]:
+            sql = "SELECT reading FROM latest"
+            args: tuple[str, ...] = ()
+            if device is not None:
+                sql, args = sql + " WHERE device = ?", (device,)
+            cur = conn.execute(sql + " ORDER BY device, channel", args)
+            return [records.reading_loads(r) for (r,) in cur]
+
+        return await self._read(run)
+
+    async def events(self, device: str | None = None, limit: int = 100) -> list[Event]:
+        rows_ = await self._read(lambda conn: _newest(conn, "events", "event", device, limit))
+        return [records.event_loads(r) for r in rows_]
+
+    async def logs(self, device: str | None = None, limit: int = 100) -> list[LogLine]:
+        rows_ = await self._read(lambda conn: _newest(conn, "logs", "line", device, limit))
+        return [records.log_loads(r) for r in rows_]
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        def run(conn: sqlite3.Connection) -> list[DeadLetter]:
+            cur = conn.execute(
+                "SELECT ts, topic, payload, reason, detail FROM dead_letters "
+                "ORDER BY id DESC LIMIT ?",
+                (limit,),
+            )
+            return [DeadLetter(ts, topic, bytes(payload), reason, detail) for ts, topic, payload,
+                    reason, detail in cur]
+
+        return await self._read(run)
+
+    async def dead_letter_counts(self) -> dict[str, int]:
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            return dict(conn.execute("SELECT reason, count FROM dead_letter_counts"))
+
+        return await self._read(run)
+
+    async def get_meta(self, key: str) -> Any | None:
+        def run(conn: sqlite3.Connection) -> Any | None:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            return None if row is None else records.loads(row[0])
+
+        return await self._read(run)
+
+
+def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if fut.done():  # the awaiting coroutine was cancelled; the write still happened (or not)
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
+
+
+def _error(what: str, err: sqlite3.Error) -> StoreError:
+    hint = ""
+    if isinstance(err, sqlite3.OperationalError) and "locked" in str(err):
+        hint = "; another process holds the database; stop it or use another file"
+    elif isinstance(err, sqlite3.DatabaseError) and "not a database" in str(err):
+        hint = "; the file is not a SQLite database: point --store at another file"
+    out = StoreError(f"{what}: {err}{hint}")
+    out.__cause__ = err
+    return out
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT version FROM schema_version").fetchone()
+    version = 0 if row is None else int(row[0])
+    if version > len(MIGRATIONS):
+        raise StoreError(
+            f"{path} has schema version {version}, newer than this kilowatch knows "
+            f"({len(MIGRATIONS)}); upgrade kilowatch"
+        )
+    for number in range(version, len(MIGRATIONS)):
+        # executescript commits on its own, so run each migration's statements in one transaction
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[number].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("DELETE FROM schema_version")
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (number + 1,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+def _commit(conn: sqlite3.Connection, batch: Batch) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        _apply(conn, batch)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _apply(conn: sqlite3.Connection, batch: Batch) -> None:
+    if batch.slots:
+        conn.executemany(
+            _ADD_SLOT.format(table="slots", col="slot"),
+            [(s.device, s.channel, s.slot, s.import_mwh, s.export_mwh, int(s.estimated))
+             for s in batch.slots],
+        )
+        conn.executemany(
+            _ADD_SLOT.format(table="hours", col="hour"),
+            [(s.device, s.channel, s.slot // 3600 * 3600, s.import_mwh, s.export_mwh,
+              int(s.estimated)) for s in batch.slots],
+        )
+    channels = {(s.device, s.channel) for s in batch.slots} | {
+        (r.device, r.channel) for r in batch.latest
+    }
+    devices = {d for d, _ in channels} | {e.device for e in batch.events} | {
+        line.device for line in batch.logs
+    }
+    conn.executemany("INSERT INTO channels VALUES (?, ?) ON CONFLICT DO NOTHING", sorted(channels))
+    conn.executemany(
+        "INSERT INTO ledger_states VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET state = excluded.state",
+        [(d, c, records.dumps(state).decode()) for (d, c), state in batch.ledger_states.items()],
+    )
+    for update in batch.devices:
+        values = records.update_values(update)
+        first = update.last_seen
+        conn.execute(
+            "INSERT INTO devices (device, first_seen) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            (update.device, first),
+        )
+        if first is not None:
+            conn.execute(
+                "UPDATE devices SET first_seen = ? WHERE device = ? "
+                "AND (first_seen IS NULL OR first_seen > ?)",
+                (first, update.device, first),
+            )
+        if values:
+            sets = ", ".join(f"{k} = ?" for k in values)
+            conn.execute(f"UPDATE devices SET {sets} WHERE device = ?", (*values.values(),
+                                                                         update.device))
+    conn.executemany(
+        "INSERT INTO devices (device) VALUES (?) ON CONFLICT DO NOTHING", [(d,) for d in devices]
+    )
+    newest: dict[ChannelKey, Reading] = {}
+    for r in batch.latest:
+        old = newest.get((r.device, r.channel))
+        if old is None or r.ts >= old.ts:
+            newest[(r.device, r.channel)] = r
+    conn.executemany(
+        "INSERT INTO latest VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET ts = excluded.ts, "
+        "reading = excluded.reading WHERE excluded.ts >= latest.ts",
+        [(r.device, r.channel, r.ts, records.reading_dumps(r).decode()) for r in newest.values()],
+    )
+    _append(conn, "events", "event", [(e.device, records.event_dumps(e).decode())
+                                       for e in batch.events], records.EVENTS_PER_DEVICE)
+    _append(conn, "logs", "line", [(x.device, records.log_dumps(x).decode()) for x in batch.logs],
+            records.LOGS_PER_DEVICE)
+    if batch.dead_letters:
+        conn.executemany(
+            "INSERT INTO dead_letters (ts, topic, payload, reason, detail) VALUES (?, ?, ?, ?, ?)",
+            [(d.ts, d.topic, d.payload, d.reason, d.detail) for d in batch.dead_letters],
+        )
+        conn.executemany(
+            "INSERT INTO dead_letter_counts VALUES (?, 1) "
+            "ON CONFLICT DO UPDATE SET count = count + 1",
+            [(d.reason,) for d in batch.dead_letters],
+        )
+        conn.execute(
+            "DELETE FROM dead_letters WHERE id <= "
+            "(SELECT id FROM dead_letters ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            (records.DEAD_LETTERS,),
+        )
+
+
+def _append(
+    conn: sqlite3.Connection, table: str, col: str, items: Sequence[tuple[str, str]], keep: int
+) -> None:
+    if not items:
+        return
+    conn.executemany(f"INSERT INTO {table} (device, {col}) VALUES (?, ?)", items)
+    for device in {d for d, _ in items}:
+        conn.execute(
+            f"DELETE FROM {table} WHERE device = ?1 AND id <= (SELECT id FROM {table} "
+            "WHERE device = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+            (device, keep),
+        )
+
+
+def _newest(
+    conn: sqlite3.Connection, table: str, col: str, device: str | None, limit: int
+) -> list[str]:
+    if device is None:
+        cur = conn.execute(f"SELECT {col} FROM {table} ORDER BY id DESC LIMIT ?", (limit,))
+    else:
+        cur = conn.execute(
+            f"SELECT {col} FROM {table} WHERE device = ? ORDER BY id DESC LIMIT ?", (device, limit)
+        )
+    return [r for (r,) in cur]
+
+
+_DEVICE_COLUMNS = (
+    "first_seen", "last_seen", "online", "mac", "model", "gen", "fw_ver", "available_update",
+    "name", "label", "room", "ip", "source",
+)  # fmt: skip
+
+
+def _devices(conn: sqlite3.Connection, device: str | None) -> list[DeviceRecord]:
+    where, args = ("WHERE device = ?", (device,)) if device is not None else ("", ())
+    channels: dict[str, list[str]] = {}
+    for d, c in conn.execute(f"SELECT device, channel FROM channels {where}", args):
+        channels.setdefault(d, []).append(c)
+    cols = ", ".join(_DEVICE_COLUMNS)
+    out = []
+    for row in conn.execute(f"SELECT device, {cols} FROM devices {where} ORDER BY device", args):
+        values = dict(zip(_DEVICE_COLUMNS, row[1:], strict=True))
+        out.append(records.device_record(row[0], values, channels.get(row[0], [])))
+    return out
+
+
+# -- energy queries --------------------------------------------------------------------------------
+
+
+def _key_sql(p: Plan, col: str) -> str:
+    """SQL for the bucket key of the slot/hour in ``col`` (same values as :meth:`Plan.key`)."""
+    if p.by == "month":
+        whens = " ".join(f"WHEN {col} < {b} THEN {i}" for i, b in enumerate(p.bounds[1:-1]))
+        return f"CASE {whens} ELSE {len(p.bounds) - 2} END" if whens else "0"
+    parts = []
+    for seg in p.segments:
+        if p.by == "day":
+            expr = f"({col} + {seg.offset}) / 86400"
+        else:
+            unit = p.unit
+            expr = f"max({seg.start}, ({col} + {seg.offset}) / {unit} * {unit} - {seg.offset})"
+        parts.append((seg.end, expr))
+    if len(parts) == 1:
+        return parts[0][1]
+    whens = " ".join(f"WHEN {col} < {end} THEN {expr}" for end, expr in parts[:-1])
+    return f"CASE {whens} ELSE {parts[-1][1]} END"
+
+
+def _channel_filter(query: EnergyQuery) -> tuple[str, list[str]]:
+    sql, args = [], []
+    if query.devices:
+        sql.append(f"device IN ({', '.join('?' * len(query.devices))})")
+        args += query.devices
+    if query.channels:
+        sql.append(f"channel IN ({', '.join('?' * len(query.channels))})")
+        args += query.channels
+    return (" WHERE " + " AND ".join(sql)) if sql else "", args
+
+
+def _energy_cells(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> tuple[Cells, Shadow]:
+    table, col = ("hours", "hour") if p.whole_hours else ("slots", "slot")
+    where, args = _channel_filter(query)
+    # channels drive the join (CROSS JOIN keeps that order), so each channel's range is one PK seek
+    sql = (
+        f"SELECT c.device, c.channel, {_key_sql(p, 's.' + col)} AS k, sum(s.import_mwh), "
+        f"sum(s.export_mwh), max(s.estimated) FROM (SELECT device, channel FROM channels{where}) c "
+        f"CROSS JOIN {table} s ON s.device = c.device AND s.channel = c.channel "
+        f"AND s.{col} >= ? AND s.{col} < ? GROUP BY c.device, c.channel, k"
+    )
+    cells: Cells = {
+        (d, c, k): [imp, exp, est]
+        for d, c, k, imp, exp, est in conn.execute(sql, (*args, p.start, p.end))
+    }
+    shadow: Shadow = {}
+    if query.group != "channel":
+        shadow = _shadow(conn, p, cells)
+    return cells, shadow
+
+
+def _shadow(conn: sqlite3.Connection, p: Plan, cells: Cells) -> Shadow:
+    per_device: dict[str, set[str]] = {}
+    for d, c, _ in cells:
+        per_device.setdefault(d, set()).add(c)
+    hourly: list[tuple[str, int, int, int]] = []
+    covered: dict[str, set[int]] = {}
+    for device, chans in per_device.items():
+        others = sorted(chans - {HOURLY})
+        if HOURLY not in chans or not others:
+            continue
+        marks = ", ".join("?" * len(others))
+        covered[device] = {
+            h for (h,) in conn.execute(
+                f"SELECT DISTINCT hour FROM hours WHERE device = ? AND channel IN ({marks}) "
+                "AND hour >= ? AND hour < ?",
+                (device, *others, p.start // 3600 * 3600, p.end),
+            )
+        }
+        hourly += [
+            (device, slot, imp, exp)
+            for slot, imp, exp in conn.execute(
+                "SELECT slot, import_mwh, export_mwh FROM slots WHERE device = ? AND channel = ? "
+                "AND slot >= ? AND slot < ?",
+                (device, HOURLY, p.start, p.end),
+            )
+        ]
+    return shadow_hourly(p, hourly, covered)
+
+
+__all__ = ["MIGRATIONS", "SqliteStore", "path_of"]
