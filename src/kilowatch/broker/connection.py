@@ -1,0 +1,292 @@
+"""One client connection of the embedded broker, as an asyncio protocol.
+
+Packets are handled synchronously as bytes arrive (no task per packet); replies and forwarded
+messages are collected per connection and written once per event-loop iteration, so a burst of
+PUBLISHes costs one ``write`` per peer rather than one per packet. Only CONNECT leaves the fast
+path, because checking a password hash runs on a thread: reading pauses until the client is
+accepted or refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from kilowatch.broker.packets import (
+    PINGRESP,
+    PROTOCOLS,
+    SUBACK_FAILURE,
+    Connect,
+    ConnectReturnCode,
+    FrameReader,
+    PacketType,
+    ProtocolError,
+    Will,
+    check_flags,
+    encode_ack,
+    encode_connack,
+    encode_suback,
+    parse_connect,
+    parse_packet_id,
+    parse_publish,
+    parse_subscribe,
+    parse_unsubscribe,
+)
+from kilowatch.broker.topics import check_topic_name, is_valid_filter
+
+if TYPE_CHECKING:
+    from kilowatch.broker.server import EmbeddedBroker
+    from kilowatch.broker.session import Session
+
+log = logging.getLogger("kilowatch.broker")
+
+# Transport write-buffer size above which a subscriber counts as slow and its messages queue
+# instead.
+WRITE_HIGH_WATER = 1024 * 1024
+
+
+class State(Enum):
+    """Life cycle of a connection."""
+
+    NEW = "new"  # TCP (and TLS) up, waiting for CONNECT
+    CONNECTING = "connecting"  # CONNECT received, credentials being checked
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+class Connection(asyncio.Protocol):
+    """The MQTT side of one TCP connection. Created by the broker's listener."""
+
+    def __init__(self, broker: EmbeddedBroker) -> None:
+        self.broker = broker
+        self.state = State.NEW
+        self.transport: asyncio.Transport | None = None
+        self.reader = FrameReader(broker.max_packet_size)
+        self.session: Session | None = None
+        self.will: Will | None = None
+        self.keepalive = 0
+        self.client_id = ""
+        self.peer = "?"
+        self.paused = False
+        now = broker.loop.time()
+        self.opened_at = now
+        self.last_seen = now
+        self._out: list[bytes] = []
+        self._backlog: list[tuple[int, bytes]] = []
+
+    # --- asyncio.Protocol -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = f"{peer[0]}:{peer[1]}"
+        self.broker.connection_opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state is State.CLOSED:
+            return
+        self.last_seen = self.broker.loop.time()
+        try:
+            frames = self.reader.feed(data)
+        except ProtocolError as err:
+            self.protocol_error(err)
+            return
+        if self.state is State.CONNECTING:
+            self._backlog.extend(frames)
+            return
+        self._process(frames)
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too; connection_lost publishes the will
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state is not State.CLOSED:
+            self.close("connection lost" if exc is None else f"connection lost: {exc}", will=True)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.session is not None and self.session.conn is self:
+            self.session.drain()
+
+    # --- output -----------------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes for this loop iteration's batched write."""
+        if not self._out:
+            self.broker.want_flush(self)
+        self._out.append(data)
+
+    def write_parts(self, parts: tuple[bytes, ...]) -> None:
+        """Queue several byte strings that form one packet."""
+        if not self._out:
+            self.broker.want_flush(self)
+        self._out.extend(parts)
+
+    def flush(self) -> None:
+        """Hand everything queued to the transport in one write."""
+        if not self._out:
+            return
+        data = b"".join(self._out)
+        self._out.clear()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    # --- closing ----------------------------------------------------------------------------------
+
+    def close(self, reason: str, *, will: bool) -> None:
+        """Close the connection once; publish the will if ``will`` (any end but DISCONNECT)."""
+        if self.state is State.CLOSED:
+            return
+        was_connected = self.state is State.CONNECTED
+        self.state = State.CLOSED
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
+        log.debug("client %r (%s) closed: %s", self.client_id, self.peer, reason)
+        self.broker.connection_closed(self, publish_will=will and was_connected)
+
+    def protocol_error(self, err: ProtocolError) -> None:
+        """The client broke the protocol: count, log (not per message), close with its will."""
+        self.broker.counters.protocol_errors += 1
+        log.info("client %r (%s) disconnected: %s", self.client_id, self.peer, err)
+        self.close(f"protocol error: {err.reason}", will=True)
+
+    # --- input ------------------------------------------------------------------------------------
+
+    def _process(self, frames: list[tuple[int, bytes]]) -> None:
+        for index, (first, body) in enumerate(frames):
+            if self.state is State.CLOSED:
+                return
+            if self.state is State.CONNECTING:
+                self._backlog.extend(frames[index:])
+                return
+            try:
+                self._handle(first, body)
+            except ProtocolError as err:
+                self.protocol_error(err)
+                return
+            except Exception:  # a bug must cost one connection, never the broker
+                log.exception("client %r (%s): internal error; closing", self.client_id, self.peer)
+                self.close("internal error", will=True)
+                return
+
+    def _handle(self, first: int, body: bytes) -> None:
+        kind = check_flags(first)
+        if self.state is State.NEW:
+            if kind != PacketType.CONNECT:
+                raise ProtocolError("malformed", "first packet is not CONNECT")  # §3.1.0-1
+            self._begin_connect(parse_connect(body))
+            return
+        session = self.session
+        assert session is not None
+        if kind == PacketType.PUBLISH:
+            self._on_publish(session, first, body)
+        elif kind == PacketType.PUBACK:
+            session.acknowledged(parse_packet_id(body))
+        elif kind == PacketType.PUBREL:
+            packet_id = parse_packet_id(body)
+            session.inbound_qos2.discard(packet_id)
+            self.write(encode_ack(PacketType.PUBCOMP, packet_id))
+        elif kind in (PacketType.PUBREC, PacketType.PUBCOMP):
+            parse_packet_id(body)  # we never send QoS 2, so there is nothing to release
+        elif kind == PacketType.SUBSCRIBE:
+            self._on_subscribe(session, body)
+        elif kind == PacketType.UNSUBSCRIBE:
+            packet_id, filters = parse_unsubscribe(body)
+            for topic_filter in filters:
+                self.broker.unsubscribe(session, topic_filter)
+            self.write(encode_ack(PacketType.UNSUBACK, packet_id))
+        elif kind == PacketType.PINGREQ:
+            self.write(PINGRESP)
+        elif kind == PacketType.DISCONNECT:
+            self.will = None  # §3.14.4: a clean DISCONNECT discards the will
+            self.close("disconnected", will=False)
+        else:
+            raise ProtocolError("malformed", "second CONNECT")  # §3.1.0-2
+
+    def _on_publish(self, session: Session, first: int, body: bytes) -> None:
+        packet = parse_publish(first, body)
+        check_topic_name(packet.topic)
+        qos = packet.qos
+        if qos == 2:
+            # Deliver on the first PUBLISH, remember the id until PUBREL: a resent PUBLISH with the
+            # same id (DUP) is acknowledged again but not delivered twice (§4.3.3, method B).
+            if packet.packet_id not in session.inbound_qos2:
+                session.inbound_qos2.add(packet.packet_id)
+                self.broker.publish(packet.topic, packet.payload, qos, packet.retain)
+            self.write(encode_ack(PacketType.PUBREC, packet.packet_id))
+            return
+        self.broker.publish(packet.topic, packet.payload, qos, packet.retain)
+        if qos:
+            self.write(encode_ack(PacketType.PUBACK, packet.packet_id))
+
+    def _on_subscribe(self, session: Session, body: bytes) -> None:
+        packet_id, requests = parse_subscribe(body)
+        codes: list[int] = []
+        granted: list[tuple[str, int]] = []
+        for topic_filter, qos in requests:
+            if not is_valid_filter(topic_filter):
+                codes.append(SUBACK_FAILURE)
+                continue
+            # Outgoing QoS 2 is not implemented; §3.9.3 lets the server grant a lower QoS.
+            qos = min(qos, 1)
+            self.broker.subscribe(session, topic_filter, qos)
+            codes.append(qos)
+            granted.append((topic_filter, qos))
+        self.write(encode_suback(packet_id, codes))
+        for topic_filter, qos in granted:
+            self.broker.send_retained(session, topic_filter, qos)
+
+    # --- CONNECT ----------------------------------------------------------------------------------
+
+    def _begin_connect(self, packet: Connect) -> None:
+        self.client_id = packet.client_id
+        if PROTOCOLS.get(packet.protocol_name) != packet.protocol_level:
+            self._refuse(ConnectReturnCode.UNACCEPTABLE_PROTOCOL_VERSION)
+            return
+        if not packet.client_id:
+            # §3.1.3-7/8: an empty id is only allowed with a clean session; MQTT 3.1 required 1-23
+            # chars.
+            if not packet.clean_session or packet.protocol_level == 3:
+                self._refuse(ConnectReturnCode.IDENTIFIER_REJECTED)
+                return
+            self.client_id = self.broker.new_client_id()
+        self.state = State.CONNECTING
+        assert self.transport is not None
+        self.transport.pause_reading()
+        self.broker.spawn(self._finish_connect(packet))
+
+    async def _finish_connect(self, packet: Connect) -> None:
+        try:
+            code = await self.broker.check_credentials(packet.username, packet.password)
+            if self.state is not State.CONNECTING:
+                return  # the client went away while its password was checked
+            if code is not ConnectReturnCode.ACCEPTED:
+                self._refuse(code)
+                return
+            self.keepalive = packet.keepalive
+            self.will = packet.will
+            self.state = State.CONNECTED
+            self.last_seen = self.broker.loop.time()
+            self.broker.attach(self, clean=packet.clean_session)
+            assert self.transport is not None
+            self.transport.resume_reading()
+            backlog, self._backlog = self._backlog, []
+            self._process(backlog)
+        except Exception:
+            log.exception("client %r (%s): error while connecting", self.client_id, self.peer)
+            self.close("internal error", will=False)
+
+    def _refuse(self, code: ConnectReturnCode) -> None:
+        log.info("client %r (%s) refused: %s", self.client_id, self.peer, code.name.lower())
+        self.write(encode_connack(False, code))
+        self.close(f"refused: {code.name.lower()}", will=False)

@@ -1,0 +1,382 @@
+"""The embedded MQTT 3.1.1 broker (``kilowatch serve --broker embedded``).
+
+A small, in-memory broker for one home's meters: QoS 0/1 (and QoS 2 inbound), retained messages,
+last wills, persistent sessions with bounded queues, optional passwords and TLS. See
+``docs/broker.md`` for what it does and does not do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import secrets
+import ssl
+from collections.abc import Coroutine, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from kilowatch.broker.auth import Authenticator
+from kilowatch.broker.connection import Connection, State
+from kilowatch.broker.packets import ConnectReturnCode, encode_connack
+from kilowatch.broker.session import BrokerCounters, Message, Session
+from kilowatch.broker.topics import SubscriptionTree, topic_matches
+from kilowatch.errors import BrokerError
+
+log = logging.getLogger("kilowatch.broker")
+
+DEFAULT_PORT = 1883
+# 256 KiB: a Shelly NotifyFullStatus is a few KiB; anything this big is a mistake or an attack.
+DEFAULT_MAX_PACKET_SIZE = 256 * 1024
+# Per offline persistent session. A busy home (20 meters, one message every 5 s) produces ~350 000
+# messages a day, so this holds about three days of an intake that is down; ~1 KiB each is ~1 GiB
+# worst
+# case. Beyond it the oldest message is dropped, counted and logged.
+DEFAULT_MAX_QUEUED_MESSAGES = 1_000_000
+# QoS 1 messages sent to one client and not yet acknowledged (mosquitto's default is 20).
+DEFAULT_MAX_INFLIGHT_MESSAGES = 100
+# A client must send CONNECT this soon after the TCP (and TLS) connection is up.
+CONNECT_TIMEOUT_S = 10.0
+# How often keepalive and CONNECT deadlines are checked.
+SWEEP_INTERVAL_S = 0.25
+# §3.1.2.10: a client silent for 1.5 times its keepalive is disconnected.
+KEEPALIVE_GRACE = 1.5
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerStats:
+    """A snapshot of the broker's counters."""
+
+    messages_in: int  # messages published: client PUBLISHes (not resent QoS 2 duplicates) and wills
+    messages_out: int  # PUBLISH packets sent to subscribers, redeliveries included
+    messages_dropped: int  # queued messages dropped because a session's queue was full
+    messages_queued: int  # messages waiting in session queues right now
+    clients_connected: int
+    connections_total: int
+    protocol_errors: int
+    sessions: int
+    subscriptions: int
+    retained: int
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything, so treat it as reachable
+
+
+class EmbeddedBroker:
+    """An MQTT 3.1.1 broker running in the current event loop.
+
+    ``async with EmbeddedBroker(port=0) as broker:`` listens until the block ends;
+    ``broker.port`` is the port actually bound. Binding beyond loopback requires ``users`` or
+    ``password_file``.
+
+    Args:
+        host: address to bind; ``127.0.0.1`` by default.
+        port: TCP port; 0 lets the OS choose.
+        users: user name → plain password.
+        password_file: file of ``user:$scrypt$...`` lines (see :mod:`kilowatch.broker.auth`).
+        ssl_context: serve MQTT over TLS with this server context.
+        max_packet_size: larger packets close the sender's connection.
+        max_queued_messages: per-session queue bound; beyond it the oldest message is dropped.
+        max_inflight_messages: unacknowledged QoS 1 messages per client.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        *,
+        users: Mapping[str, str] | None = None,
+        password_file: str | Path | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+        max_queued_messages: int = DEFAULT_MAX_QUEUED_MESSAGES,
+        max_inflight_messages: int = DEFAULT_MAX_INFLIGHT_MESSAGES,
+    ) -> None:
+        if not 0 <= port <= 65535:
+            raise BrokerError(f"invalid broker port {port}; use 1-65535 (or 0 for any free port)")
+        if not 1 <= max_inflight_messages <= 65000:
+            raise BrokerError(f"max_inflight_messages must be 1-65000, not {max_inflight_messages}")
+        if max_packet_size < 64 or max_queued_messages < 1:
+            raise BrokerError("max_packet_size must be >= 64 and max_queued_messages >= 1")
+        self.host = "127.0.0.1" if host == "localhost" else host
+        self._requested_port = port
+        self.auth = Authenticator(users, password_file)
+        self.ssl_context = ssl_context
+        self.max_packet_size = max_packet_size
+        self.max_queued_messages = max_queued_messages
+        self.max_inflight_messages = max_inflight_messages
+        self.counters = BrokerCounters()
+        self.sessions: dict[str, Session] = {}
+        self.retained: dict[str, Message] = {}
+        self.tree = SubscriptionTree()
+        self.connections: set[Connection] = set()
+        self._server: asyncio.Server | None = None
+        self._stack: AsyncExitStack | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._dirty: list[Connection] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the broker runs in (set on enter)."""
+        if self._loop is None:
+            raise BrokerError(
+                "the broker is not running; use it as 'async with EmbeddedBroker(...)'"
+            )
+        return self._loop
+
+    @property
+    def port(self) -> int:
+        """The TCP port the broker listens on (the OS's choice when created with port 0)."""
+        if self._server is None or not self._server.sockets:
+            return self._requested_port
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def url(self) -> str:
+        """``mqtt://host:port`` (``mqtts://`` with TLS) of this broker, without credentials."""
+        scheme = "mqtts" if self.ssl_context is not None else "mqtt"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+    async def __aenter__(self) -> Self:
+        if not _is_loopback(self.host) and not self.auth.enabled:
+            raise BrokerError(
+                f"the embedded broker is bound to {self.host or '0.0.0.0'}, which other machines "
+                "can reach, but no user is configured; set --mqtt-user/--mqtt-password or bind "
+                "to 127.0.0.1"
+            )
+        self._loop = asyncio.get_running_loop()
+        async with AsyncExitStack() as stack:
+            self._tg = await stack.enter_async_context(asyncio.TaskGroup())
+            self._server = await self._listen()
+            self.spawn(self._sweep())
+            log.info("embedded MQTT broker listening on %s", self.url)
+            self._stack = stack.pop_all()
+        return self
+
+    async def _listen(self) -> asyncio.Server:
+        try:
+            return await self.loop.create_server(
+                lambda: Connection(self),
+                self.host or None,
+                self._requested_port,
+                ssl=self.ssl_context,
+            )
+        except OSError as err:
+            port = self._requested_port
+            if err.errno == errno.EADDRINUSE:
+                raise BrokerError(
+                    f"port {port} is in use; pass --broker mqtt://localhost:{port} to use the "
+                    "broker that is running there, or --mqtt-port to pick another"
+                ) from err
+            raise BrokerError(
+                f"the embedded broker cannot listen on {self.host}:{port}: {err.strerror or err}; "
+                "check --mqtt-host and --mqtt-port"
+            ) from err
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.close("broker shutting down", will=False)
+        for task in list(self._tasks):
+            task.cancel()
+        try:
+            if self._stack is not None:
+                await self._stack.__aexit__(exc_type, exc, tb)
+        finally:
+            if self._server is not None:
+                await self._server.wait_closed()
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+                self._flush_handle = None
+            self._stack = None
+            self._tg = None
+            log.info("embedded MQTT broker stopped")
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the broker's TaskGroup; it is cancelled when the broker stops."""
+        if self._tg is None:
+            coro.close()
+            return
+        task = self._tg.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _sweep(self) -> None:
+        """Close clients silent for 1.5× their keepalive, or that never sent CONNECT."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            now = self.loop.time()
+            for conn in list(self.connections):
+                if conn.state is State.CONNECTED:
+                    if conn.keepalive and now - conn.last_seen > KEEPALIVE_GRACE * conn.keepalive:
+                        conn.close(f"keepalive ({conn.keepalive} s) expired", will=True)
+                elif conn.state is State.NEW and now - conn.opened_at > CONNECT_TIMEOUT_S:
+                    conn.close("no CONNECT", will=False)
+
+    # --- statistics -------------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> BrokerStats:
+        """Counters right now."""
+        c = self.counters
+        return BrokerStats(
+            messages_in=c.messages_in,
+            messages_out=c.messages_out,
+            messages_dropped=c.messages_dropped,
+            messages_queued=sum(len(s.queue) for s in self.sessions.values()),
+            clients_connected=sum(1 for s in self.sessions.values() if s.conn is not None),
+            connections_total=c.connections_total,
+            protocol_errors=c.protocol_errors,
+            sessions=len(self.sessions),
+            subscriptions=len(self.tree),
+            retained=len(self.retained),
+        )
+
+    # --- called by connections --------------------------------------------------------------------
+
+    def want_flush(self, conn: Connection) -> None:
+        """Write ``conn``'s pending output at the end of this loop iteration, with the others'."""
+        self._dirty.append(conn)
+        if self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn.flush()
+
+    def connection_opened(self, conn: Connection) -> None:
+        """Track a new TCP connection (for keepalive checks and shutdown)."""
+        self.connections.add(conn)
+        self.counters.connections_total += 1
+
+    def connection_closed(self, conn: Connection, *, publish_will: bool) -> None:
+        """Detach a closed connection from its session and publish its will if asked."""
+        self.connections.discard(conn)
+        session = conn.session
+        if session is not None and session.conn is conn:
+            session.conn = None
+            if session.clean:
+                self._discard(session)
+        will = conn.will
+        conn.will = None
+        if publish_will and will is not None:
+            self.publish(will.topic, will.payload, will.qos, will.retain)
+
+    def new_client_id(self) -> str:
+        """An id for a client that connected with an empty one (§3.1.3-6)."""
+        while True:
+            client_id = f"kilowatch-auto-{secrets.token_hex(8)}"
+            if client_id not in self.sessions:
+                return client_id
+
+    async def check_credentials(
+        self, username: str | None, password: bytes | None
+    ) -> ConnectReturnCode:
+        """The CONNACK code for a user name and password (accepted when no user is configured)."""
+        if not self.auth.enabled:
+            return ConnectReturnCode.ACCEPTED
+        if username is None:
+            return ConnectReturnCode.NOT_AUTHORIZED
+        if password is None or not await self.auth.verify(username, password):
+            return ConnectReturnCode.BAD_USERNAME_OR_PASSWORD
+        return ConnectReturnCode.ACCEPTED
+
+    def attach(self, conn: Connection, *, clean: bool) -> None:
+        """Give an accepted connection its session, taking over any connection with the same id."""
+        client_id = conn.client_id
+        existing = self.sessions.get(client_id)
+        if existing is not None and existing.conn is not None:
+            # §3.1.4-2: the server disconnects the existing client; it did not DISCONNECT, so its
+            # will goes.
+            existing.conn.close("taken over by a new connection", will=True)
+            existing = self.sessions.get(client_id)
+        present = False
+        if existing is not None and (clean or existing.clean):
+            self._discard(existing)
+            existing = None
+        if existing is None:
+            session = Session(
+                client_id,
+                clean=clean,
+                max_inflight=self.max_inflight_messages,
+                max_queued=self.max_queued_messages,
+                counters=self.counters,
+            )
+            self.sessions[client_id] = session
+        else:
+            session = existing
+            present = True
+        conn.session = session
+        conn.write(encode_connack(present, ConnectReturnCode.ACCEPTED))
+        log.debug("client %r (%s) connected, session present: %s", client_id, conn.peer, present)
+        session.resume(conn)
+
+    def _discard(self, session: Session) -> None:
+        for topic_filter in session.subscriptions:
+            self.tree.remove(topic_filter, session.client_id)
+        session.subscriptions.clear()
+        session.queue.clear()
+        session.inflight.clear()
+        if self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
+
+    def subscribe(self, session: Session, topic_filter: str, qos: int) -> None:
+        """Add (or replace) a subscription of ``session``."""
+        session.subscriptions[topic_filter] = qos
+        self.tree.add(topic_filter, session.client_id, qos)
+
+    def unsubscribe(self, session: Session, topic_filter: str) -> None:
+        """Remove a subscription of ``session`` if it has it."""
+        if session.subscriptions.pop(topic_filter, None) is not None:
+            self.tree.remove(topic_filter, session.client_id)
+
+    def send_retained(self, session: Session, topic_filter: str, qos: int) -> None:
+        """Deliver the retained messages a new subscription matches (§3.3.1.3)."""
+        for topic, message in self.retained.items():
+            if topic_matches(topic_filter, topic):
+                session.deliver(message, min(qos, message.qos))
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """Route one application message to every matching session; keep or clear it if retained."""
+        self.counters.messages_in += 1
+        if retain:
+            if payload:
+                self.retained[topic] = Message(topic, payload, qos, True)
+            else:
+                # §3.3.1.3: an empty retained message clears the topic
+                self.retained.pop(topic, None)
+        subscribers = self.tree.match(topic)
+        if not subscribers:
+            return
+        # §3.3.1.3: a message forwarded to existing subscriptions goes out with RETAIN 0.
+        message = Message(topic, payload, qos, False)
+        sessions = self.sessions
+        for client_id, granted in subscribers.items():
+            session = sessions.get(client_id)
+            if session is not None:
+                session.deliver(message, granted if granted < qos else qos)

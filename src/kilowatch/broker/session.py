@@ -1,0 +1,205 @@
+"""Messages and sessions: what the broker keeps for a client, connected or not (MQTT 3.1.1 §4.1).
+
+A session owns the client's subscriptions, its QoS 1 messages in flight (sent, not yet
+acknowledged), the queue of messages waiting to be sent, and the QoS 2 packet ids it has received
+but not released. Messages leave a session strictly in the order they entered it (§4.6): once
+anything waits in the queue, every later message queues behind it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from kilowatch.broker.packets import PacketType, encode_length, encode_string
+
+if TYPE_CHECKING:
+    from kilowatch.broker.connection import Connection
+
+log = logging.getLogger("kilowatch.broker")
+
+# A session that keeps dropping messages logs at most this often (seconds), with the running count.
+DROP_LOG_INTERVAL_S = 60.0
+_PUBLISH = PacketType.PUBLISH << 4
+
+
+class Message:
+    """An application message as the broker forwards it; the encoded parts are built once, lazily.
+
+    The same object is queued to every subscriber, so a message costs its payload once in memory.
+    """
+
+    __slots__ = ("_length", "_packet0", "_topic_field", "payload", "qos", "retain", "topic")
+
+    def __init__(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self._topic_field: bytes | None = None
+        self._length: bytes | None = None
+        self._packet0: bytes | None = None
+
+    def packet_qos0(self) -> bytes:
+        """The whole QoS 0 PUBLISH packet, identical for every subscriber."""
+        packet = self._packet0
+        if packet is None:
+            field = encode_string(self.topic)
+            packet = self._packet0 = (
+                bytes((_PUBLISH | self.retain,))
+                + encode_length(len(field) + len(self.payload))
+                + field
+                + self.payload
+            )
+        return packet
+
+    def parts_qos1(self, packet_id: int, dup: bool) -> tuple[bytes, bytes, bytes, bytes]:
+        """A QoS 1 PUBLISH as four byte strings to be written back to back."""
+        field = self._topic_field
+        if field is None:
+            field = self._topic_field = encode_string(self.topic)
+            self._length = encode_length(len(field) + 2 + len(self.payload))
+        assert self._length is not None
+        first = _PUBLISH | dup << 3 | 2 | self.retain
+        return (
+            bytes((first,)) + self._length,
+            field,
+            packet_id.to_bytes(2, "big"),
+            self.payload,
+        )
+
+
+class BrokerCounters:
+    """Running totals the broker and its sessions update in place (see ``EmbeddedBroker.stats``)."""
+
+    __slots__ = (
+        "connections_total",
+        "messages_dropped",
+        "messages_in",
+        "messages_out",
+        "protocol_errors",
+    )
+
+    def __init__(self) -> None:
+        self.messages_in = 0
+        self.messages_out = 0
+        self.messages_dropped = 0
+        self.connections_total = 0
+        self.protocol_errors = 0
+
+
+class Session:
+    """The state of one client id. ``conn`` is the live connection, or ``None`` while offline."""
+
+    __slots__ = (
+        "_last_drop_log",
+        "_next_id",
+        "clean",
+        "client_id",
+        "conn",
+        "counters",
+        "dropped",
+        "inbound_qos2",
+        "inflight",
+        "max_inflight",
+        "max_queued",
+        "queue",
+        "subscriptions",
+    )
+
+    def __init__(
+        self,
+        client_id: str,
+        *,
+        clean: bool,
+        max_inflight: int,
+        max_queued: int,
+        counters: BrokerCounters,
+    ) -> None:
+        self.client_id = client_id
+        self.clean = clean
+        self.max_inflight = max_inflight
+        self.max_queued = max_queued
+        self.counters = counters
+        self.conn: Connection | None = None
+        self.subscriptions: dict[str, int] = {}
+        # packet id -> message, in send order (dicts keep insertion order), for redelivery with DUP.
+        self.inflight: dict[int, Message] = {}
+        self.queue: deque[tuple[Message, int]] = deque()
+        self.inbound_qos2: set[int] = set()
+        self.dropped = 0
+        self._next_id = 1
+        self._last_drop_log = -DROP_LOG_INTERVAL_S
+
+    def deliver(self, message: Message, qos: int) -> None:
+        """Send ``message`` at ``qos`` now if the window allows, else queue it (bounded)."""
+        conn = self.conn
+        if conn is None:
+            if qos:  # §3.1.2.4: QoS 1/2 messages are kept for an offline persistent session
+                self._enqueue(message, qos)
+            return
+        if self.queue or conn.paused or (qos and len(self.inflight) >= self.max_inflight):
+            self._enqueue(message, qos)
+            return
+        self._send(conn, message, qos)
+
+    def _send(self, conn: Connection, message: Message, qos: int) -> None:
+        self.counters.messages_out += 1
+        if not qos:
+            conn.write(message.packet_qos0())
+            return
+        packet_id = self._allocate_id()
+        self.inflight[packet_id] = message
+        conn.write_parts(message.parts_qos1(packet_id, False))
+
+    def _allocate_id(self) -> int:
+        packet_id = self._next_id
+        inflight = self.inflight
+        while packet_id in inflight:  # max_inflight < 65535, so a free id exists
+            packet_id = packet_id % 65535 + 1
+        self._next_id = packet_id % 65535 + 1
+        return packet_id
+
+    def _enqueue(self, message: Message, qos: int) -> None:
+        queue = self.queue
+        if len(queue) >= self.max_queued:
+            # Keep the newest messages: for cumulative meters the latest reading is worth the most.
+            queue.popleft()
+            self.dropped += 1
+            self.counters.messages_dropped += 1
+            now = time.monotonic()
+            if now - self._last_drop_log >= DROP_LOG_INTERVAL_S:
+                self._last_drop_log = now
+                log.warning(
+                    "client %r: queue full (%d messages), dropped the oldest; %d dropped so far",
+                    self.client_id,
+                    self.max_queued,
+                    self.dropped,
+                )
+        queue.append((message, qos))
+
+    def drain(self) -> None:
+        """Send queued messages while the connection is writable and the in-flight window allows."""
+        conn = self.conn
+        queue = self.queue
+        while queue and conn is not None and not conn.paused:
+            message, qos = queue[0]
+            if qos and len(self.inflight) >= self.max_inflight:
+                return
+            queue.popleft()
+            self._send(conn, message, qos)
+
+    def acknowledged(self, packet_id: int) -> None:
+        """A PUBACK arrived: the message left our hands; the window may take the next one."""
+        if self.inflight.pop(packet_id, None) is not None and self.queue:
+            self.drain()
+
+    def resume(self, conn: Connection) -> None:
+        """Attach a new connection: resend in-flight messages with DUP (§4.4), then the queue."""
+        self.conn = conn
+        for packet_id, message in self.inflight.items():
+            self.counters.messages_out += 1
+            conn.write_parts(message.parts_qos1(packet_id, True))
+        self.drain()
