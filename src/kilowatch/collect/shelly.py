@@ -1,0 +1,411 @@
+"""Shelly Gen2/Gen3/Gen4 (RPC firmware) over MQTT (shelly-api.md §7, §9, §13).
+
+Topics, for any ``topic_prefix`` (the device id unless configured):
+
+- ``<prefix>/events/rpc``: notification frames ``NotifyStatus`` (changed fields only, merged onto
+  the last known status), ``NotifyFullStatus`` (everything) and ``NotifyEvent``;
+- ``<prefix>/status/<component>``: the whole status of one component, without a timestamp;
+- ``<prefix>/online``: ``true`` / ``false`` (the last will);
+- ``<prefix>/debug/log``: ``<device id> <seq> <unix ts> <level>|<file:line> <message>`` lines.
+
+How merged state is used: a ``NotifyStatus`` produces a reading for a channel only when the delta
+carries one of that channel's metering fields. Instantaneous values (power, voltage, current,
+frequency, apparent power, power factor) come from the merged status, because the device promises
+that the overlay equals a fresh ``GetStatus`` at ``ts``. Cumulative counters (``energy_wh``,
+``returned_energy_wh``) come only from the delta: an energy counter the frame did not carry is
+absent, never re-stamped with the new ``ts`` (the device updates counters about once a minute; a
+stale counter at a newer time would hide energy from the ledger).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kilowatch.collect.messages import Availability, DeviceInfo, Event, LogLine, Message, Reading
+from kilowatch.collect.payload import (
+    INVALID_PAYLOAD,
+    MISSING_TOPIC,
+    UNKNOWN_METHOD,
+    load_json,
+    load_object,
+    number,
+    text_bool,
+)
+from kilowatch.collect.state import DecoderState
+from kilowatch.errors import DecodeError
+
+NAME = "shelly"
+
+_EVENTS = "/events/rpc"
+_ONLINE = "/online"
+_STATUS = "/status/"
+_LOG = "/debug/log"
+
+
+@dataclass(frozen=True, slots=True)
+class _ChannelSpec:
+    """How one channel's reading is read from a component status."""
+
+    suffix: str
+    """Appended to ``<type>:<id>``: ``""`` or a phase ``/a``."""
+    instant: tuple[tuple[str, str], ...]
+    """(status field, ``Reading`` attribute) of instantaneous values."""
+    counters: tuple[tuple[str, str | None, str], ...]
+    """(status field, sub-field or None, ``Reading`` attribute) of cumulative counters in Wh."""
+
+
+# switch and pm1 share field names (DOC-PM1, Switch): W, V, A, Hz, VA, pf; counters in Wh.
+_PM = _ChannelSpec(
+    "",
+    (
+        ("apower", "power_w"),
+        ("voltage", "voltage_v"),
+        ("current", "current_a"),
+        ("freq", "frequency_hz"),
+        ("aprtpower", "apparent_power_va"),
+        ("pf", "power_factor"),
+    ),
+    (("aenergy", "total", "energy_wh"), ("ret_aenergy", "total", "returned_energy_wh")),
+)
+_EM1 = _ChannelSpec(
+    "",
+    (
+        ("act_power", "power_w"),
+        ("voltage", "voltage_v"),
+        ("current", "current_a"),
+        ("freq", "frequency_hz"),
+        ("aprt_power", "apparent_power_va"),
+        ("pf", "power_factor"),
+    ),
+    (),
+)
+_EM1DATA = _ChannelSpec(
+    "",
+    (),
+    (
+        ("total_act_energy", None, "energy_wh"),
+        ("total_act_ret_energy", None, "returned_energy_wh"),
+    ),
+)
+_EM_TOTAL = _ChannelSpec(
+    "",
+    (
+        ("total_act_power", "power_w"),
+        ("total_current", "current_a"),
+        ("total_aprt_power", "apparent_power_va"),
+    ),
+    (),
+)
+_EMDATA_TOTAL = _ChannelSpec(
+    "", (), (("total_act", None, "energy_wh"), ("total_act_ret", None, "returned_energy_wh"))
+)
+
+
+def _em_phase(phase: str) -> _ChannelSpec:
+    return _ChannelSpec(
+        f"/{phase}",
+        (
+            (f"{phase}_act_power", "power_w"),
+            (f"{phase}_voltage", "voltage_v"),
+            (f"{phase}_current", "current_a"),
+            (f"{phase}_freq", "frequency_hz"),
+            (f"{phase}_aprt_power", "apparent_power_va"),
+            (f"{phase}_pf", "power_factor"),
+        ),
+        (),
+    )
+
+
+def _emdata_phase(phase: str) -> _ChannelSpec:
+    return _ChannelSpec(
+        f"/{phase}",
+        (),
+        (
+            (f"{phase}_total_act_energy", None, "energy_wh"),
+            (f"{phase}_total_act_ret_energy", None, "returned_energy_wh"),
+        ),
+    )
+
+
+_PHASES = ("a", "b", "c")
+
+# component type → (channel type, channel specs). EMData/EM1Data counters land on the channels of
+# the EM/EM1 component with the same id, so a channel's reading holds both its powers and counters.
+_METERING: dict[str, tuple[str, tuple[_ChannelSpec, ...]]] = {
+    "switch": ("switch", (_PM,)),
+    "pm1": ("pm1", (_PM,)),
+    "em1": ("em1", (_EM1,)),
+    "em1data": ("em1", (_EM1DATA,)),
+    "em": ("em", (_EM_TOTAL, *(_em_phase(p) for p in _PHASES))),
+    "emdata": ("em", (_EMDATA_TOTAL, *(_emdata_phase(p) for p in _PHASES))),
+}
+
+
+class _Readings:
+    """Accumulates reading fields per channel over the components of one message."""
+
+    __slots__ = ("carried", "fields")
+
+    def __init__(self) -> None:
+        self.fields: dict[str, dict[str, float]] = {}
+        self.carried: set[str] = set()
+
+    def add(self, key: str, delta: dict[str, Any], merged: dict[str, Any]) -> None:
+        """Add the channels of component ``key`` (``emdata:0``) from its delta and merged status."""
+        ctype, _, cid = key.partition(":")
+        channel_type, specs = _METERING[ctype]
+        base = f"{channel_type}:{cid}"
+        for spec in specs:
+            channel = base + spec.suffix
+            out = self.fields.get(channel)
+            if out is None:
+                out = self.fields[channel] = {}
+            carried = False
+            for field, attr in spec.instant:
+                if field in delta:
+                    carried = True
+                    value = delta[field]
+                    if value is not None:
+                        out[attr] = number(value, field=f"{key}.{field}")
+                else:
+                    value = merged.get(field)
+                    # a value remembered from an earlier message was checked then, or is skipped
+                    if type(value) is float or type(value) is int:
+                        out[attr] = float(value)
+            for field, sub, attr in spec.counters:
+                value = delta.get(field)
+                if sub is not None and type(value) is dict:
+                    value = value.get(sub)
+                    name = f"{key}.{field}.{sub}"
+                elif sub is not None:
+                    continue
+                else:
+                    name = f"{key}.{field}"
+                if value is not None:
+                    out[attr] = number(value, field=name)
+                    carried = True
+            if carried:
+                self.carried.add(channel)
+
+    def readings(self, device: str, ts: float) -> list[Message]:
+        return [
+            Reading(device, channel, ts, **values)
+            for channel, values in self.fields.items()
+            if channel in self.carried
+        ]
+
+
+def _device_info(
+    device: str, ts: float, sys: dict[str, Any] | None, wifi: dict[str, Any] | None
+) -> DeviceInfo | None:
+    """What ``sys`` (mac, uptime, available updates) and ``wifi`` (IP) tell about the device."""
+    info: dict[str, Any] = {}
+    if sys:
+        mac = sys.get("mac")
+        if type(mac) is str:
+            info["mac"] = mac
+        uptime = sys.get("uptime")
+        if type(uptime) is int:
+            info["uptime_s"] = uptime
+        if "available_updates" in sys:
+            updates = sys["available_updates"]
+            stable = updates.get("stable") if type(updates) is dict else None
+            version = stable.get("version") if type(stable) is dict else None
+            # "" records that the device reports no stable update (None would mean "not told").
+            info["available_update"] = version if type(version) is str else ""
+    if wifi:
+        ip = wifi.get("sta_ip")
+        if type(ip) is str:
+            info["ip"] = ip
+    if not info:
+        return None
+    return DeviceInfo(device, ts, **info)
+
+
+def _ts(value: object, *, default: float, field: str) -> float:
+    return default if value is None else number(value, field=field)
+
+
+class ShellyDecoder:
+    """Decoder for Shelly Gen2+ MQTT topics under any ``topic_prefix``."""
+
+    name = NAME
+
+    def __init__(self, *, topic_prefixes: tuple[str, ...] = ("+",)) -> None:
+        self.subscriptions: tuple[str, ...] = tuple(
+            f"{prefix}{suffix}"
+            for prefix in topic_prefixes
+            for suffix in (_EVENTS, _ONLINE, "/status/+", _LOG)
+        )
+
+    def matches(self, topic: str) -> bool:
+        """``<p>/events/rpc``, ``<p>/online``, ``<p>/status/<key>``, ``<p>/debug/log``."""
+        if topic.endswith((_EVENTS, _LOG)):
+            return len(topic) > len(_EVENTS)
+        if topic.endswith(_ONLINE):
+            return len(topic) > len(_ONLINE)
+        head, _, component = topic.rpartition("/")
+        return bool(component) and head.endswith("/status") and len(head) > len("/status")
+
+    def decode(
+        self, topic: str, payload: bytes, *, received_at: float, state: DecoderState
+    ) -> list[Message]:
+        """Messages of one Gen2+ MQTT message (see the module docstring for the merge rules)."""
+        if topic.endswith(_EVENTS):
+            return self._frame(topic[: -len(_EVENTS)], payload, received_at, state)
+        if topic.endswith(_ONLINE):
+            online = text_bool(payload, true=b"true", false=b"false", field=topic)
+            return [Availability(topic[: -len(_ONLINE)], online, received_at)]
+        if topic.endswith(_LOG):
+            return _log_lines(topic[: -len(_LOG)], payload, received_at)
+        head, _, component = topic.rpartition("/")
+        return _component_status(head[: -len("/status")], component, payload, received_at, state)
+
+    def guess_topic(self, payload: bytes, *, device: str | None) -> str | None:
+        """An RPC frame names its device (``src``); a debug log line starts with it."""
+        head = payload.lstrip()[:1]
+        if head == b"{":
+            try:
+                doc = load_json(payload, what="payload")
+            except DecodeError:
+                return None
+            if type(doc) is dict and type(doc.get("method")) is str:
+                src = device or doc.get("src")
+                if type(src) is str and src:
+                    return f"{src}{_EVENTS}"
+                raise DecodeError(
+                    MISSING_TOPIC,
+                    "this RPC frame has no 'src'; "
+                    "pass --device <id> or --topic <prefix>/events/rpc",
+                )
+            return None
+        parsed = _parse_log_line(payload.decode("utf-8", "replace").strip())
+        if parsed is not None:
+            return f"{device or parsed[0]}{_LOG}"
+        return None
+
+    def _frame(
+        self, prefix: str, payload: bytes, received_at: float, state: DecoderState
+    ) -> list[Message]:
+        frame = load_object(payload, what="RPC frame")
+        src = frame.get("src")
+        device = src if type(src) is str and src else prefix
+        method = frame.get("method")
+        params = frame.get("params")
+        if type(params) is not dict:
+            raise DecodeError(INVALID_PAYLOAD, f"{method or 'RPC frame'} has no 'params' object")
+        ts = _ts(params.get("ts"), default=received_at, field="params.ts")
+        if method == "NotifyStatus":
+            return _notify_status(device, ts, params, state)
+        if method == "NotifyFullStatus":
+            state.forget(device)
+            return _full_status(device, ts, params, state)
+        if method == "NotifyEvent":
+            return _notify_event(device, ts, params)
+        raise DecodeError(UNKNOWN_METHOD, f"unexpected RPC method {method!r} from {device}")
+
+
+def _notify_status(
+    device: str, ts: float, params: dict[str, Any], state: DecoderState
+) -> list[Message]:
+    acc = _Readings()
+    for key, delta in params.items():
+        if key == "ts":
+            continue
+        if key.partition(":")[0] in _METERING:
+            if delta is None:
+                state.merge(device, key, None)
+                continue
+            if type(delta) is not dict:
+                raise DecodeError(INVALID_PAYLOAD, f"NotifyStatus {key} must be an object")
+            acc.add(key, delta, state.merge(device, key, delta))
+    out = acc.readings(device, ts)
+    info = _device_info(device, ts, _object(params.get("sys")), _object(params.get("wifi")))
+    if info is not None:
+        out.append(info)
+    return out
+
+
+def _full_status(
+    device: str, ts: float, status: dict[str, Any], state: DecoderState
+) -> list[Message]:
+    acc = _Readings()
+    for key, value in status.items():
+        if type(value) is dict and key.partition(":")[0] in _METERING:
+            clean = state.replace(device, key, value)
+            acc.add(key, clean, clean)
+    out = acc.readings(device, ts)
+    info = _device_info(device, ts, _object(status.get("sys")), _object(status.get("wifi")))
+    if info is not None:
+        out.append(info)
+    return out
+
+
+def _component_status(
+    device: str, component: str, payload: bytes, received_at: float, state: DecoderState
+) -> list[Message]:
+    status = load_object(payload, what=f"status of {component}")
+    if component.partition(":")[0] in _METERING:
+        return _full_status(device, received_at, {component: status}, state)
+    if component == "sys":
+        info = _device_info(device, received_at, status, None)
+    elif component == "wifi":
+        info = _device_info(device, received_at, None, status)
+    else:
+        return []
+    return [] if info is None else [info]
+
+
+def _notify_event(device: str, ts: float, params: dict[str, Any]) -> list[Message]:
+    events = params.get("events")
+    if type(events) is not list:
+        raise DecodeError(INVALID_PAYLOAD, "NotifyEvent has no 'events' list")
+    out: list[Message] = []
+    for item in events:
+        if type(item) is not dict:
+            raise DecodeError(INVALID_PAYLOAD, f"NotifyEvent item must be an object, got {item!r}")
+        component, event = item.get("component"), item.get("event")
+        if type(component) is not str or type(event) is not str:
+            raise DecodeError(INVALID_PAYLOAD, "NotifyEvent item needs 'component' and 'event'")
+        data = {k: v for k, v in item.items() if k not in ("component", "event", "ts")}
+        when = _ts(item.get("ts"), default=ts, field="event ts")
+        out.append(Event(device, when, component, event, data))
+    return out
+
+
+def _parse_log_line(line: str) -> tuple[str, int, float, int, str, str] | None:
+    """``<device id> <seq> <unix ts> <level>|<file:line> <message>``, or ``None``."""
+    parts = line.split(" ", 4)
+    if len(parts) < 4 or not parts[1].isdigit():
+        return None
+    level, bar, source = parts[3].partition("|")
+    if not bar or not level.isdigit():
+        return None
+    try:
+        ts = float(parts[2])
+    except ValueError:
+        return None
+    message = parts[4] if len(parts) == 5 else ""
+    return parts[0], int(parts[1]), ts, int(level), source, message
+
+
+def _log_lines(prefix: str, payload: bytes, received_at: float) -> list[Message]:
+    """Log lines: the device is the id the line itself starts with (the ``src`` of its frames)."""
+    out: list[Message] = []
+    for raw in payload.decode("utf-8", "replace").splitlines():
+        line = raw.rstrip()
+        if not line:
+            continue
+        parsed = _parse_log_line(line)
+        if parsed is None:
+            # Log text is for people: keep a line we cannot split rather than dead-lettering it.
+            out.append(LogLine(prefix, received_at, line))
+        else:
+            device, seq, ts, level, source, message = parsed
+            out.append(LogLine(device, ts, message, level=level, seq=seq, source=source or None))
+    return out
+
+
+def _object(value: object) -> dict[str, Any] | None:
+    return value if type(value) is dict else None
