@@ -19,6 +19,7 @@ from kilowatch.errors import KilowatchError
 
 COMMAND_MODULES: tuple[str, ...] = (
     # one module per command (or command group); each defines ``register(app: typer.Typer) -> None``
+    "decode",
 )
 
 app = typer.Typer(
