@@ -1,0 +1,636 @@
+"""Redis backend (redis-py asyncio): one server or a Redis Cluster, in a layout that keeps the seed's.
+
+Key layout (``P`` = the URL's ``?prefix=``, default ``energy``; full table in docs/storage.md):
+
+- ``P:kw:{D|C}:s:<utc day start>`` hash per channel and UTC day: field ``<n>`` = import mWh of the
+  day's slot ``n`` (0..95), ``<n>e`` = export mWh, ``<n>x`` = ``1`` when estimated.
+- ``P:kw:{D|C}:h:<utc month start>`` hash per channel and UTC month: the same per UTC hour (``n`` =
+  hour of the month), kept in the same transaction, read by queries whose buckets are whole UTC hours.
+- ``P:kw:{D|C}:ledger`` the channel's ledger state (JSON). ``{D|C}`` is a hash tag: on a cluster one
+  channel's energy and ledger state live in one slot and are committed in one MULTI/EXEC.
+- ``P:<MAC>_<hour start>`` the seed's hourly hash (``fw_ver``, ``hourly_energy_usage``,
+  ``hourly_ret_energy_usage``, ``id``, ``mac``, ``operational``, ``timestamp``) plus our marker field
+  ``kw``; ``device:<MAC>`` the seed's device hash.
+- ``P:kw:seed`` sorted set indexing hourly hashes written by someone else (an EMQX sink): member
+  ``<device id>\\t<key>``, score = hour start. Refreshed by SCAN at open and every
+  :data:`SEED_REFRESH_S` (never on the query path); queries read them as channel ``hourly``.
+
+Queries compute the keys they need (one per channel and UTC day or month) and read them with one
+pipelined round trip; buckets are computed in Python with :mod:`kilowatch.store.periods`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
+from redis.crc import key_slot
+
+from kilowatch.collect.messages import Event, LogLine, Reading
+from kilowatch.errors import StoreError
+from kilowatch.ledger.slots import SLOT_SECONDS
+from kilowatch.store import records
+from kilowatch.store.base import (
+    Batch,
+    ChannelKey,
+    DeadLetter,
+    DeviceRecord,
+    EnergyQuery,
+    EnergyRow,
+)
+from kilowatch.store.energy import HOURLY, Cells, add, rows, selected, shadow_hourly
+from kilowatch.store.periods import Plan, plan
+from kilowatch.store.url import RedisTarget, parse_redis
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 5.0
+"""Socket connect timeout to a Redis node."""
+SOCKET_TIMEOUT_S = 30.0
+"""Longest a single Redis command (or pipeline) may take before the call fails."""
+SEED_REFRESH_S = 60.0
+"""How often externally written seed hashes are re-indexed (SCAN, off the query path)."""
+SCAN_COUNT = 1000
+
+_DAY = 86400
+_MARKER = "kw"
+"""Field kilowatch adds to the seed hashes it writes, so the index knows they are ours."""
+_SEP = "\t"
+
+
+class _Ops:
+    """Commands of one commit, remembered with their key so a cluster can group them by slot."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str, tuple[Any, ...]]] = []
+
+    def __call__(self, method: str, key: str, *args: Any) -> None:
+        self.items.append((method, key, args))
+
+
+class RedisStore:
+    """The Redis :class:`~kilowatch.store.base.Store`; open with ``open_store("redis://...")``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.target: RedisTarget = parse_redis(url)
+        self.prefix = self.target.prefix
+        self._client: Redis | RedisCluster | None = None
+        self._seed_re = re.compile(re.escape(self.prefix) + r":([0-9A-Fa-f]{12})_(\d+)$")
+        self._macs: dict[str, tuple[str | None, str | None]] = {}
+        """device -> (mac, fw_ver), for the seed hashes kilowatch writes."""
+        self._refresher: asyncio.Task[None] | None = None
+        self._tasks: asyncio.TaskGroup | None = None
+
+    # -- keys ------------------------------------------------------------------------------------
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.prefix, "kw", *parts))
+
+    def _chan(self, device: str, channel: str) -> str:
+        return self._k("{" + device + "|" + channel + "}")
+
+    def _dev(self, device: str) -> str:
+        return self._k("device", "{" + device + "}")
+
+    def seed_key(self, mac: str, hour: int) -> str:
+        """The seed's hourly hash key ``<prefix>:<MAC>_<hour start>``."""
+        return f"{self.prefix}:{mac}_{hour}"
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Redis | RedisCluster:
+        if self._client is None:
+            raise StoreError("the Redis store is not open; use `async with open_store(url)`")
+        return self._client
+
+    async def __aenter__(self) -> Self:
+        t = self.target
+        common: dict[str, Any] = {
+            "username": t.username,
+            "password": t.password,
+            "socket_connect_timeout": CONNECT_TIMEOUT_S,
+            "socket_timeout": SOCKET_TIMEOUT_S,
+        }
+        if t.tls:
+            common["ssl"] = True
+            common.update(t.tls_options)
+        try:
+            if t.cluster:
+                nodes = [ClusterNode(h, p) for h, p in t.hosts]
+                self._client = RedisCluster(startup_nodes=nodes, **common)
+                await self._client.initialize()
+            else:
+                host, port = t.hosts[0]
+                self._client = Redis(host=host, port=port, db=t.db, **common)
+                await self._client.ping()
+            await self.refresh_seed_index()
+        except (redis_errors.RedisError, OSError) as err:
+            await self._close()
+            raise _error(f"cannot open the Redis store at {_safe(self.url)}", err) from err
+        self._tasks = asyncio.TaskGroup()
+        await self._tasks.__aenter__()
+        self._refresher = self._tasks.create_task(self._refresh_loop())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+        if self._tasks is not None:
+            await self._tasks.__aexit__(None, None, None)
+            self._tasks = None
+        await self._close()
+
+    async def _close(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(redis_errors.RedisError, OSError):
+                await self._client.aclose()
+            self._client = None
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SEED_REFRESH_S)
+            try:
+                await self.refresh_seed_index()
+            except StoreError as err:
+                log.warning("seed index refresh failed: %s", err)
+
+    # -- the seed index --------------------------------------------------------------------------
+
+    async def refresh_seed_index(self) -> int:
+        """Index hourly hashes an external sink wrote in the seed layout (``P:<MAC>_<hour>``).
+
+        SCANs the keyspace; runs at open and every :data:`SEED_REFRESH_S`, never on the query
+        path. Returns how many external hourly hashes are indexed after the refresh.
+        """
+        client = self.client
+        try:
+            keys: list[str] = []
+            async for raw in client.scan_iter(
+                match=f"{self.prefix}:*_*", count=SCAN_COUNT, _type="HASH"
+            ):
+                key = raw.decode() if isinstance(raw, bytes) else str(raw)
+                if self._seed_re.match(key):
+                    keys.append(key)
+            found = await self._pipeline_read([("hmget", k, ("id", _MARKER)) for k in keys])
+            members: dict[str, float] = {}
+            for key, (dev, marker) in zip(keys, found, strict=True):
+                if marker is not None or dev is None:
+                    continue  # ours (its energy is in the channel keys) or not a seed hash
+                m = self._seed_re.match(key)
+                assert m is not None
+                members[dev.decode() + _SEP + key] = int(m.group(2))
+            if members:
+                await client.zadd(self._k("seed"), members)
+            return int(await client.zcard(self._k("seed")))
+        except (redis_errors.RedisError, OSError) as err:
+            raise _error("cannot index the seed's hourly hashes", err) from err
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    async def commit(self, batch: Batch) -> None:
+        """Apply ``batch`` in MULTI/EXEC (on a cluster: one MULTI/EXEC per hash slot, see docs)."""
+        try:
+            await self._known_macs({s.device for s in batch.slots}, batch)
+            ops = self._commit_ops(batch)
+            await self._exec(ops)
+        except (redis_errors.RedisError, OSError) as err:
+            raise _error("commit to Redis failed", err) from err
+
+    async def _known_macs(self, devices: set[str], batch: Batch) -> None:
+        for u in batch.devices:
+            mac, fw = self._macs.get(u.device, (None, None))
+            self._macs[u.device] = (u.mac or mac, u.fw_ver or fw)
+        missing = sorted(d for d in devices if d not in self._macs)
+        if not missing:
+            return
+        found = await self._pipeline_read([("hmget", self._dev(d), ("mac", "fw_ver")) for d in missing])
+        for device, (mac, fw) in zip(missing, found, strict=True):
+            self._macs[device] = (
+                mac.decode() if mac else None,
+                fw.decode() if fw else None,
+            )
+
+    def _commit_ops(self, batch: Batch) -> _Ops:
+        op = _Ops()
+        seed: dict[tuple[str, int], list[int]] = {}
+        for s in batch.slots:
+            ch = self._chan(s.device, s.channel)
+            day = s.slot - s.slot % _DAY
+            n = (s.slot - day) // SLOT_SECONDS
+            _add_fields(op, f"{ch}:s:{day}", str(n), s.import_mwh, s.export_mwh, s.estimated)
+            month = _month_start(s.slot)
+            h = (s.slot - month) // 3600
+            _add_fields(op, f"{ch}:h:{month}", str(h), s.import_mwh, s.export_mwh, s.estimated)
+            if "/" not in s.channel and s.channel != HOURLY:
+                acc = seed.setdefault((s.device, s.slot - s.slot % 3600), [0, 0])
+                acc[0] += s.import_mwh
+                acc[1] += s.export_mwh
+        for (device, channel), state in batch.ledger_states.items():
+            op("set", f"{self._chan(device, channel)}:ledger", records.dumps(state))
+            op("sadd", self._k("ledgers"), device + _SEP + channel)
+        self._seed_ops(op, seed)
+        channels = {(s.device, s.channel) for s in batch.slots} | {
+            (r.device, r.channel) for r in batch.latest
+        }
+        for device, channel in sorted(channels):
+            op("sadd", self._k("channels"), device + _SEP + channel)
+            op("sadd", self._dev(device) + ":channels", channel)
+        devices = {d for d, _ in channels} | {u.device for u in batch.devices}
+        devices |= {e.device for e in batch.events} | {x.device for x in batch.logs}
+        if devices:
+            op("sadd", self._k("devices"), *sorted(devices))
+        for u in batch.devices:
+            self._device_ops(op, u.device, records.update_values(u), u.last_seen)
+        newest: dict[ChannelKey, Reading] = {}
+        for r in batch.latest:
+            old = newest.get((r.device, r.channel))
+            if old is None or r.ts >= old.ts:
+                newest[(r.device, r.channel)] = r
+        for (device, channel), r in newest.items():
+            op("hset", self._dev(device) + ":latest", channel, records.reading_dumps(r))
+        self._list_ops(op, "events", [(e.device, records.event_dumps(e)) for e in batch.events],
+                       records.EVENTS_PER_DEVICE, records.EVENTS_OVERALL)
+        self._list_ops(op, "logs", [(x.device, records.log_dumps(x)) for x in batch.logs],
+                       records.LOGS_PER_DEVICE, records.LOGS_OVERALL)
+        if batch.dead_letters:
+            key = self._k("deadletters")
+            op("lpush", key, *[records.dead_letter_dumps(d) for d in batch.dead_letters])
+            op("ltrim", key, 0, records.DEAD_LETTERS - 1)
+            for d in batch.dead_letters:
+                op("hincrby", self._k("deadletter-counts"), d.reason, 1)
+        return op
+
+    def _seed_ops(self, op: _Ops, seed: dict[tuple[str, int], list[int]]) -> None:
+        for (device, hour), (imp, exp) in sorted(seed.items()):
+            mac, fw = self._macs.get(device, (None, None))
+            mac = records.mac_of(device, mac)
+            if mac is None:
+                continue  # no MAC known or derivable: the seed layout cannot name this device
+            key = self.seed_key(mac, hour)
+            op("hincrbyfloat", key, "hourly_energy_usage", imp / 1000)
+            op("hincrbyfloat", key, "hourly_ret_energy_usage", exp / 1000)
+            op("hset", key, {
+                "fw_ver": fw or "", "id": device, "mac": mac, "operational": "true",
+                "timestamp": hour, _MARKER: "1",
+            })  # fmt: skip
+
+    def _device_ops(
+        self, op: _Ops, device: str, values: dict[str, Any], last_seen: float | None
+    ) -> None:
+        key = self._dev(device)
+        if last_seen is not None:
+            op("hsetnx", key, "first_seen", last_seen)
+        if values:
+            op("hset", key, values)
+        mac = records.mac_of(device, values.get("mac") or self._macs.get(device, (None, None))[0])
+        seed = {k: values[k] for k in ("fw_ver", "model", "name", "ip") if k in values}
+        if mac is not None and (seed or "mac" in values):
+            op("hset", f"device:{mac}", {"id": device, "mac": mac, **seed})
+
+    def _list_ops(
+        self, op: _Ops, name: str, items: Sequence[tuple[str, bytes]], per_device: int, overall: int
+    ) -> None:
+        if not items:
+            return
+        per: dict[str, list[bytes]] = {}
+        for device, raw in items:
+            per.setdefault(device, []).append(raw)
+        for device, raws in per.items():
+            key = f"{self._dev(device)}:{name}"
+            op("lpush", key, *raws)
+            op("ltrim", key, 0, per_device - 1)
+        op("lpush", self._k(name), *[raw for _, raw in items])
+        op("ltrim", self._k(name), 0, overall - 1)
+
+    async def _exec(self, ops: _Ops) -> None:
+        client = self.client
+        if not ops.items:
+            return
+        if isinstance(client, RedisCluster):
+            # one transaction per hash slot: a channel's energy and ledger state share a slot
+            groups: dict[int, list[tuple[str, str, tuple[Any, ...]]]] = {}
+            for item in ops.items:
+                groups.setdefault(key_slot(item[1].encode()), []).append(item)
+            await asyncio.gather(*(self._exec_group(client, g) for g in groups.values()))
+        else:
+            await self._exec_group(client, ops.items)
+
+    @staticmethod
+    async def _exec_group(
+        client: Redis | RedisCluster, items: Iterable[tuple[str, str, tuple[Any, ...]]]
+    ) -> None:
+        pipe = client.pipeline(transaction=True)
+        for method, key, args in items:
+            kwargs: dict[str, Any] = {}
+            if args and isinstance(args[-1], dict):
+                kwargs["mapping"], args = args[-1], args[:-1]
+            getattr(pipe, method)(key, *args, **kwargs)
+        await pipe.execute()
+
+    async def _pipeline_read(self, cmds: Sequence[tuple[str, str, tuple[Any, ...]]]) -> list[Any]:
+        if not cmds:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for method, key, args in cmds:
+            getattr(pipe, method)(key, *args)
+        return list(await pipe.execute())
+
+    async def set_device_label(
+        self, device: str, *, label: str | None = None, room: str | None = None
+    ) -> None:
+        key = self._dev(device)
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            for name, value in (("label", label), ("room", room)):
+                if value == "":
+                    pipe.hdel(key, name)
+                elif value is not None:
+                    pipe.hset(key, name, value)
+            await pipe.execute()
+            await self.client.sadd(self._k("devices"), device)
+        except (redis_errors.RedisError, OSError) as err:
+            raise _error("cannot save the device label", err) from err
+
+    async def put_meta(self, key: str, value: Any) -> None:
+        raw = records.dumps(value)
+        try:
+            await self.client.hset(self._k("meta"), key, raw)
+        except (redis_errors.RedisError, OSError) as err:
+            raise _error("cannot save a setting", err) from err
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    async def _call(self, what: str, coro: Any) -> Any:
+        try:
+            return await coro
+        except (redis_errors.RedisError, OSError) as err:
+            raise _error(what, err) from err
+
+    async def _pairs(self, name: str) -> list[tuple[str, str]]:
+        raw = await self._call("cannot list channels", self.client.smembers(self._k(name)))
+        out = []
+        for member in raw:
+            device, _, channel = member.decode().partition(_SEP)
+            out.append((device, channel))
+        return sorted(out)
+
+    async def load_ledger_states(self) -> dict[ChannelKey, dict[str, Any]]:
+        pairs = await self._pairs("ledgers")
+        got = await self._call(
+            "cannot read ledger states",
+            self._pipeline_read([("get", f"{self._chan(d, c)}:ledger", ()) for d, c in pairs]),
+        )
+        return {pair: records.loads(raw) for pair, raw in zip(pairs, got, strict=True) if raw}
+
+    async def energy(self, query: EnergyQuery) -> list[EnergyRow]:
+        p = plan(query.by, query.tz, query.start, query.end)
+        pairs = [pc for pc in await self._pairs("channels") if selected(query, *pc)]
+        step = 3600 if p.whole_hours else SLOT_SECONDS
+        cmds: list[tuple[str, str, tuple[Any, ...]]] = []
+        bases: list[tuple[str, str, int]] = []
+        for device, channel in pairs:
+            ch = self._chan(device, channel)
+            for base in _bases(p, step):
+                cmds.append(("hgetall", f"{ch}:{'h' if step == 3600 else 's'}:{base}", ()))
+                bases.append((device, channel, base))
+        seed_cmds = await self._seed_reads(query, p)
+        got = await self._call(
+            "energy query failed", self._pipeline_read(cmds + [c for c, _ in seed_cmds])
+        )
+        raw: list[tuple[str, str, int, int, int, bool]] = []
+        for (device, channel, base), fields in zip(bases, got, strict=False):
+            if fields:
+                raw += _parse(device, channel, base, step, fields, p)
+        raw += _seed_rows(raw, seed_cmds, got[len(cmds) :], step, p)
+        cells: Cells = {}
+        for device, channel, ts, imp, exp, est in raw:
+            add(cells, device, channel, p.key(ts), imp, exp, est)
+        shadow = _shadow(p, raw, cells) if query.group != "channel" else {}
+        return rows(p, query, cells, shadow)
+
+    async def _seed_reads(
+        self, query: EnergyQuery, p: Plan
+    ) -> list[tuple[tuple[str, str, tuple[Any, ...]], tuple[str, int]]]:
+        if query.channels and HOURLY not in query.channels:
+            return []
+        members = await self._call(
+            "cannot read the seed index",
+            self.client.zrangebyscore(self._k("seed"), p.start - 3599, p.end - 1, withscores=True),
+        )
+        out = []
+        for member, score in members:
+            device, _, key = member.decode().partition(_SEP)
+            if query.devices and device not in query.devices:
+                continue
+            cmd = ("hmget", key, ("hourly_energy_usage", "hourly_ret_energy_usage", _MARKER))
+            out.append((cmd, (device, int(score))))
+        return out
+
+    async def devices(self) -> list[DeviceRecord]:
+        names = await self._call("cannot list devices", self.client.smembers(self._k("devices")))
+        seed_ids = await self._seed_ids()
+        ids = sorted({n.decode() for n in names} | seed_ids)
+        found = [await self._device(d, d in seed_ids) for d in ids]
+        return [d for d in found if d is not None]
+
+    async def _seed_ids(self) -> set[str]:
+        members = await self._call(
+            "cannot read the seed index", self.client.zrange(self._k("seed"), 0, -1)
+        )
+        return {m.decode().partition(_SEP)[0] for m in members}
+
+    async def device(self, device: str) -> DeviceRecord | None:
+        return await self._device(device, device in await self._seed_ids())
+
+    async def _device(self, device: str, seeded: bool) -> DeviceRecord | None:
+        key = self._dev(device)
+        values, channels, known = await self._call(
+            "cannot read a device",
+            self._pipeline_read(
+                [("hgetall", key, ()), ("smembers", key + ":channels", ()),
+                 ("sismember", self._k("devices"), (device,))]
+            ),
+        )
+        if not known and not seeded:
+            return None
+        names = {c.decode() for c in channels} | ({HOURLY} if seeded else set())
+        decoded = {k.decode(): v.decode() for k, v in values.items()}
+        return records.device_record(device, decoded, sorted(names))
+
+    async def latest(self, device: str | None = None) -> list[Reading]:
+        if device is None:
+            names = await self._call("cannot list devices", self.client.smembers(self._k("devices")))
+            devices = sorted(n.decode() for n in names)
+        else:
+            devices = [device]
+        got = await self._call(
+            "cannot read latest readings",
+            self._pipeline_read([("hgetall", self._dev(d) + ":latest", ()) for d in devices]),
+        )
+        return [records.reading_loads(values[c]) for values in got for c in sorted(values)]
+
+    async def _list(self, key: str, limit: int) -> list[bytes]:
+        if limit <= 0:
+            return []
+        got = await self._call("cannot read a list", self.client.lrange(key, 0, limit - 1))
+        return list(got)
+
+    async def events(self, device: str | None = None, limit: int = 100) -> list[Event]:
+        key = self._k("events") if device is None else f"{self._dev(device)}:events"
+        return [records.event_loads(r) for r in await self._list(key, limit)]
+
+    async def logs(self, device: str | None = None, limit: int = 100) -> list[LogLine]:
+        key = self._k("logs") if device is None else f"{self._dev(device)}:logs"
+        return [records.log_loads(r) for r in await self._list(key, limit)]
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        return [records.dead_letter_loads(r) for r in await self._list(self._k("deadletters"), limit)]
+
+    async def dead_letter_counts(self) -> dict[str, int]:
+        got = await self._call(
+            "cannot read dead letter counts", self.client.hgetall(self._k("deadletter-counts"))
+        )
+        return {k.decode(): int(v) for k, v in got.items()}
+
+    async def get_meta(self, key: str) -> Any | None:
+        raw = await self._call("cannot read a setting", self.client.hget(self._k("meta"), key))
+        return None if raw is None else records.loads(raw)
+
+
+def _add_fields(op: _Ops, key: str, n: str, imp: int, exp: int, est: bool) -> None:
+    if imp:
+        op("hincrby", key, n, imp)
+    elif not exp:
+        op("hincrby", key, n, 0)  # an all-zero slot still exists (it has data: zero energy)
+    if exp:
+        op("hincrby", key, n + "e", exp)
+    if est:
+        op("hset", key, n + "x", 1)
+
+
+def _month_start(ts: int) -> int:
+    d = datetime.fromtimestamp(ts, UTC)
+    return int(datetime(d.year, d.month, 1, tzinfo=UTC).timestamp())
+
+
+def _bases(p: Plan, step: int) -> list[int]:
+    """Start of every UTC day (slot resolution) or UTC month (hour resolution) the range touches."""
+    if step == SLOT_SECONDS:
+        return list(range(p.start - p.start % _DAY, p.end, _DAY))
+    out = []
+    t = _month_start(p.start)
+    while t < p.end:
+        out.append(t)
+        t = _month_start(t + 32 * _DAY)
+    return out
+
+
+def _parse(
+    device: str, channel: str, base: int, step: int, fields: dict[bytes, bytes], p: Plan
+) -> list[tuple[str, str, int, int, int, bool]]:
+    values: dict[int, list[int]] = {}
+    for name, value in fields.items():
+        tail = name[-1:]
+        if tail in (b"e", b"x"):
+            n = int(name[:-1])
+            cell = values.setdefault(n, [0, 0, 0])
+            if tail == b"e":
+                cell[1] = int(value)
+            else:
+                cell[2] = 1
+        else:
+            values.setdefault(int(name), [0, 0, 0])[0] = int(value)
+    out = []
+    for n, (imp, exp, est) in values.items():
+        ts = base + n * step
+        if p.start <= ts < p.end:
+            out.append((device, channel, ts, imp, exp, bool(est)))
+    return out
+
+
+def _seed_rows(
+    raw: list[tuple[str, str, int, int, int, bool]],
+    seed_cmds: Sequence[tuple[Any, tuple[str, int]]],
+    got: Sequence[Any],
+    step: int,
+    p: Plan,
+) -> list[tuple[str, str, int, int, int, bool]]:
+    """Externally written hours as channel ``hourly``; hours kilowatch itself holds for that device's
+    ``hourly`` channel win (the same script message, seen by both kilowatch and an EMQX sink)."""
+    ours = {(d, ts // 3600 * 3600) for d, c, ts, *_ in raw if c == HOURLY}
+    out: list[tuple[str, str, int, int, int, bool]] = []
+    for (_, (device, hour)), (imp, exp, marker) in zip(seed_cmds, got, strict=True):
+        if marker is not None or imp is None or (device, hour) in ours:
+            continue
+        imp_mwh, exp_mwh = _mwh(imp), _mwh(exp)
+        parts = 1 if step == 3600 else 3600 // SLOT_SECONDS
+        # an hour read at slot resolution is spread evenly (remainder on the first slot)
+        for i in range(parts):
+            ts = hour + i * (3600 // parts)
+            if p.start <= ts < p.end:
+                a = imp_mwh // parts + (imp_mwh % parts if i == 0 else 0)
+                b = exp_mwh // parts + (exp_mwh % parts if i == 0 else 0)
+                out.append((device, HOURLY, ts, a, b, parts > 1 and not _whole(p, hour)))
+    return out
+
+
+def _whole(p: Plan, hour: int) -> bool:
+    """Whether one bucket holds the whole UTC hour (so spreading it over slots changes nothing)."""
+    return p.start <= hour and hour + 3600 <= p.end and p.key(hour) == p.key(hour + 3600 - 900)
+
+
+def _mwh(value: bytes | None) -> int:
+    if value is None:
+        return 0
+    try:
+        return round(float(value) * 1000)
+    except ValueError:
+        return 0
+
+
+def _shadow(
+    p: Plan, raw: list[tuple[str, str, int, int, int, bool]], cells: Cells
+) -> dict[tuple[str, int], list[int]]:
+    covered: dict[str, set[int]] = {}
+    for device, channel, ts, *_ in raw:
+        if channel != HOURLY:
+            covered.setdefault(device, set()).add(ts // 3600 * 3600)
+    hourly = [(d, ts, imp, exp) for d, c, ts, imp, exp, _ in raw if c == HOURLY and d in covered]
+    return shadow_hourly(p, hourly, covered)
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages."""
+    return re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", url)
+
+
+def _error(what: str, err: BaseException) -> StoreError:
+    hint = ""
+    if isinstance(err, redis_errors.AuthenticationError | redis_errors.AuthenticationWrongNumberOfArgsError):
+        hint = "; check the password in the store URL (redis://:password@host:port/0)"
+    elif isinstance(err, redis_errors.ConnectionError | OSError):
+        hint = "; is redis-server running there? check host and port of the store URL"
+    elif isinstance(err, redis_errors.ResponseError) and "MOVED" in str(err):
+        hint = "; this server is part of a cluster: list several nodes in the URL"
+    out = StoreError(f"{what}: {err}{hint}")
+    out.__cause__ = err
+    return out
+
+
+__all__ = ["SEED_REFRESH_S", "RedisStore"]
