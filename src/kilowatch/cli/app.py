@@ -20,6 +20,8 @@ from kilowatch.errors import KilowatchError
 COMMAND_MODULES: tuple[str, ...] = (
     # one module per command (or command group); each defines ``register(app: typer.Typer) -> None``
     "decode",
+    "serve",
+    "deadletters",
 )
 
 app = typer.Typer(

@@ -118,6 +118,7 @@ class MqttIntake:
         self._lock = threading.Lock()
         self._buffer: list[Delivery] = []
         self._waiting = False
+        self._stopped = False
         self._wakeup = asyncio.Event()
         self._lost = asyncio.Event()
         self._generation = 0
@@ -213,9 +214,17 @@ class MqttIntake:
         self.connected.clear()
         self._lost.set()
 
+    def stop_taking(self) -> None:
+        """Make :meth:`next_batch` return ``[]`` from now on (shutdown: the pipeline drains)."""
+        self._stopped = True
+        self._wakeup.set()
+
     async def next_batch(self, max_items: int) -> list[Delivery]:
-        """Wait for messages, then return up to ``max_items`` of them (whatever has arrived)."""
-        while True:
+        """Wait for messages, then return up to ``max_items`` of them (whatever has arrived).
+
+        Returns ``[]`` once :meth:`stop_taking` was called.
+        """
+        while not self._stopped:
             with self._lock:
                 if self._buffer:
                     batch = self._buffer[:max_items]
@@ -224,6 +233,7 @@ class MqttIntake:
                 self._waiting = True
                 self._wakeup.clear()
             await self._wakeup.wait()
+        return []
 
     def take_pending(self) -> list[Delivery]:
         """Everything received and not yet taken (for the final flush at shutdown)."""

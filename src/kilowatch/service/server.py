@@ -1,0 +1,338 @@
+"""``kilowatch serve``: one lifespan that owns the broker, the store, the intake and the pipeline.
+
+Resources are entered in dependency order on one :class:`~contextlib.AsyncExitStack` (store,
+embedded broker, MQTT intake) and left in reverse; every background loop (intake reconnects,
+ingest, stats, web app) runs in one :class:`asyncio.TaskGroup`. Stopping (SIGINT/SIGTERM → the
+``stop`` event) is graceful: the intake stops handing out messages, the pipeline commits what it
+holds and acknowledges it, the intake disconnects after its acknowledgements went out, then the
+broker and the store close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kilowatch.collect.registry import DecoderOptions, default_registry
+from kilowatch.errors import ConfigError
+from kilowatch.service.config import LogFormat, Settings, parse_broker_url
+from kilowatch.service.live import LiveHub
+from kilowatch.service.mqtt import MqttIntake, MqttOptions
+from kilowatch.service.pipeline import IngestStats, Pipeline
+from kilowatch.store import Store, open_store
+
+log = logging.getLogger("kilowatch.serve")
+
+EMBEDDED_MAX_INFLIGHT = 10_000
+"""Unacknowledged QoS 1 messages the embedded broker lets us hold: we acknowledge only after
+each commit, so a small window (the broker's default, 100) caps ingest at 100 per commit."""
+STATS_INTERVAL_S = 60.0
+"""How often ingest counters are logged."""
+
+
+# -- logging --------------------------------------------------------------------------------------
+
+
+class _LogfmtFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ts = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        line = (
+            f"time={ts} level={record.levelname.lower()} logger={record.name} {record.getMessage()}"
+        )
+        if record.exc_info:
+            line += " exc=" + json.dumps(self.formatException(record.exc_info))
+        return line
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(settings: Settings) -> None:
+    """Structured logs on stderr: ``key=value`` lines or JSON lines, at ``settings.log_level``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _JsonFormatter() if settings.log_format is LogFormat.JSON else _LogfmtFormatter()
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.value)
+    # paho and uvicorn are chatty at INFO; their warnings still show.
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+# -- the lifespan ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Running:
+    """What a running service exposes (to the web app hook, tests, and the CLI's ready line)."""
+
+    settings: Settings
+    store: Store
+    hub: LiveHub
+    stats: IngestStats
+    mqtt_host: str
+    mqtt_port: int
+
+
+WebStarter = Callable[[asyncio.TaskGroup, Running, asyncio.Event], Awaitable[None]]
+
+
+def decoder_options(settings: Settings) -> DecoderOptions:
+    return DecoderOptions(
+        shelly_topic_prefixes=settings.shelly_topic_prefixes,
+        tasmota_full_topics=settings.tasmota_full_topics,
+        zigbee2mqtt_base_topics=settings.zigbee2mqtt_base_topics,
+    )
+
+
+def mqtt_options(settings: Settings, *, embedded_port: int | None = None) -> MqttOptions:
+    """How the intake reaches the broker: the embedded one on loopback, or the URL's."""
+    common: dict[str, Any] = {
+        "client_id": settings.mqtt_client_id,
+        "ca": settings.mqtt_ca,
+        "cert": settings.mqtt_cert,
+        "key": settings.mqtt_key,
+        "insecure": settings.mqtt_insecure,
+    }
+    if embedded_port is not None:
+        host = settings.mqtt_host
+        if host in {"", "0.0.0.0", "::"}:  # bound to every address: reach it on loopback
+            host = "127.0.0.1" if host != "::" else "::1"
+        return MqttOptions(
+            host=host,
+            port=embedded_port,
+            user=settings.mqtt_user,
+            password=settings.mqtt_password,
+            **common,
+        )
+    address = parse_broker_url(settings.broker)
+    return MqttOptions(
+        host=address.host,
+        port=address.port,
+        tls=address.tls,
+        user=address.user if address.user is not None else settings.mqtt_user,
+        password=address.password if address.user is not None else settings.mqtt_password,
+        **common,
+    )
+
+
+async def start_web(tg: asyncio.TaskGroup, running: Running, stop: asyncio.Event) -> None:
+    """THE WEB APP HOOK: serve ``kilowatch.web`` on ``http_host:http_port`` inside ``tg``.
+
+    Contract with the web app: ``kilowatch.web.create_app(*, store, settings, hub) -> ASGI app``.
+    While the web package does not provide it, the service runs without a web server.
+    """
+    try:
+        from kilowatch import web
+    except ImportError:  # pragma: no cover - the package exists in every build
+        return
+    create_app = getattr(web, "create_app", None)
+    if create_app is None:
+        log.info("web app not available (kilowatch.web.create_app missing); serving ingest only")
+        return
+    import uvicorn
+
+    settings = running.settings
+    sock = bind_http(settings.http_host, settings.http_port)
+    app = create_app(store=running.store, settings=settings, hub=running.hub)
+    config = uvicorn.Config(app, log_config=None, lifespan="on", access_log=False)
+    server = uvicorn.Server(config)
+
+    async def serve_http() -> None:
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            sock.close()
+
+    async def stop_http() -> None:
+        await stop.wait()
+        server.should_exit = True
+
+    tg.create_task(serve_http(), name="web")
+    tg.create_task(stop_http(), name="web-stop")
+    log.info("web app listening url=http://%s:%d", settings.http_host, sock.getsockname()[1])
+
+
+def bind_http(host: str, port: int) -> socket.socket:
+    """Bind the web port ourselves, so that "port in use" is one clear error, not uvicorn's exit."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        if err.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} is in use on {host}; pass --http-port to pick another"
+            ) from err
+        raise ConfigError(
+            f"the web app cannot listen on {host}:{port}: {err.strerror or err}; check --http-host"
+        ) from err
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    on_ready: Callable[[Running], None] | None = None,
+    web: WebStarter | None = start_web,
+) -> IngestStats:
+    """Run the whole service until ``stop`` is set, then shut down gracefully.
+
+    Returns the ingest counters.
+    """
+    from kilowatch.ledger import Ledger  # the ledger package lands independently of the service
+
+    async with AsyncExitStack() as stack:
+        store = await stack.enter_async_context(open_store(settings.store_url))
+        embedded_port: int | None = None
+        if settings.embedded:
+            from kilowatch.broker import EmbeddedBroker
+
+            users = (
+                {settings.mqtt_user: settings.mqtt_password or ""}
+                if settings.mqtt_user is not None
+                else None
+            )
+            broker = await stack.enter_async_context(
+                EmbeddedBroker(
+                    settings.mqtt_host,
+                    settings.mqtt_port,
+                    users=users,
+                    max_inflight_messages=EMBEDDED_MAX_INFLIGHT,
+                )
+            )
+            embedded_port = broker.port
+        registry = default_registry(decoder_options(settings))
+        ledger = Ledger(await store.load_ledger_states())
+        hub = LiveHub()
+        pipeline = Pipeline(registry=registry, ledger=ledger, store=store, hub=hub)
+        options = mqtt_options(settings, embedded_port=embedded_port)
+        intake = await stack.enter_async_context(MqttIntake(options, registry.subscriptions()))
+        running = Running(settings, store, hub, pipeline.stats, options.host, options.port)
+        async with asyncio.TaskGroup() as tg:
+            connector = tg.create_task(intake.run(), name="mqtt")
+            ingest = tg.create_task(pipeline.run(intake), name="ingest")
+            stats = tg.create_task(_log_stats(pipeline.stats), name="stats")
+            if web is not None:
+                await web(tg, running, stop)
+            await _wait_connected(intake, stop)
+            log.info(
+                "kilowatch ready store=%s mqtt=%s:%d embedded=%s subscriptions=%d",
+                _redact(settings.store_url), options.host, options.port,
+                settings.embedded, len(registry.subscriptions()),
+            )  # fmt: skip
+            if on_ready is not None:
+                on_ready(running)
+            await stop.wait()
+            log.info("stopping: committing what is in flight")
+            intake.stop_taking()
+            await ingest
+            connector.cancel()
+            stats.cancel()
+        _log_totals(pipeline.stats)
+    log.info("stopped")
+    return pipeline.stats
+
+
+async def _wait_connected(intake: MqttIntake, stop: asyncio.Event) -> None:
+    connected = asyncio.ensure_future(intake.connected.wait())
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({connected, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        connected.cancel()
+        stopped.cancel()
+
+
+async def _log_stats(stats: IngestStats) -> None:
+    last = time.monotonic()
+    committed = stats.committed
+    while True:
+        await asyncio.sleep(STATS_INTERVAL_S)
+        now = time.monotonic()
+        rate = (stats.committed - committed) / (now - last)
+        last, committed = now, stats.committed
+        _log_totals(stats, rate=rate)
+
+
+def _log_totals(stats: IngestStats, *, rate: float | None = None) -> None:
+    dead = " ".join(f"dead_{reason}={n}" for reason, n in sorted(stats.dead_letters.items()))
+    log.info(
+        "ingest received=%d committed=%d batches=%d commit_failures=%d%s%s",
+        stats.received, stats.committed, stats.batches, stats.commit_failures,
+        f" rate_per_s={rate:.1f}" if rate is not None else "",
+        f" {dead}" if dead else "",
+    )  # fmt: skip
+
+
+def _redact(url: str) -> str:
+    """A URL without its password, for logs."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user + ':***@' if user else '***@'}{host}"
+
+
+async def run_until_signalled(settings: Settings) -> IngestStats:
+    """:func:`serve` until SIGINT or SIGTERM (a second signal stops without flushing)."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set() and main is not None:
+            log.warning("second signal %s: stopping now", signal.Signals(signum).name)
+            main.cancel()
+            return
+        log.info("signal %s received", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        return await serve(settings, stop)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+__all__ = [
+    "Running",
+    "bind_http",
+    "decoder_options",
+    "mqtt_options",
+    "run_until_signalled",
+    "serve",
+    "setup_logging",
+    "start_web",
+]
