@@ -7,6 +7,7 @@ offset is a multiple of 15 minutes, so local hours, days and months are exact su
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 SLOT_SECONDS = 900
@@ -33,4 +34,27 @@ class SlotEnergy:
     estimated: bool = False
 
 
-__all__ = ["SLOT_SECONDS", "SlotEnergy", "slot_of"]
+def merge_slot_energy(rows: Iterable[SlotEnergy]) -> list[SlotEnergy]:
+    """Sum deltas of the same device, channel and slot into one row (``estimated`` OR-ed).
+
+    Rows keep the order in which their slot first appears; rows that sum to nothing and are not
+    estimated are dropped. Use it to write one row per slot for a whole batch.
+    """
+    acc: dict[tuple[str, str, int], list[int]] = {}
+    for row in rows:
+        key = (row.device, row.channel, row.slot)
+        sums = acc.get(key)
+        if sums is None:
+            acc[key] = [row.import_mwh, row.export_mwh, row.estimated]
+        else:
+            sums[0] += row.import_mwh
+            sums[1] += row.export_mwh
+            sums[2] = sums[2] or row.estimated
+    return [
+        SlotEnergy(device, channel, slot, imp, exp, bool(est))
+        for (device, channel, slot), (imp, exp, est) in acc.items()
+        if imp or exp or est
+    ]
+
+
+__all__ = ["SLOT_SECONDS", "SlotEnergy", "merge_slot_energy", "slot_of"]
