@@ -1,0 +1,215 @@
+"""Sessions of the embedded broker: persistent queues, redelivery with DUP, takeover, wills,
+keepalive, QoS 2 inbound, queue limits, shutdown."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from kilowatch.broker.packets import PacketType, Will, parse_publish
+
+if TYPE_CHECKING:  # helpers live in conftest.py (importlib mode: not importable at run time)
+    from conftest import BrokerThread, Client, RawClient
+
+
+def test_persistent_session_queues_while_offline_in_order(
+    broker: BrokerThread, clients: Callable[..., Client]
+) -> None:
+    sub = clients(broker.port, "intake", clean_session=False)
+    assert sub.connect() == (0, False)
+    sub.subscribe("meters/#", 1)
+    sub.subscribe("meters/qos0", 0)
+    sub.close()
+    broker.wait_stats(lambda s: s.clients_connected == 0)
+
+    pub = clients(broker.port, "meter")
+    pub.connect()
+    for i in range(150):
+        pub.publish(f"meters/{i % 4}", str(i).encode(), qos=1)
+    pub.publish("meters/qos0", b"not queued for an offline client", qos=0)
+    assert broker.stats().messages_queued == 150
+
+    again = clients(broker.port, "intake", clean_session=False)
+    assert again.connect() == (0, True)  # session present
+    got = again.expect(150)
+    assert [m.payload for m in got] == [str(i).encode() for i in range(150)]
+    # the subscriptions survived: new messages arrive without subscribing again
+    pub.publish("meters/live", b"live", qos=1)
+    assert again.expect(1)[0].payload == b"live"
+    assert broker.stats().messages_queued == 0
+
+
+def test_clean_session_discards_the_stored_session(
+    broker: BrokerThread, clients: Callable[..., Client]
+) -> None:
+    sub = clients(broker.port, "forgetful", clean_session=False)
+    sub.connect()
+    sub.subscribe("f/#", 1)
+    sub.close()
+    broker.wait_stats(lambda s: s.clients_connected == 0)
+    pub = clients(broker.port, "f-pub")
+    pub.connect()
+    pub.publish("f/1", b"queued")
+    clean = clients(broker.port, "forgetful", clean_session=True)
+    assert clean.connect() == (0, False)
+    clean.subscribe("marker", 1)
+    pub.publish("f/2", b"no longer subscribed")
+    pub.publish("marker", b"")
+    assert clean.expect_until("marker") == []
+    assert broker.stats().subscriptions == 1
+
+
+def test_unacknowledged_qos1_is_redelivered_with_dup_on_reconnect(
+    broker: BrokerThread, clients: Callable[..., Client], raw: Callable[[int], RawClient]
+) -> None:
+    sub = raw(broker.port)
+    assert sub.connect("raw-sub", clean_session=False) == (False, 0)
+    assert sub.subscribe("r/#", 1) == [1]
+    pub = clients(broker.port, "r-pub")
+    pub.connect()
+    pub.publish("r/1", b"first", qos=1)
+    pub.publish("r/2", b"second", qos=1)
+    first, body = sub.read()
+    one = parse_publish(first, body)
+    first, body = sub.read()
+    two = parse_publish(first, body)
+    assert (one.payload, one.dup, two.payload) == (b"first", False, b"second")
+    sub.ack(PacketType.PUBACK, one.packet_id)  # acknowledge only the first, then vanish
+    sub.close()
+    broker.wait_stats(lambda s: s.clients_connected == 1)
+    pub.publish("r/3", b"third", qos=1)
+
+    back = raw(broker.port)
+    assert back.connect("raw-sub", clean_session=False) == (True, 0)
+    first, body = back.read()
+    again = parse_publish(first, body)
+    assert (again.payload, again.dup, again.packet_id, again.qos) == (
+        b"second",
+        True,
+        two.packet_id,
+        1,
+    )
+    first, body = back.read()
+    third = parse_publish(first, body)
+    assert (third.payload, third.dup) == (b"third", False)
+
+
+def test_queue_limit_drops_the_oldest_and_counts(
+    start_broker: Callable[..., BrokerThread], clients: Callable[..., Client]
+) -> None:
+    broker = start_broker(max_queued_messages=10)
+    sub = clients(broker.port, "limited", clean_session=False)
+    sub.connect()
+    sub.subscribe("l/#", 1)
+    sub.close()
+    broker.wait_stats(lambda s: s.clients_connected == 0)
+    pub = clients(broker.port, "l-pub")
+    pub.connect()
+    for i in range(25):
+        pub.publish("l/x", str(i).encode())
+    stats = broker.stats()
+    assert (stats.messages_dropped, stats.messages_queued) == (15, 10)
+    back = clients(broker.port, "limited", clean_session=False)
+    assert back.connect() == (0, True)
+    assert [m.payload for m in back.expect(10)] == [str(i).encode() for i in range(15, 25)]
+
+
+def test_takeover_disconnects_the_first_connection_and_sends_its_will(
+    broker: BrokerThread, clients: Callable[..., Client], raw: Callable[[int], RawClient]
+) -> None:
+    watcher = clients(broker.port, "watcher")
+    watcher.connect()
+    watcher.subscribe("dev/online", 1)
+    first = raw(broker.port)
+    first.connect("shelly-1", will=Will("dev/online", b"false", 1, False))
+    second = clients(broker.port, "shelly-1")
+    assert second.connect() == (0, False)
+    assert first.closed_by_broker()
+    assert watcher.expect(1)[0].payload == b"false"
+    second.subscribe("still/works", 1)
+    second.publish("still/works", b"yes")
+    assert second.expect(1)[0].payload == b"yes"
+    assert broker.stats().clients_connected == 2
+
+
+def test_will_on_abnormal_close_but_not_on_disconnect(
+    broker: BrokerThread, clients: Callable[..., Client], raw: Callable[[int], RawClient]
+) -> None:
+    watcher = clients(broker.port, "will-watcher")
+    watcher.connect()
+    watcher.subscribe("w/#", 1)
+    polite = clients(broker.port, "polite", will=("w/polite", b"gone", 1, False))
+    polite.connect()
+    polite.close()  # DISCONNECT: the will is discarded
+    rude = raw(broker.port)
+    rude.connect("rude", will=Will("w/rude", b"gone", 1, True))
+    rude.close()  # TCP close without DISCONNECT
+    got = watcher.expect(1)
+    assert [(m.topic, m.payload) for m in got] == [("w/rude", b"gone")]
+    watcher.publish("w/marker", b"")
+    assert watcher.expect_until("w/marker") == []
+    assert broker.stats().retained == 1  # the will was published with RETAIN
+
+
+def test_keepalive_timeout_closes_the_client_and_sends_its_will(
+    broker: BrokerThread, clients: Callable[..., Client], raw: Callable[[int], RawClient]
+) -> None:
+    # paho pings every keepalive period by itself: it must survive while the silent client does not
+    watcher = clients(broker.port, "ka-watcher", keepalive=1)
+    watcher.connect()
+    watcher.subscribe("ka/#", 1)
+    silent = raw(broker.port)
+    silent.connect("silent", keepalive=1, will=Will("ka/silent", b"timeout", 0, False))
+    connected_at = time.monotonic()
+    # 1.5 × 1 s of silence is allowed; the socket timeout (10 s) bounds the wait
+    assert silent.closed_by_broker()
+    assert time.monotonic() - connected_at >= 1.5
+    assert watcher.expect(1)[0].payload == b"timeout"
+    watcher.publish("ka/alive", b"yes")
+    assert watcher.expect(1)[0].payload == b"yes"
+    assert not watcher.disconnected.is_set()
+
+
+def test_qos2_inbound_is_delivered_once(
+    broker: BrokerThread, clients: Callable[..., Client], raw: Callable[[int], RawClient]
+) -> None:
+    sub = clients(broker.port, "q2-sub")
+    sub.connect()
+    sub.subscribe("q2/#", 1)
+    pub = raw(broker.port)
+    pub.connect("q2-pub")
+    pub.publish("q2/x", b"once", qos=2, packet_id=7)
+    assert pub.read() == (PacketType.PUBREC << 4, b"\x00\x07")
+    pub.publish("q2/x", b"once", qos=2, packet_id=7, dup=True)  # PUBREC lost: the client resends
+    assert pub.read() == (PacketType.PUBREC << 4, b"\x00\x07")
+    pub.ack(PacketType.PUBREL, 7)
+    assert pub.read() == (PacketType.PUBCOMP << 4, b"\x00\x07")
+    pub.publish("q2/x", b"new message, same id", qos=2, packet_id=7)
+    assert pub.read() == (PacketType.PUBREC << 4, b"\x00\x07")
+    pub.ack(PacketType.PUBREL, 7)
+    assert pub.read() == (PacketType.PUBCOMP << 4, b"\x00\x07")
+    pub.publish("q2/marker", b"", qos=0)
+    got = sub.expect_until("q2/marker")
+    assert [(m.payload, m.qos) for m in got] == [(b"once", 1), (b"new message, same id", 1)]
+
+
+def test_qos2_with_paho_end_to_end(broker: BrokerThread, clients: Callable[..., Client]) -> None:
+    sub = clients(broker.port, "pq2-sub")
+    sub.connect()
+    sub.subscribe("pq2", 2)
+    pub = clients(broker.port, "pq2-pub")
+    pub.connect()
+    for i in range(20):
+        pub.publish("pq2", str(i).encode(), qos=2)
+    assert [m.payload for m in sub.expect(20)] == [str(i).encode() for i in range(20)]
+
+
+def test_shutdown_closes_clients(
+    start_broker: Callable[..., BrokerThread], clients: Callable[..., Client]
+) -> None:
+    broker = start_broker()
+    client = clients(broker.port, "bye")
+    client.connect()
+    broker.stop()
+    assert client.disconnected.wait(10)
