@@ -1,5 +1,5 @@
-"""Fixtures for the embedded broker tests: the broker on its own event-loop thread, real paho clients
-and raw MQTT sockets, all on free loopback ports. Every wait is bounded."""
+"""Fixtures for the embedded broker tests: the broker on its own event-loop thread, real paho
+clients and raw MQTT sockets, all on free loopback ports. Every wait is bounded."""
 
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ class BrokerThread:
 
 @pytest.fixture
 def start_broker() -> Iterator[Callable[..., BrokerThread]]:
-    """``start_broker(**options)`` starts an embedded broker on a free port; stopped after the test."""
+    """``start_broker(**options)``: an embedded broker on a free port, stopped after the test."""
     started: list[BrokerThread] = []
 
     def start(**options: Any) -> BrokerThread:
@@ -246,7 +246,7 @@ class Client:
 
 @pytest.fixture
 def clients() -> Iterator[Callable[..., Client]]:
-    """``clients(port, client_id, **options)`` makes a paho client; all are closed after the test."""
+    """``clients(port, client_id, **options)``: a paho client, closed after the test."""
     made: list[Client] = []
 
     def make(port: int, client_id: str = "", **options: Any) -> Client:
@@ -308,7 +308,7 @@ class RawClient:
         return self._frames.pop(0)
 
     def closed_by_broker(self) -> bool:
-        """Whether the broker closes this socket (reads until EOF, bounded by the socket timeout)."""
+        """Whether the broker closes this socket (reads to EOF, bounded by the socket timeout)."""
         try:
             while True:
                 data = self.sock.recv(65536)

@@ -1,5 +1,5 @@
-"""Publish/subscribe through the embedded broker with real paho clients: QoS, wildcards, ``$`` topics,
-retained messages, unsubscribe, ordering, many clients."""
+"""Publish/subscribe through the embedded broker with real paho clients: QoS, wildcards, ``$``
+topics, retained messages, unsubscribe, ordering, many clients."""
 
 from __future__ import annotations
 
