@@ -1,0 +1,40 @@
+"""Store fixtures: every conformance test runs against SQLite, Redis and a Redis Cluster."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from kilowatch.store import Store, open_store
+from kilowatch.testing import RedisClusterServer
+
+BACKENDS = ("sqlite", "redis", "cluster")
+
+
+def flush_cluster(cluster: RedisClusterServer) -> None:
+    for node in cluster.nodes:
+        client = redis.Redis(host="127.0.0.1", port=node.port)
+        client.flushall()
+        client.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """URL of an empty store of each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'data' / 'kilowatch.db'}"
+    if request.param == "redis":
+        url: str = request.getfixturevalue("redis_url")
+        return url
+    cluster: RedisClusterServer = request.getfixturevalue("redis_cluster")
+    flush_cluster(cluster)
+    return cluster.url
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    async with open_store(store_url) as s:
+        yield s
