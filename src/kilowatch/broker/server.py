@@ -162,9 +162,11 @@ class EmbeddedBroker:
                 "to 127.0.0.1"
             )
         self._loop = asyncio.get_running_loop()
+        # Listen before the TaskGroup exists, which would wrap a bind error in an ExceptionGroup.
+        self._server = await self._listen()
         async with AsyncExitStack() as stack:
+            stack.push_async_callback(self._close_server)
             self._tg = await stack.enter_async_context(asyncio.TaskGroup())
-            self._server = await self._listen()
             self.spawn(self._sweep())
             log.info("embedded MQTT broker listening on %s", self.url)
             self._stack = stack.pop_all()
@@ -202,18 +204,21 @@ class EmbeddedBroker:
             conn.close("broker shutting down", will=False)
         for task in list(self._tasks):
             task.cancel()
-        try:
-            if self._stack is not None:
-                await self._stack.__aexit__(exc_type, exc, tb)
-        finally:
-            if self._server is not None:
-                await self._server.wait_closed()
-            if self._flush_handle is not None:
-                self._flush_handle.cancel()
-                self._flush_handle = None
-            self._stack = None
-            self._tg = None
-            log.info("embedded MQTT broker stopped")
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            # The caller's exception is not passed in: the TaskGroup would wrap it in an
+            # ExceptionGroup, and it propagates by itself once we return.
+            await stack.aclose()
+        self._tg = None
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        log.info("embedded MQTT broker stopped")
+
+    async def _close_server(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` in the broker's TaskGroup; it is cancelled when the broker stops."""
