@@ -29,9 +29,15 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "redis":
         url: str = request.getfixturevalue("redis_url")
         return url
-    cluster: RedisClusterServer = request.getfixturevalue("redis_cluster")
-    flush_cluster(cluster)
-    return cluster.url
+    url = request.getfixturevalue("cluster_url")
+    return str(url)
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: RedisClusterServer) -> str:
+    """URL of the shared Redis Cluster, every node flushed."""
+    flush_cluster(redis_cluster)
+    return redis_cluster.url
 
 
 @pytest.fixture

@@ -1,0 +1,146 @@
+"""The seed's Redis layout: hours an EMQX sink wrote are queryable, and what kilowatch writes is
+readable by the old tools (plain HGETALL of ``energy:<MAC>_<hour start>``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+
+import pytest
+import redis
+
+from kilowatch.ledger.slots import SlotEnergy
+from kilowatch.store import Batch, DeviceUpdate, EnergyQuery, open_store
+from kilowatch.store.redis import RedisStore
+
+DEV = "shellypmminig3-ecda3bc4ddb0"
+MAC = "ECDA3BC4DDB0"
+HOUR = 1720717200  # 2024-07-11T17:00:00Z, the brief's example
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def url(request: pytest.FixtureRequest) -> str:
+    if request.param == "redis":
+        value: str = request.getfixturevalue("redis_url")
+        return value
+    value = request.getfixturevalue("cluster_url")
+    return str(value)
+
+
+@pytest.fixture
+def plain(url: str) -> Iterator[redis.Redis | redis.RedisCluster]:
+    """A plain redis-py client, standing in for EMQX and the seed's desktop app."""
+    hosts = url.split("://", 1)[1].split("/", 1)[0].split(",")
+    host, port = hosts[0].rsplit(":", 1)
+    client: redis.Redis | redis.RedisCluster
+    if len(hosts) > 1:
+        client = redis.RedisCluster(host=host, port=int(port), decode_responses=True)
+    else:
+        client = redis.Redis(host=host, port=int(port), decode_responses=True)
+    yield client
+    client.close()
+
+
+def emqx_write(
+    client: redis.Redis | redis.RedisCluster, mac: str, device: str, hour: int, wh: float,
+    prefix: str = "energy",
+) -> None:
+    """One hourly-script message as the EMQX Redis sink stores it (HSET of the message's fields)."""
+    client.hset(f"{prefix}:{mac}_{hour}", mapping={
+        "fw_ver": "1.4.0-beta1", "hourly_energy_usage": str(wh), "hourly_ret_energy_usage": "0",
+        "id": device, "mac": mac, "operational": "true", "timestamp": str(hour),
+    })  # fmt: skip
+
+
+async def test_emqx_hours_show_up_without_import(
+    url: str, plain: redis.Redis | redis.RedisCluster
+) -> None:
+    emqx_write(plain, MAC, DEV, HOUR, 564.559)
+    emqx_write(plain, MAC, DEV, HOUR + 3600, 100.0)
+    plain.hset("energy:not-a-seed-key_x", mapping={"id": "zzz"})
+    async with open_store(url) as store:
+        rows = await store.energy(EnergyQuery(by="hour", tz="Europe/Sofia",
+                                              start=date(2024, 7, 11), end=date(2024, 7, 12)))
+        assert [(r.device, r.channel, r.start.isoformat(), r.energy_wh) for r in rows] == [
+            (DEV, "hourly", "2024-07-11T20:00:00+03:00", 564.559),
+            (DEV, "hourly", "2024-07-11T21:00:00+03:00", 100.0),
+        ]
+        devices = await store.devices()
+        assert [(d.device, d.channels) for d in devices] == [(DEV, ("hourly",))]
+        # written while kilowatch runs: indexed by the periodic refresh (called directly here)
+        emqx_write(plain, MAC, DEV, HOUR + 7200, 50.5)
+        assert isinstance(store, RedisStore)
+        assert await store.refresh_seed_index() == 3
+        total = await store.energy(EnergyQuery(by="day", tz="UTC", start=date(2024, 7, 11),
+                                               end=date(2024, 7, 12), group="total"))
+        assert [r.energy_wh for r in total] == [715.059]
+
+
+async def test_emqx_hours_in_a_half_hour_zone_are_split_and_marked_estimated(
+    url: str, plain: redis.Redis | redis.RedisCluster
+) -> None:
+    emqx_write(plain, MAC, DEV, HOUR, 400.0)
+    async with open_store(url) as store:
+        rows = await store.energy(EnergyQuery(by="hour", tz="Asia/Kolkata",
+                                              start=date(2024, 7, 11), end=date(2024, 7, 13)))
+        # 17:00Z-18:00Z is 22:30-23:30 in Kolkata: half in each local hour, a guess
+        assert [(r.start.strftime("%H:%M"), r.energy_wh, r.estimated) for r in rows] == [
+            ("22:00", 200.0, True), ("23:00", 200.0, True),
+        ]
+        day = await store.energy(EnergyQuery(by="day", tz="Asia/Kolkata",
+                                             start=date(2024, 7, 11), end=date(2024, 7, 13)))
+        assert [(r.energy_wh, r.estimated) for r in day] == [(400.0, False)]
+
+
+async def test_kilowatch_hours_are_readable_by_the_old_tools(
+    url: str, plain: redis.Redis | redis.RedisCluster
+) -> None:
+    async with open_store(url) as store:
+        await store.commit(Batch(
+            devices=[DeviceUpdate(DEV, fw_ver="1.4.0", mac="EC:DA:3B:C4:DD:B0")],
+            slots=[
+                *(SlotEnergy(DEV, "pm1:0", HOUR + i * 900, 100_000, 0) for i in range(4)),
+                SlotEnergy(DEV, "switch:0", HOUR, 64_559, 1_500),
+                SlotEnergy(DEV, "switch:0/a", HOUR, 999_000, 0),  # a part: not summed again
+                SlotEnergy("tasmota-kitchen", "ENERGY", HOUR, 5000, 0),  # no MAC: no seed hash
+            ],
+        ))
+        await store.commit(Batch(slots=[SlotEnergy(DEV, "pm1:0", HOUR + 3600, 1, 0)]))
+        assert isinstance(store, RedisStore)
+        await store.refresh_seed_index()
+        # ours are not mistaken for an external sink's hours
+        rows = await store.energy(EnergyQuery(by="hour", tz="UTC", start=date(2024, 7, 11),
+                                              end=date(2024, 7, 12), channels=("hourly",)))
+        assert rows == []
+    h = plain.hgetall(f"energy:{MAC}_{HOUR}")
+    assert float(h.pop("hourly_energy_usage")) == pytest.approx(464.559)
+    assert float(h.pop("hourly_ret_energy_usage")) == pytest.approx(1.5)
+    assert h == {"fw_ver": "1.4.0", "id": DEV, "mac": MAC, "operational": "true",
+                 "timestamp": str(HOUR), "kw": "1"}
+    assert float(plain.hget(f"energy:{MAC}_{HOUR + 3600}", "hourly_energy_usage")) == 0.001
+    assert plain.hgetall(f"device:{MAC}") == {"id": DEV, "mac": MAC, "fw_ver": "1.4.0"}
+
+
+async def test_hourly_seen_by_kilowatch_and_emqx_counts_once(
+    url: str, plain: redis.Redis | redis.RedisCluster
+) -> None:
+    emqx_write(plain, MAC, DEV, HOUR, 200.0)
+    async with open_store(url) as store:
+        await store.commit(Batch(slots=[SlotEnergy(DEV, "hourly", HOUR + i * 900, 50_000, 0)
+                                        for i in range(4)]))
+        rows = await store.energy(EnergyQuery(by="day", tz="UTC", start=date(2024, 7, 11),
+                                              end=date(2024, 7, 12)))
+        assert [(r.channel, r.energy_wh) for r in rows] == [("hourly", 200.0)]
+
+
+async def test_prefix_from_url(url: str, plain: redis.Redis | redis.RedisCluster) -> None:
+    emqx_write(plain, MAC, DEV, HOUR, 10.0, prefix="meters")
+    emqx_write(plain, MAC, DEV, HOUR, 99.0)  # another prefix: not ours
+    async with open_store(url + "?prefix=meters") as store:
+        rows = await store.energy(EnergyQuery(
+            by="hour", tz="UTC", start=datetime(2024, 7, 11, tzinfo=UTC),
+            end=datetime(2024, 7, 12, tzinfo=UTC),
+        ))
+        assert [r.energy_wh for r in rows] == [10.0]
+        await store.put_meta("x", 1)
+    assert plain.hget("meters:kw:meta", "x") == "1"
