@@ -1,0 +1,224 @@
+"""The web application: ``create_app`` builds it; ``serve_web`` runs it in a TaskGroup."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Mapping
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from kilowatch import __version__
+from kilowatch.errors import ConfigError
+from kilowatch.service.live import LiveHub
+from kilowatch.store.base import Store
+from kilowatch.web import api, pages, problems
+from kilowatch.web.auth import LoginLimiter, SessionManager, ensure_admin
+from kilowatch.web.deps import WebState, require_viewer
+from kilowatch.web.metrics import CONTENT_TYPE, render
+from kilowatch.web.site import load_site, zone
+from kilowatch.web.views import is_online
+
+log = logging.getLogger(__name__)
+HERE = Path(__file__).parent
+SHUTDOWN_GRACE_S = 3
+"""Seconds uvicorn waits for open requests (live streams end within a second) at shutdown."""
+
+CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+
+def _print_admin_password(password: str) -> None:
+    # Printed once, on purpose to the terminal and not only to a log file that may be shared.
+    print(
+        "kilowatch: created user 'admin' with password "
+        f"{password}  (shown once; change it with: kilowatch user add admin)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def create_app(
+    store: Store,
+    *,
+    live: LiveHub,
+    site_tz: str = "UTC",
+    cookie_secure: bool | None = None,
+    ingest_stats: Callable[[], Mapping[str, float]] | None = None,
+    clock: Callable[[], float] = time.time,
+    on_admin_created: Callable[[str], None] = _print_admin_password,
+) -> FastAPI:
+    """The dashboard and ``/api/v1`` over an open ``store``.
+
+    ``site_tz`` is the default site time zone until a user changes it in Settings; ``cookie_secure``
+    forces the session cookie's Secure flag (default: on for HTTPS and loopback); ``ingest_stats``
+    returns counters for ``/metrics``; ``on_admin_created`` receives the first admin's password.
+    """
+    zone(site_tz)
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.filters.update(pages.jinja_filters(clock))
+    templates.env.globals["version"] = __version__
+    state = WebState(
+        store=store,
+        live=live,
+        sessions=SessionManager(store, clock=clock),
+        limiter=LoginLimiter(),
+        templates=templates,
+        default_tz=site_tz,
+        clock=clock,
+        cookie_secure=cookie_secure,
+        ingest_stats=ingest_stats,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.site = await load_site(store, default_tz=site_tz)
+        password = await ensure_admin(store, now=clock())
+        if password is not None:
+            on_admin_created(password)
+        yield
+        app.state.stopping.set()
+
+    app = FastAPI(
+        title="kilowatch",
+        version=__version__,
+        summary="Energy per local hour, day and month; devices; live readings; settings.",
+        openapi_url="/api/v1/openapi.json",
+        docs_url=None,  # Swagger UI would load from a CDN: the page must work offline
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.web = state
+    app.state.templates = templates
+    app.state.stopping = asyncio.Event()
+    problems.install(app)
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    @app.get("/metrics", include_in_schema=True, tags=["metrics"], summary="Prometheus metrics")
+    async def metrics(request: Request) -> Response:
+        await require_viewer(request)
+        readings = await store.latest()
+        devices = await store.devices()
+        now = clock()
+        text = render(
+            readings=readings,
+            devices=devices,
+            online={d.device: is_online(d, now) for d in devices},
+            dead_letters=await store.dead_letter_counts(),
+            ingest=ingest_stats() if ingest_stats else {},
+            live_subscribers=live.subscribers,
+        )
+        return Response(text, media_type=CONTENT_TYPE)
+
+    @app.middleware("http")
+    async def security_headers(
+        request: Request, call_next: Callable[[Request], object]
+    ) -> Response:
+        response: Response = await call_next(request)  # type: ignore[misc]
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        if not request.url.path.startswith("/static/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    return app
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``; bound here rather than in uvicorn, which calls
+    ``sys.exit()`` when it cannot bind."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise ConfigError(
+            f"the web app cannot listen on {host}:{port} ({err.strerror}); "
+            "pass another --http-port, or stop what is using it"
+        ) from err
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without signal handlers of its own: ``kilowatch serve`` owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+async def serve_web(
+    app: FastAPI,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    started: asyncio.Event | None = None,
+    sock: socket.socket | None = None,
+) -> None:
+    """Serve ``app`` until cancelled, then shut down cleanly (open requests get a short grace).
+
+    Run it as a task of the caller's TaskGroup. ``port=0`` picks a free port; once listening,
+    ``app.state.port`` holds the real one and ``started`` (if given) is set. A port in use raises
+    :class:`~kilowatch.errors.ConfigError` at once. ``sock``: an already bound, listening socket
+    (``host``/``port`` are then only used in the log line).
+    """
+    if sock is None:
+        sock = bind(host, port)
+    app.state.port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app,
+        log_config=None,  # the process owner configures logging
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        proxy_headers=False,
+        server_header=False,
+    )
+    server = _Server(config)
+
+    async def watch_started() -> None:
+        while not server.started:
+            if serving.done():
+                return
+            await asyncio.sleep(0.01)
+        log.info("web app listening on http://%s:%s", host, app.state.port)
+        if started is not None:
+            started.set()
+
+    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
+    watcher = asyncio.ensure_future(watch_started())
+    try:
+        await asyncio.shield(serving)
+    except asyncio.CancelledError:
+        app.state.stopping.set()
+        server.should_exit = True
+        await serving
+        raise
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        sock.close()
+    if not server.started:
+        raise ConfigError("the web app did not start (see the log above: its startup failed)")
+
+
+__all__ = ["create_app", "serve_web"]

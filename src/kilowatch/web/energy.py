@@ -1,0 +1,282 @@
+"""The energy question as the API and pages ask it: check parameters, query, add cost, render.
+
+Parameters are the CLI's: ``by`` (15min, hour, day, month), ``tz``, ``from`` (inclusive), ``to``
+(exclusive), ``device``, ``channel``, ``group``. ``from``/``to`` are dates (local midnight in
+``tz``) or ISO datetimes (naive ones are local time in ``tz``). Missing ``from`` is the start of
+the current day (by 15min/hour), month (by day) or year (by month); missing ``to`` is one such
+period later.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from bisect import bisect_right
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, cast, get_args
+from zoneinfo import ZoneInfo
+
+from kilowatch.errors import ConfigError
+from kilowatch.store.base import Bucket, EnergyQuery, EnergyRow, Grouping, Store
+from kilowatch.web.problems import bad_param
+from kilowatch.web.site import zone
+from kilowatch.web.tariff import SlotAmount, Tariff, cost
+
+MAX_SPAN = {
+    "15min": timedelta(days=62),
+    "hour": timedelta(days=367),
+    "day": timedelta(days=3700),
+    "month": timedelta(days=36600),
+}
+"""Largest ``to - from`` per bucket size: bounds the rows of one request (~6 000 to 9 000)."""
+MAX_FILTER_ITEMS = 1000
+
+
+def parse_by(value: str) -> Bucket:
+    if value not in get_args(Bucket):
+        raise bad_param("by", f"{value!r} is not one of: 15min, hour, day, month")
+    return cast("Bucket", value)
+
+
+def parse_group(value: str) -> Grouping:
+    if value not in get_args(Grouping):
+        raise bad_param("group", f"{value!r} is not one of: channel, device, total")
+    return cast("Grouping", value)
+
+
+def parse_tz(value: str) -> ZoneInfo:
+    try:
+        return zone(value)
+    except ConfigError as err:
+        raise bad_param("tz", str(err)) from None
+
+
+def parse_instant(name: str, value: str, tz: ZoneInfo) -> datetime:
+    """A date (local midnight) or ISO datetime (naive = local time) as an aware datetime."""
+    value = value.strip()
+    try:
+        if len(value) == 10:
+            d = date.fromisoformat(value)
+            return datetime(d.year, d.month, d.day, tzinfo=tz)
+        if len(value) == 7:  # YYYY-MM
+            d = date.fromisoformat(value + "-01")
+            return datetime(d.year, d.month, 1, tzinfo=tz)
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise bad_param(name, f"{value!r} is not a date (2026-03-29) or ISO datetime") from None
+    if not 1970 <= dt.year <= 9000:
+        raise bad_param(name, f"{value!r} is outside the years 1970–9000")
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=tz)
+
+
+def period_start(by: Bucket, anchor: datetime) -> datetime:
+    """Start of the day/month/year (by the bucket size) that holds local ``anchor``."""
+    tz = anchor.tzinfo
+    if by in ("15min", "hour"):
+        return datetime(anchor.year, anchor.month, anchor.day, tzinfo=tz)
+    if by == "day":
+        return datetime(anchor.year, anchor.month, 1, tzinfo=tz)
+    return datetime(anchor.year, 1, 1, tzinfo=tz)
+
+
+def shift_period(by: Bucket, start: datetime, steps: int) -> datetime:
+    """The local day/month/year ``steps`` periods after ``start`` (calendar steps, DST-safe)."""
+    tz = start.tzinfo
+    if by in ("15min", "hour"):
+        d = start.date() + timedelta(days=steps)
+        return datetime(d.year, d.month, d.day, tzinfo=tz)
+    if by == "day":
+        months = start.year * 12 + start.month - 1 + steps
+        return datetime(months // 12, months % 12 + 1, 1, tzinfo=tz)
+    return datetime(start.year + steps, 1, 1, tzinfo=tz)
+
+
+def _split(values: Sequence[str], name: str) -> tuple[str, ...]:
+    out: list[str] = []
+    for v in values:
+        out.extend(p.strip() for p in v.split(",") if p.strip())
+    if len(out) > MAX_FILTER_ITEMS:
+        raise bad_param(name, f"at most {MAX_FILTER_ITEMS} values")
+    return tuple(dict.fromkeys(out))
+
+
+def build_query(
+    *,
+    by: str,
+    tz: str,
+    start: str | None,
+    end: str | None,
+    devices: Sequence[str] = (),
+    channels: Sequence[str] = (),
+    group: str = "channel",
+    now: float,
+) -> EnergyQuery:
+    """Check every parameter (a 400 problem naming the bad one) and build the store query."""
+    bucket = parse_by(by)
+    grouping = parse_group(group)
+    zone_ = parse_tz(tz)
+    if start is not None:
+        begin = parse_instant("from", start, zone_)
+    else:
+        begin = period_start(bucket, datetime.fromtimestamp(now, UTC).astimezone(zone_))
+    if end is not None:
+        finish = parse_instant("to", end, zone_)
+    else:
+        finish = shift_period(bucket, period_start(bucket, begin.astimezone(zone_)), 1)
+    if finish <= begin:
+        raise bad_param("to", f"{finish.isoformat()} is not after from ({begin.isoformat()})")
+    if finish - begin > MAX_SPAN[bucket]:
+        raise bad_param(
+            "to",
+            f"the range is longer than {MAX_SPAN[bucket].days} days for by={bucket}; "
+            "use larger buckets",
+        )
+    return EnergyQuery(
+        by=bucket,
+        tz=tz.strip(),
+        start=begin,
+        end=finish,
+        devices=_split(devices, "device"),
+        channels=_split(channels, "channel"),
+        group=grouping,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    query: EnergyQuery
+    rows: list[EnergyRow]
+    costs: list[float] | None
+    """Cost of each row (same order), when asked for."""
+    currency: str | None
+
+    @property
+    def total_wh(self) -> float:
+        return sum(r.energy_wh for r in self.rows)
+
+    @property
+    def total_returned_wh(self) -> float:
+        return sum(r.returned_energy_wh for r in self.rows)
+
+    def to_json(self) -> dict[str, Any]:
+        q = self.query
+        rows = [r.to_json() for r in self.rows]
+        if self.costs is not None:
+            for row, c in zip(rows, self.costs, strict=True):
+                row["cost"] = round(c, 6)
+        out: dict[str, Any] = {
+            "by": q.by,
+            "tz": q.tz,
+            "from": q.start.isoformat(),
+            "to": q.end.isoformat(),
+            "group": q.group,
+            "devices": list(q.devices),
+            "channels": list(q.channels),
+            "unit": "Wh",
+            "rows": rows,
+            "totals": {
+                "energy_wh": self.total_wh,
+                "returned_energy_wh": self.total_returned_wh,
+                "estimated": any(r.estimated for r in self.rows),
+            },
+        }
+        if self.costs is not None:
+            out["totals"]["cost"] = round(sum(self.costs), 6)
+            out["currency"] = self.currency
+        return out
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        header = [
+            "device",
+            "channel",
+            "start",
+            "end",
+            "energy_wh",
+            "returned_energy_wh",
+            "estimated",
+        ]
+        if self.costs is not None:
+            header.append("cost")
+        writer.writerow(header)
+        for i, r in enumerate(self.rows):
+            line = [
+                r.device or "",
+                r.channel or "",
+                r.start.isoformat(),
+                r.end.isoformat(),
+                f"{r.energy_wh:.3f}",
+                f"{r.returned_energy_wh:.3f}",
+                "true" if r.estimated else "false",
+            ]
+            if self.costs is not None:
+                line.append(f"{self.costs[i]:.4f}")
+            writer.writerow(line)
+        return buf.getvalue()
+
+
+async def row_costs(
+    store: Store, query: EnergyQuery, rows: Sequence[EnergyRow], tariff: Tariff
+) -> list[float]:
+    """Cost of each row. Time-of-use prices need energy per slot: one more query fetches it."""
+    if not tariff.periods or query.by == "15min":
+        tz = zone(query.tz)
+        return [
+            cost(
+                [SlotAmount(int(r.start.timestamp()), r.energy_wh, r.returned_energy_wh)],
+                tariff,
+                tz,
+            )
+            for r in rows
+        ]
+    fine = await store.energy(
+        EnergyQuery(
+            by="15min",
+            tz=query.tz,
+            start=query.start,
+            end=query.end,
+            devices=query.devices,
+            channels=query.channels,
+            group=query.group,
+        )
+    )
+    tz = zone(query.tz)
+    # Each slot belongs to exactly one coarse row of the same (device, channel).
+    starts: dict[tuple[str | None, str | None], list[float]] = defaultdict(list)
+    indices: dict[tuple[str | None, str | None], list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):  # rows are sorted by start
+        starts[(r.device, r.channel)].append(r.start.timestamp())
+        indices[(r.device, r.channel)].append(i)
+    totals = [0.0] * len(rows)
+    for s in fine:
+        key = (s.device, s.channel)
+        ts = s.start.timestamp()
+        pos = bisect_right(starts.get(key, []), ts) - 1
+        if pos >= 0:
+            i = indices[key][pos]
+            if ts < rows[i].end.timestamp():
+                totals[i] += cost(
+                    [SlotAmount(int(ts), s.energy_wh, s.returned_energy_wh)], tariff, tz
+                )
+    return totals
+
+
+async def report(store: Store, query: EnergyQuery, *, tariff: Tariff | None = None) -> Report:
+    rows = await store.energy(query)
+    costs = await row_costs(store, query, rows, tariff) if tariff is not None else None
+    return Report(query=query, rows=rows, costs=costs, currency=tariff.currency if tariff else None)
+
+
+__all__ = [
+    "Report",
+    "build_query",
+    "parse_instant",
+    "period_start",
+    "report",
+    "row_costs",
+    "shift_period",
+]

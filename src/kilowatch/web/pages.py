@@ -1,0 +1,433 @@
+"""Server-rendered pages (Jinja2). Charts are drawn by static/app.js from JSON embedded in the page,
+and the same numbers are in a table (readable without JavaScript, and by tests)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from kilowatch.errors import ConfigError
+from kilowatch.store.base import Bucket, EnergyQuery
+from kilowatch.web.auth import verify_password
+from kilowatch.web.deps import (
+    SESSION_COOKIE,
+    Admin,
+    State,
+    Viewer,
+    cookie_is_secure,
+    current_principal,
+    require_writer,
+)
+from kilowatch.web.energy import Report, parse_instant, parse_tz, period_start, report, shift_period
+from kilowatch.web.problems import Problem
+from kilowatch.web.site import save_site
+from kilowatch.web.tariff import parse_periods_text, periods_text
+from kilowatch.web.views import device_json, devices_table, display_name, overview, top_level
+
+router = APIRouter(include_in_schema=False)
+
+VIEW_GROUP = {"total": "total", "device": "device", "channel": "channel"}
+STEP_OF = {"hour": "hour", "day": "day", "month": "month"}
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _render(request: Request, name: str, principal: Any, **context: Any) -> HTMLResponse:
+    templates = request.app.state.templates
+    response: HTMLResponse = templates.TemplateResponse(
+        request, name, {"principal": principal, "site": request.app.state.web.site, **context}
+    )
+    return response
+
+
+def _safe_next(target: str | None) -> str:
+    # Only same-site paths: "//evil.example" or "https://..." would make the login an open redirect.
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+@router.get("/login")
+async def login_page(request: Request, next: str = "/") -> Response:
+    if await current_principal(request) is not None:
+        return RedirectResponse(_safe_next(next), status_code=303)
+    return _render(request, "login.html", None, next=_safe_next(next), error=None)
+
+
+@router.post("/login")
+async def login(
+    request: Request,
+    state: State,
+    username: Annotated[str, Form(max_length=64)],
+    password: Annotated[str, Form(max_length=1024)],
+    next: Annotated[str, Form()] = "/",
+) -> Response:
+    client = request.client.host if request.client else "unknown"
+    keys = (f"ip:{client}", f"user:{username}")
+    wait = state.limiter.retry_after(*keys)
+    if wait > 0:
+        response = _render(
+            request,
+            "login.html",
+            None,
+            next=_safe_next(next),
+            error=f"Too many failed logins. Try again in {int(wait) + 1} seconds.",
+        )
+        response.status_code = 429
+        response.headers["Retry-After"] = str(int(wait) + 1)
+        return response
+    role = await verify_password(state.store, username, password)
+    if role is None:
+        state.limiter.failed(*keys)
+        response = _render(
+            request, "login.html", None, next=_safe_next(next), error="Wrong user name or password."
+        )
+        response.status_code = 401
+        return response
+    state.limiter.succeeded(f"user:{username}")
+    session_id = await state.sessions.create(username)
+    redirect = RedirectResponse(_safe_next(next), status_code=303)
+    redirect.set_cookie(
+        SESSION_COOKIE,
+        session_id,
+        httponly=True,
+        secure=cookie_is_secure(request, state),
+        samesite="strict",
+        path="/",
+        max_age=14 * 24 * 3600,
+    )
+    return redirect
+
+
+@router.post("/logout")
+async def logout(request: Request, state: State) -> Response:
+    await require_writer(request)
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        await state.sessions.end(cookie)
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+@router.get("/")
+async def overview_page(request: Request, state: State, principal: Viewer) -> Response:
+    data = await overview(state.store, state.site, state.clock())
+    return _render(request, "overview.html", principal, nav="overview", data=data)
+
+
+def _buckets(by: Bucket, start: datetime, end: datetime) -> list[datetime]:
+    """Every bucket start in ``[start, end)`` (local), including buckets without data."""
+    out: list[datetime] = []
+    tz = start.tzinfo
+    if by in ("15min", "hour"):
+        step = 900 if by == "15min" else 3600
+        t = start.timestamp()
+        while t < end.timestamp():
+            out.append(datetime.fromtimestamp(t, UTC).astimezone(tz))
+            t += step
+        return out
+    cur = start
+    while cur < end:
+        out.append(cur)
+        cur = shift_period("hour" if by == "day" else "day", cur, 1)
+    return out
+
+
+def _label(by: Bucket, t: datetime) -> str:
+    if by in ("15min", "hour"):
+        return t.strftime("%H:%M")
+    if by == "day":
+        return str(t.day)
+    return MONTHS[t.month - 1]
+
+
+def chart_data(rep: Report, names: dict[str, str]) -> dict[str, Any]:
+    """Bars per series: import above the axis, export below it, estimated buckets flagged."""
+    q = rep.query
+    tz = parse_tz(q.tz)
+    starts = _buckets(q.by, q.start.astimezone(tz), q.end.astimezone(tz))
+    index = {int(t.timestamp()): i for i, t in enumerate(starts)}
+    series: dict[str, dict[str, Any]] = {}
+    n = len(starts)
+    # Stacking a channel with its parts (em:0 with em:0/a, b, c) counts it twice: show the parts.
+    with_parts = {
+        (r.device, r.channel.split("/", 1)[0]) for r in rep.rows if r.channel and "/" in r.channel
+    }
+    for row in rep.rows:
+        if q.group == "channel" and (row.device, row.channel) in with_parts:
+            continue
+        i = index.get(int(row.start.timestamp()))
+        if i is None:
+            continue
+        if q.group == "total":
+            key = "Total"
+        elif q.group == "device":
+            key = names.get(row.device or "", row.device or "?")
+        else:
+            key = f"{names.get(row.device or '', row.device or '?')} · {row.channel}"
+        s = series.setdefault(
+            key, {"name": key, "import": [0.0] * n, "export": [0.0] * n, "estimated": [False] * n}
+        )
+        s["import"][i] += row.energy_wh
+        s["export"][i] += row.returned_energy_wh
+        s["estimated"][i] = s["estimated"][i] or row.estimated
+    ordered = sorted(series.values(), key=lambda s: -sum(s["import"]))
+    totals_import = [sum(s["import"][i] for s in ordered) for i in range(n)]
+    totals_export = [sum(s["export"][i] for s in ordered) for i in range(n)]
+    estimated = [any(s["estimated"][i] for s in ordered) for i in range(n)]
+    return {
+        "by": q.by,
+        "labels": [_label(q.by, t) for t in starts],
+        "starts": [t.isoformat() for t in starts],
+        "series": ordered,
+        "total_import": totals_import,
+        "total_export": totals_export,
+        "estimated": estimated,
+        "unit": "Wh",
+    }
+
+
+def _nav_links(by: Bucket, start: datetime, params: dict[str, str]) -> dict[str, str]:
+    def link(when: datetime, **over: str) -> str:
+        return "/energy?" + urlencode({**params, "date": when.date().isoformat(), **over})
+
+    return {
+        "prev": link(shift_period(by, start, -1)),
+        "next": link(shift_period(by, start, 1)),
+        "hour": link(start, by="hour"),
+        "day": link(start, by="day"),
+        "month": link(start, by="month"),
+    }
+
+
+async def _energy_view(
+    state: Any, *, by: str, day: str | None, devices: list[str], channels: list[str], view: str
+) -> dict[str, Any]:
+    if by not in STEP_OF:
+        raise Problem(400, f"by={by!r}: choose hour, day or month", slug="invalid-parameter")
+    if view not in VIEW_GROUP:
+        raise Problem(
+            400, f"view={view!r}: choose total, device or channel", slug="invalid-parameter"
+        )
+    bucket: Bucket = by  # type: ignore[assignment]
+    tz = state.site.zone
+    now_local = datetime.fromtimestamp(state.clock(), UTC).astimezone(tz)
+    anchor = parse_instant("date", day, tz) if day else now_local
+    start = period_start(bucket, anchor.astimezone(tz))
+    end = shift_period(bucket, start, 1)
+    query = EnergyQuery(
+        by=bucket,
+        tz=state.site.tz,
+        start=start,
+        end=end,
+        devices=tuple(d for d in devices if d),
+        channels=tuple(c for c in channels if c),
+        group=VIEW_GROUP[view],  # type: ignore[arg-type]
+    )
+    rep = await report(state.store, query, tariff=state.site.tariff)
+    records = await state.store.devices()
+    names = {r.device: display_name(r) for r in records}
+    params = {"by": by, "view": view}
+    if devices:
+        params["device"] = ",".join(devices)
+    if channels:
+        params["channel"] = ",".join(channels)
+    if by == "hour":
+        title = start.strftime("%A %d %B %Y")
+    elif by == "day":
+        title = start.strftime("%B %Y")
+    else:
+        title = start.strftime("%Y")
+    return {
+        "report": rep,
+        "chart": chart_data(rep, names),
+        "title": title,
+        "by": by,
+        "view": view,
+        "date": start.date().isoformat(),
+        "links": _nav_links(bucket, start, params),
+        "records": records,
+        "device_filter": ",".join(devices),
+        "channel_filter": ",".join(channels),
+        "currency": state.site.tariff.currency,
+    }
+
+
+@router.get("/energy")
+async def energy_page(
+    request: Request,
+    state: State,
+    principal: Viewer,
+    by: str = "hour",
+    date_: Annotated[str | None, Query(alias="date")] = None,
+    device: str = "",
+    channel: str = "",
+    view: str = "total",
+) -> Response:
+    devices = [d.strip() for d in device.split(",") if d.strip()]
+    channels = [c.strip() for c in channel.split(",") if c.strip()]
+    ctx = await _energy_view(state, by=by, day=date_, devices=devices, channels=channels, view=view)
+    return _render(request, "energy.html", principal, nav="energy", **ctx)
+
+
+@router.get("/devices")
+async def devices_page(request: Request, state: State, principal: Viewer) -> Response:
+    rows = await devices_table(state.store, state.site, state.clock())
+    return _render(request, "devices.html", principal, nav="devices", devices=rows)
+
+
+@router.get("/devices/{device}")
+async def device_page(
+    request: Request,
+    state: State,
+    principal: Viewer,
+    device: str,
+    by: str = "hour",
+    date_: Annotated[str | None, Query(alias="date")] = None,
+) -> Response:
+    rec = await state.store.device(device)
+    if rec is None:
+        raise Problem(404, f"no device {device!r}")
+    latest = await state.store.latest(device)
+    events = await state.store.events(device, limit=20)
+    ctx = await _energy_view(state, by=by, day=date_, devices=[device], channels=[], view="channel")
+    ctx["links"] = {
+        k: v.replace("/energy?", f"/devices/{device}?") for k, v in ctx["links"].items()
+    }
+    parents = {r.channel for r in top_level(latest)}
+    return _render(
+        request,
+        "device.html",
+        principal,
+        nav="devices",
+        device=device_json(rec, latest, None, state.clock()),
+        rec=rec,
+        latest=sorted(latest, key=lambda r: r.channel),
+        parents=parents,
+        events=events,
+        **ctx,
+    )
+
+
+@router.post("/devices/{device}")
+async def device_rename(
+    request: Request,
+    state: State,
+    principal: Admin,
+    device: str,
+    label: Annotated[str, Form(max_length=100)] = "",
+    room: Annotated[str, Form(max_length=100)] = "",
+) -> Response:
+    if await state.store.device(device) is None:
+        raise Problem(404, f"no device {device!r}")
+    await state.store.set_device_label(device, label=label.strip(), room=room.strip())
+    return RedirectResponse(f"/devices/{device}", status_code=303)
+
+
+@router.get("/settings")
+async def settings_page(request: Request, state: State, principal: Viewer) -> Response:
+    return _render(
+        request,
+        "settings.html",
+        principal,
+        nav="settings",
+        periods=periods_text(state.site.tariff),
+        error=None,
+        saved=request.query_params.get("saved") == "1",
+    )
+
+
+@router.post("/settings")
+async def settings_save(
+    request: Request,
+    state: State,
+    principal: Admin,
+    tz: Annotated[str, Form(max_length=64)],
+    currency: Annotated[str, Form(max_length=8)] = "EUR",
+    price: Annotated[str, Form(max_length=32)] = "0",
+    export_price: Annotated[str, Form(max_length=32)] = "0",
+    periods: Annotated[str, Form(max_length=10_000)] = "",
+    retention_days: Annotated[str, Form(max_length=16)] = "",
+) -> Response:
+    try:
+        site = state.site.updated(
+            {
+                "tz": tz,
+                "tariff": {
+                    "currency": currency,
+                    "price": price or "0",
+                    "export_price": export_price or "0",
+                    "periods": parse_periods_text(periods),
+                },
+                "retention_days": retention_days.strip() or None,
+            }
+        )
+    except ConfigError as err:
+        response = _render(
+            request,
+            "settings.html",
+            principal,
+            nav="settings",
+            periods=periods,
+            error=str(err),
+            saved=False,
+        )
+        response.status_code = 400
+        return response
+    await save_site(state.store, site)
+    state.site = site
+    return RedirectResponse("/settings?saved=1", status_code=303)
+
+
+def _fmt_age(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "never"
+    age = max(0.0, now - ts)
+    if age < 90:
+        return f"{int(age)} s ago"
+    if age < 5400:
+        return f"{int(age // 60)} min ago"
+    if age < 172800:
+        return f"{int(age // 3600)} h ago"
+    return f"{int(age // 86400)} days ago"
+
+
+def jinja_filters(clock: Any) -> dict[str, Any]:
+    """Filters the templates use: energy with a sensible unit, power, money, age."""
+
+    def energy(wh: float | None) -> str:
+        if wh is None:
+            return "–"
+        if abs(wh) >= 10_000:
+            return f"{wh / 1000:,.1f} kWh"
+        if abs(wh) >= 1000:
+            return f"{wh / 1000:,.2f} kWh"
+        return f"{wh:,.0f} Wh"
+
+    def power(w: float | None) -> str:
+        if w is None:
+            return "–"
+        return f"{w / 1000:,.2f} kW" if abs(w) >= 10_000 else f"{w:,.1f} W"
+
+    def money(value: float | None, currency: str = "") -> str:
+        return "–" if value is None else f"{value:,.2f} {currency}".strip()
+
+    def age(ts: float | None) -> str:
+        return _fmt_age(ts, clock())
+
+    def when(ts: float | None) -> str:
+        if ts is None:
+            return "–"
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    def num(value: float | None, digits: int = 1) -> str:
+        return "–" if value is None else f"{value:.{digits}f}"
+
+    return {"energy": energy, "power": power, "money": money, "age": age, "when": when, "num": num}
+
+
+__all__ = ["chart_data", "jinja_filters", "router"]

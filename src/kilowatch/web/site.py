@@ -1,0 +1,98 @@
+"""Site settings a user edits in the web app: time zone, tariff, retention (kept in store meta)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from kilowatch.errors import ConfigError
+from kilowatch.store.base import Store
+from kilowatch.web.tariff import Tariff
+
+SITE_KEY = "settings.site"
+MAX_RETENTION_DAYS = 100 * 366
+
+
+def zone(name: str) -> ZoneInfo:
+    """The IANA zone ``name`` (``Europe/Berlin``), or ``ConfigError`` saying how to spell one."""
+    name = name.strip()
+    if not name or len(name) > 64 or ".." in name or name.startswith("/"):
+        raise ConfigError(f"time zone {name!r} is not an IANA name such as Europe/Berlin or UTC")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"time zone {name!r} is unknown; use an IANA name such as Europe/Berlin"
+        ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class SiteSettings:
+    tz: str = "UTC"
+    tariff: Tariff = field(default_factory=Tariff)
+    retention_days: int | None = None
+    """Keep slot energy this many days (``None``: forever). The store's retention job reads it."""
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return zone(self.tz)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tz": self.tz,
+            "tariff": self.tariff.to_json(),
+            "retention_days": self.retention_days,
+        }
+
+    def updated(self, data: Mapping[str, Any]) -> SiteSettings:
+        """A copy with the fields present in ``data`` validated and replaced (a PATCH)."""
+        if not isinstance(data, Mapping):
+            raise ConfigError("settings must be a JSON object")
+        unknown = set(data) - {"tz", "tariff", "retention_days"}
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        out = self
+        if "tz" in data:
+            tz = str(data["tz"])
+            zone(tz)
+            out = replace(out, tz=tz.strip())
+        if "tariff" in data:
+            out = replace(out, tariff=Tariff.from_json(data["tariff"]))
+        if "retention_days" in data:
+            out = replace(out, retention_days=_retention(data["retention_days"]))
+        return out
+
+
+def _retention(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ConfigError("retention_days must be a whole number of days, or null for forever")
+    try:
+        days = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"retention_days {value!r} must be a whole number of days") from None
+    if not 1 <= days <= MAX_RETENTION_DAYS:
+        raise ConfigError(f"retention_days {days} must be between 1 and {MAX_RETENTION_DAYS}")
+    return days
+
+
+async def load_site(store: Store, *, default_tz: str) -> SiteSettings:
+    data = await store.get_meta(SITE_KEY)
+    base = SiteSettings(tz=default_tz)
+    if not isinstance(data, dict):
+        return base
+    try:
+        return base.updated(data)
+    except ConfigError:
+        # Stored settings were valid when written; a tz database change must not take the app down.
+        return base
+
+
+async def save_site(store: Store, site: SiteSettings) -> None:
+    await store.put_meta(SITE_KEY, site.to_json())
+
+
+__all__ = ["SITE_KEY", "SiteSettings", "load_site", "save_site", "zone"]
