@@ -11,10 +11,8 @@ broker and the store close.
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import logging
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -24,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kilowatch.collect.registry import DecoderOptions, default_registry
-from kilowatch.errors import ConfigError
+from kilowatch.ledger import Ledger
 from kilowatch.service.config import LogFormat, Settings, parse_broker_url
 from kilowatch.service.live import LiveHub
 from kilowatch.service.mqtt import MqttIntake, MqttOptions
@@ -138,61 +136,43 @@ def mqtt_options(settings: Settings, *, embedded_port: int | None = None) -> Mqt
 
 
 async def start_web(tg: asyncio.TaskGroup, running: Running, stop: asyncio.Event) -> None:
-    """THE WEB APP HOOK: serve ``kilowatch.web`` on ``http_host:http_port`` inside ``tg``.
+    """THE WEB APP HOOK: serve ``kilowatch.web`` on ``http_host:http_port`` as a task of ``tg``.
 
-    Contract with the web app: ``kilowatch.web.create_app(*, store, settings, hub) -> ASGI app``.
-    While the web package does not provide it, the service runs without a web server.
+    The web app gets the open store, the LiveHub, the site time zone and the ingest counters; it is
+    cancelled when ``stop`` is set, before the store closes. A port in use raises ``ConfigError``.
     """
-    try:
-        from kilowatch import web
-    except ImportError:  # pragma: no cover - the package exists in every build
-        return
-    create_app = getattr(web, "create_app", None)
-    if create_app is None:
-        log.info("web app not available (kilowatch.web.create_app missing); serving ingest only")
-        return
-    import uvicorn
+    from kilowatch.web.app import bind, create_app, serve_web
 
     settings = running.settings
-    sock = bind_http(settings.http_host, settings.http_port)
-    app = create_app(store=running.store, settings=settings, hub=running.hub)
-    config = uvicorn.Config(app, log_config=None, lifespan="on", access_log=False)
-    server = uvicorn.Server(config)
+    sock = bind(settings.http_host, settings.http_port)
+    stats = running.stats
+    app = create_app(
+        running.store,
+        live=running.hub,
+        site_tz=settings.tz,
+        ingest_stats=lambda: ingest_metrics(stats),
+    )
+    web = tg.create_task(
+        serve_web(app, settings.http_host, settings.http_port, sock=sock), name="web"
+    )
 
-    async def serve_http() -> None:
-        try:
-            await server.serve(sockets=[sock])
-        finally:
-            sock.close()
-
-    async def stop_http() -> None:
+    async def stop_web() -> None:
         await stop.wait()
-        server.should_exit = True
+        web.cancel()
 
-    tg.create_task(serve_http(), name="web")
-    tg.create_task(stop_http(), name="web-stop")
+    tg.create_task(stop_web(), name="web-stop")
     log.info("web app listening url=http://%s:%d", settings.http_host, sock.getsockname()[1])
 
 
-def bind_http(host: str, port: int) -> socket.socket:
-    """Bind the web port ourselves, so that "port in use" is one clear error, not uvicorn's exit."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as err:
-        sock.close()
-        if err.errno == errno.EADDRINUSE:
-            raise ConfigError(
-                f"port {port} is in use on {host}; pass --http-port to pick another"
-            ) from err
-        raise ConfigError(
-            f"the web app cannot listen on {host}:{port}: {err.strerror or err}; check --http-host"
-        ) from err
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
+def ingest_metrics(stats: IngestStats) -> dict[str, float]:
+    """Ingest counters for the web app's ``/metrics``."""
+    return {
+        "received": stats.received,
+        "committed": stats.committed,
+        "batches": stats.batches,
+        "commit_failures": stats.commit_failures,
+        "dead_letters": sum(stats.dead_letters.values()),
+    }
 
 
 async def serve(
@@ -206,8 +186,6 @@ async def serve(
 
     Returns the ingest counters.
     """
-    from kilowatch.ledger import Ledger  # the ledger package lands independently of the service
-
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(open_store(settings.store_url))
         embedded_port: int | None = None
@@ -328,8 +306,8 @@ async def run_until_signalled(settings: Settings) -> IngestStats:
 
 __all__ = [
     "Running",
-    "bind_http",
     "decoder_options",
+    "ingest_metrics",
     "mqtt_options",
     "run_until_signalled",
     "serve",
