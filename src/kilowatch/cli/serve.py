@@ -104,9 +104,9 @@ def register(app: typer.Typer) -> None:
         ),
         config: str | None = typer.Option(None, "--config", help="TOML settings file."),
     ) -> None:
+        flags = {k: v for k, v in locals().items() if k != "config"}
         from kilowatch.service.server import run_until_signalled, setup_logging
 
-        flags = {k: v for k, v in locals().items() if k != "config"}
         settings = load_settings(flags, config_file=Path(config) if config else None)
         setup_logging(settings)
         try:

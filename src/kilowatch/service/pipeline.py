@@ -35,7 +35,7 @@ from kilowatch.collect.messages import (
 from kilowatch.collect.registry import DecoderRegistry
 from kilowatch.collect.state import DecoderState
 from kilowatch.errors import DecodeError, KilowatchError
-from kilowatch.ledger.slots import SlotEnergy
+from kilowatch.ledger.slots import SlotEnergy, merge_slot_energy
 from kilowatch.service.live import LiveHub
 from kilowatch.service.mqtt import Delivery
 from kilowatch.store.base import Batch, ChannelKey, DeadLetter, DeviceUpdate, Store
@@ -118,26 +118,6 @@ class _RateLimitedLog:
         )
 
 
-def merge_slots(slots: Sequence[SlotEnergy]) -> list[SlotEnergy]:
-    """Sum deltas of the same (device, channel, slot); ``estimated`` sticks if any part has it."""
-    merged: dict[tuple[str, str, int], SlotEnergy] = {}
-    for s in slots:
-        key = (s.device, s.channel, s.slot)
-        old = merged.get(key)
-        if old is None:
-            merged[key] = s
-        else:
-            merged[key] = SlotEnergy(
-                s.device,
-                s.channel,
-                s.slot,
-                old.import_mwh + s.import_mwh,
-                old.export_mwh + s.export_mwh,
-                old.estimated or s.estimated,
-            )
-    return list(merged.values())
-
-
 class Pipeline:
     """Turns deliveries into committed batches. Owns the decoder state and the ledger."""
 
@@ -194,7 +174,7 @@ class Pipeline:
             self.stats.dead_letters[letter.reason] += 1
             self._dead_log.dead_letter(letter)
         batch = Batch(
-            slots=merge_slots(slots) if len(slots) > 1 else slots,
+            slots=merge_slot_energy(slots),
             ledger_states=self.ledger.take_dirty_states(),
             devices=[DeviceUpdate(device=d, **fields) for d, fields in devices.items()],
             latest=list(latest.values()),
@@ -291,4 +271,4 @@ class Pipeline:
             self.stats.committed += len(deliveries)
 
 
-__all__ = ["MAX_BATCH", "DeliverySource", "IngestStats", "LedgerLike", "Pipeline", "merge_slots"]
+__all__ = ["MAX_BATCH", "DeliverySource", "IngestStats", "LedgerLike", "Pipeline"]
