@@ -22,6 +22,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "decode",
     "serve",
     "deadletters",
+    "user",
+    "token",
+    "energy",
+    "devices",
 )
 
 app = typer.Typer(

@@ -150,6 +150,23 @@ async def _tokens(store: Store) -> dict[str, dict[str, Any]]:
     return dict(data) if isinstance(data, dict) else {}
 
 
+async def list_tokens(store: Store) -> list[dict[str, Any]]:
+    """Every token's id, user, role, name and creation time (never its secret or hash)."""
+    return [
+        {"id": tid, **{k: v for k, v in rec.items() if k != "hash"}}
+        for tid, rec in sorted((await _tokens(store)).items(), key=lambda kv: kv[1]["created"])
+    ]
+
+
+async def revoke_token(store: Store, token_id: str) -> bool:
+    """Delete a token by id (``kw_<id>_...``); ``False`` when there is none."""
+    tokens = await _tokens(store)
+    if tokens.pop(token_id, None) is None:
+        return False
+    await store.put_meta(TOKENS_KEY, tokens)
+    return True
+
+
 async def verify_token(store: Store, token: str) -> Principal | None:
     parts = token.split("_", 2)
     if len(parts) != 3 or parts[0] != "kw":
@@ -265,7 +282,9 @@ __all__ = [
     "add_user",
     "create_token",
     "ensure_admin",
+    "list_tokens",
     "parse_role",
+    "revoke_token",
     "users",
     "verify_password",
     "verify_token",
