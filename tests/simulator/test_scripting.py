@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from kilowatch.errors import RpcCallError
+from kilowatch.fleet.scripts import HOURLY_ENERGY, read_script
 from kilowatch.simulator.kvs import Kvs
 from kilowatch.simulator.scripting import (
     DEVICE_SCRIPT_HEAP,
@@ -667,3 +669,109 @@ async def test_no_real_time_timers_leak_into_scripts(engine: ScriptEngine, host:
     rt = await start(engine, host, "let a = 1;")
     assert await rt.eval("typeof setTimeout") == "undefined"
     assert await rt.eval("Object.keys(globalThis).indexOf('__kw')") == -1
+
+
+# --- the metering script kilowatch ships ---------------------------------------------------------
+
+HOURLY = read_script(HOURLY_ENERGY)
+
+
+def hourly_messages(host: LabHost) -> list[dict[str, Any]]:
+    topic = f"/system/{host.device_id}/status"
+    return [json.loads(payload) for t, payload, qos, _ in host.published if t == topic and qos == 1]
+
+
+async def run_hours(host: LabHost, powers: list[float]) -> None:
+    for power in powers:
+        host.power_w = power
+        await host.advance(HOUR)
+
+
+def test_the_hourly_script_fits_the_device_limit() -> None:
+    assert len(HOURLY.encode()) < 15_000
+
+
+async def test_hourly_script_publishes_every_full_hour(engine: ScriptEngine) -> None:
+    host = LabHost(now=T0 + 1200)  # installed 20 minutes into an hour
+    host.set_connected(True)
+    await start(engine, host, HOURLY)
+    host.power_w = 600.0
+    await host.advance(HOUR - 1200)  # to T0 + 1 h: the partial first hour is not reported
+    assert hourly_messages(host) == []
+    await run_hours(host, [1000.0, 250.0, 0.0])
+    await host.advance(1)  # the script reads the counters just after the hour turns
+    got = hourly_messages(host)
+    assert got == [
+        {
+            "fw_ver": "1.4.0",
+            "hourly_energy_usage": expected,
+            "hourly_ret_energy_usage": 0,
+            "id": host.device_id,
+            "mac": "ECDA3BC4DDB0",
+            "operational": True,
+            "timestamp": int(T0 + HOUR * (i + 1)),
+        }
+        for i, expected in enumerate([1000.0, 250.0, 0.0])
+    ]
+    assert list(json.loads(host.published[0][1])) == sorted(json.loads(host.published[0][1]))
+
+
+async def test_hourly_script_stores_and_forwards_across_an_outage_and_a_restart(
+    engine: ScriptEngine,
+) -> None:
+    host = LabHost(now=T0 - 60)
+    host.set_connected(True)
+    rt = await start(engine, host, HOURLY)
+    await host.advance(60)  # T0: the partial first hour closes unreported just after it
+    powers = [100.0, 200.0, 300.0, 400.0, 500.0, 600.0]
+    for i, power in enumerate(powers):  # hour T0 + i h; MQTT down from T0 + 2 h to T0 + 6 h
+        host.power_w = power
+        if i == 2:
+            host.set_connected(False)
+        if i == 3:  # the script restarts in the middle of the outage (Script.Stop/Start, reboot)
+            await host.advance(HOUR / 2)
+            await rt.stop()
+            host.runtimes.remove(rt)
+            rt = await start(engine, host, HOURLY)
+            await host.advance(HOUR / 2)
+        else:
+            await host.advance(HOUR)
+        if i == 4:
+            assert any(key.startswith("kwh_q") for key in host.kvs.items), "backlog in KVS"
+    await host.advance(1)  # the last hour closes while MQTT is still down
+    assert len(hourly_messages(host)) == 1  # hour 1 ended 1 ms after MQTT went down
+    host.set_connected(True)
+    await host.settle()
+    got = hourly_messages(host)
+    stamps = [m["timestamp"] for m in got]
+    assert stamps == [int(T0 + HOUR * i) for i in range(len(powers))], "each hour once, in order"
+    assert [m["hourly_energy_usage"] for m in got] == pytest.approx(powers, abs=0.002)
+    assert not any(key.startswith("kwh_q") for key in host.kvs.items), "backlog cleared"
+
+
+async def test_hourly_script_backlog_is_bounded_in_kvs(engine: ScriptEngine) -> None:
+    host = LabHost(now=T0)
+    await start(engine, host, HOURLY)
+    host.power_w = 43_000.0  # large numbers: the longest encoding
+    await host.advance(130 * HOUR + 1)
+    values = {k: v for k, (v, _) in host.kvs.items.items() if k.startswith("kwh_")}
+    assert all(len(v) <= 253 for v in values.values())
+    assert len(values) <= 9
+    assert any("dropping" in line for line in host.logs)
+    host.set_connected(True)
+    await host.settle()
+    got = hourly_messages(host)
+    assert 90 <= len(got) <= 96
+    assert got[-1]["timestamp"] == int(T0 + 129 * HOUR)
+    assert {m["hourly_energy_usage"] for m in got} == {43_000.0}
+
+
+async def test_hourly_script_counts_from_zero_after_a_counter_reset(engine: ScriptEngine) -> None:
+    host = LabHost(now=T0 - 1)
+    host.set_connected(True)
+    await start(engine, host, HOURLY)
+    host.power_w = 1000.0
+    await host.advance(1 + HOUR / 2)
+    host.statuses["pm1:0"]["aenergy"]["total"] = 0.0  # firmware update reset the counter
+    await host.advance(HOUR / 2 + 0.002)
+    assert [m["hourly_energy_usage"] for m in hourly_messages(host)] == pytest.approx([500.0])

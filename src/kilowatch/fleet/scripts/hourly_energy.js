@@ -1,0 +1,240 @@
+// kilowatch hourly energy script for Shelly Gen2+ meters (shipped with kilowatch).
+//
+// At every full UTC hour it publishes the energy of the hour that just ended, QoS 1, to
+// /system/<device id>/status as
+//   {"fw_ver","hourly_energy_usage","hourly_ret_energy_usage","id","mac","operational","timestamp"}
+// (Wh; timestamp = unix start of that hour), computed from the cumulative counters of the meter
+// (pm1:0, switch:0, emdata:0 or the em1data channels).
+// Hours that cannot be published while MQTT is down are kept, in RAM and in KVS, and published
+// oldest first when MQTT is back; the counters at the start of the current hour are kept in KVS,
+// so a restart or reboot loses nothing. KVS use is bounded: CFG.maxKeys queue keys of at most 253
+// characters plus one baseline key. Written for the device's Espruino: no arrow functions, no
+// classes, functions defined before use.
+
+let CFG = {
+  topic: null, // null: "/system/<device id>/status"
+  prefix: "kwh_", // KVS keys: kwh_base, kwh_q0 .. kwh_q<maxKeys-1>
+  maxKeys: 8, // queue keys in KVS; about 13 hours each, so 100 hours or more
+  maxHours: 96, // hours kept while MQTT is down; the oldest go first beyond this
+  valueMax: 253 // KVS value length limit (shelly-api.md §15)
+};
+
+let info = Shelly.getDeviceInfo();
+let topic = CFG.topic || "/system/" + info.id + "/status";
+let base = null; // {h: hour start, e: Wh, r: returned Wh, partial} when the current hour began
+let queue = []; // [hour index, Wh, returned Wh] not yet published, oldest first
+let saved = []; // what each KVS queue key holds, to write only what changed
+let timer = null;
+let ready = false;
+
+// --- one RPC at a time, in order (KVS writes must not overtake each other) ------------------
+let jobs = [];
+let busy = false;
+
+function pump() {
+  if (busy || jobs.length === 0) return;
+  let j = jobs.shift();
+  busy = true;
+  Shelly.call(j[0], j[1], function (res, code, msg) {
+    busy = false;
+    if (j[2]) j[2](res, code, msg);
+    pump();
+  });
+}
+
+function job(method, params, done) {
+  jobs.push([method, params, done]);
+  pump();
+}
+
+// --- the meter ----------------------------------------------------------------------------------
+function total(prefix, n) {
+  let e = 0;
+  let r = 0;
+  let found = false;
+  for (let i = 0; i < n; i++) {
+    let s = Shelly.getComponentStatus(prefix + ":" + i);
+    if (!s) continue;
+    found = true;
+    if (prefix === "emdata") {
+      e += s.total_act;
+      r += s.total_act_ret || 0;
+    } else if (prefix === "em1data") {
+      e += s.total_act_energy;
+      r += s.total_act_ret_energy || 0;
+    } else {
+      e += s.aenergy.total;
+      r += s.ret_aenergy ? s.ret_aenergy.total : 0;
+    }
+  }
+  return found ? {e: e, r: r} : null;
+}
+
+let source = null;
+
+function meter() {
+  if (source) return total(source[0], source[1]);
+  let kinds = [["pm1", 1], ["switch", 1], ["emdata", 1], ["em1data", 3]];
+  for (let i = 0; i < kinds.length; i++) {
+    let m = total(kinds[i][0], kinds[i][1]);
+    if (m) {
+      source = kinds[i];
+      return m;
+    }
+  }
+  return null;
+}
+
+function now() {
+  return Date.now() / 1000;
+}
+
+function hourOf(t) {
+  return Math.floor(t / 3600) * 3600;
+}
+
+function r3(x) {
+  return Math.round(x * 1000) / 1000;
+}
+
+// --- KVS encoding: "<hour index>:<mWh>:<mWh>" in base 36, joined by "|" ----------------------
+function enc(q) {
+  return q[0].toString(36) + ":" + Math.round(q[1] * 1000).toString(36) + ":" +
+    Math.round(q[2] * 1000).toString(36);
+}
+
+function dec(s) {
+  let p = s.split(":");
+  return [parseInt(p[0], 36), parseInt(p[1], 36) / 1000, parseInt(p[2], 36) / 1000];
+}
+
+function chunks() {
+  let out = [];
+  let cur = "";
+  for (let i = 0; i < queue.length; i++) {
+    let e = enc(queue[i]);
+    if (cur !== "" && cur.length + 1 + e.length > CFG.valueMax) {
+      out.push(cur);
+      cur = "";
+    }
+    cur = cur === "" ? e : cur + "|" + e;
+  }
+  if (cur !== "") out.push(cur);
+  return out;
+}
+
+function persistQueue() {
+  let c = chunks();
+  while (c.length > CFG.maxKeys) {
+    // Beyond what KVS may hold: drop the oldest hours (never silently).
+    let n = c[0].split("|").length;
+    print("kwh: backlog full, dropping " + n + " oldest hour(s)");
+    queue.splice(0, n);
+    c = chunks();
+  }
+  for (let i = 0; i < CFG.maxKeys; i++) {
+    let want = i < c.length ? c[i] : null;
+    if (want === saved[i]) continue;
+    saved[i] = want;
+    if (want === null) job("KVS.Delete", {key: CFG.prefix + "q" + i});
+    else job("KVS.Set", {key: CFG.prefix + "q" + i, value: want});
+  }
+}
+
+function persistBase() {
+  let v = base.h + "," + base.e + "," + base.r + (base.partial ? ",p" : "");
+  job("KVS.Set", {key: CFG.prefix + "base", value: v});
+}
+
+// --- publishing -----------------------------------------------------------------------------------
+function message(q) {
+  return JSON.stringify({
+    fw_ver: info.ver,
+    hourly_energy_usage: q[1],
+    hourly_ret_energy_usage: q[2],
+    id: info.id,
+    mac: info.mac,
+    operational: true,
+    timestamp: q[0] * 3600
+  });
+}
+
+function flush() {
+  if (!ready) return;
+  while (queue.length > 0 && MQTT.isConnected()) {
+    if (!MQTT.publish(topic, message(queue[0]), 1, false)) break;
+    queue.shift();
+  }
+  persistQueue();
+}
+
+// Close the hour that began at base.h with the counters m; a counter that went down was reset
+// (firmware update, factory reset), so it counts from zero.
+function close(m) {
+  let e = m.e >= base.e ? m.e - base.e : m.e;
+  let r = m.r >= base.r ? m.r - base.r : m.r;
+  let idx = base.h / 3600;
+  if (queue.length > 0 && queue[queue.length - 1][0] === idx) queue.pop();
+  queue.push([idx, r3(e), r3(r)]);
+  while (queue.length > CFG.maxHours) {
+    print("kwh: backlog full, dropping hour " + queue[0][0] * 3600);
+    queue.shift();
+  }
+}
+
+function arm() {
+  let t = now();
+  let ms = (hourOf(t) + 3600 - t) * 1000 + 1;
+  timer = Timer.set(ms, false, tick);
+}
+
+function tick() {
+  timer = null;
+  let t = now();
+  let h = hourOf(t);
+  let m = meter();
+  if (m && t > 1e9) {
+    if (base === null || h < base.h) {
+      base = {h: h, e: m.e, r: m.r, partial: true};
+      persistBase();
+    } else if (h > base.h) {
+      // The first hour after a fresh install is partial: it is not reported as a full hour.
+      if (!base.partial) close(m);
+      base = {h: h, e: m.e, r: m.r};
+      flush();
+      persistBase();
+    }
+  }
+  arm();
+}
+
+function loaded() {
+  ready = true;
+  MQTT.setConnectHandler(flush);
+  tick();
+  flush();
+}
+
+function load(i) {
+  if (i === CFG.maxKeys) {
+    loaded();
+    return;
+  }
+  job("KVS.Get", {key: CFG.prefix + "q" + i}, function (res, code) {
+    saved[i] = null;
+    if (code === 0 && res && typeof res.value === "string") {
+      saved[i] = res.value;
+      let items = res.value.split("|");
+      for (let k = 0; k < items.length; k++) queue.push(dec(items[k]));
+    }
+    load(i + 1);
+  });
+}
+
+job("KVS.Get", {key: CFG.prefix + "base"}, function (res, code) {
+  if (code === 0 && res && typeof res.value === "string") {
+    let p = res.value.split(",");
+    base = {h: Number(p[0]), e: Number(p[1]), r: Number(p[2]), partial: p[3] === "p"};
+  }
+  load(0);
+});
