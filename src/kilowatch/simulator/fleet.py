@@ -1,0 +1,238 @@
+"""A fleet of simulated devices in one process: ``async with Fleet(...) as fleet``.
+
+The fleet owns the shared simulated clock, the ground truth, every device, the HTTP/WebSocket
+server, each device's MQTT client, the multi-vendor MQTT publishers and the ticker that integrates
+energy. Tests, ``kilowatch simulate``, ``kilowatch demo`` and the bench all run fleets this way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import unquote, urlsplit
+
+from kilowatch.errors import ConfigError
+from kilowatch.simulator.clock import SimClock
+from kilowatch.simulator.device import Device
+from kilowatch.simulator.host import ScriptEngineLike
+from kilowatch.simulator.meter import Truth
+from kilowatch.simulator.models import mac_for, model_spec
+from kilowatch.simulator.mqtt import DeviceMqtt
+from kilowatch.simulator.server import DeviceServer
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.5
+"""Real seconds between two metering ticks of the whole fleet."""
+TRUTH_EVERY_S = 5.0
+"""Real seconds between two writes of the truth file."""
+AUTO = "auto"
+
+
+def parse_broker(url: str) -> dict[str, Any]:
+    """``mqtt://user:pass@host:port`` / ``mqtts://...`` → the ``MQTT.SetConfig`` a device gets."""
+    if url == "embedded":
+        raise ConfigError(
+            "the simulator connects to a broker by URL; pass the URL kilowatch's embedded broker "
+            "listens on, e.g. --broker mqtt://127.0.0.1:1883"
+        )
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError(f"invalid broker URL {url!r}: expected mqtt://[user:pass@]host[:port]")
+    tls = parts.scheme == "mqtts"
+    port = parts.port or (8883 if tls else 1883)
+    return {
+        "enable": True,
+        "server": f"{parts.hostname}:{port}",
+        "user": unquote(parts.username) if parts.username else None,
+        "pass": unquote(parts.password) if parts.password else None,
+        "ssl_ca": "*" if tls else None,
+    }
+
+
+def _default_engine() -> ScriptEngineLike | None:
+    try:
+        module = importlib.import_module("kilowatch.simulator.scripting")
+    except ImportError:
+        return None
+    engine: ScriptEngineLike = module.ScriptEngine()
+    return engine
+
+
+class Fleet:
+    """N simulated devices sharing one clock, one HTTP server and one event loop."""
+
+    def __init__(
+        self,
+        *,
+        devices: int = 1,
+        models: Sequence[str] = ("pm1",),
+        broker: str | None = None,
+        speed: float = 1.0,
+        start: float | None = None,
+        seed: int = 0,
+        http: bool = True,
+        http_host: str = "127.0.0.1",
+        http_port_base: int | None = None,
+        unprovisioned: bool = False,
+        truth_path: Path | None = None,
+        engine: ScriptEngineLike | str | None = AUTO,
+        script: str | None = None,
+        tick_s: float = TICK_S,
+        report_every_s: float | None = None,
+        vendors: Sequence[str] = (),
+    ) -> None:
+        if devices < 0:
+            raise ConfigError(f"--devices must be 0 or more, got {devices}")
+        specs = [model_spec(m) for m in models]
+        if not specs:
+            raise ConfigError("--models needs at least one model")
+        self.clock = SimClock(start=start, speed=speed)
+        self.truth = Truth()
+        self.truth_path = truth_path
+        self.broker_config = parse_broker(broker) if broker else None
+        self.http = http
+        self.tick_s = tick_s
+        self.script = script
+        self.unprovisioned = unprovisioned
+        self.engine: ScriptEngineLike | None = (
+            _default_engine() if engine == AUTO else engine if not isinstance(engine, str) else None
+        )
+        self.devices: list[Device] = []
+        for i in range(devices):
+            dev = Device(
+                specs[i % len(specs)],
+                mac=mac_for(seed, i + 1),
+                clock=self.clock,
+                seed=seed,
+                truth=self.truth,
+                engine=self.engine,
+            )
+            dev.report_every_s = report_every_s
+            self.devices.append(dev)
+        self.mqtt: dict[str, DeviceMqtt] = {}
+        from kilowatch.simulator.vendors import make_publishers
+
+        self.publishers = make_publishers(
+            vendors, clock=self.clock, truth=self.truth, seed=seed, broker=broker
+        )
+        self._server = DeviceServer(self.devices, host=http_host, port_base=http_port_base)
+        self._stack = contextlib.AsyncExitStack()
+        self._tasks: asyncio.TaskGroup | None = None
+
+    # ------------------------------------------------------------------ lookups
+
+    def device(self, device_id: str) -> Device:
+        """The device with this id."""
+        for dev in self.devices:
+            if dev.id == device_id:
+                return dev
+        raise KeyError(device_id)
+
+    def url(self, device: Device) -> str:
+        """``http://host:port`` of a device."""
+        return self._server.url(device)
+
+    def port(self, device: Device) -> int:
+        """HTTP port of a device."""
+        return self._server.ports[device.id]
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _provision(self, dev: Device) -> None:
+        if self.broker_config is not None:
+            cfg = dict(self.broker_config)
+            dev.mqtt_pass = cfg.pop("pass")
+            dev.config["mqtt"].update(cfg)
+        if self.script is not None:
+            sid = dev.scripts.create({"name": "kilowatch"})["id"]
+            dev.scripts.put_code({"id": sid, "code": self.script})
+            dev.scripts.slots[sid].enable = True
+
+    async def __aenter__(self) -> Self:
+        try:
+            if self.engine is not None and hasattr(self.engine, "__aenter__"):
+                await self._stack.enter_async_context(self.engine)  # type: ignore[arg-type]
+            for dev in self.devices:
+                if not self.unprovisioned:
+                    self._provision(dev)
+                self.mqtt[dev.id] = DeviceMqtt(dev)
+                await self._stack.enter_async_context(dev)
+            if self.http:
+                await self._stack.enter_async_context(self._server)
+            self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
+            self._tasks.create_task(self._ticker())
+            for link in self.mqtt.values():
+                self._tasks.create_task(link.run())
+            for pub in self.publishers:
+                self._tasks.create_task(pub.run())
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.tick()
+        if self._tasks is not None:
+            for task in list(getattr(self._tasks, "_tasks", ())):
+                task.cancel()
+        try:
+            await self._stack.aclose()
+        finally:
+            self.write_truth()
+
+    def tick(self) -> None:
+        """Integrate every device up to now and emit what changed."""
+        for dev in self.devices:
+            dev.tick()
+        for pub in self.publishers:
+            pub.tick()
+
+    async def _ticker(self) -> None:
+        last_truth = asyncio.get_running_loop().time()
+        while True:
+            await asyncio.sleep(self.tick_s)
+            self.tick()
+            now = asyncio.get_running_loop().time()
+            if now - last_truth >= TRUTH_EVERY_S:
+                last_truth = now
+                self.write_truth()
+
+    def write_truth(self) -> None:
+        """Write the truth file now (if the fleet has one)."""
+        if self.truth_path is not None:
+            self.truth.write(self.truth_path)
+
+    # ------------------------------------------------------------------ waiting
+
+    async def wait_until(self, sim_ts: float) -> None:
+        """Sleep until the simulated clock reaches ``sim_ts``, then tick."""
+        await self.clock.sleep_until(sim_ts)
+        self.tick()
+
+    async def wait_connected(self, timeout: float = 20.0) -> None:
+        """Wait until every device with MQTT enabled is connected to its broker."""
+        async with asyncio.timeout(timeout):
+            while True:
+                pending = [
+                    d.id
+                    for d in self.devices
+                    if d.active_mqtt.get("enable") and not self.mqtt[d.id].connected()
+                ]
+                if not pending:
+                    return
+                await asyncio.sleep(0.05)
+
+
+__all__ = ["Fleet", "parse_broker"]
