@@ -24,6 +24,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "deadletters",
     "user",
     "token",
+    "energy",
+    "devices",
+    "simulate",
 )
 
 app = typer.Typer(

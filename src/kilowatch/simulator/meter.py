@@ -149,7 +149,7 @@ class MeterChannel:
             else:
                 self.ret_aenergy.add(-wh)
                 imp, ret = 0.0, -wh
-            if self.truth is not None and wh != 0.0:
+            if self.truth is not None:
                 slot = slot_of(self.t)
                 for key in self.truth_keys:
                     self.truth.add(self.device_id, key, slot, imp, ret)
