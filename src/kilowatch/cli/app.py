@@ -24,8 +24,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "deadletters",
     "user",
     "token",
-    "energy",
-    "devices",
     "simulate",
 )
 
