@@ -54,6 +54,11 @@ class _ChannelSpec:
     counters: tuple[tuple[str, str | None, str], ...]
     """(status field, sub-field or None, ``Reading`` attribute) of cumulative counters in Wh."""
 
+    @property
+    def instant_fields(self) -> frozenset[str]:
+        """Status fields of the instantaneous values."""
+        return frozenset(field for field, _ in self.instant)
+
 
 # switch and pm1 share field names (DOC-PM1, Switch): W, V, A, Hz, VA, pf; counters in Wh.
 _PM = _ChannelSpec(
@@ -142,58 +147,58 @@ _METERING: dict[str, tuple[str, tuple[_ChannelSpec, ...]]] = {
 }
 
 
-class _Readings:
-    """Accumulates reading fields per channel over the components of one message."""
+# component type → (channel type, [(spec, spec.instant_fields)]), precomputed for the hot path
+_SPECS: dict[str, tuple[str, tuple[tuple[_ChannelSpec, frozenset[str]], ...]]] = {
+    ctype: (channel_type, tuple((spec, spec.instant_fields) for spec in specs))
+    for ctype, (channel_type, specs) in _METERING.items()
+}
 
-    __slots__ = ("carried", "fields")
 
-    def __init__(self) -> None:
-        self.fields: dict[str, dict[str, float]] = {}
-        self.carried: set[str] = set()
+def _add_channels(
+    out: dict[str, dict[str, float]], key: str, delta: dict[str, Any], merged: dict[str, Any]
+) -> None:
+    """Add to ``out`` the channels that component ``key`` (``emdata:0``...) has in ``delta``.
 
-    def add(self, key: str, delta: dict[str, Any], merged: dict[str, Any]) -> None:
-        """Add the channels of component ``key`` (``emdata:0``) from its delta and merged status."""
-        ctype, _, cid = key.partition(":")
-        channel_type, specs = _METERING[ctype]
-        base = f"{channel_type}:{cid}"
-        for spec in specs:
-            channel = base + spec.suffix
-            out = self.fields.get(channel)
-            if out is None:
-                out = self.fields[channel] = {}
-            carried = False
-            for field, attr in spec.instant:
-                if field in delta:
-                    carried = True
-                    value = delta[field]
-                    if value is not None:
-                        out[attr] = number(value, field=f"{key}.{field}")
-                else:
-                    value = merged.get(field)
-                    # a value remembered from an earlier message was checked then, or is skipped
-                    if type(value) is float or type(value) is int:
-                        out[attr] = float(value)
-            for field, sub, attr in spec.counters:
-                value = delta.get(field)
-                if sub is not None and type(value) is dict:
-                    value = value.get(sub)
-                    name = f"{key}.{field}.{sub}"
-                elif sub is not None:
-                    continue
-                else:
-                    name = f"{key}.{field}"
-                if value is not None:
-                    out[attr] = number(value, field=name)
-                    carried = True
-            if carried:
-                self.carried.add(channel)
+    Instantaneous values are read from ``merged``; a value this delta carries must be a number
+    (``invalid_payload`` otherwise), one remembered from an earlier message is skipped if it is not.
+    Counters are read from ``delta`` only.
+    """
+    ctype, _, cid = key.partition(":")
+    channel_type, specs = _SPECS[ctype]
+    base = f"{channel_type}:{cid}"
+    for spec, instant_fields in specs:
+        # counters first: the channel is reported only if the delta carries one of its values
+        counters: list[tuple[str, float]] = []
+        for field, sub, attr in spec.counters:
+            value = delta.get(field)
+            if sub is None:
+                name = field
+            elif type(value) is dict:
+                value, name = value.get(sub), f"{field}.{sub}"
+            else:
+                continue
+            if value is not None:
+                counters.append((attr, number(value, field=f"{key}.{name}")))
+        if not counters and instant_fields.isdisjoint(delta):
+            continue
+        channel = base + spec.suffix
+        values = out.get(channel)
+        if values is None:
+            values = out[channel] = {}
+        for field, attr in spec.instant:
+            value = merged.get(field)
+            kind = type(value)
+            if kind is float:
+                values[attr] = value  # type: ignore[assignment]
+            elif kind is int:
+                values[attr] = float(value)  # type: ignore[arg-type]
+            elif value is not None and field in delta:
+                values[attr] = number(value, field=f"{key}.{field}")
+        values.update(counters)
 
-    def readings(self, device: str, ts: float) -> list[Message]:
-        return [
-            Reading(device, channel, ts, **values)
-            for channel, values in self.fields.items()
-            if channel in self.carried
-        ]
+
+def _readings(device: str, ts: float, channels: dict[str, dict[str, float]]) -> list[Message]:
+    return [Reading(device, channel, ts, **values) for channel, values in channels.items()]
 
 
 def _device_info(
@@ -309,33 +314,33 @@ class ShellyDecoder:
 def _notify_status(
     device: str, ts: float, params: dict[str, Any], state: DecoderState
 ) -> list[Message]:
-    acc = _Readings()
+    channels: dict[str, dict[str, float]] = {}
     for key, delta in params.items():
-        if key == "ts":
-            continue
-        if key.partition(":")[0] in _METERING:
-            if delta is None:
-                state.merge(device, key, None)
-                continue
-            if type(delta) is not dict:
-                raise DecodeError(INVALID_PAYLOAD, f"NotifyStatus {key} must be an object")
-            acc.add(key, delta, state.merge(device, key, delta))
-    out = acc.readings(device, ts)
-    info = _device_info(device, ts, _object(params.get("sys")), _object(params.get("wifi")))
-    if info is not None:
-        out.append(info)
+        if key.partition(":")[0] not in _SPECS:
+            continue  # ts, sys, wifi, cloud, script:N...: nothing to merge
+        if delta is None:
+            state.merge(device, key, None)
+        elif type(delta) is dict:
+            _add_channels(channels, key, delta, state.merge(device, key, delta))
+        else:
+            raise DecodeError(INVALID_PAYLOAD, f"NotifyStatus {key} must be an object")
+    out = _readings(device, ts, channels)
+    if "sys" in params or "wifi" in params:
+        info = _device_info(device, ts, _object(params.get("sys")), _object(params.get("wifi")))
+        if info is not None:
+            out.append(info)
     return out
 
 
 def _full_status(
     device: str, ts: float, status: dict[str, Any], state: DecoderState
 ) -> list[Message]:
-    acc = _Readings()
+    channels: dict[str, dict[str, float]] = {}
     for key, value in status.items():
-        if type(value) is dict and key.partition(":")[0] in _METERING:
+        if type(value) is dict and key.partition(":")[0] in _SPECS:
             clean = state.replace(device, key, value)
-            acc.add(key, clean, clean)
-    out = acc.readings(device, ts)
+            _add_channels(channels, key, clean, clean)
+    out = _readings(device, ts, channels)
     info = _device_info(device, ts, _object(status.get("sys")), _object(status.get("wifi")))
     if info is not None:
         out.append(info)
@@ -346,7 +351,7 @@ def _component_status(
     device: str, component: str, payload: bytes, received_at: float, state: DecoderState
 ) -> list[Message]:
     status = load_object(payload, what=f"status of {component}")
-    if component.partition(":")[0] in _METERING:
+    if component.partition(":")[0] in _SPECS:
         return _full_status(device, received_at, {component: status}, state)
     if component == "sys":
         info = _device_info(device, received_at, status, None)
