@@ -2,8 +2,8 @@
 
 Decodes N NotifyStatus frames from D devices through ``default_registry().decode`` with one shared
 ``DecoderState``, like the intake does: a mix of instantaneous deltas (power, current) and, every
-tenth frame, a delta that also carries the energy counters. Prints one line per scenario and, last, one
-JSON object with every figure.
+tenth frame, a delta that also carries the energy counters. Prints one line per scenario and,
+last, one JSON object with every figure.
 
     PYTHONPATH=src python bench/decode.py [--messages 200000] [--devices 100]
 """
@@ -72,13 +72,15 @@ def main() -> None:
     cold_state = DecoderState()
     seconds, produced = run(batch, cold_state)
     figures["notify_status_cold_msgs_per_s"] = round(args.messages / seconds)
-    print(f"NotifyStatus, no prior status: {args.messages / seconds:,.0f} msg/s ({produced} readings)")
+    rate = args.messages / seconds
+    print(f"NotifyStatus, no prior status: {rate:,.0f} msg/s ({produced} readings)")
 
     warm_state = DecoderState()
     run(full_status(args.devices), warm_state)
     seconds, produced = run(batch, warm_state)
     figures["notify_status_merged_msgs_per_s"] = round(args.messages / seconds)
-    print(f"NotifyStatus, merged on status: {args.messages / seconds:,.0f} msg/s ({produced} readings)")
+    rate = args.messages / seconds
+    print(f"NotifyStatus, merged on status: {rate:,.0f} msg/s ({produced} readings)")
 
     loads_start = time.perf_counter()
     for _, payload in batch:
