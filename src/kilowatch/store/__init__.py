@@ -19,7 +19,7 @@ from kilowatch.store.base import (
     Store,
 )
 from kilowatch.store.periods import InvalidQueryError
-from kilowatch.store.url import default_url, scheme_of
+from kilowatch.store.url import scheme_of
 
 
 def open_store(url: str) -> Store:
@@ -50,6 +50,5 @@ __all__ = [
     "Grouping",
     "InvalidQueryError",
     "Store",
-    "default_url",
     "open_store",
 ]

@@ -10,9 +10,7 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import parse_qsl, unquote
 
 from kilowatch.errors import StoreError
@@ -50,21 +48,6 @@ class RedisTarget:
     @property
     def cluster(self) -> bool:
         return len(self.hosts) > 1
-
-
-def default_url() -> str:
-    """The store URL used when none is given: ``$KILOWATCH_STORE``, else the SQLite file in the data
-    directory (``$KILOWATCH_DATA_DIR``, else ``~/.local/share/kilowatch``).
-
-    The one place to point at ``kilowatch.service.config`` once it exists.
-    """
-    env = os.environ.get("KILOWATCH_STORE")
-    if env:
-        return env
-    data_dir = os.environ.get("KILOWATCH_DATA_DIR") or str(
-        Path("~/.local/share/kilowatch").expanduser()
-    )
-    return f"sqlite:///{Path(data_dir).absolute() / 'kilowatch.db'}"
 
 
 def scheme_of(url: str) -> str:
@@ -145,4 +128,4 @@ def _host(text: str, url: str) -> tuple[str, int]:
     return host, number
 
 
-__all__ = ["DEFAULT_PREFIX", "RedisTarget", "default_url", "parse_redis", "scheme_of"]
+__all__ = ["DEFAULT_PREFIX", "RedisTarget", "parse_redis", "scheme_of"]

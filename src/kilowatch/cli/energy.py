@@ -1,0 +1,141 @@
+"""``kilowatch energy``: energy per 15 minutes, hour, day or month of local time, from the store."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from datetime import date, datetime
+from pathlib import Path
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kilowatch.errors import KilowatchError
+from kilowatch.service.config import load_settings, resolve_store_url
+from kilowatch.store import EnergyQuery, EnergyRow, open_store
+from kilowatch.store.periods import zone
+
+HELP = (
+    "Energy per bucket of local time (15min, hour, day or month) in a time zone, per channel, "
+    "device or in total, imported and exported. --from is inclusive, --to is EXCLUSIVE; both take "
+    "a date (local midnight) or a date and time (local, or with an offset). Buckets without data "
+    "are left out. JSON rows: device, channel, start, end (ISO 8601 local time with offset), "
+    "energy_wh, returned_energy_wh, estimated.\n\n"
+    "Examples:\n\n"
+    "kilowatch energy --by hour --tz Europe/Sofia --from 2026-03-28 --to 2026-03-30\n\n"
+    "kilowatch energy --by day --from 2026-03-01 --to 2026-04-01 --group total --format csv\n\n"
+    "kilowatch energy --by month --from 2026-01-01 --to 2027-01-01 --device shellypro3em-a0b1c2d3e4f5 "
+    "--channel em:0/a --channel em:0/b --format json --store redis://localhost:6379/0"
+)
+BUCKETS = ("15min", "hour", "day", "month")
+GROUPS = ("channel", "device", "total")
+FORMATS = ("table", "json", "csv")
+COLUMNS = ("device", "channel", "start", "end", "energy_wh", "returned_energy_wh", "estimated")
+
+
+def parse_when(text: str, flag: str) -> date | datetime:
+    """A ``--from``/``--to`` value: ``2026-03-28`` or ``2026-03-28T10:00[:00][+02:00]``."""
+    try:
+        if len(text) == 10:
+            return date.fromisoformat(text)
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise KilowatchError(
+            f"bad {flag} {text!r}: use a date (2026-03-28) or a date and time (2026-03-28T10:00)"
+        ) from None
+
+
+def choice(value: str, allowed: tuple[str, ...], flag: str) -> str:
+    if value not in allowed:
+        raise KilowatchError(f"unknown {flag} {value!r}; use one of: {', '.join(allowed)}")
+    return value
+
+
+async def fetch(url: str, query: EnergyQuery) -> list[EnergyRow]:
+    async with open_store(url) as store:
+        return await store.energy(query)
+
+
+def render_json(rows: list[EnergyRow]) -> str:
+    """A JSON array, one row per line."""
+    if not rows:
+        return "[]"
+    return "[\n" + ",\n".join(orjson.dumps(r.to_json()).decode() for r in rows) + "\n]"
+
+
+def render_csv(rows: list[EnergyRow]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for r in rows:
+        j = r.to_json()
+        writer.writerow(["" if j[c] is None else str(j[c]).lower() if c == "estimated" else j[c]
+                         for c in COLUMNS])
+    return buf.getvalue().rstrip("\n")
+
+
+def render_table(rows: list[EnergyRow], title: str, console: Console) -> None:
+    table = Table(title=title)
+    for col in ("device", "channel", "start", "end"):
+        table.add_column(col, overflow="fold")
+    table.add_column("import Wh", justify="right")
+    table.add_column("export Wh", justify="right")
+    table.add_column("est.", justify="center")
+    for r in rows:
+        table.add_row(
+            r.device or "(all)",
+            r.channel or "(all)",
+            r.start.isoformat(timespec="minutes"),
+            r.end.isoformat(timespec="minutes"),
+            f"{r.energy_wh:,.3f}",
+            f"{r.returned_energy_wh:,.3f}",
+            "*" if r.estimated else "",
+        )
+    console.print(table)
+    if any(r.estimated for r in rows):
+        console.print("* part of the energy was spread across a gap in the data (estimated)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``energy`` command to ``app``."""
+
+    @app.command("energy", help=HELP)
+    def energy(
+        start: str = typer.Option(..., "--from", help="Start (inclusive): date or date-time."),
+        end: str = typer.Option(..., "--to", help="End (EXCLUSIVE): date or date-time."),
+        by: str = typer.Option("hour", "--by", help="Bucket: 15min, hour, day or month."),
+        tz: str | None = typer.Option(
+            None, "--tz", help="IANA time zone (default: settings, else the system's zone)."
+        ),
+        device: list[str] = typer.Option([], "--device", help="Only this device (repeatable)."),
+        channel: list[str] = typer.Option(
+            [], "--channel", help="Only this channel, e.g. pm1:0 or em:0/a (repeatable)."
+        ),
+        group: str = typer.Option("channel", "--group", help="channel, device or total."),
+        fmt: str = typer.Option("table", "--format", help="table, json or csv."),
+        store: str | None = typer.Option(None, "--store", help="Store URL (default: settings)."),
+        config: str | None = typer.Option(None, "--config", help="TOML settings file."),
+    ) -> None:
+        config_file = Path(config) if config else None
+        query = EnergyQuery(
+            by=choice(by, BUCKETS, "--by"),  # type: ignore[arg-type]
+            tz=zone(tz).key if tz else load_settings(config_file=config_file).tz,
+            start=parse_when(start, "--from"),  # type: ignore[arg-type]
+            end=parse_when(end, "--to"),  # type: ignore[arg-type]
+            devices=tuple(device),
+            channels=tuple(channel),
+            group=choice(group, GROUPS, "--group"),  # type: ignore[arg-type]
+        )
+        choice(fmt, FORMATS, "--format")
+        url = resolve_store_url(store, config_file=config_file)
+        rows = asyncio.run(fetch(url, query))
+        if fmt == "json":
+            typer.echo(render_json(rows))
+        elif fmt == "csv":
+            typer.echo(render_csv(rows))
+        else:
+            title = f"Energy by {query.by} ({query.tz}), {start} to {end} (exclusive)"
+            render_table(rows, title, Console(width=160))
