@@ -24,6 +24,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "deadletters",
     "user",
     "token",
+    "energy",
+    "devices",
     "simulate",
 )
 
