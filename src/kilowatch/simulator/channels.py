@@ -130,10 +130,8 @@ class PM1(_SinglePhase):
     api_name = "PM1"
 
     def status(self, ts: float, skew: int) -> dict[str, Any]:
-        s = self.meter.sample()
+        # A real PM Mini G3 (fw 1.2-1.4) reports neither aprtpower nor pf ("if applicable", §13.1).
         out: dict[str, Any] = {"id": self.id, **self._electrical()}
-        out["aprtpower"] = round(s.apparent_power_va, 1)
-        out["pf"] = round(s.pf, 2) if s.power_w else 0.0
         out.update(self._counters(skew))
         return out
 

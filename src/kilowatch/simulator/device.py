@@ -441,6 +441,7 @@ class Device:
             "kvs_rev": self.kvs.rev,
             "schedule_rev": 0,
             "webhook_rev": 0,
+            "btrelay_rev": 0,
             "available_updates": {
                 s: {"version": v} for s, (v, _) in self.available_updates().items()
             },
