@@ -443,3 +443,24 @@ def test_bad_input_has_a_reason(registry, topic, payload, reason):
         registry.decode(topic, payload, received_at=1.0, state=DecoderState())
     assert info.value.reason == reason
     assert "\n" not in str(info.value)
+
+
+def test_custom_prefix_learns_the_device_from_frames(decode):
+    prefix = "home/boiler"
+    before = decode(topic=f"{prefix}/online", payload=b"true")
+    assert before[0]["device"] == prefix  # nothing known yet: the topic's prefix
+    decode(
+        topic=f"{prefix}/events/rpc",
+        payload=b'{"src":"%s","method":"NotifyStatus","params":{"ts":1,"pm1:0":{"apower":1}}}'
+        % PM.encode(),
+    )
+    assert decode(topic=f"{prefix}/online", payload=b"false")[0]["device"] == PM
+    [reading] = decode(topic=f"{prefix}/status/pm1:0", payload=b'{"id":0,"apower":2}')
+    assert (reading["device"], reading["power_w"]) == (PM, 2.0)
+    # the merged status is shared with the frames' device
+    [merged] = decode(
+        topic=f"{prefix}/events/rpc",
+        payload=b'{"src":"%s","method":"NotifyStatus","params":{"ts":3,"pm1:0":{"voltage":230}}}'
+        % PM.encode(),
+    )
+    assert (merged["power_w"], merged["voltage_v"]) == (2.0, 230.0)

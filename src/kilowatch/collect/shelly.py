@@ -8,6 +8,9 @@ Topics, for any ``topic_prefix`` (the device id unless configured):
 - ``<prefix>/online``: ``true`` / ``false`` (the last will);
 - ``<prefix>/debug/log``: ``<device id> <seq> <unix ts> <level>|<file:line> <message>`` lines.
 
+``device`` is the ``src`` of a frame (the id at the start of a log line); topic-only messages use
+the prefix, or, once a frame has shown which device a custom prefix belongs to, that device's id.
+
 How merged state is used: a ``NotifyStatus`` produces a reading for a channel only when the delta
 carries one of that channel's metering fields. Instantaneous values (power, voltage, current,
 frequency, apparent power, power factor) come from the merged status, because the device promises
@@ -259,13 +262,17 @@ class ShellyDecoder:
         """Messages of one Gen2+ MQTT message (see the module docstring for the merge rules)."""
         if topic.endswith(_EVENTS):
             return self._frame(topic[: -len(_EVENTS)], payload, received_at, state)
+        # Topic-only messages name a topic prefix, not a device: under a custom prefix use the
+        # device id its RPC frames showed, so that readings from both topics land on one device.
         if topic.endswith(_ONLINE):
             online = text_bool(payload, true=b"true", false=b"false", field=topic)
-            return [Availability(topic[: -len(_ONLINE)], online, received_at)]
+            device = state.device_for(topic[: -len(_ONLINE)])
+            return [Availability(device, online, received_at)]
         if topic.endswith(_LOG):
-            return _log_lines(topic[: -len(_LOG)], payload, received_at)
+            return _log_lines(state.device_for(topic[: -len(_LOG)]), payload, received_at)
         head, _, component = topic.rpartition("/")
-        return _component_status(head[: -len("/status")], component, payload, received_at, state)
+        device = state.device_for(head[: -len("/status")])
+        return _component_status(device, component, payload, received_at, state)
 
     def guess_topic(self, payload: bytes, *, device: str | None) -> str | None:
         """An RPC frame names its device (``src``); a debug log line starts with it."""
@@ -295,7 +302,12 @@ class ShellyDecoder:
     ) -> list[Message]:
         frame = load_object(payload, what="RPC frame")
         src = frame.get("src")
-        device = src if type(src) is str and src else prefix
+        if type(src) is str and src:
+            device = src
+            if src != prefix:
+                state.learn_device(prefix, src)
+        else:
+            device = state.device_for(prefix)
         method = frame.get("method")
         params = frame.get("params")
         if type(params) is not dict:

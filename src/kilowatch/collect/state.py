@@ -49,10 +49,20 @@ class DecoderState:
     (metering components), so its size is bounded by the number of metered channels in the fleet.
     """
 
-    __slots__ = ("_status",)
+    __slots__ = ("_devices", "_status")
 
     def __init__(self) -> None:
         self._status: dict[ComponentKey, dict[str, Any]] = {}
+        self._devices: dict[str, str] = {}
+
+    def learn_device(self, prefix: str, device: str) -> None:
+        """Remember that topic prefix ``prefix`` belongs to ``device`` (its frames' ``src``)."""
+        if self._devices.get(prefix) != device:
+            self._devices[prefix] = device
+
+    def device_for(self, prefix: str) -> str:
+        """The device id last seen behind topic prefix ``prefix``; the prefix itself if none yet."""
+        return self._devices.get(prefix, prefix)
 
     def get(self, device: str, component: str) -> dict[str, Any] | None:
         """The last known status of ``component`` on ``device`` (do not modify it), or ``None``."""
