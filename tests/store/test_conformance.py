@@ -19,8 +19,8 @@ from kilowatch.store import (
     InvalidQueryError,
     Store,
     open_store,
+    records,
 )
-from kilowatch.store import records
 
 DEV = "shellypmminig3-ecda3bc4ddb0"
 PRO = "shellypro3em-a0b1c2d3e4f5"
@@ -32,14 +32,18 @@ def ts(text: str) -> int:
 
 
 def slots(
-    device: str, channel: str, start: str, count: int, mwh: int = 1000, *, export: int = 0,
+    device: str,
+    channel: str,
+    start: str,
+    count: int,
+    mwh: int = 1000,
+    *,
+    export: int = 0,
     estimated: bool = False,
 ) -> list[SlotEnergy]:
     """``count`` consecutive 15-minute slots from ``start`` (UTC), each with ``mwh``."""
     t0 = ts(start)
-    return [
-        SlotEnergy(device, channel, t0 + i * 900, mwh, export, estimated) for i in range(count)
-    ]
+    return [SlotEnergy(device, channel, t0 + i * 900, mwh, export, estimated) for i in range(count)]
 
 
 async def q(store: Store, by: str, tz: str, start: Any, end: Any, **kw: Any) -> list[EnergyRow]:
@@ -67,8 +71,13 @@ async def test_slots_add_up_and_estimated_sticks(store: Store) -> None:
     await store.commit(Batch(slots=slots(DEV, "pm1:0", t, 1, 1500, export=20, estimated=True)))
     await store.commit(Batch(slots=slots(DEV, "pm1:0", t, 1, 250, export=5)))
     await store.commit(Batch(slots=slots(DEV, "pm1:0", t, 1, -50)))  # a correction
-    rows = await q(store, "15min", "UTC", datetime(2026, 1, 1, 10, tzinfo=UTC),
-                   datetime(2026, 1, 1, 11, tzinfo=UTC))
+    rows = await q(
+        store,
+        "15min",
+        "UTC",
+        datetime(2026, 1, 1, 10, tzinfo=UTC),
+        datetime(2026, 1, 1, 11, tzinfo=UTC),
+    )
     assert len(rows) == 1
     assert (rows[0].energy_wh, rows[0].returned_energy_wh, rows[0].estimated) == (1.7, 0.025, True)
     # the next slot, never estimated, is not marked
@@ -91,18 +100,30 @@ async def test_ledger_states_round_trip_and_replace(store: Store) -> None:
 
 
 async def test_devices_merge_updates(store: Store) -> None:
-    await store.commit(Batch(devices=[DeviceUpdate(DEV, last_seen=100.0, fw_ver="1.4.0",
-                                                   model="S3PM-001PCEU16", gen=3, online=True)]))
-    await store.commit(Batch(
-        devices=[DeviceUpdate(DEV, last_seen=200.0, ip="192.168.1.20", online=False)],
-        slots=slots(DEV, "pm1:0", "2026-01-01T00:00", 1),
-        latest=[Reading(DEV, "switch:0", 200.0, power_w=1.0)],
-    ))
+    await store.commit(
+        Batch(
+            devices=[
+                DeviceUpdate(
+                    DEV, last_seen=100.0, fw_ver="1.4.0", model="S3PM-001PCEU16", gen=3, online=True
+                )
+            ]
+        )
+    )
+    await store.commit(
+        Batch(
+            devices=[DeviceUpdate(DEV, last_seen=200.0, ip="192.168.1.20", online=False)],
+            slots=slots(DEV, "pm1:0", "2026-01-01T00:00", 1),
+            latest=[Reading(DEV, "switch:0", 200.0, power_w=1.0)],
+        )
+    )
     record = await store.device(DEV)
     assert record is not None
     assert (record.first_seen, record.last_seen) == (100.0, 200.0)
     assert (record.fw_ver, record.model, record.gen, record.ip) == (
-        "1.4.0", "S3PM-001PCEU16", 3, "192.168.1.20",
+        "1.4.0",
+        "S3PM-001PCEU16",
+        3,
+        "192.168.1.20",
     )
     assert record.online is False
     assert record.channels == ("pm1:0", "switch:0")
@@ -125,11 +146,15 @@ async def test_labels_set_keep_and_clear(store: Store) -> None:
 
 
 async def test_latest_keeps_newest_per_channel(store: Store) -> None:
-    await store.commit(Batch(latest=[
-        Reading(DEV, "pm1:0", 10.0, power_w=1.0, energy_wh=5.0),
-        Reading(DEV, "pm1:0", 20.0, power_w=2.0, energy_wh=6.0),
-        Reading(PRO, "em:0/a", 15.0, voltage_v=230.1),
-    ]))
+    await store.commit(
+        Batch(
+            latest=[
+                Reading(DEV, "pm1:0", 10.0, power_w=1.0, energy_wh=5.0),
+                Reading(DEV, "pm1:0", 20.0, power_w=2.0, energy_wh=6.0),
+                Reading(PRO, "em:0/a", 15.0, voltage_v=230.1),
+            ]
+        )
+    )
     await store.commit(Batch(latest=[Reading(DEV, "switch:0", 30.0, power_w=3.0)]))
     mine = await store.latest(DEV)
     assert mine == [
@@ -146,14 +171,21 @@ async def test_events_logs_dead_letters_are_bounded(
     monkeypatch.setattr(records, "LOGS_PER_DEVICE", 3)
     monkeypatch.setattr(records, "DEAD_LETTERS", 4)
     for i in range(5):
-        await store.commit(Batch(
-            events=[Event(DEV, float(i), "sys", "tick", {"n": i})],
-            logs=[LogLine(DEV, float(i), f"line {i}", level=2, seq=i)],
-            dead_letters=[DeadLetter(float(i), "x/y", b"\xff" + bytes([i]), "invalid_json",
-                                     f"bad {i}")],
-        ))
-    await store.commit(Batch(events=[Event(PRO, 9.0, "switch:0", "btn_down")],
-                             dead_letters=[DeadLetter(9.0, "z", b"{}", "unknown_topic", "")]))
+        await store.commit(
+            Batch(
+                events=[Event(DEV, float(i), "sys", "tick", {"n": i})],
+                logs=[LogLine(DEV, float(i), f"line {i}", level=2, seq=i)],
+                dead_letters=[
+                    DeadLetter(float(i), "x/y", b"\xff" + bytes([i]), "invalid_json", f"bad {i}")
+                ],
+            )
+        )
+    await store.commit(
+        Batch(
+            events=[Event(PRO, 9.0, "switch:0", "btn_down")],
+            dead_letters=[DeadLetter(9.0, "z", b"{}", "unknown_topic", "")],
+        )
+    )
     assert [e.data["n"] for e in await store.events(DEV)] == [4, 3, 2]
     assert [e.event for e in await store.events(limit=2)] == ["btn_down", "tick"]
     assert [x.seq for x in await store.logs(DEV)] == [4, 3, 2]
@@ -178,32 +210,42 @@ async def test_meta_round_trip(store: Store) -> None:
 
 async def test_group_by_channel_device_total_with_parts_and_filters(store: Store) -> None:
     t = "2026-06-01T00:00"  # Sofia is UTC+3: 03:00 local
-    await store.commit(Batch(slots=[
-        *slots(PRO, "em:0", t, 4, 3000),
-        *slots(PRO, "em:0/a", t, 4, 1000),
-        *slots(PRO, "em:0/b", t, 4, 2000),
-        *slots(DEV, "pm1:0", t, 4, 500, export=100),
-        *slots(DEV, "em1:0/a", t, 4, 7),  # a part without its parent counts
-    ]))
+    await store.commit(
+        Batch(
+            slots=[
+                *slots(PRO, "em:0", t, 4, 3000),
+                *slots(PRO, "em:0/a", t, 4, 1000),
+                *slots(PRO, "em:0/b", t, 4, 2000),
+                *slots(DEV, "pm1:0", t, 4, 500, export=100),
+                *slots(DEV, "em1:0/a", t, 4, 7),  # a part without its parent counts
+            ]
+        )
+    )
     day = (date(2026, 6, 1), date(2026, 6, 2))
     by_channel = await q(store, "hour", "Europe/Sofia", *day)
     assert DEV < PRO  # rows are sorted by start, device, channel
     assert [(r.device, r.channel, r.energy_wh) for r in by_channel] == [
-        (DEV, "em1:0/a", 0.028), (DEV, "pm1:0", 2.0),
-        (PRO, "em:0", 12.0), (PRO, "em:0/a", 4.0), (PRO, "em:0/b", 8.0),
+        (DEV, "em1:0/a", 0.028),
+        (DEV, "pm1:0", 2.0),
+        (PRO, "em:0", 12.0),
+        (PRO, "em:0/a", 4.0),
+        (PRO, "em:0/b", 8.0),
     ]
     assert by_channel[0].start.isoformat() == "2026-06-01T03:00:00+03:00"
     by_device = await q(store, "hour", "Europe/Sofia", *day, group="device")
     assert {(r.device, r.channel, r.energy_wh, r.returned_energy_wh) for r in by_device} == {
-        (PRO, None, 12.0, 0.0), (DEV, None, 2.028, 0.4),
+        (PRO, None, 12.0, 0.0),
+        (DEV, None, 2.028, 0.4),
     }
-    total = await q(store, "month", "Europe/Sofia", date(2026, 1, 1), date(2027, 1, 1),
-                    group="total")
+    total = await q(
+        store, "month", "Europe/Sofia", date(2026, 1, 1), date(2027, 1, 1), group="total"
+    )
     assert [(r.device, r.channel, r.energy_wh) for r in total] == [(None, None, 14.028)]
     assert total[0].start.isoformat() == "2026-06-01T00:00:00+03:00"
     assert total[0].end.isoformat() == "2026-07-01T00:00:00+03:00"
-    phases = await q(store, "day", "Europe/Sofia", *day, channels=("em:0/a", "em:0/b"),
-                     group="device")
+    phases = await q(
+        store, "day", "Europe/Sofia", *day, channels=("em:0/a", "em:0/b"), group="device"
+    )
     assert [(r.device, r.energy_wh) for r in phases] == [(PRO, 12.0)]
     one = await q(store, "day", "Europe/Sofia", *day, devices=(DEV,))
     assert {r.channel for r in one} == {"pm1:0", "em1:0/a"}
@@ -211,10 +253,14 @@ async def test_group_by_channel_device_total_with_parts_and_filters(store: Store
 
 async def test_hourly_counts_only_in_hours_without_other_data(store: Store) -> None:
     # the metering script reported 10:00-13:00; the meter channel only has 11:00-12:00
-    await store.commit(Batch(slots=[
-        *slots(DEV, "hourly", "2026-01-05T10:00", 12, 250),
-        *slots(DEV, "pm1:0", "2026-01-05T11:00", 4, 300),
-    ]))
+    await store.commit(
+        Batch(
+            slots=[
+                *slots(DEV, "hourly", "2026-01-05T10:00", 12, 250),
+                *slots(DEV, "pm1:0", "2026-01-05T11:00", 4, 300),
+            ]
+        )
+    )
     day = (date(2026, 1, 5), date(2026, 1, 6))
     total = await q(store, "day", "UTC", *day, group="device")
     assert [r.energy_wh for r in total] == [1.0 + 1.2 + 1.0]
@@ -244,7 +290,8 @@ async def test_dst_days_have_23_or_25_hours(store: Store, day: date, hours: int)
     if hours == 25:
         repeated = [r for r in rows if r.start.hour == 3]
         assert [r.start.isoformat() for r in repeated] == [
-            "2026-10-25T03:00:00+03:00", "2026-10-25T03:00:00+02:00",
+            "2026-10-25T03:00:00+03:00",
+            "2026-10-25T03:00:00+02:00",
         ]
 
 
@@ -254,8 +301,9 @@ async def test_half_and_quarter_hour_zones_give_exact_local_hours(
 ) -> None:
     # slot k of the day holds k Wh, so a wrong alignment changes every sum
     t0 = ts("2026-02-01T00:00")
-    await store.commit(Batch(slots=[SlotEnergy(DEV, "pm1:0", t0 + k * 900, k * 1000, 0)
-                                    for k in range(96)]))
+    await store.commit(
+        Batch(slots=[SlotEnergy(DEV, "pm1:0", t0 + k * 900, k * 1000, 0) for k in range(96)])
+    )
     rows = await q(store, "hour", tz, datetime(2026, 2, 1, 6), datetime(2026, 2, 1, 9))
     assert [r.start.strftime("%H:%M") for r in rows] == ["06:00", "07:00", "08:00"]
     for r in rows:
@@ -270,7 +318,8 @@ async def test_lord_howe_half_hour_dst(store: Store) -> None:
     rows = await q(store, "hour", "Australia/Lord_Howe", date(2026, 4, 5), date(2026, 4, 6))
     assert sum(r.energy_wh for r in rows) == 4 * 24.5
     assert [(r.start.isoformat()[11:], r.energy_wh) for r in rows[1:3]] == [
-        ("01:00:00+11:00", 4.0), ("01:30:00+10:30", 2.0),
+        ("01:00:00+11:00", 4.0),
+        ("01:30:00+10:30", 2.0),
     ]
 
 
@@ -291,9 +340,13 @@ async def test_empty_store_answers_empty(store: Store) -> None:
 
 async def test_reopen_keeps_everything(store_url: str) -> None:
     async with open_store(store_url) as s:
-        await s.commit(Batch(slots=slots(DEV, "pm1:0", "2026-01-01T00:00", 8),
-                             ledger_states={(DEV, "pm1:0"): {"c": 1}},
-                             devices=[DeviceUpdate(DEV, fw_ver="1.4.0")]))
+        await s.commit(
+            Batch(
+                slots=slots(DEV, "pm1:0", "2026-01-01T00:00", 8),
+                ledger_states={(DEV, "pm1:0"): {"c": 1}},
+                devices=[DeviceUpdate(DEV, fw_ver="1.4.0")],
+            )
+        )
         await s.put_meta("k", [1])
     async with open_store(store_url) as s:
         rows = await q(s, "day", "UTC", date(2026, 1, 1), date(2026, 1, 2))

@@ -27,7 +27,10 @@ def subprocess_kilowatch(
     """The real command line (slow to start: used for a few tests only)."""
     full = {**os.environ, "PYTHONPATH": SRC, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "kilowatch", *args], capture_output=True, text=True, env=full,
+        [sys.executable, "-m", "kilowatch", *args],
+        capture_output=True,
+        text=True,
+        env=full,
         timeout=120,
     )
 
@@ -55,22 +58,46 @@ async def commit(url: str, batch: Batch) -> None:
 @pytest.fixture
 def url(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'kw.db'}"
-    asyncio.run(commit(url, Batch(
-            slots=[SlotEnergy(DEV, "pm1:0", T0 + i * 900, 1000, 10, i == 5) for i in range(96)],
-            devices=[DeviceUpdate(DEV, last_seen=float(T0), fw_ver="1.4.0", model="S3PM-001PCEU16")],
-    )))
+    asyncio.run(
+        commit(
+            url,
+            Batch(
+                slots=[SlotEnergy(DEV, "pm1:0", T0 + i * 900, 1000, 10, i == 5) for i in range(96)],
+                devices=[
+                    DeviceUpdate(DEV, last_seen=float(T0), fw_ver="1.4.0", model="S3PM-001PCEU16")
+                ],
+            ),
+        )
+    )
     return url
 
 
 def test_energy_json_over_a_23_hour_day(url: str) -> None:
-    done = subprocess_kilowatch("energy", "--by", "hour", "--tz", "Europe/Sofia", "--from", "2026-03-29",
-                     "--to", "2026-03-30", "--format", "json", "--store", url)
+    done = subprocess_kilowatch(
+        "energy",
+        "--by",
+        "hour",
+        "--tz",
+        "Europe/Sofia",
+        "--from",
+        "2026-03-29",
+        "--to",
+        "2026-03-30",
+        "--format",
+        "json",
+        "--store",
+        url,
+    )
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
     assert len(rows) == 23
     assert rows[0] == {
-        "device": DEV, "channel": "pm1:0", "start": "2026-03-29T00:00:00+02:00",
-        "end": "2026-03-29T01:00:00+02:00", "energy_wh": 4.0, "returned_energy_wh": 0.04,
+        "device": DEV,
+        "channel": "pm1:0",
+        "start": "2026-03-29T00:00:00+02:00",
+        "end": "2026-03-29T01:00:00+02:00",
+        "energy_wh": 4.0,
+        "returned_energy_wh": 0.04,
         "estimated": False,
     }
     assert rows[1]["estimated"] is True
@@ -78,9 +105,23 @@ def test_energy_json_over_a_23_hour_day(url: str) -> None:
 
 
 def test_energy_csv_total_by_day_with_datetime_range(url: str) -> None:
-    done = kilowatch("energy", "--by", "day", "--tz", "Europe/Sofia", "--from",
-                     "2026-03-29T12:00", "--to", "2026-03-31", "--group", "total",
-                     "--format", "csv", "--store", url)
+    done = kilowatch(
+        "energy",
+        "--by",
+        "day",
+        "--tz",
+        "Europe/Sofia",
+        "--from",
+        "2026-03-29T12:00",
+        "--to",
+        "2026-03-31",
+        "--group",
+        "total",
+        "--format",
+        "csv",
+        "--store",
+        url,
+    )
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader(io.StringIO(done.stdout)))
     # 96 slots from 00:00 local: the 23-hour day holds 92, 12:00 on excludes the first 11 hours
@@ -110,23 +151,39 @@ def test_devices_from_redis(redis_url: str) -> None:
     [
         (["--from", "2026-02-30", "--to", "2026-03-01"], "bad --from '2026-02-30'"),
         (["--from", "2026-03-01", "--to", "2026-03-01"], "empty time range"),
-        (["--from", "2026-03-01", "--to", "2026-03-02", "--tz", "Europe/Atlantis"],
-         "unknown time zone"),
+        (
+            ["--from", "2026-03-01", "--to", "2026-03-02", "--tz", "Europe/Atlantis"],
+            "unknown time zone",
+        ),
         (["--from", "2026-03-01", "--to", "2026-03-02", "--by", "week"], "unknown --by 'week'"),
         (["--from", "2026-03-01", "--to", "2026-03-02", "--store", "mongodb://x"], "store URL"),
     ],
 )
 def test_energy_errors_are_one_line(args: list[str], message: str, tmp_path: Path) -> None:
-    done = kilowatch("energy", "--tz", "UTC", *args,
-                     env={"KILOWATCH_DATA_DIR": str(tmp_path), "KILOWATCH_STORE": ""})
+    done = kilowatch(
+        "energy",
+        "--tz",
+        "UTC",
+        *args,
+        env={"KILOWATCH_DATA_DIR": str(tmp_path), "KILOWATCH_STORE": ""},
+    )
     assert done.returncode == 1
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
 
 
 def test_errors_exit_1_with_one_line_from_the_real_command(tmp_path: Path) -> None:
-    done = subprocess_kilowatch("energy", "--from", "2026-03-01", "--to", "tomorrow", "--tz", "UTC",
-                                "--store", f"sqlite:///{tmp_path / 'kw.db'}")
+    done = subprocess_kilowatch(
+        "energy",
+        "--from",
+        "2026-03-01",
+        "--to",
+        "tomorrow",
+        "--tz",
+        "UTC",
+        "--store",
+        f"sqlite:///{tmp_path / 'kw.db'}",
+    )
     assert done.returncode == 1
     assert done.stderr.strip() == (
         "error: bad --to 'tomorrow': use a date (2026-03-28) or a date and time (2026-03-28T10:00)"
@@ -134,8 +191,12 @@ def test_errors_exit_1_with_one_line_from_the_real_command(tmp_path: Path) -> No
 
 
 def test_default_store_is_in_the_data_dir(tmp_path: Path) -> None:
-    done = kilowatch("devices", "--format", "json",
-                     env={"KILOWATCH_DATA_DIR": str(tmp_path / "data"), "KILOWATCH_STORE": ""})
+    done = kilowatch(
+        "devices",
+        "--format",
+        "json",
+        env={"KILOWATCH_DATA_DIR": str(tmp_path / "data"), "KILOWATCH_STORE": ""},
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == []
     assert (tmp_path / "data" / "kilowatch.db").is_file()

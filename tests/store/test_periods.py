@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -15,7 +16,7 @@ from kilowatch.store.periods import InvalidQueryError, Plan, plan, segments
 def spans(p: Plan) -> list[tuple[str, str, int]]:
     """(local start, local end, real seconds) of every bucket."""
     out = []
-    for key in p.keys():
+    for key in p.keys():  # noqa: SIM118 - Plan.keys() is a method, not a dict view
         lo, hi = p.period(key)
         a, b = p.label(key)
         out.append((a.isoformat(), b.isoformat(), hi - lo))
@@ -47,7 +48,8 @@ def test_new_york_transitions() -> None:
     assert (len(spring.keys()), len(fall.keys())) == (23, 25)
     assert spans(spring)[2][0] == "2026-03-08T03:00:00-04:00"
     assert [a for a, _, _ in spans(fall)[1:3]] == [
-        "2026-11-01T01:00:00-04:00", "2026-11-01T01:00:00-05:00",
+        "2026-11-01T01:00:00-04:00",
+        "2026-11-01T01:00:00-05:00",
     ]
 
 
@@ -74,7 +76,11 @@ def test_months_and_whole_hours() -> None:
     p = plan("month", "Europe/Sofia", date(2026, 1, 1), date(2027, 1, 1))
     got = spans(p)
     assert len(got) == 12
-    assert got[2] == ("2026-03-01T00:00:00+02:00", "2026-04-01T00:00:00+03:00", (31 * 24 - 1) * 3600)
+    assert got[2] == (
+        "2026-03-01T00:00:00+02:00",
+        "2026-04-01T00:00:00+03:00",
+        (31 * 24 - 1) * 3600,
+    )
     assert got[9][2] == (31 * 24 + 1) * 3600  # October has the 25-hour day
     assert p.whole_hours
     assert len(segments(ZoneInfo("Europe/Sofia"), p.start, p.end)) == 3
@@ -96,8 +102,15 @@ def test_bad_queries() -> None:
         plan("hour", "UTC", date(2026, 1, 1), date(2026, 1, 1))
 
 
-ZONES = ["Europe/Sofia", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu",
-         "Australia/Lord_Howe", "Pacific/Chatham", "UTC"]
+ZONES = [
+    "Europe/Sofia",
+    "America/New_York",
+    "Asia/Kolkata",
+    "Asia/Kathmandu",
+    "Australia/Lord_Howe",
+    "Pacific/Chatham",
+    "UTC",
+]
 
 
 @settings(max_examples=60, deadline=None)
@@ -118,7 +131,7 @@ def test_buckets_tile_the_range_and_agree_with_wall_clock(
     keys = p.keys()
     edges = [p.period(k) for k in keys]
     assert edges[0][0] == p.start and edges[-1][1] == p.end
-    assert all(a[1] == b[0] for a, b in zip(edges, edges[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(edges))
     for t in range(p.start, p.end, 900 * 7):  # a sample of slots
         key = p.key(t)
         lo, hi = p.period(key)
@@ -126,7 +139,9 @@ def test_buckets_tile_the_range_and_agree_with_wall_clock(
         local, first = datetime.fromtimestamp(t, tz), datetime.fromtimestamp(lo, tz)
         if by == "hour":
             assert (local.date(), local.hour, local.utcoffset()) == (
-                first.date(), first.hour, first.utcoffset(),
+                first.date(),
+                first.hour,
+                first.utcoffset(),
             )
         elif by == "day":
             assert local.date() == first.date()

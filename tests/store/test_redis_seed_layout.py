@@ -42,7 +42,11 @@ def plain(url: str) -> Iterator[redis.Redis | redis.RedisCluster]:
 
 
 def emqx_write(
-    client: redis.Redis | redis.RedisCluster, mac: str, device: str, hour: int, wh: float,
+    client: redis.Redis | redis.RedisCluster,
+    mac: str,
+    device: str,
+    hour: int,
+    wh: float,
     prefix: str = "energy",
 ) -> None:
     """One hourly-script message as the EMQX Redis sink stores it (HSET of the message's fields)."""
@@ -59,8 +63,11 @@ async def test_emqx_hours_show_up_without_import(
     emqx_write(plain, MAC, DEV, HOUR + 3600, 100.0)
     plain.hset("energy:not-a-seed-key_x", mapping={"id": "zzz"})
     async with open_store(url) as store:
-        rows = await store.energy(EnergyQuery(by="hour", tz="Europe/Sofia",
-                                              start=date(2024, 7, 11), end=date(2024, 7, 12)))
+        rows = await store.energy(
+            EnergyQuery(
+                by="hour", tz="Europe/Sofia", start=date(2024, 7, 11), end=date(2024, 7, 12)
+            )
+        )
         assert [(r.device, r.channel, r.start.isoformat(), r.energy_wh) for r in rows] == [
             (DEV, "hourly", "2024-07-11T20:00:00+03:00", 564.559),
             (DEV, "hourly", "2024-07-11T21:00:00+03:00", 100.0),
@@ -71,8 +78,11 @@ async def test_emqx_hours_show_up_without_import(
         emqx_write(plain, MAC, DEV, HOUR + 7200, 50.5)
         assert isinstance(store, RedisStore)
         assert await store.refresh_seed_index() == 3
-        total = await store.energy(EnergyQuery(by="day", tz="UTC", start=date(2024, 7, 11),
-                                               end=date(2024, 7, 12), group="total"))
+        total = await store.energy(
+            EnergyQuery(
+                by="day", tz="UTC", start=date(2024, 7, 11), end=date(2024, 7, 12), group="total"
+            )
+        )
         assert [r.energy_wh for r in total] == [715.059]
 
 
@@ -81,14 +91,19 @@ async def test_emqx_hours_in_a_half_hour_zone_are_split_and_marked_estimated(
 ) -> None:
     emqx_write(plain, MAC, DEV, HOUR, 400.0)
     async with open_store(url) as store:
-        rows = await store.energy(EnergyQuery(by="hour", tz="Asia/Kolkata",
-                                              start=date(2024, 7, 11), end=date(2024, 7, 13)))
+        rows = await store.energy(
+            EnergyQuery(
+                by="hour", tz="Asia/Kolkata", start=date(2024, 7, 11), end=date(2024, 7, 13)
+            )
+        )
         # 17:00Z-18:00Z is 22:30-23:30 in Kolkata: half in each local hour, a guess
         assert [(r.start.strftime("%H:%M"), r.energy_wh, r.estimated) for r in rows] == [
-            ("22:00", 200.0, True), ("23:00", 200.0, True),
+            ("22:00", 200.0, True),
+            ("23:00", 200.0, True),
         ]
-        day = await store.energy(EnergyQuery(by="day", tz="Asia/Kolkata",
-                                             start=date(2024, 7, 11), end=date(2024, 7, 13)))
+        day = await store.energy(
+            EnergyQuery(by="day", tz="Asia/Kolkata", start=date(2024, 7, 11), end=date(2024, 7, 13))
+        )
         assert [(r.energy_wh, r.estimated) for r in day] == [(400.0, False)]
 
 
@@ -96,27 +111,42 @@ async def test_kilowatch_hours_are_readable_by_the_old_tools(
     url: str, plain: redis.Redis | redis.RedisCluster
 ) -> None:
     async with open_store(url) as store:
-        await store.commit(Batch(
-            devices=[DeviceUpdate(DEV, fw_ver="1.4.0", mac="EC:DA:3B:C4:DD:B0")],
-            slots=[
-                *(SlotEnergy(DEV, "pm1:0", HOUR + i * 900, 100_000, 0) for i in range(4)),
-                SlotEnergy(DEV, "switch:0", HOUR, 64_559, 1_500),
-                SlotEnergy(DEV, "switch:0/a", HOUR, 999_000, 0),  # a part: not summed again
-                SlotEnergy("tasmota-kitchen", "ENERGY", HOUR, 5000, 0),  # no MAC: no seed hash
-            ],
-        ))
+        await store.commit(
+            Batch(
+                devices=[DeviceUpdate(DEV, fw_ver="1.4.0", mac="EC:DA:3B:C4:DD:B0")],
+                slots=[
+                    *(SlotEnergy(DEV, "pm1:0", HOUR + i * 900, 100_000, 0) for i in range(4)),
+                    SlotEnergy(DEV, "switch:0", HOUR, 64_559, 1_500),
+                    SlotEnergy(DEV, "switch:0/a", HOUR, 999_000, 0),  # a part: not summed again
+                    SlotEnergy("tasmota-kitchen", "ENERGY", HOUR, 5000, 0),  # no MAC: no seed hash
+                ],
+            )
+        )
         await store.commit(Batch(slots=[SlotEnergy(DEV, "pm1:0", HOUR + 3600, 1, 0)]))
         assert isinstance(store, RedisStore)
         await store.refresh_seed_index()
         # ours are not mistaken for an external sink's hours
-        rows = await store.energy(EnergyQuery(by="hour", tz="UTC", start=date(2024, 7, 11),
-                                              end=date(2024, 7, 12), channels=("hourly",)))
+        rows = await store.energy(
+            EnergyQuery(
+                by="hour",
+                tz="UTC",
+                start=date(2024, 7, 11),
+                end=date(2024, 7, 12),
+                channels=("hourly",),
+            )
+        )
         assert rows == []
     h = plain.hgetall(f"energy:{MAC}_{HOUR}")
     assert float(h.pop("hourly_energy_usage")) == pytest.approx(464.559)
     assert float(h.pop("hourly_ret_energy_usage")) == pytest.approx(1.5)
-    assert h == {"fw_ver": "1.4.0", "id": DEV, "mac": MAC, "operational": "true",
-                 "timestamp": str(HOUR), "kw": "1"}
+    assert h == {
+        "fw_ver": "1.4.0",
+        "id": DEV,
+        "mac": MAC,
+        "operational": "true",
+        "timestamp": str(HOUR),
+        "kw": "1",
+    }
     assert float(plain.hget(f"energy:{MAC}_{HOUR + 3600}", "hourly_energy_usage")) == 0.001
     assert plain.hgetall(f"device:{MAC}") == {"id": DEV, "mac": MAC, "fw_ver": "1.4.0"}
 
@@ -126,10 +156,12 @@ async def test_hourly_seen_by_kilowatch_and_emqx_counts_once(
 ) -> None:
     emqx_write(plain, MAC, DEV, HOUR, 200.0)
     async with open_store(url) as store:
-        await store.commit(Batch(slots=[SlotEnergy(DEV, "hourly", HOUR + i * 900, 50_000, 0)
-                                        for i in range(4)]))
-        rows = await store.energy(EnergyQuery(by="day", tz="UTC", start=date(2024, 7, 11),
-                                              end=date(2024, 7, 12)))
+        await store.commit(
+            Batch(slots=[SlotEnergy(DEV, "hourly", HOUR + i * 900, 50_000, 0) for i in range(4)])
+        )
+        rows = await store.energy(
+            EnergyQuery(by="day", tz="UTC", start=date(2024, 7, 11), end=date(2024, 7, 12))
+        )
         assert [(r.channel, r.energy_wh) for r in rows] == [("hourly", 200.0)]
 
 
@@ -137,10 +169,14 @@ async def test_prefix_from_url(url: str, plain: redis.Redis | redis.RedisCluster
     emqx_write(plain, MAC, DEV, HOUR, 10.0, prefix="meters")
     emqx_write(plain, MAC, DEV, HOUR, 99.0)  # another prefix: not ours
     async with open_store(url + "?prefix=meters") as store:
-        rows = await store.energy(EnergyQuery(
-            by="hour", tz="UTC", start=datetime(2024, 7, 11, tzinfo=UTC),
-            end=datetime(2024, 7, 12, tzinfo=UTC),
-        ))
+        rows = await store.energy(
+            EnergyQuery(
+                by="hour",
+                tz="UTC",
+                start=datetime(2024, 7, 11, tzinfo=UTC),
+                end=datetime(2024, 7, 12, tzinfo=UTC),
+            )
+        )
         assert [r.energy_wh for r in rows] == [10.0]
         await store.put_meta("x", 1)
     assert plain.hget("meters:kw:meta", "x") == "1"

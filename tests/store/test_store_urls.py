@@ -40,14 +40,25 @@ def test_bad_urls_say_what_is_wrong(url: str, message: str) -> None:
 
 
 def test_redis_urls_parse() -> None:
-    t = parse_redis("rediss://user:p%40ss@cache.example:6380/2?prefix=meters&ca=/etc/ca.pem"
-                    "&cert=/c.pem&key=/k.pem&verify=none&check_hostname=false")
-    assert (t.hosts, t.db, t.username, t.password, t.tls, t.prefix) == (
-        (("cache.example", 6380),), 2, "user", "p@ss", True, "meters",
+    t = parse_redis(
+        "rediss://user:p%40ss@cache.example:6380/2?prefix=meters&ca=/etc/ca.pem"
+        "&cert=/c.pem&key=/k.pem&verify=none&check_hostname=false"
     )
-    assert t.tls_options == {"ssl_ca_certs": "/etc/ca.pem", "ssl_certfile": "/c.pem",
-                             "ssl_keyfile": "/k.pem", "ssl_cert_reqs": "none",
-                             "ssl_check_hostname": False}
+    assert (t.hosts, t.db, t.username, t.password, t.tls, t.prefix) == (
+        (("cache.example", 6380),),
+        2,
+        "user",
+        "p@ss",
+        True,
+        "meters",
+    )
+    assert t.tls_options == {
+        "ssl_ca_certs": "/etc/ca.pem",
+        "ssl_certfile": "/c.pem",
+        "ssl_keyfile": "/k.pem",
+        "ssl_cert_reqs": "none",
+        "ssl_check_hostname": False,
+    }
     c = parse_redis("redis://:secret@h1:7000,h2:7001,h3/0")
     assert c.cluster and c.hosts == (("h1", 7000), ("h2", 7001), ("h3", 6379))
     assert c.password == "secret" and c.prefix == "energy"
@@ -114,8 +125,9 @@ async def test_sqlite_reads_do_not_wait_for_a_long_write(tmp_path: Path) -> None
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
         other.execute("INSERT INTO meta VALUES ('x', '1')")
-        rows = await store.energy(EnergyQuery(by="day", tz="UTC", start=date(1970, 1, 1),
-                                              end=date(1970, 1, 2)))
+        rows = await store.energy(
+            EnergyQuery(by="day", tz="UTC", start=date(1970, 1, 1), end=date(1970, 1, 2))
+        )
         other.execute("ROLLBACK")
         other.close()
         assert [r.energy_wh for r in rows] == [0.005]

@@ -58,13 +58,29 @@ def _when(ts: float | None) -> str:
 
 def render_table(devices: list[DeviceRecord], console: Console) -> None:
     table = Table(title=f"Devices ({len(devices)})")
-    for col in ("device", "name", "room", "model", "firmware", "online", "last seen (UTC)",
-                "channels"):
+    for col in (
+        "device",
+        "name",
+        "room",
+        "model",
+        "firmware",
+        "online",
+        "last seen (UTC)",
+        "channels",
+    ):
         table.add_column(col, overflow="fold")
     for d in devices:
         online = "" if d.online is None else ("yes" if d.online else "no")
-        table.add_row(d.device, d.label or d.name or "", d.room or "", d.model or "",
-                      d.fw_ver or "", online, _when(d.last_seen), " ".join(d.channels))
+        table.add_row(
+            d.device,
+            d.label or d.name or "",
+            d.room or "",
+            d.model or "",
+            d.fw_ver or "",
+            online,
+            _when(d.last_seen),
+            " ".join(d.channels),
+        )
     console.print(table)
 
 

@@ -7,6 +7,7 @@ import csv
 import io
 from datetime import date, datetime
 from pathlib import Path
+from typing import Annotated
 
 import orjson
 import typer
@@ -27,8 +28,8 @@ HELP = (
     "Examples:\n\n"
     "kilowatch energy --by hour --tz Europe/Sofia --from 2026-03-28 --to 2026-03-30\n\n"
     "kilowatch energy --by day --from 2026-03-01 --to 2026-04-01 --group total --format csv\n\n"
-    "kilowatch energy --by month --from 2026-01-01 --to 2027-01-01 --device shellypro3em-a0b1c2d3e4f5 "
-    "--channel em:0/a --channel em:0/b --format json --store redis://localhost:6379/0"
+    "kilowatch energy --by month --from 2026-01-01 --to 2027-01-01 "
+    "--device shellypro3em-a0b1c2d3e4f5 --channel em:0/a --channel em:0/b --format json --store redis://localhost:6379/0"
 )
 BUCKETS = ("15min", "hour", "day", "month")
 GROUPS = ("channel", "device", "total")
@@ -72,8 +73,12 @@ def render_csv(rows: list[EnergyRow]) -> str:
     writer.writerow(COLUMNS)
     for r in rows:
         j = r.to_json()
-        writer.writerow(["" if j[c] is None else str(j[c]).lower() if c == "estimated" else j[c]
-                         for c in COLUMNS])
+        writer.writerow(
+            [
+                "" if j[c] is None else str(j[c]).lower() if c == "estimated" else j[c]
+                for c in COLUMNS
+            ]
+        )
     return buf.getvalue().rstrip("\n")
 
 
@@ -110,10 +115,13 @@ def register(app: typer.Typer) -> None:
         tz: str | None = typer.Option(
             None, "--tz", help="IANA time zone (default: settings, else the system's zone)."
         ),
-        device: list[str] = typer.Option([], "--device", help="Only this device (repeatable)."),
-        channel: list[str] = typer.Option(
-            [], "--channel", help="Only this channel, e.g. pm1:0 or em:0/a (repeatable)."
-        ),
+        device: Annotated[
+            list[str] | None, typer.Option("--device", help="Only this device (repeatable).")
+        ] = None,
+        channel: Annotated[
+            list[str] | None,
+            typer.Option("--channel", help="Only this channel, e.g. pm1:0 or em:0/a (repeatable)."),
+        ] = None,
         group: str = typer.Option("channel", "--group", help="channel, device or total."),
         fmt: str = typer.Option("table", "--format", help="table, json or csv."),
         store: str | None = typer.Option(None, "--store", help="Store URL (default: settings)."),
@@ -125,8 +133,8 @@ def register(app: typer.Typer) -> None:
             tz=zone(tz).key if tz else load_settings(config_file=config_file).tz,
             start=parse_when(start, "--from"),  # type: ignore[arg-type]
             end=parse_when(end, "--to"),  # type: ignore[arg-type]
-            devices=tuple(device),
-            channels=tuple(channel),
+            devices=tuple(device or ()),
+            channels=tuple(channel or ()),
             group=choice(group, GROUPS, "--group"),  # type: ignore[arg-type]
         )
         choice(fmt, FORMATS, "--format")

@@ -1,6 +1,7 @@
 """kilowatch.store: where energy, devices and everything else kilowatch keeps live.
 
-``async with open_store(url) as store`` gives a :class:`Store`: SQLite (``sqlite:///file.db``), Redis
+``async with open_store(url) as store`` gives a :class:`Store`: SQLite (``sqlite:///file.db``),
+Redis
 (``redis://``, ``rediss://``) or Redis Cluster (several hosts in the URL). See docs/storage.md.
 """
 
@@ -25,7 +26,8 @@ from kilowatch.store.url import scheme_of
 def open_store(url: str) -> Store:
     """The store at ``url``, to be used as ``async with open_store(url) as store``.
 
-    Raises :class:`~kilowatch.errors.StoreError` for an unknown scheme or a malformed URL; connection
+    Raises :class:`~kilowatch.errors.StoreError` for an unknown scheme or a malformed URL;
+    connection
     errors surface when the context is entered.
     """
     scheme = scheme_of(url)

@@ -1,13 +1,17 @@
-"""Turning per-channel bucket sums into :class:`EnergyRow` s: the grouping rules both backends share.
+"""Turning per-channel bucket sums into :class:`EnergyRow` s: the grouping rules both backends
+share.
 
 A backend computes *cells*: ``(device, channel, bucket key) -> [import mWh, export mWh, estimated]``
-(SQLite in SQL, Redis in Python via :func:`add_raw`), plus the *shadowed* ``hourly`` energy: the part of
-a device's ``hourly`` channel that falls in UTC hours in which the device has data on another selected
+(SQLite in SQL, Redis in Python via :func:`add_raw`), plus the *shadowed* ``hourly`` energy: the
+part of
+a device's ``hourly`` channel that falls in UTC hours in which the device has data on another
+selected
 channel. :func:`rows` then applies the "Names" rules of docs/architecture.md for ``device`` and
 ``total`` groupings:
 
 - a part ``p/q`` counts only when the device has no selected channel ``p``;
-- ``hourly`` counts only for the hours without other channels' data (the shadowed energy is taken out).
+- ``hourly`` counts only for the hours without other channels' data (the shadowed energy is taken
+  out).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from kilowatch.store.base import EnergyQuery, EnergyRow
 from kilowatch.store.periods import Plan
 
 HOURLY = "hourly"
-"""The channel of the hourly metering script (and of hours an EMQX sink wrote in the seed layout)."""
+"""The channel of the hourly metering script (and of the hours an EMQX sink wrote)."""
 
 Cell: TypeAlias = list[int]
 """``[import mWh, export mWh, estimated (0/1)]``."""
@@ -135,4 +139,14 @@ def _grouped(
     return out
 
 
-__all__ = ["HOURLY", "Cell", "Cells", "Shadow", "add", "parent", "rows", "selected", "shadow_hourly"]
+__all__ = [
+    "HOURLY",
+    "Cell",
+    "Cells",
+    "Shadow",
+    "add",
+    "parent",
+    "rows",
+    "selected",
+    "shadow_hourly",
+]

@@ -1,15 +1,19 @@
 """Local-time buckets as ranges of UTC slots: the period arithmetic both store backends share.
 
 Pure and deterministic (no clock, no I/O). A query's ``[start, end)`` is cut into *segments* of
-constant UTC offset (at most a few per year: the zone's transitions). Inside a segment the local time is
-``utc + offset``, so for fixed-length buckets (15 min, hour, day) a slot's bucket is plain arithmetic,
-which SQL can evaluate in the database (``(slot + offset) / 3600``) instead of shipping every slot to
+constant UTC offset (at most a few per year: the zone's transitions). Inside a segment the local
+time is
+``utc + offset``, so for fixed-length buckets (15 min, hour, day) a slot's bucket is plain
+arithmetic,
+which SQL can evaluate in the database (``(slot + offset) / 3600``) instead of shipping every slot
+to
 Python. Months are cut by their boundaries, computed once per query.
 
 Bucket rules:
 
 - ``15min`` and ``hour`` buckets are cut at every offset change too, so a 25-hour day has 25 hour
-  buckets (the repeated hour appears twice, with its two offsets) and a zone with a 30-minute DST shift
+  buckets (the repeated hour appears twice, with its two offsets) and a zone with a 30-minute DST
+  shift
   (Australia/Lord_Howe) gets a 30-minute bucket on transition days.
 - ``day`` and ``month`` buckets hold every instant of one local date / month: 23, 24 or 25 hours.
 - Buckets are clipped to the query range.
@@ -31,7 +35,7 @@ BUCKET_SECONDS: dict[str, int] = {"15min": SLOT_SECONDS, "hour": 3600, "day": 86
 """Fixed-length buckets (in local time); ``month`` is cut by calendar boundaries instead."""
 
 _SAMPLE_SECONDS = 6 * 3600
-"""Offsets are sampled this often to find transitions (no real zone changes twice within 6 hours)."""
+"""Offsets are sampled this often to find transitions (no zone changes twice within 6 hours)."""
 
 _EPOCH_DATE = date(1970, 1, 1)
 
@@ -66,7 +70,7 @@ def offset_at(tz: ZoneInfo, ts: int) -> int:
 
 
 def to_unix(value: datetime | date, tz: ZoneInfo) -> int:
-    """A date (local midnight), naive datetime (local wall time) or aware datetime as unix seconds."""
+    """A date (local midnight), naive datetime (local wall time) or aware datetime, as unix time."""
     if not isinstance(value, datetime):
         value = datetime(value.year, value.month, value.day)
     if value.tzinfo is None:
@@ -124,9 +128,11 @@ def _month_bounds(tz: ZoneInfo, start: int, end: int) -> list[int]:
 class Plan:
     """How slots in ``[start, end)`` map to local buckets of ``by`` in ``tz``.
 
-    A bucket is identified by an integer *key*: the bucket's UTC start for ``15min`` and ``hour``, the
+    A bucket is identified by an integer *key*: the bucket's UTC start for ``15min`` and ``hour``,
+    the
     local day number (days since 1970-01-01 in local time) for ``day``, and an index into
-    :attr:`bounds` for ``month``. :meth:`key` computes it for one slot; :meth:`period` turns a key into
+    :attr:`bounds` for ``month``. :meth:`key` computes it for one slot; :meth:`period` turns a key
+    into
     the bucket's clipped ``(start, end)`` unix seconds; :meth:`label` into local aware datetimes.
     """
 
@@ -184,7 +190,7 @@ class Plan:
         return key, min(naive_end - seg.offset, seg.end)
 
     def label(self, key: int) -> tuple[datetime, datetime]:
-        """The bucket's start and end as aware local datetimes (ISO 8601 with the offset in force)."""
+        """The bucket's start and end as aware local datetimes (with the offset in force)."""
         lo, hi = self.period(key)
         return datetime.fromtimestamp(lo, self.tz), datetime.fromtimestamp(hi, self.tz)
 

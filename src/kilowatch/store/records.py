@@ -144,7 +144,8 @@ def update_values(update: DeviceUpdate) -> dict[str, Any]:
 
 
 def mac_of(device: str, mac: str | None) -> str | None:
-    """The device's MAC in the seed's form (12 upper-case hex digits): its reported ``mac`` if known,
+    """The device's MAC in the seed's form (12 upper-case hex digits): its reported ``mac`` if
+    known,
     else the 12-hex suffix of a Shelly id (``shellypmminig3-ecda3bc4ddb0`` → ``ECDA3BC4DDB0``)."""
     if mac:
         clean = mac.replace(":", "").replace("-", "").upper()

@@ -1,15 +1,18 @@
-"""Redis backend (redis-py asyncio): one server or a Redis Cluster, in a layout that keeps the seed's.
+"""Redis backend (redis-py asyncio): one server or a Redis Cluster, in a layout that keeps the
+seed's.
 
 Key layout (``P`` = the URL's ``?prefix=``, default ``energy``; full table in docs/storage.md):
 
 - ``P:kw:{D|C}:s:<utc day start>`` hash per channel and UTC day: field ``<n>`` = import mWh of the
   day's slot ``n`` (0..95), ``<n>e`` = export mWh, ``<n>x`` = ``1`` when estimated.
 - ``P:kw:{D|C}:h:<utc month start>`` hash per channel and UTC month: the same per UTC hour (``n`` =
-  hour of the month), kept in the same transaction, read by queries whose buckets are whole UTC hours.
+  hour of the month), kept in the same transaction, read by queries whose buckets are whole UTC
+  hours.
 - ``P:kw:{D|C}:ledger`` the channel's ledger state (JSON). ``{D|C}`` is a hash tag: on a cluster one
   channel's energy and ledger state live in one slot and are committed in one MULTI/EXEC.
 - ``P:<MAC>_<hour start>`` the seed's hourly hash (``fw_ver``, ``hourly_energy_usage``,
-  ``hourly_ret_energy_usage``, ``id``, ``mac``, ``operational``, ``timestamp``) plus our marker field
+  ``hourly_ret_energy_usage``, ``id``, ``mac``, ``operational``, ``timestamp``) plus our marker
+  field
   ``kw``; ``device:<MAC>`` the seed's device hash.
 - ``P:kw:seed`` sorted set indexing hourly hashes written by someone else (an EMQX sink): member
   ``<device id>\\t<key>``, score = hour start. Refreshed by SCAN at open and every
@@ -84,7 +87,8 @@ class RedisStore:
         self.url = url
         self.target: RedisTarget = parse_redis(url)
         self.prefix = self.target.prefix
-        self._client: Redis | RedisCluster | None = None
+        # Any: redis-py's annotations give RedisCluster none of the command methods it has
+        self._client: Any = None
         self._seed_re = re.compile(re.escape(self.prefix) + r":([0-9A-Fa-f]{12})_(\d+)$")
         self._macs: dict[str, tuple[str | None, str | None]] = {}
         """device -> (mac, fw_ver), for the seed hashes kilowatch writes."""
@@ -109,7 +113,7 @@ class RedisStore:
     # -- lifecycle -------------------------------------------------------------------------------
 
     @property
-    def client(self) -> Redis | RedisCluster:
+    def client(self) -> Any:
         if self._client is None:
             raise StoreError("the Redis store is not open; use `async with open_store(url)`")
         return self._client
@@ -219,7 +223,9 @@ class RedisStore:
         missing = sorted(d for d in devices if d not in self._macs)
         if not missing:
             return
-        found = await self._pipeline_read([("hmget", self._dev(d), ("mac", "fw_ver")) for d in missing])
+        found = await self._pipeline_read(
+            [("hmget", self._dev(d), ("mac", "fw_ver")) for d in missing]
+        )
         for device, (mac, fw) in zip(missing, found, strict=True):
             self._macs[device] = (
                 mac.decode() if mac else None,
@@ -264,10 +270,20 @@ class RedisStore:
                 newest[(r.device, r.channel)] = r
         for (device, channel), r in newest.items():
             op("hset", self._dev(device) + ":latest", channel, records.reading_dumps(r))
-        self._list_ops(op, "events", [(e.device, records.event_dumps(e)) for e in batch.events],
-                       records.EVENTS_PER_DEVICE, records.EVENTS_OVERALL)
-        self._list_ops(op, "logs", [(x.device, records.log_dumps(x)) for x in batch.logs],
-                       records.LOGS_PER_DEVICE, records.LOGS_OVERALL)
+        self._list_ops(
+            op,
+            "events",
+            [(e.device, records.event_dumps(e)) for e in batch.events],
+            records.EVENTS_PER_DEVICE,
+            records.EVENTS_OVERALL,
+        )
+        self._list_ops(
+            op,
+            "logs",
+            [(x.device, records.log_dumps(x)) for x in batch.logs],
+            records.LOGS_PER_DEVICE,
+            records.LOGS_OVERALL,
+        )
         if batch.dead_letters:
             key = self._k("deadletters")
             op("lpush", key, *[records.dead_letter_dumps(d) for d in batch.dead_letters])
@@ -333,7 +349,7 @@ class RedisStore:
 
     @staticmethod
     async def _exec_group(
-        client: Redis | RedisCluster, items: Iterable[tuple[str, str, tuple[Any, ...]]]
+        client: Any, items: Iterable[tuple[str, str, tuple[Any, ...]]]
     ) -> None:
         pipe = client.pipeline(transaction=True)
         for method, key, args in items:
@@ -463,8 +479,11 @@ class RedisStore:
         values, channels, known = await self._call(
             "cannot read a device",
             self._pipeline_read(
-                [("hgetall", key, ()), ("smembers", key + ":channels", ()),
-                 ("sismember", self._k("devices"), (device,))]
+                [
+                    ("hgetall", key, ()),
+                    ("smembers", key + ":channels", ()),
+                    ("sismember", self._k("devices"), (device,)),
+                ]
             ),
         )
         if not known and not seeded:
@@ -475,7 +494,9 @@ class RedisStore:
 
     async def latest(self, device: str | None = None) -> list[Reading]:
         if device is None:
-            names = await self._call("cannot list devices", self.client.smembers(self._k("devices")))
+            names = await self._call(
+                "cannot list devices", self.client.smembers(self._k("devices"))
+            )
             devices = sorted(n.decode() for n in names)
         else:
             devices = [device]
@@ -500,7 +521,9 @@ class RedisStore:
         return [records.log_loads(r) for r in await self._list(key, limit)]
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        return [records.dead_letter_loads(r) for r in await self._list(self._k("deadletters"), limit)]
+        return [
+            records.dead_letter_loads(r) for r in await self._list(self._k("deadletters"), limit)
+        ]
 
     async def dead_letter_counts(self) -> dict[str, int]:
         got = await self._call(
@@ -571,7 +594,8 @@ def _seed_rows(
     step: int,
     p: Plan,
 ) -> list[tuple[str, str, int, int, int, bool]]:
-    """Externally written hours as channel ``hourly``; hours kilowatch itself holds for that device's
+    """Externally written hours as channel ``hourly``; hours kilowatch itself holds for that
+    device's
     ``hourly`` channel win (the same script message, seen by both kilowatch and an EMQX sink)."""
     ours = {(d, ts // 3600 * 3600) for d, c, ts, *_ in raw if c == HOURLY}
     out: list[tuple[str, str, int, int, int, bool]] = []
@@ -622,7 +646,9 @@ def _safe(url: str) -> str:
 
 def _error(what: str, err: BaseException) -> StoreError:
     hint = ""
-    if isinstance(err, redis_errors.AuthenticationError | redis_errors.AuthenticationWrongNumberOfArgsError):
+    if isinstance(
+        err, redis_errors.AuthenticationError | redis_errors.AuthenticationWrongNumberOfArgsError
+    ):
         hint = "; check the password in the store URL (redis://:password@host:port/0)"
     elif isinstance(err, redis_errors.ConnectionError | OSError):
         hint = "; is redis-server running there? check host and port of the store URL"

@@ -1,14 +1,18 @@
 """SQLite backend: one file, WAL, one writer thread fed by a queue, reads on their own connections.
 
 The event loop never blocks on SQLite: every write is a function queued to the single writer thread
-(the only connection that writes, so there is never a ``database is locked`` between our own writers);
-reads run in a small thread pool, each thread with its own read connection, which in WAL mode sees the
+(the only connection that writes, so there is never a ``database is locked`` between our own
+writers);
+reads run in a small thread pool, each thread with its own read connection, which in WAL mode sees
+the
 last committed state without waiting for the writer.
 
 Energy is kept twice in the same transaction: per 15-minute slot (``slots``) and per UTC hour
-(``hours``). Queries whose buckets are whole UTC hours (every zone with a whole-hour offset, for hour,
+(``hours``). Queries whose buckets are whole UTC hours (every zone with a whole-hour offset, for
+hour,
 day and month buckets) read the hour table: 4x fewer rows. Buckets are computed in SQL from the
-query's offset segments (see :mod:`kilowatch.store.periods`), so only bucket sums leave the database.
+query's offset segments (see :mod:`kilowatch.store.periods`), so only bucket sums leave the
+database.
 """
 
 from __future__ import annotations
@@ -129,7 +133,9 @@ class SqliteStore:
     def __init__(self, url: str, *, path: Path | None = None) -> None:
         self.url = url
         self.path = path if path is not None else path_of(url)
-        self._jobs: queue.Queue[tuple[Callable[[sqlite3.Connection], Any], Any] | None] = queue.Queue()
+        self._jobs: queue.Queue[tuple[Callable[[sqlite3.Connection], Any], Any] | None] = (
+            queue.Queue()
+        )
         self._writer: threading.Thread | None = None
         self._readers: ThreadPoolExecutor | None = None
         self._local = threading.local()
@@ -179,18 +185,19 @@ class SqliteStore:
             conn = _connect(self.path)
             _migrate(conn, self.path)
         except (sqlite3.Error, StoreError) as err:
-            error = err if isinstance(err, StoreError) else _error(f"cannot open {self.path}", err)
-            loop.call_soon_threadsafe(_settle, ready, None, error)
+            failed = err if isinstance(err, StoreError) else _error(f"cannot open {self.path}", err)
+            loop.call_soon_threadsafe(_settle, ready, None, failed)
             return
         loop.call_soon_threadsafe(_settle, ready, None, None)
         try:
             while (job := self._jobs.get()) is not None:
                 fn, fut = job
+                error: BaseException | None = None
                 try:
-                    result, error = fn(conn), None
+                    result: Any = fn(conn)
                 except sqlite3.Error as err:
                     result, error = None, _error(f"write to {self.path} failed", err)
-                except Exception as err:  # noqa: BLE001 - handed to the awaiting coroutine
+                except Exception as err:  # any other failure is handed to the awaiting coroutine
                     result, error = None, err
                 loop.call_soon_threadsafe(_settle, fut, result, error)
         finally:
@@ -235,7 +242,9 @@ class SqliteStore:
         self, device: str, *, label: str | None = None, room: str | None = None
     ) -> None:
         def run(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT INTO devices (device) VALUES (?) ON CONFLICT DO NOTHING", (device,))
+            conn.execute(
+                "INSERT INTO devices (device) VALUES (?) ON CONFLICT DO NOTHING", (device,)
+            )
             for col, value in (("label", label), ("room", room)):
                 if value is not None:
                     conn.execute(
@@ -301,8 +310,10 @@ class SqliteStore:
                 "ORDER BY id DESC LIMIT ?",
                 (limit,),
             )
-            return [DeadLetter(ts, topic, bytes(payload), reason, detail) for ts, topic, payload,
-                    reason, detail in cur]
+            return [
+                DeadLetter(ts, topic, bytes(payload), reason, detail)
+                for ts, topic, payload, reason, detail in cur
+            ]
 
         return await self._read(run)
 
@@ -378,23 +389,37 @@ def _apply(conn: sqlite3.Connection, batch: Batch) -> None:
     if batch.slots:
         conn.executemany(
             _ADD_SLOT.format(table="slots", col="slot"),
-            [(s.device, s.channel, s.slot, s.import_mwh, s.export_mwh, int(s.estimated))
-             for s in batch.slots],
+            [
+                (s.device, s.channel, s.slot, s.import_mwh, s.export_mwh, int(s.estimated))
+                for s in batch.slots
+            ],
         )
         conn.executemany(
             _ADD_SLOT.format(table="hours", col="hour"),
-            [(s.device, s.channel, s.slot // 3600 * 3600, s.import_mwh, s.export_mwh,
-              int(s.estimated)) for s in batch.slots],
+            [
+                (
+                    s.device,
+                    s.channel,
+                    s.slot // 3600 * 3600,
+                    s.import_mwh,
+                    s.export_mwh,
+                    int(s.estimated),
+                )
+                for s in batch.slots
+            ],
         )
     channels = {(s.device, s.channel) for s in batch.slots} | {
         (r.device, r.channel) for r in batch.latest
     }
-    devices = {d for d, _ in channels} | {e.device for e in batch.events} | {
-        line.device for line in batch.logs
-    }
+    devices = (
+        {d for d, _ in channels}
+        | {e.device for e in batch.events}
+        | {line.device for line in batch.logs}
+    )
     conn.executemany("INSERT INTO channels VALUES (?, ?) ON CONFLICT DO NOTHING", sorted(channels))
     conn.executemany(
-        "INSERT INTO ledger_states VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET state = excluded.state",
+        "INSERT INTO ledger_states VALUES (?, ?, ?) "
+        "ON CONFLICT DO UPDATE SET state = excluded.state",
         [(d, c, records.dumps(state).decode()) for (d, c), state in batch.ledger_states.items()],
     )
     for update in batch.devices:
@@ -412,8 +437,9 @@ def _apply(conn: sqlite3.Connection, batch: Batch) -> None:
             )
         if values:
             sets = ", ".join(f"{k} = ?" for k in values)
-            conn.execute(f"UPDATE devices SET {sets} WHERE device = ?", (*values.values(),
-                                                                         update.device))
+            conn.execute(
+                f"UPDATE devices SET {sets} WHERE device = ?", (*values.values(), update.device)
+            )
     conn.executemany(
         "INSERT INTO devices (device) VALUES (?) ON CONFLICT DO NOTHING", [(d,) for d in devices]
     )
@@ -427,10 +453,20 @@ def _apply(conn: sqlite3.Connection, batch: Batch) -> None:
         "reading = excluded.reading WHERE excluded.ts >= latest.ts",
         [(r.device, r.channel, r.ts, records.reading_dumps(r).decode()) for r in newest.values()],
     )
-    _append(conn, "events", "event", [(e.device, records.event_dumps(e).decode())
-                                       for e in batch.events], records.EVENTS_PER_DEVICE)
-    _append(conn, "logs", "line", [(x.device, records.log_dumps(x).decode()) for x in batch.logs],
-            records.LOGS_PER_DEVICE)
+    _append(
+        conn,
+        "events",
+        "event",
+        [(e.device, records.event_dumps(e).decode()) for e in batch.events],
+        records.EVENTS_PER_DEVICE,
+    )
+    _append(
+        conn,
+        "logs",
+        "line",
+        [(x.device, records.log_dumps(x).decode()) for x in batch.logs],
+        records.LOGS_PER_DEVICE,
+    )
     if batch.dead_letters:
         conn.executemany(
             "INSERT INTO dead_letters (ts, topic, payload, reason, detail) VALUES (?, ?, ?, ?, ?)",
@@ -516,7 +552,8 @@ def _key_sql(p: Plan, col: str) -> str:
 
 
 def _channel_filter(query: EnergyQuery) -> tuple[str, list[str]]:
-    sql, args = [], []
+    sql: list[str] = []
+    args: list[str] = []
     if query.devices:
         sql.append(f"device IN ({', '.join('?' * len(query.devices))})")
         args += query.devices
@@ -558,7 +595,8 @@ def _shadow(conn: sqlite3.Connection, p: Plan, cells: Cells) -> Shadow:
             continue
         marks = ", ".join("?" * len(others))
         covered[device] = {
-            h for (h,) in conn.execute(
+            h
+            for (h,) in conn.execute(
                 f"SELECT DISTINCT hour FROM hours WHERE device = ? AND channel IN ({marks}) "
                 "AND hour >= ? AND hour < ?",
                 (device, *others, p.start // 3600 * 3600, p.end),

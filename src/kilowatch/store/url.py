@@ -81,7 +81,9 @@ def parse_redis(url: str) -> RedisTarget:
         try:
             db = int(path.strip("/"))
         except ValueError:
-            raise StoreError(f"bad Redis URL {url!r}: the database must be a number, e.g. /0") from None
+            raise StoreError(
+                f"bad Redis URL {url!r}: the database must be a number, e.g. /0"
+            ) from None
     if len(hosts) > 1 and db != 0:
         raise StoreError(f"bad Redis URL {url!r}: a Redis Cluster has only database 0")
     prefix = DEFAULT_PREFIX
@@ -89,11 +91,15 @@ def parse_redis(url: str) -> RedisTarget:
     for name, value in parse_qsl(query, keep_blank_values=True):
         if name == "prefix":
             if not value or any(c in value for c in "{}*? "):
-                raise StoreError(f"bad Redis URL {url!r}: prefix must be non-empty, without {{}}*? ")
+                raise StoreError(
+                    f"bad Redis URL {url!r}: prefix must be non-empty, without {{}}*? "
+                )
             prefix = value
         elif name in _TLS_PARAMS:
             key = _TLS_PARAMS[name]
-            tls[key] = value.lower() in ("1", "true", "yes") if key == "ssl_check_hostname" else value
+            tls[key] = (
+                value.lower() in ("1", "true", "yes") if key == "ssl_check_hostname" else value
+            )
         else:
             raise StoreError(
                 f"bad Redis URL {url!r}: unknown option {name!r} (known: prefix, ca, cert, key, "
