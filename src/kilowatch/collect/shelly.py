@@ -42,7 +42,6 @@ NAME = "shelly"
 
 _EVENTS = "/events/rpc"
 _ONLINE = "/online"
-_STATUS = "/status/"
 _LOG = "/debug/log"
 
 
@@ -249,10 +248,9 @@ class ShellyDecoder:
 
     def matches(self, topic: str) -> bool:
         """``<p>/events/rpc``, ``<p>/online``, ``<p>/status/<key>``, ``<p>/debug/log``."""
-        if topic.endswith((_EVENTS, _LOG)):
-            return len(topic) > len(_EVENTS)
-        if topic.endswith(_ONLINE):
-            return len(topic) > len(_ONLINE)
+        for suffix in (_EVENTS, _ONLINE, _LOG):
+            if topic.endswith(suffix):
+                return len(topic) > len(suffix)  # a prefix must come before the suffix
         head, _, component = topic.rpartition("/")
         return bool(component) and head.endswith("/status") and len(head) > len("/status")
 
