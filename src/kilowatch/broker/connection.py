@@ -180,6 +180,9 @@ class Connection(asyncio.Protocol):
                 return
 
     def _handle(self, first: int, body: bytes) -> None:
+        if first >> 4 == PacketType.PUBLISH and self.session is not None:
+            self._on_publish(self.session, first, body)  # the hot path: skip the generic checks
+            return
         kind = check_flags(first)
         if self.state is State.NEW:
             if kind != PacketType.CONNECT:
@@ -214,6 +217,8 @@ class Connection(asyncio.Protocol):
             raise ProtocolError("malformed", "second CONNECT")  # §3.1.0-2
 
     def _on_publish(self, session: Session, first: int, body: bytes) -> None:
+        if (first >> 1) & 3 == 3:
+            raise ProtocolError("malformed", "PUBLISH with QoS 3")
         packet = parse_publish(first, body)
         check_topic_name(packet.topic)
         qos = packet.qos
