@@ -424,14 +424,16 @@ class ScriptRuntime:
 
     def _state(self) -> dict[str, Any]:
         mirror = self._mirror
-        state: dict[str, Any] = {"now": self._host.now(), "mqtt": self._host.mqtt_connected()}
+        # Take the dirty sets first: reading a status may make the device report (and dirty)
+        # more changes, which the next delivery then picks up.
         keys = mirror.status | mirror.dirty_status
+        conf_keys = mirror.config | mirror.dirty_config
+        mirror.dirty_status = set()
+        mirror.dirty_config = set()
+        state: dict[str, Any] = {"now": self._host.now(), "mqtt": self._host.mqtt_connected()}
         if keys:
             state["st"] = {key: self._host.component_status(key) for key in keys}
-            mirror.dirty_status.clear()
-        conf_keys = mirror.config | mirror.dirty_config
         state["cfg"] = {key: self._host.component_config(key) for key in conf_keys}
-        mirror.dirty_config.clear()
         if mirror.info:
             state["info"] = self._host.device_info()
         return state
