@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import logging
+import random
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +20,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from kilowatch.broker import EmbeddedBroker, hash_password
-from kilowatch.broker.packets import PacketType, encode_length, encode_publish, encode_string
+from kilowatch.broker.packets import (
+    PacketType,
+    Will,
+    encode_length,
+    encode_publish,
+    encode_string,
+)
 from kilowatch.errors import BrokerError
 
 if TYPE_CHECKING:  # helpers live in conftest.py (importlib mode: not importable at run time)
@@ -273,3 +281,33 @@ def test_invalid_filter_is_refused_in_suback(
     client.publish("a/x/y", b"fine", qos=0)
     first, _ = client.read()
     assert first >> 4 == PacketType.PUBLISH
+
+
+def test_mutated_packets_never_hurt_the_broker(
+    broker: BrokerThread,
+    clients: Callable[..., Client],
+    raw: Callable[[int], RawClient],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rng = random.Random(20261127)
+    valid = [
+        encode_publish("fuzz/a", b"payload", qos=1, packet_id=3),
+        encode_publish("fuzz/b", b"", qos=2, packet_id=9, retain=True),
+        _subscribe_packet(0x82, "fuzz/+/#", 1),
+        b"\xa2\x07\x00\x05\x00\x03a/b",  # UNSUBSCRIBE
+        b"\x62\x02\x00\x09",  # PUBREL
+        b"\xc0\x00",  # PINGREQ
+    ]
+    watcher = clients(broker.port, "fuzz-watcher")
+    watcher.connect()
+    watcher.subscribe("#", 1)
+    for i in range(60):
+        packet = bytearray(rng.choice(valid))
+        for _ in range(rng.randint(1, 3)):
+            packet[rng.randrange(len(packet))] = rng.randrange(256)
+        client = raw(broker.port)
+        client.connect(f"fuzz-{i}", will=Will("fuzz/will", b"bye", 0, False))
+        client.send(bytes(packet) + rng.randbytes(rng.randint(0, 8)))
+        client.close()
+    _healthy(broker.port, clients, "fuzz")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -20,9 +20,15 @@ from kilowatch.broker import (
 from kilowatch.broker.packets import (
     FrameReader,
     PacketTooLargeError,
+    PacketType,
     ProtocolError,
+    check_flags,
     encode_publish,
+    parse_connect,
+    parse_packet_id,
     parse_publish,
+    parse_subscribe,
+    parse_unsubscribe,
 )
 from kilowatch.errors import BrokerError
 
@@ -147,3 +153,27 @@ async def test_context_manager_stops_listening() -> None:
         writer.close()
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", port)
+
+
+_PARSERS = {
+    PacketType.CONNECT: lambda first, body: parse_connect(body),
+    PacketType.PUBLISH: parse_publish,
+    PacketType.SUBSCRIBE: lambda first, body: parse_subscribe(body),
+    PacketType.UNSUBSCRIBE: lambda first, body: parse_unsubscribe(body),
+    PacketType.PUBACK: lambda first, body: parse_packet_id(body),
+}
+
+
+@given(st.binary(max_size=300), st.integers(1, 64))
+def test_any_bytes_parse_or_raise_protocol_error(data: bytes, chunk: int) -> None:
+    """Whatever a client sends, the codec answers with frames or ProtocolError, nothing else."""
+    reader = FrameReader(200)
+    try:
+        for i in range(0, len(data), chunk):
+            for first, body in reader.feed(data[i : i + chunk]):
+                kind = check_flags(first)
+                parser = _PARSERS.get(kind)
+                if parser is not None:
+                    parser(first, body)
+    except ProtocolError:
+        pass

@@ -286,6 +286,12 @@ def parse_publish(first: int, body: bytes) -> Publish:
     return Publish(topic, body[pos:], qos, bool(first & 1), bool(first & 8), packet_id)
 
 
+def _nonzero(packet_id: int) -> int:
+    if packet_id == 0:
+        raise ProtocolError("malformed", "packet identifier 0")  # §2.3.1
+    return packet_id
+
+
 def parse_packet_id(body: bytes) -> int:
     """The packet identifier of PUBACK/PUBREC/PUBREL/PUBCOMP."""
     if len(body) != 2:
@@ -296,7 +302,7 @@ def parse_packet_id(body: bytes) -> int:
 def parse_subscribe(body: bytes) -> tuple[int, list[tuple[str, int]]]:
     """Parse a SUBSCRIBE (§3.8): packet id and ``(filter, requested qos)`` pairs."""
     cur = _Cursor(body)
-    packet_id = cur.u16()
+    packet_id = _nonzero(cur.u16())
     pairs: list[tuple[str, int]] = []
     while cur.remaining():
         topic_filter = cur.string()
@@ -312,7 +318,7 @@ def parse_subscribe(body: bytes) -> tuple[int, list[tuple[str, int]]]:
 def parse_unsubscribe(body: bytes) -> tuple[int, list[str]]:
     """Parse an UNSUBSCRIBE (§3.10): packet id and filters."""
     cur = _Cursor(body)
-    packet_id = cur.u16()
+    packet_id = _nonzero(cur.u16())
     filters: list[str] = []
     while cur.remaining():
         filters.append(cur.string())
