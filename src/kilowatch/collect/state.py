@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-ComponentKey = tuple[str, str]
-"""(device id, component key such as ``pm1:0``)."""
-
 
 def merge_status(dest: dict[str, Any], delta: dict[str, Any]) -> None:
     """Deep-merge ``delta`` into ``dest`` in place; a ``None`` value removes the key.
@@ -52,7 +49,8 @@ class DecoderState:
     __slots__ = ("_devices", "_status")
 
     def __init__(self) -> None:
-        self._status: dict[ComponentKey, dict[str, Any]] = {}
+        # device → component key → status; per device so that a full status forgets in O(1)
+        self._status: dict[str, dict[str, dict[str, Any]]] = {}
         self._devices: dict[str, str] = {}
 
     def learn_device(self, prefix: str, device: str) -> None:
@@ -66,17 +64,22 @@ class DecoderState:
 
     def get(self, device: str, component: str) -> dict[str, Any] | None:
         """The last known status of ``component`` on ``device`` (do not modify it), or ``None``."""
-        return self._status.get((device, component))
+        known = self._status.get(device)
+        return None if known is None else known.get(component)
 
     def merge(self, device: str, component: str, delta: dict[str, Any] | None) -> dict[str, Any]:
         """Overlay a ``NotifyStatus`` delta and return the merged status (``None`` forgets it)."""
-        key = (device, component)
+        known = self._status.get(device)
+        if known is None:
+            if delta is None:
+                return {}
+            known = self._status[device] = {}
         if delta is None:
-            self._status.pop(key, None)
+            known.pop(component, None)
             return {}
-        current = self._status.get(key)
+        current = known.get(component)
         if current is None:
-            current = self._status[key] = without_nulls(delta)
+            current = known[component] = without_nulls(delta)
         else:
             merge_status(current, delta)
         return current
@@ -84,17 +87,17 @@ class DecoderState:
     def replace(self, device: str, component: str, status: dict[str, Any]) -> dict[str, Any]:
         """Store a complete component status (``status/<key>`` topic, ``NotifyFullStatus``)."""
         clean = without_nulls(status)
-        self._status[(device, component)] = clean
+        self._status.setdefault(device, {})[component] = clean
         return clean
 
     def forget(self, device: str) -> None:
         """Drop everything known about ``device`` (a full status replaces all of its components)."""
-        for key in [key for key in self._status if key[0] == device]:
-            del self._status[key]
+        self._status.pop(device, None)
 
     def components(self, device: str) -> list[str]:
         """The component keys known for ``device``."""
-        return [component for dev, component in self._status if dev == device]
+        return list(self._status.get(device, ()))
 
     def __len__(self) -> int:
-        return len(self._status)
+        """How many (device, component) statuses are known."""
+        return sum(len(known) for known in self._status.values())
