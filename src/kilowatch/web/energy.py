@@ -60,11 +60,12 @@ def parse_instant(name: str, value: str, tz: ZoneInfo) -> datetime:
     try:
         if len(value) == 10:
             d = date.fromisoformat(value)
-            return datetime(d.year, d.month, d.day, tzinfo=tz)
-        if len(value) == 7:  # YYYY-MM
+            dt = datetime(d.year, d.month, d.day, tzinfo=tz)
+        elif len(value) == 7:  # YYYY-MM
             d = date.fromisoformat(value + "-01")
-            return datetime(d.year, d.month, 1, tzinfo=tz)
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            dt = datetime(d.year, d.month, 1, tzinfo=tz)
+        else:
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise bad_param(name, f"{value!r} is not a date (2026-03-29) or ISO datetime") from None
     if not 1970 <= dt.year <= 9000:
