@@ -478,6 +478,3 @@ async def test_login_page_works_with_secure_cookie_on_plain_lan_http(
         assert r.status_code == 303
         assert "secure" not in r.headers["set-cookie"].lower()
         assert (await c.get("/api/v1/me")).status_code == 200
-
-
-_ = (hour_start, login)
