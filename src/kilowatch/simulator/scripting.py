@@ -57,8 +57,12 @@ MIN_REPEAT_PERIOD_S: Final = 0.01
 """Shortest period of a repeating timer, in simulated seconds, so ``Timer.set(0, true, ..)`` cannot
 starve the event loop."""
 
-HEAP_SAMPLE_INTERVAL_S: Final = 5.0
-"""Real seconds between V8 heap samples of one runtime (a sample costs about a millisecond)."""
+HEAP_SAMPLE_INTERVAL_S: Final = 30.0
+"""Real seconds between background V8 heap samples of one runtime (a sample blocks the event loop
+for about a millisecond, so a fleet of hundreds of scripts samples rarely)."""
+
+STATUS_SAMPLE_AGE_S: Final = 0.5
+"""``status()`` takes a fresh heap sample when the last one is older than this (real seconds)."""
 
 MAX_BATCH: Final = 64
 """Deliveries handed to a script in one evaluation when several are waiting."""
@@ -200,7 +204,8 @@ class ScriptRuntime:
         self._baseline = 0
         self._mem_used = 0
         self._mem_peak = 0
-        self._sampled_at = 0.0
+        self._sampled_at = -math.inf
+        self._in_v8 = False
 
     # --- the device's side ------------------------------------------------------------------
 
@@ -218,8 +223,11 @@ class ScriptRuntime:
         """``running``, ``mem_used``, ``mem_peak``, ``mem_free`` and, after a failure, ``errors``.
 
         Memory figures are device bytes: V8 heap above the empty context's, divided by
-        :data:`V8_BYTES_PER_DEVICE_BYTE`, sampled at most every :data:`HEAP_SAMPLE_INTERVAL_S`.
+        :data:`V8_BYTES_PER_DEVICE_BYTE`; ``mem_peak`` is the highest sample taken.
         """
+        if self._running and not self._in_v8:
+            # Safe only between evaluations: heap_stats() waits for the isolate synchronously.
+            self._sample_heap(max_age_s=STATUS_SAMPLE_AGE_S)
         if not self._running:
             stopped: dict[str, Any] = {"running": False, "mem_free": DEVICE_SCRIPT_HEAP}
             if self._errors:
@@ -277,7 +285,7 @@ class ScriptRuntime:
 
     async def _boot(self, code: str) -> None:
         self._mr = MiniRacer()
-        await self._mr.eval_cancelable(_prelude())
+        await self._v8(_prelude())
         self._baseline = int(self._mr.heap_stats()["used_heap_size"])
         self._mr.set_hard_memory_limit(self._baseline + self._budget)
         self._running = True
@@ -287,7 +295,7 @@ class ScriptRuntime:
             return
         try:
             async with asyncio.timeout(self._timeout_s):
-                await self._mr.eval_cancelable(code)
+                await self._v8(code)
         except TimeoutError:
             await self._crash(ScriptErrorKind.CRASHED, "script ran too long at top level")
             return
@@ -298,7 +306,7 @@ class ScriptRuntime:
         self._listen()
         if await self._evaluate(self._run_expr([])) is None:
             return
-        self._sample_heap(force=True)
+        self._sample_heap(max_age_s=0.0)
         self._worker = asyncio.create_task(self._work(), name=f"script:{self.script_id}")
 
     def _initial_state(self) -> dict[str, Any]:
@@ -372,7 +380,7 @@ class ScriptRuntime:
             finally:
                 for _ in batch:
                     self._queue.task_done()
-            self._sample_heap()
+            self._sample_heap(max_age_s=HEAP_SAMPLE_INTERVAL_S)
 
     async def _handle(self, batch: list[_WorkItem]) -> None:
         deliveries: list[_Delivery] = []
@@ -446,7 +454,7 @@ class ScriptRuntime:
         assert self._mr is not None
         try:
             async with asyncio.timeout(self._timeout_s):
-                raw = await self._mr.eval_cancelable(expr)
+                raw = await self._v8(expr)
         except TimeoutError:
             await self._crash(
                 ScriptErrorKind.CRASHED, f"callback ran longer than {self._timeout_s} s"
@@ -476,7 +484,7 @@ class ScriptRuntime:
             return
         with contextlib.suppress(JSEvalException, TimeoutError):
             async with asyncio.timeout(self._timeout_s):
-                raw = await self._mr.eval_cancelable(self._run_expr([]))
+                raw = await self._v8(self._run_expr([]))
             if isinstance(raw, str):
                 for entry in orjson.loads(raw)["out"]:
                     if entry[0] == "log":
@@ -627,9 +635,17 @@ class ScriptRuntime:
             self._mr = None
         self._engine._forget(self)
 
-    def _sample_heap(self, *, force: bool = False) -> None:
+    async def _v8(self, code: str) -> Any:
+        assert self._mr is not None
+        self._in_v8 = True
+        try:
+            return await self._mr.eval_cancelable(code)
+        finally:
+            self._in_v8 = False
+
+    def _sample_heap(self, *, max_age_s: float) -> None:
         now = time.monotonic()
-        if self._mr is None or (not force and now - self._sampled_at < HEAP_SAMPLE_INTERVAL_S):
+        if self._mr is None or self._in_v8 or now - self._sampled_at < max_age_s:
             return
         self._sampled_at = now
         used_v8 = int(self._mr.heap_stats()["used_heap_size"]) - self._baseline
