@@ -128,10 +128,18 @@ async def test_mqtt_config_is_the_real_default_and_pass_is_write_only() -> None:
     async with make() as dev:
         cfg = await call(dev, "Mqtt.GetConfig")
         assert cfg == {
-            "enable": False, "server": None, "client_id": dev.id, "user": None, "ssl_ca": None,
-            "topic_prefix": dev.id, "rpc_ntf": True, "status_ntf": False, "use_client_cert": False,
-            "enable_rpc": True, "enable_control": True,
-        }  # fmt: skip
+            "enable": False,
+            "server": None,
+            "client_id": dev.id,
+            "user": None,
+            "ssl_ca": None,
+            "topic_prefix": dev.id,
+            "rpc_ntf": True,
+            "status_ntf": False,
+            "use_client_cert": False,
+            "enable_rpc": True,
+            "enable_control": True,
+        }
         rev = (await call(dev, "Sys.GetConfig"))["cfg_rev"]
         res = await call(
             dev, "MQTT.SetConfig", {"config": {"enable": True, "server": "b:1883", "pass": "pw"}}
@@ -158,9 +166,10 @@ async def test_mqtt_config_is_the_real_default_and_pass_is_write_only() -> None:
 async def test_sys_set_config_tz_and_debug() -> None:
     async with make() as dev:
         res = await call(
-            dev, "Sys.SetConfig",
+            dev,
+            "Sys.SetConfig",
             {"config": {"location": {"tz": "Europe/Sofia"}, "debug": {"mqtt": {"enable": True}}}},
-        )  # fmt: skip
+        )
         assert res == {"restart_required": False}
         cfg = await call(dev, "Sys.GetConfig")
         assert cfg["location"]["tz"] == "Europe/Sofia" and cfg["debug"]["mqtt"]["enable"] is True
@@ -206,8 +215,16 @@ async def test_error_frames() -> None:
 async def test_list_methods_and_components() -> None:
     async with make("3em") as dev:
         methods = (await call(dev, "Shelly.ListMethods"))["methods"]
-        for m in ("EM.GetStatus", "EMData.GetData", "EMData.GetRecords", "Mqtt.SetConfig",
-                  "Script.PutCode", "KVS.Set", "Shelly.PutUserCA", "Shelly.Update"):  # fmt: skip
+        for m in (
+            "EM.GetStatus",
+            "EMData.GetData",
+            "EMData.GetRecords",
+            "Mqtt.SetConfig",
+            "Script.PutCode",
+            "KVS.Set",
+            "Shelly.PutUserCA",
+            "Shelly.Update",
+        ):
             assert m in methods
         comps = await call(dev, "Shelly.GetComponents", {"keys": ["em:0", "sys"]})
         assert [c["key"] for c in comps["components"]] == ["em:0", "sys"]
@@ -430,10 +447,15 @@ def _pem_pair() -> tuple[str, str, str]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-ca")])
     now = dt.datetime.now(dt.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
         .sign(key, hashes.SHA256())
-    )  # fmt: skip
+    )
     fmt = serialization.PrivateFormat.PKCS8
     pem_key = key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
     ed = ed25519.Ed25519PrivateKey.generate()

@@ -34,8 +34,10 @@ async def test_http_forms(fleet: Fleet) -> None:
         assert r.status_code == 200 and r.json() == {"was_on": True}
         r = await c.post(f"{url}/rpc/Switch.Toggle", json={"id": 0})
         assert r.json() == {"was_on": False}
-        r = await c.post(f"{url}/rpc", json={"id": 3, "src": "me", "method": "switch.getstatus",
-                                             "params": {"id": 0}})  # fmt: skip
+        r = await c.post(
+            f"{url}/rpc",
+            json={"id": 3, "src": "me", "method": "switch.getstatus", "params": {"id": 0}},
+        )
         frame = r.json()
         assert frame["id"] == 3 and frame["src"] == dev.id and frame["dst"] == "me"
         assert frame["result"]["output"] is True and frame["result"]["source"] == "http"
@@ -85,15 +87,21 @@ async def test_digest_auth_on_http(fleet: Fleet) -> None:
         assert ok.status_code == 200 and "em:0" in ok.json()
         bad = await c.get(f"{url}/rpc/Shelly.GetStatus", auth=httpx.DigestAuth("admin", "nope"))
         assert bad.status_code == 401
-        post = await c.post(f"{url}/rpc", json={"id": 1, "method": "EM.GetStatus", "params": {"id": 0}},
-                            auth=httpx.DigestAuth("admin", PASSWORD))  # fmt: skip
+        post = await c.post(
+            f"{url}/rpc",
+            json={"id": 1, "method": "EM.GetStatus", "params": {"id": 0}},
+            auth=httpx.DigestAuth("admin", PASSWORD),
+        )
         assert post.json()["result"]["id"] == 0
         # exempt: /shelly and Shelly.GetDeviceInfo
         assert (await c.get(f"{url}/shelly")).json()["auth_en"] is True
         info = await c.get(f"{url}/rpc/Shelly.GetDeviceInfo")
         assert info.status_code == 200 and info.json()["auth_domain"] == dev.id
-        r = await c.post(f"{url}/rpc/Shelly.SetAuth", json={"user": "admin", "realm": dev.id, "ha1": None},
-                         auth=httpx.DigestAuth("admin", PASSWORD))  # fmt: skip
+        r = await c.post(
+            f"{url}/rpc/Shelly.SetAuth",
+            json={"user": "admin", "realm": dev.id, "ha1": None},
+            auth=httpx.DigestAuth("admin", PASSWORD),
+        )
         assert r.status_code == 200
         assert (await c.get(f"{url}/rpc/Shelly.GetStatus")).status_code == 200
 

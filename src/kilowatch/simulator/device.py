@@ -293,6 +293,9 @@ class Device:
         if not deltas:
             return
         self.script_host.status_changed(deltas)
+        if self.config["sys"]["debug"]["mqtt"]["enable"]:
+            for key in deltas:
+                self.log("shelly_notification.c:164", f"Status change of {key}")
         self.notify(
             "NotifyStatus", {"ts": round(ts if ts is not None else self.now(), 2), **deltas}
         )
@@ -536,6 +539,7 @@ class Device:
         """Run one RPC method (case-insensitive name); raises :class:`RpcCallError`."""
         entry = self._methods.get(method.lower())
         if entry is None:
+            self.log("mg_rpc.c:314", f"{method} via {source}: no handler")
             raise r.no_handler(method)
         canonical, handler = entry
         self.log("shelly_notification.c:164", f"{canonical} via {source}", level=LOG_LEVEL_INFO)
