@@ -156,6 +156,25 @@ _SPECS: dict[str, tuple[str, tuple[tuple[_ChannelSpec, frozenset[str]], ...]]] =
 }
 
 
+_ChannelsOf = tuple[tuple[str, _ChannelSpec, frozenset[str]], ...]
+_CHANNELS_CACHE: dict[str, _ChannelsOf] = {}
+_CHANNELS_CACHE_LIMIT = 4096  # component keys are few (pm1:0, em:0...); never let junk grow it
+
+
+def _channels_of(key: str) -> _ChannelsOf:
+    """(channel, spec, instant fields) of metering component ``key`` (``em:0`` → 4 channels)."""
+    found = _CHANNELS_CACHE.get(key)
+    if found is None:
+        ctype, _, cid = key.partition(":")
+        channel_type, specs = _SPECS[ctype]
+        found = tuple(
+            (f"{channel_type}:{cid}{spec.suffix}", spec, fields) for spec, fields in specs
+        )
+        if len(_CHANNELS_CACHE) < _CHANNELS_CACHE_LIMIT:
+            _CHANNELS_CACHE[key] = found
+    return found
+
+
 def _add_channels(
     out: dict[str, dict[str, float]], key: str, delta: dict[str, Any], merged: dict[str, Any]
 ) -> None:
@@ -165,10 +184,7 @@ def _add_channels(
     (``invalid_payload`` otherwise), one remembered from an earlier message is skipped if it is not.
     Counters are read from ``delta`` only.
     """
-    ctype, _, cid = key.partition(":")
-    channel_type, specs = _SPECS[ctype]
-    base = f"{channel_type}:{cid}"
-    for spec, instant_fields in specs:
+    for channel, spec, instant_fields in _channels_of(key):
         # counters first: the channel is reported only if the delta carries one of its values
         counters: list[tuple[str, float]] = []
         for field, sub, attr in spec.counters:
@@ -183,7 +199,6 @@ def _add_channels(
                 counters.append((attr, number(value, field=f"{key}.{name}")))
         if not counters and instant_fields.isdisjoint(delta):
             continue
-        channel = base + spec.suffix
         values = out.get(channel)
         if values is None:
             values = out[channel] = {}
