@@ -51,6 +51,9 @@ class Collector:
         with self._lock:
             return [json.loads(payload) for _, payload in self.messages]
 
+    def publish(self, topic: str, payload: str) -> None:
+        self._client.publish(topic, payload, qos=1)
+
     def close(self) -> None:
         self._client.loop_stop()
         self._client.disconnect()
@@ -132,3 +135,53 @@ async def test_hourly_script_on_a_device_across_an_mqtt_outage(
     for energy, want in zip(energies, truths, strict=True):
         assert energy == pytest.approx(want, rel=0.05)
     assert sum(energies) == pytest.approx(sum(truths), rel=0.02)
+
+
+async def test_script_mqtt_subscribe_publish_and_events_through_mosquitto(
+    mosquitto: MosquittoServer,
+) -> None:
+    base = f"kwtest/{uuid.uuid4().hex[:8]}"
+    echo = Collector(mosquitto, f"{base}/#")
+    code = f"""
+    let ups = 0;
+    MQTT.setConnectHandler(function () {{ ups++; }});
+    MQTT.subscribe("{base}/in/+", function (topic, message) {{
+      let reply = {{t: topic, m: message, c: MQTT.isConnected()}};
+      MQTT.publish("{base}/out", JSON.stringify(reply), 1);
+      Shelly.emitEvent("echoed", {{m: message}});
+    }});
+    """
+    try:
+        async with Fleet(
+            devices=1, broker=mosquitto.url, http=False, engine=ScriptEngine()
+        ) as fleet:
+            dev = fleet.devices[0]
+            events: list[dict[str, Any]] = []
+            dev.add_sink(lambda method, params: events.extend(params.get("events", [])))
+            await fleet.wait_connected()
+            sid = (await dev.call("Script.Create", {}, source="test"))["id"]
+            await dev.call("Script.PutCode", {"id": sid, "code": code}, source="test")
+            await dev.call("Script.Start", {"id": sid}, source="test")
+
+            def echoed() -> list[dict[str, Any]]:
+                return [json.loads(p) for t, p in echo.messages if t == f"{base}/out"]
+
+            # the broker subscription is made asynchronously: publish until the echo comes back
+            async with asyncio.timeout(20):
+                while not echoed():
+                    echo.publish(f"{base}/in/lamp", "ping")
+                    await asyncio.sleep(0.1)
+            assert echoed()[0] == {"t": f"{base}/in/lamp", "m": "ping", "c": True}
+            await wait_for(lambda: any(e.get("event") == "echoed" for e in events), 5)
+            item = next(e for e in events if e.get("event") == "echoed")
+            assert item["component"] == f"script:{sid}" and item["data"] == {"m": "ping"}
+            dev.fault_outage(0.3)  # the connection drops; the device reconnects afterwards
+            async with asyncio.timeout(20):
+                while True:
+                    ups = await dev.call("Script.Eval", {"id": sid, "code": "ups"}, source="test")
+                    if int(ups["result"]) >= 1:
+                        break
+                    await asyncio.sleep(0.05)
+            await dev.call("Script.Stop", {"id": sid}, source="test")
+    finally:
+        echo.close()

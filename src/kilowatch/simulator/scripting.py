@@ -91,6 +91,7 @@ _MAX_INDEX: Final = 4
 _SCRIPT_SLOTS: Final = range(1, 11)
 
 _ERROR_LINE = re.compile(r"^\S*:\d+: (\w+)(?::|$)")
+_WHERE = re.compile(r"^\S*:\d+: ")
 _PRELUDE_CACHE: dict[str, str] = {}
 
 
@@ -169,6 +170,11 @@ def classify_js_error(err: JSEvalException) -> ScriptErrorKind:
     if match:
         return _BY_JS_TYPE.get(match.group(1), ScriptErrorKind.CRASHED)
     return ScriptErrorKind.CRASHED
+
+
+def _first_line(err: JSEvalException) -> str:
+    """``"<anonymous>:3: TypeError: x is null"`` → ``"TypeError: x is null"``."""
+    return _WHERE.sub("", str(err).split("\n", 1)[0])
 
 
 def _dumps(value: Any) -> str:
@@ -301,7 +307,7 @@ class ScriptRuntime:
             return
         except JSEvalException as err:
             await self._flush_logs()
-            await self._crash(classify_js_error(err), str(err).split("\n", 1)[0])
+            await self._crash(classify_js_error(err), _first_line(err))
             return
         self._listen()
         if await self._evaluate(self._run_expr([])) is None:
@@ -461,7 +467,7 @@ class ScriptRuntime:
             )
             return None
         except JSEvalException as err:
-            await self._crash(classify_js_error(err), str(err).split("\n", 1)[0])
+            await self._crash(classify_js_error(err), _first_line(err))
             return None
         if not isinstance(raw, str):
             await self._crash(
