@@ -3,10 +3,11 @@ topics, retained messages, unsubscribe, ordering, many clients."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from kilowatch.broker.packets import PacketType
+from kilowatch.broker.packets import PacketType, parse_publish
 
 if TYPE_CHECKING:  # helpers live in conftest.py (importlib mode: not importable at run time)
     from conftest import BrokerThread, Client, RawClient
@@ -206,3 +207,24 @@ def test_hundreds_of_clients(
     got = sub.expect(200)
     assert sorted(int(m.payload) for m in got) == list(range(200))
     assert broker.stats().clients_connected == 201
+
+
+def test_slow_subscriber_is_queued_not_dropped_and_keeps_order(
+    broker: BrokerThread, raw: Callable[[int], RawClient]
+) -> None:
+    slow = raw(broker.port)
+    slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    slow.connect("slow")
+    assert slow.subscribe("slow/#", 0) == [0]
+    fast = raw(broker.port)
+    fast.connect("fast")
+    payload = b"p" * 4000
+    n = 3000  # 12 MB: beyond the socket buffers and the broker's write buffer limit
+    for i in range(n):
+        fast.publish("slow/x", i.to_bytes(4, "big") + payload)
+    # the slow reader's transport paused, so the rest waits in its session queue, in order
+    broker.wait_stats(lambda s: s.messages_in == n and s.messages_queued > 0)
+    got = [parse_publish(*slow.read()).payload[:4] for _ in range(n)]
+    assert got == [i.to_bytes(4, "big") for i in range(n)]
+    stats = broker.stats()
+    assert (stats.messages_dropped, stats.messages_queued, stats.messages_out) == (0, 0, n)
