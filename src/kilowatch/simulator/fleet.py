@@ -24,6 +24,7 @@ from kilowatch.simulator.host import ScriptEngineLike
 from kilowatch.simulator.meter import Truth
 from kilowatch.simulator.models import mac_for, model_spec
 from kilowatch.simulator.mqtt import DeviceMqtt
+from kilowatch.simulator.profiles import LoadKind
 from kilowatch.simulator.server import DeviceServer
 
 log = logging.getLogger(__name__)
@@ -87,13 +88,18 @@ class Fleet:
         tick_s: float = TICK_S,
         report_every_s: float | None = None,
         vendors: Sequence[str] = (),
+        clock: SimClock | None = None,
+        loads: Sequence[tuple[LoadKind, ...] | None] = (),
     ) -> None:
+        """``clock`` replaces the fleet's own ``SimClock(start, speed)`` (``kilowatch demo`` uses a
+        clock that catches up with real time); ``loads[i % len(loads)]`` overrides device i's
+        model-default loads (``None`` keeps them)."""
         if devices < 0:
             raise ConfigError(f"--devices must be 0 or more, got {devices}")
         specs = [model_spec(m) for m in models]
         if not specs:
             raise ConfigError("--models needs at least one model")
-        self.clock = SimClock(start=start, speed=speed)
+        self.clock = clock if clock is not None else SimClock(start=start, speed=speed)
         self.truth = Truth()
         self.truth_path = truth_path
         self.broker_config = parse_broker(broker) if broker else None
@@ -113,6 +119,7 @@ class Fleet:
                 seed=seed,
                 truth=self.truth,
                 engine=self.engine,
+                loads=loads[i % len(loads)] if loads else None,
             )
             dev.report_every_s = report_every_s
             self.devices.append(dev)
