@@ -465,7 +465,7 @@ async def test_a_day_of_minute_timers_is_cheap(engine: ScriptEngine, host: LabHo
     await host.advance(24 * HOUR)
     elapsed = loop.time() - began
     assert await rt.eval("n") == 24 * 60
-    assert elapsed < 5, f"{24 * 60} timer fires took {elapsed:.2f} s"
+    assert elapsed < 10, f"{24 * 60} timer fires took {elapsed:.2f} s"
 
 
 async def test_timer_clear_and_limits(engine: ScriptEngine, host: LabHost) -> None:
