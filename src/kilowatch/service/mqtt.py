@@ -144,6 +144,7 @@ class MqttIntake:
             client.tls_set_context(ssl_context(o))
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         return client
@@ -181,11 +182,19 @@ class MqttIntake:
         # (expired, or a broker restart without persistence).
         client.subscribe([(f, QOS) for f in self.filters])
         session = "resumed" if flags.session_present else "new"
-        self._call_soon(self.connected.set)
         log.info(
             "mqtt connected host=%s port=%s client_id=%s session=%s",
             self.options.host, self.options.port, self.options.client_id, session,
         )  # fmt: skip
+
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any
+    ) -> None:
+        refused = [f for f, r in zip(self.filters, reasons, strict=False) if r.is_failure]
+        if refused:
+            log.error("mqtt broker refused subscriptions filters=%s", ",".join(refused))
+        # Connected means subscribed: what is published from now on reaches us.
+        self._call_soon(self.connected.set)
 
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
