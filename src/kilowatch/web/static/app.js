@@ -45,6 +45,14 @@ function drawEnergyChart() {
   data.series.forEach((s, i) => {
     const color = PALETTE[i % PALETTE.length];
     const pattern = hatch(color);
+    // A series that only exports (a PV inverter) gets no empty import bars in the legend.
+    if (!s.import.some((v) => v > 0) && s.export.some((v) => v > 0) && data.series.length > 1) {
+      datasets.push({
+        label: s.name + " Export", data: s.export.map((v) => -v), backgroundColor: EXPORT_COLOR,
+        stack: "energy", kwEstimated: s.estimated, kwExport: true,
+      });
+      return;
+    }
     datasets.push({
       label: data.series.length > 1 ? s.name : "Import",
       data: s.import,
@@ -75,7 +83,7 @@ function drawEnergyChart() {
       interaction: { mode: "index", intersect: false },
       scales: {
         x: { stacked: true, grid: { display: false } },
-        y: { stacked: true, title: { display: true, text: "Wh" }, ticks: { callback: (v) => fmtEnergy(v) } },
+        y: { stacked: true, ticks: { callback: (v) => fmtEnergy(v) } },
       },
       plugins: {
         legend: { display: datasets.length > 1, position: "bottom" },
