@@ -167,7 +167,11 @@ async def test_will_outage_reboot_and_duplicates(
         await observer.wait(f"{p}/events/rpc")
         async with asyncio.timeout(10):
             while True:
-                outs = [b for b in observer.on(f"{p}/events/rpc") if b'"output": false' in b]
+                outs = [
+                    b
+                    for b in observer.on(f"{p}/events/rpc")
+                    if json.loads(b)["params"].get("switch:0", {}).get("output") is False
+                ]
                 if len(outs) >= 2:
                     break
                 await asyncio.sleep(0.02)

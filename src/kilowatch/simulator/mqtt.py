@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from kilowatch.errors import BrokerError
 from kilowatch.simulator.device import Device
 from kilowatch.simulator.host import MqttMessageCallback
@@ -194,14 +196,17 @@ class DeviceMqtt:
 
     # ------------------------------------------------------------------ outgoing
 
-    def _publish(self, topic: str, payload: str, *, retain: bool = False, qos: int = QOS) -> bool:
+    def _publish(
+        self, topic: str, payload: str | bytes, *, retain: bool = False, qos: int = QOS
+    ) -> bool:
         conn = self.conn
         if conn is None or not conn.is_open or not self.device.network_up():
             return False
         times = 2 if self.device.duplicate_publishes else 1
         try:
             for _ in range(times):
-                conn.publish(topic, payload.encode(), qos=qos, retain=retain)
+                raw = payload.encode() if isinstance(payload, str) else payload
+                conn.publish(topic, raw, qos=qos, retain=retain)
         except ConnectionError:
             return False
         return True
@@ -209,7 +214,7 @@ class DeviceMqtt:
     def _publish_frame(self, method: str, params: dict[str, Any]) -> None:
         frame = {"src": self.device.id, "dst": f"{self.prefix}/events", "method": method,
                  "params": params}  # fmt: skip
-        self._publish(f"{self.prefix}/events/rpc", json.dumps(frame))
+        self._publish(f"{self.prefix}/events/rpc", orjson.dumps(frame))
 
     def _on_notification(self, method: str, params: dict[str, Any]) -> None:
         if self.conn is None:
@@ -224,7 +229,7 @@ class DeviceMqtt:
     def _publish_status(self, key: str) -> None:
         status = self.device.component_status(key)
         if status is not None:
-            self._publish(f"{self.prefix}/status/{key}", json.dumps(status))
+            self._publish(f"{self.prefix}/status/{key}", orjson.dumps(status))
 
     def _on_log(self, line: str) -> None:
         if self.conn is not None and self.device.config["sys"]["debug"]["mqtt"]["enable"]:
@@ -256,7 +261,7 @@ class DeviceMqtt:
         reply = await self.device.handle_frame(frame, source="mqtt")
         src = frame.get("src")
         if reply is not None and isinstance(src, str) and src:
-            self._publish(f"{src}/rpc", json.dumps(reply))
+            self._publish(f"{src}/rpc", orjson.dumps(reply))
 
     async def _switch_command(self, cid: str, command: str) -> None:
         if not cid.isdigit() or command not in ("on", "off", "toggle"):

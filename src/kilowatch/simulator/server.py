@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import unquote
 
+import orjson
 from aiohttp import WSMsgType, web
 
 from kilowatch.errors import KilowatchError
@@ -210,7 +211,7 @@ class DeviceServer:
                 await ws.close()
                 return
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await ws.send_str(json.dumps(frame))
+                await ws.send_str(orjson.dumps(frame).decode())
 
     async def _ws_reader(
         self,
