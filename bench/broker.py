@@ -78,8 +78,19 @@ def publish(port: int, messages: int, payload_size: int) -> None:
     pub.loop_stop()
 
 
-def measure(port: int, messages: int, payload_size: int) -> dict[str, Any]:
-    """Receive ``messages`` QoS 1 messages published by a child process through ``port``."""
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(port: int, messages: int, payload_size: int, broker_pid: int) -> dict[str, Any]:
+    """Receive ``messages`` QoS 1 messages published by a child process through ``port``.
+
+    Besides the rate, the broker process's CPU time per message is recorded: unlike the rate it
+    hardly depends on how busy the machine is.
+    """
+    cpu_before = _cpu_seconds(broker_pid)
     received = 0
     first_at = 0.0
     last_at = 0.0
@@ -112,11 +123,13 @@ def measure(port: int, messages: int, payload_size: int) -> dict[str, Any]:
     sub.disconnect()
     sub.loop_stop()
     elapsed = (last_at - start) if received else WAIT_S
+    cpu = _cpu_seconds(broker_pid) - cpu_before
     return {
         "received": received,
         "lost": messages - received,
         "seconds": round(elapsed, 3),
         "msg_per_s": round(received / elapsed, 1),
+        "broker_cpu_us_per_msg": round(cpu / max(received, 1) * 1e6, 1),
     }
 
 
@@ -128,7 +141,7 @@ def run_embedded_process(messages: int, payload_size: int) -> dict[str, Any]:
     proc = subprocess.Popen(argv, env=env)
     try:
         wait_for_port("127.0.0.1", port, proc=proc)
-        return measure(port, messages, payload_size)
+        return measure(port, messages, payload_size, proc.pid)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -167,7 +180,8 @@ def main() -> None:
     embedded = run_embedded_process(args.messages, args.payload_size)
     print(f"embedded broker: {embedded['msg_per_s']:>9.0f} msg/s  ({embedded})")
     with MosquittoServer() as server:
-        mosquitto = measure(server.port, args.messages, args.payload_size)
+        assert server.proc is not None
+        mosquitto = measure(server.port, args.messages, args.payload_size, server.proc.pid)
     print(f"mosquitto:       {mosquitto['msg_per_s']:>9.0f} msg/s  ({mosquitto})")
     ratio = embedded["msg_per_s"] / mosquitto["msg_per_s"] if mosquitto["msg_per_s"] else 0.0
     print(f"ratio embedded/mosquitto: {ratio:.2f}")
@@ -179,8 +193,10 @@ def main() -> None:
                 "qos": 1,
                 "embedded_msg_per_s": embedded["msg_per_s"],
                 "embedded_lost": embedded["lost"],
+                "embedded_cpu_us_per_msg": embedded["broker_cpu_us_per_msg"],
                 "mosquitto_msg_per_s": mosquitto["msg_per_s"],
                 "mosquitto_lost": mosquitto["lost"],
+                "mosquitto_cpu_us_per_msg": mosquitto["broker_cpu_us_per_msg"],
                 "ratio": round(ratio, 3),
             }
         )
