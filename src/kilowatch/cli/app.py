@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "energy",
     "devices",
     "simulate",
+    "demo",
 )
 
 app = typer.Typer(
