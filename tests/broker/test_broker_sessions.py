@@ -25,15 +25,15 @@ def test_persistent_session_queues_while_offline_in_order(
 
     pub = clients(broker.port, "meter")
     pub.connect()
-    for i in range(150):
+    for i in range(1200):  # more than one drain batch (512)
         pub.publish(f"meters/{i % 4}", str(i).encode(), qos=1)
     pub.publish("meters/qos0", b"not queued for an offline client", qos=0)
-    assert broker.stats().messages_queued == 150
+    assert broker.stats().messages_queued == 1200
 
     again = clients(broker.port, "intake", clean_session=False)
     assert again.connect() == (0, True)  # session present
-    got = again.expect(150)
-    assert [m.payload for m in got] == [str(i).encode() for i in range(150)]
+    got = again.expect(1200)
+    assert [m.payload for m in got] == [str(i).encode() for i in range(1200)]
     # the subscriptions survived: new messages arrive without subscribing again
     pub.publish("meters/live", b"live", qos=1)
     assert again.expect(1)[0].payload == b"live"

@@ -137,8 +137,12 @@ class Connection(asyncio.Protocol):
         data = b"".join(self._out)
         self._out.clear()
         transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.write(data)
+        if transport is None or transport.is_closing():
+            return
+        transport.write(data)
+        session = self.session
+        if session is not None and session.queue and self.state is State.CONNECTED:
+            session.drain()  # the next batch of a long queue, written next iteration
 
     # --- closing ----------------------------------------------------------------------------------
 

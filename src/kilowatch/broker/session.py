@@ -23,6 +23,8 @@ log = logging.getLogger("kilowatch.broker")
 # A session that keeps dropping messages logs at most this often (seconds), with the running count.
 DROP_LOG_INTERVAL_S = 60.0
 _PUBLISH = PacketType.PUBLISH << 4
+# Queued messages moved to a connection's output per write (see Session.drain).
+DRAIN_BATCH = 512
 
 
 class Message:
@@ -181,15 +183,22 @@ class Session:
         queue.append((message, qos))
 
     def drain(self) -> None:
-        """Send queued messages while the connection is writable and the in-flight window allows."""
+        """Send queued messages while the connection is writable and the in-flight window allows.
+
+        At most ``DRAIN_BATCH`` per call: the connection drains again after each write, so a long
+        queue goes out in steps that let the transport push back (pause_writing) and let other
+        clients be served, instead of as one huge write.
+        """
         conn = self.conn
         queue = self.queue
-        while queue and conn is not None and not conn.paused:
+        budget = DRAIN_BATCH
+        while queue and budget and conn is not None and not conn.paused:
             message, qos = queue[0]
             if qos and len(self.inflight) >= self.max_inflight:
                 return
             queue.popleft()
             self._send(conn, message, qos)
+            budget -= 1
 
     def acknowledged(self, packet_id: int) -> None:
         """A PUBACK arrived: the message left our hands; the window may take the next one."""
