@@ -57,12 +57,12 @@ MIN_REPEAT_PERIOD_S: Final = 0.01
 """Shortest period of a repeating timer, in simulated seconds, so ``Timer.set(0, true, ..)`` cannot
 starve the event loop."""
 
-HEAP_SAMPLE_INTERVAL_S: Final = 30.0
-"""Real seconds between background V8 heap samples of one runtime (a sample blocks the event loop
-for about a millisecond, so a fleet of hundreds of scripts samples rarely)."""
+STATUS_SAMPLE_AGE_S: Final = 2.0
+"""``status()`` takes a fresh heap sample when the last one is older than this (real seconds).
 
-STATUS_SAMPLE_AGE_S: Final = 0.5
-"""``status()`` takes a fresh heap sample when the last one is older than this (real seconds)."""
+A sample runs a full V8 garbage collection first (a few milliseconds on the event loop), so the
+figures count live data, as Espruino's reference counting does, not garbage V8 has yet to collect.
+"""
 
 MAX_BATCH: Final = 64
 """Deliveries handed to a script in one evaluation when several are waiting."""
@@ -292,6 +292,7 @@ class ScriptRuntime:
     async def _boot(self, code: str) -> None:
         self._mr = MiniRacer()
         await self._v8(_prelude())
+        self._mr.low_memory_notification()
         self._baseline = int(self._mr.heap_stats()["used_heap_size"])
         self._mr.set_hard_memory_limit(self._baseline + self._budget)
         self._running = True
@@ -386,7 +387,6 @@ class ScriptRuntime:
             finally:
                 for _ in batch:
                     self._queue.task_done()
-            self._sample_heap(max_age_s=HEAP_SAMPLE_INTERVAL_S)
 
     async def _handle(self, batch: list[_WorkItem]) -> None:
         deliveries: list[_Delivery] = []
@@ -654,6 +654,7 @@ class ScriptRuntime:
         if self._mr is None or self._in_v8 or now - self._sampled_at < max_age_s:
             return
         self._sampled_at = now
+        self._mr.low_memory_notification()
         used_v8 = int(self._mr.heap_stats()["used_heap_size"]) - self._baseline
         self._mem_used = max(0, math.ceil(used_v8 / V8_BYTES_PER_DEVICE_BYTE))
         self._mem_peak = max(self._mem_peak, self._mem_used)
