@@ -4,6 +4,10 @@ password hashing, and the async context manager's contract."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -14,6 +18,7 @@ from kilowatch.broker import (
     SubscriptionTree,
     hash_password,
     is_valid_filter,
+    load_password_file,
     topic_matches,
     verify_password,
 )
@@ -177,3 +182,21 @@ def test_any_bytes_parse_or_raise_protocol_error(data: bytes, chunk: int) -> Non
                     parser(first, body)
     except ProtocolError:
         pass
+
+
+def test_password_line_tool(tmp_path: Path) -> None:
+    src = Path(__file__).resolve().parents[2] / "src"
+    done = subprocess.run(
+        [sys.executable, "-m", "kilowatch.broker.auth", "meter"],
+        input="s3cret\n",
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(src)},
+        timeout=60,
+        check=True,
+    )
+    line = done.stdout.strip()
+    (tmp_path / "passwd").write_text(line + "\n")
+    users = load_password_file(tmp_path / "passwd")
+    assert list(users) == ["meter"]
+    assert verify_password(b"s3cret", users["meter"])
