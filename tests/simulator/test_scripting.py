@@ -777,3 +777,30 @@ async def test_hourly_script_counts_from_zero_after_a_counter_reset(engine: Scri
     host.statuses["pm1:0"]["aenergy"]["total"] = 0.0  # firmware update reset the counter
     await host.advance(HOUR / 2 + 0.002)
     assert [m["hourly_energy_usage"] for m in hourly_messages(host)] == pytest.approx([500.0])
+
+
+async def test_remove_event_handler_timer_info_and_dates(
+    engine: ScriptEngine, host: LabHost
+) -> None:
+    code = """
+    let got = 0;
+    let h = Shelly.addEventHandler(function () { got++; });
+    let t = Timer.set(30000, true, function () {});
+    """
+    rt = await start(engine, host, code)
+    host.fire_event({"component": "sys", "event": "x", "ts": T0})
+    await rt.settle()
+    assert await rt.eval("[Shelly.removeEventHandler(h), Shelly.removeEventHandler(h)]") == [
+        True,
+        False,
+    ]
+    host.fire_event({"component": "sys", "event": "y", "ts": T0})
+    await rt.settle()
+    assert await rt.eval("got") == 1
+    await host.advance(30)
+    assert await rt.eval("Timer.getInfo(t)") == {"interval": 30000, "next": T0 + 60}
+    assert await rt.eval("Timer.getInfo(12345) === undefined") is True
+    assert await rt.eval("new Date(0).getTime()") == 0
+    assert await rt.eval("new Date(2024, 0, 2).getFullYear()") == 2024
+    assert await rt.eval("new Date() instanceof Date") is True
+    assert await rt.eval("typeof Date()") == "string"

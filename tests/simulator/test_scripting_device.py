@@ -73,7 +73,7 @@ async def wait_for(predicate: Any, timeout: float = 20.0) -> None:
 
 
 async def test_script_rpc_runs_code_in_v8() -> None:
-    engine = ScriptEngine(callback_timeout_s=0.5)
+    engine = ScriptEngine()
     async with Fleet(devices=1, http=False, engine=engine, speed=60, start=T0) as fleet:
         dev = fleet.devices[0]
         sid = (await dev.call("Script.Create", {"name": "t"}, source="test"))["id"]
