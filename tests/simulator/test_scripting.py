@@ -804,3 +804,19 @@ async def test_remove_event_handler_timer_info_and_dates(
     assert await rt.eval("new Date(2024, 0, 2).getFullYear()") == 2024
     assert await rt.eval("new Date() instanceof Date") is True
     assert await rt.eval("typeof Date()") == "string"
+
+
+async def test_lone_surrogates_and_host_failures_do_not_leave_a_zombie(
+    engine: ScriptEngine, host: LabHost
+) -> None:
+    rt = await start(engine, host, 'print("bad \\uD800 string"); let a = 1;')
+    assert rt.running
+    assert host.logs[0].startswith("bad ")
+
+    def broken_emit(script_id: int, name: str, data: Any) -> None:
+        raise RuntimeError("device bug")
+
+    host.emit_event = broken_emit  # type: ignore[method-assign]
+    with pytest.raises(RpcCallError):
+        await rt.eval('Shelly.emitEvent("x", 1)')
+    assert rt.status()["errors"] == ["internal_error"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import re
@@ -175,6 +176,17 @@ def classify_js_error(err: JSEvalException) -> ScriptErrorKind:
 def _first_line(err: JSEvalException) -> str:
     """``"<anonymous>:3: TypeError: x is null"`` → ``"TypeError: x is null"``."""
     return _WHERE.sub("", str(err).split("\n", 1)[0])
+
+
+def _loads(text: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        # JavaScript strings may hold lone surrogates, which orjson rejects and json accepts.
+        value = json.loads(text)
+    if not isinstance(value, dict):
+        raise TypeError(f"bridge reply is {type(value).__name__}, expected an object")
+    return value
 
 
 def _dumps(value: Any) -> str:
@@ -384,6 +396,10 @@ class ScriptRuntime:
                 batch.append(self._queue.get_nowait())
             try:
                 await self._handle(batch)
+            except Exception as err:  # a bug on our side or the host's must not leave a zombie
+                logger.exception("script %s: delivery failed", self.script_id)
+                await self._crash(ScriptErrorKind.INTERNAL_ERROR, f"{type(err).__name__}: {err}")
+                self._fail_pending(batch)
             finally:
                 for _ in batch:
                     self._queue.task_done()
@@ -474,7 +490,7 @@ class ScriptRuntime:
                 ScriptErrorKind.INTERNAL_ERROR, f"bridge returned {type(raw).__name__}"
             )
             return None
-        reply: dict[str, Any] = orjson.loads(raw)
+        reply = _loads(raw)
         self._apply(reply["out"])
         self._apply_touch(reply["touch"])
         error = reply.get("error")
@@ -492,7 +508,7 @@ class ScriptRuntime:
             async with asyncio.timeout(self._timeout_s):
                 raw = await self._v8(self._run_expr([]))
             if isinstance(raw, str):
-                for entry in orjson.loads(raw)["out"]:
+                for entry in _loads(raw)["out"]:
                     if entry[0] == "log":
                         self._host.log(self.script_id, str(entry[1]))
 
