@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kilowatch.store.periods import InvalidQueryError, Plan, plan, segments
+from kilowatch.store.periods import InvalidQueryError, Plan, decompose, plan, segments
 
 
 def spans(p: Plan) -> list[tuple[str, str, int]]:
@@ -147,3 +147,30 @@ def test_buckets_tile_the_range_and_agree_with_wall_clock(
             assert local.date() == first.date()
         elif by == "month":
             assert (local.year, local.month) == (first.year, first.month)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lo=st.integers(0, 40 * 96), length=st.integers(1, 70 * 96))
+def test_decompose_covers_each_slot_exactly_once(lo: int, length: int) -> None:
+    """Summing the signed rollups slot by slot gives 1 inside the range and 0 outside."""
+    start, end = lo * 900, (lo + length) * 900
+    terms: list[tuple[int, int, int, int, int]] = []
+    decompose(7, start, end, terms)
+    weight: dict[int, int] = {}
+    for key, level, a, b, sign in terms:
+        assert key == 7 and a % level == 0 and b % level == 0 and a < b
+        for t in range(a, b, 900):
+            weight[t] = weight.get(t, 0) + sign
+    assert {t: w for t, w in weight.items() if w} == dict.fromkeys(range(start, end, 900), 1)
+    assert len(terms) <= 6 * (length // 96 + 2)
+
+
+def test_a_local_day_is_few_rollup_rows() -> None:
+    p = plan("day", "Europe/Sofia", date(2026, 6, 1), date(2026, 6, 2))
+    assert [(lvl, b - a, s) for _, lvl, a, b, s in p.terms()] == [
+        (3600, 3 * 3600, 1),
+        (86400, 86400, 1),
+        (3600, 3 * 3600, -1),
+    ]
+    month = plan("month", "Asia/Kolkata", date(2026, 6, 1), date(2026, 7, 1)).terms()
+    assert len(month) <= 8

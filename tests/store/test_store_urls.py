@@ -11,6 +11,7 @@ import pytest
 from kilowatch.errors import StoreError
 from kilowatch.ledger.slots import SlotEnergy
 from kilowatch.store import Batch, EnergyQuery, open_store
+from kilowatch.store.sqlite import MIGRATIONS
 from kilowatch.store.url import parse_redis
 from kilowatch.testing import free_port
 
@@ -91,7 +92,7 @@ async def test_sqlite_relative_path_creates_parent_dirs(
     assert (tmp_path / "var/lib/kw/energy.db").is_file()
     conn = sqlite3.connect(tmp_path / "var/lib/kw/energy.db")
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    assert conn.execute("SELECT version FROM schema_version").fetchone() == (1,)
+    assert conn.execute("SELECT version FROM schema_version").fetchone() == (len(MIGRATIONS),)
     conn.close()
 
 
@@ -131,3 +132,33 @@ async def test_sqlite_reads_do_not_wait_for_a_long_write(tmp_path: Path) -> None
         other.execute("ROLLBACK")
         other.close()
         assert [r.energy_wh for r in rows] == [0.005]
+
+
+async def test_sqlite_migrates_a_version_1_file(tmp_path: Path) -> None:
+    """A file written by schema 1 (no day rollups) is migrated in place and answers the same."""
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for statement in MIGRATIONS[0].split(";"):
+        conn.execute(statement)
+    conn.execute("INSERT INTO schema_version VALUES (1)")
+    t0 = 1780272000  # 2026-06-01T00:00Z
+    for i in range(200):
+        conn.execute("INSERT INTO slots VALUES ('d', 'c', ?, 1000, 0, ?)", (t0 + i * 900, i == 150))
+        conn.execute(
+            "INSERT INTO hours VALUES ('d', 'c', ?, 1000, 0, ?) ON CONFLICT DO UPDATE SET "
+            "import_mwh = import_mwh + 1000, estimated = estimated | excluded.estimated",
+            (t0 + i * 900 - i * 900 % 3600, i == 150),
+        )
+    conn.execute("INSERT INTO channels VALUES ('d', 'c')")
+    conn.close()
+    async with open_store(f"sqlite:///{path}") as store:
+        rows = await store.energy(
+            EnergyQuery(by="day", tz="Europe/Sofia", start=date(2026, 6, 1), end=date(2026, 6, 4))
+        )
+    # Sofia is UTC+3 in June: local 2026-06-01 starts at 21:00Z the day before
+    assert [(r.start.day, r.energy_wh, r.estimated) for r in rows] == [
+        (1, 84.0, False),
+        (2, 96.0, True),
+        (3, 20.0, False),
+    ]

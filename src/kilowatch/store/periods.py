@@ -192,7 +192,11 @@ class Plan:
     def label(self, key: int) -> tuple[datetime, datetime]:
         """The bucket's start and end as aware local datetimes (with the offset in force)."""
         lo, hi = self.period(key)
-        return datetime.fromtimestamp(lo, self.tz), datetime.fromtimestamp(hi, self.tz)
+        return self.local(lo), self.local(hi)
+
+    def local(self, ts: int) -> datetime:
+        """Unix time ``ts`` as an aware local datetime."""
+        return datetime.fromtimestamp(ts, self.tz)
 
     def keys(self) -> list[int]:
         """Every bucket key in the range, in time order."""
@@ -205,6 +209,59 @@ class Plan:
             out.append(k)
             t = self.period(k)[1]
         return out
+
+    def terms(self) -> list[Term]:
+        """Every bucket as signed ranges of day, hour and slot rollups (see :func:`decompose`)."""
+        out: list[Term] = []
+        for key in self.keys():
+            lo, hi = self.period(key)
+            decompose(key, lo, hi, out)
+        return out
+
+
+Term = tuple[int, int, int, int, int]
+"""``(bucket key, level seconds (86400, 3600 or 900), start, end, sign)``: add (sign 1) or subtract
+(sign -1) every rollup of that level whose start lies in ``[start, end)``."""
+
+
+def decompose(key: int, lo: int, hi: int, out: list[Term]) -> None:
+    """Express ``[lo, hi)`` as few rollup rows as possible: whole UTC days as day rows; a UTC day
+    covered for more than half as that day's row minus the uncovered hours and slots; the rest as
+    hour and slot rows. A local day in UTC+2 becomes 1 day + 2 hour rows added + 2 hour rows taken
+    away, instead of 24 hour rows."""
+    d = lo - lo % 86400
+    full_from: int | None = None
+    while d < hi:
+        a, b = max(lo, d), min(hi, d + 86400)
+        if b - a == 86400:
+            full_from = d if full_from is None else full_from
+        else:
+            if full_from is not None:
+                out.append((key, 86400, full_from, d, 1))
+                full_from = None
+            if b - a > 43200:
+                out.append((key, 86400, d, d + 86400, 1))
+                _pieces(key, d, a, -1, out)
+                _pieces(key, b, d + 86400, -1, out)
+            else:
+                _pieces(key, a, b, 1, out)
+        d += 86400
+    if full_from is not None:
+        out.append((key, 86400, full_from, d, 1))
+
+
+def _pieces(key: int, lo: int, hi: int, sign: int, out: list[Term]) -> None:
+    if lo >= hi:
+        return
+    h0, h1 = -(-lo // 3600) * 3600, hi // 3600 * 3600
+    if h0 >= h1:
+        out.append((key, SLOT_SECONDS, lo, hi, sign))
+        return
+    if lo < h0:
+        out.append((key, SLOT_SECONDS, lo, h0, sign))
+    out.append((key, 3600, h0, h1, sign))
+    if h1 < hi:
+        out.append((key, SLOT_SECONDS, h1, hi, sign))
 
 
 def plan(by: str, tz_name: str, start: datetime | date, end: datetime | date) -> Plan:
@@ -228,6 +285,8 @@ __all__ = [
     "InvalidQueryError",
     "Plan",
     "Segment",
+    "Term",
+    "decompose",
     "offset_at",
     "plan",
     "segments",

@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from kilowatch.collect.messages import Event, LogLine, Reading
+from kilowatch.ledger.slots import SlotEnergy
 from kilowatch.errors import StoreError
 from kilowatch.store import records
 from kilowatch.store.base import (
@@ -92,16 +93,56 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE dead_letter_counts (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 2: day rollups and delta counts, so a local day is ~5 rollup rows instead of 24 hour rows;
+    # estimated slots indexed on their own (rollups cannot carry a flag through a subtraction)
+    """
+    ALTER TABLE slots ADD COLUMN n INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE hours ADD COLUMN n INTEGER NOT NULL DEFAULT 0;
+    UPDATE hours SET n = (
+        SELECT count(*) FROM slots s WHERE s.device = hours.device AND s.channel = hours.channel
+        AND s.slot >= hours.hour AND s.slot < hours.hour + 3600
+    );
+    CREATE TABLE days (
+        device TEXT NOT NULL, channel TEXT NOT NULL, day INTEGER NOT NULL,
+        import_mwh INTEGER NOT NULL, export_mwh INTEGER NOT NULL, n INTEGER NOT NULL,
+        PRIMARY KEY (device, channel, day)
+    ) WITHOUT ROWID;
+    INSERT INTO days SELECT device, channel, hour - hour % 86400, sum(import_mwh),
+        sum(export_mwh), sum(n) FROM hours GROUP BY device, channel, hour - hour % 86400;
+    CREATE TABLE estimated (
+        device TEXT NOT NULL, channel TEXT NOT NULL, slot INTEGER NOT NULL,
+        PRIMARY KEY (device, channel, slot)
+    ) WITHOUT ROWID;
+    INSERT INTO estimated SELECT device, channel, slot FROM slots WHERE estimated = 1;
+    """,
 )
 """Schema migrations in order; ``schema_version.version`` is how many have been applied."""
 
 _ADD_SLOT = """
-INSERT INTO {table} (device, channel, {col}, import_mwh, export_mwh, estimated)
+INSERT INTO slots (device, channel, slot, import_mwh, export_mwh, estimated, n)
+VALUES (?, ?, ?, ?, ?, ?, 1)
+ON CONFLICT DO UPDATE SET
+    import_mwh = import_mwh + excluded.import_mwh,
+    export_mwh = export_mwh + excluded.export_mwh,
+    estimated = estimated | excluded.estimated,
+    n = n + 1
+"""
+_ADD_HOUR = """
+INSERT INTO hours (device, channel, hour, import_mwh, export_mwh, estimated, n)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT DO UPDATE SET
+    import_mwh = import_mwh + excluded.import_mwh,
+    export_mwh = export_mwh + excluded.export_mwh,
+    estimated = estimated | excluded.estimated,
+    n = n + excluded.n
+"""
+_ADD_DAY = """
+INSERT INTO days (device, channel, day, import_mwh, export_mwh, n)
 VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT DO UPDATE SET
     import_mwh = import_mwh + excluded.import_mwh,
     export_mwh = export_mwh + excluded.export_mwh,
-    estimated = estimated | excluded.estimated
+    n = n + excluded.n
 """
 
 
@@ -387,27 +428,7 @@ def _commit(conn: sqlite3.Connection, batch: Batch) -> None:
 
 def _apply(conn: sqlite3.Connection, batch: Batch) -> None:
     if batch.slots:
-        conn.executemany(
-            _ADD_SLOT.format(table="slots", col="slot"),
-            [
-                (s.device, s.channel, s.slot, s.import_mwh, s.export_mwh, int(s.estimated))
-                for s in batch.slots
-            ],
-        )
-        conn.executemany(
-            _ADD_SLOT.format(table="hours", col="hour"),
-            [
-                (
-                    s.device,
-                    s.channel,
-                    s.slot // 3600 * 3600,
-                    s.import_mwh,
-                    s.export_mwh,
-                    int(s.estimated),
-                )
-                for s in batch.slots
-            ],
-        )
+        _add_energy(conn, batch.slots)
     channels = {(s.device, s.channel) for s in batch.slots} | {
         (r.device, r.channel) for r in batch.latest
     }
@@ -482,6 +503,36 @@ def _apply(conn: sqlite3.Connection, batch: Batch) -> None:
             "(SELECT id FROM dead_letters ORDER BY id DESC LIMIT 1 OFFSET ?)",
             (records.DEAD_LETTERS,),
         )
+
+
+def _add_energy(conn: sqlite3.Connection, deltas: Sequence[SlotEnergy]) -> None:
+    """Slots, and the hour and day rollups (summed per batch first: fewer upserts)."""
+    conn.executemany(
+        _ADD_SLOT,
+        [
+            (s.device, s.channel, s.slot, s.import_mwh, s.export_mwh, int(s.estimated))
+            for s in deltas
+        ],
+    )
+    hours: dict[tuple[str, str, int], list[int]] = {}
+    for s in deltas:
+        acc = hours.setdefault((s.device, s.channel, s.slot - s.slot % 3600), [0, 0, 0, 0])
+        acc[0] += s.import_mwh
+        acc[1] += s.export_mwh
+        acc[2] |= int(s.estimated)
+        acc[3] += 1
+    conn.executemany(_ADD_HOUR, [(*k, *v) for k, v in hours.items()])
+    days: dict[tuple[str, str, int], list[int]] = {}
+    for (device, channel, hour), (imp, exp, _, n) in hours.items():
+        acc = days.setdefault((device, channel, hour - hour % 86400), [0, 0, 0])
+        acc[0] += imp
+        acc[1] += exp
+        acc[2] += n
+    conn.executemany(_ADD_DAY, [(*k, *v) for k, v in days.items()])
+    conn.executemany(
+        "INSERT INTO estimated VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        [(s.device, s.channel, s.slot) for s in deltas if s.estimated],
+    )
 
 
 def _append(
@@ -564,6 +615,17 @@ def _channel_filter(query: EnergyQuery) -> tuple[str, list[str]]:
 
 
 def _energy_cells(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> tuple[Cells, Shadow]:
+    cells = (
+        _rollup_cells(conn, p, query) if p.by in ("day", "month") else _scan_cells(conn, p, query)
+    )
+    shadow: Shadow = {}
+    if query.group != "channel":
+        shadow = _shadow(conn, p, cells)
+    return cells, shadow
+
+
+def _scan_cells(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> Cells:
+    """15-minute and hour buckets: every slot (or hour) row, bucketed in SQL."""
     table, col = ("hours", "hour") if p.whole_hours else ("slots", "slot")
     where, args = _channel_filter(query)
     # channels drive the join (CROSS JOIN keeps that order), so each channel's range is one PK seek
@@ -573,14 +635,52 @@ def _energy_cells(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> tupl
         f"CROSS JOIN {table} s ON s.device = c.device AND s.channel = c.channel "
         f"AND s.{col} >= ? AND s.{col} < ? GROUP BY c.device, c.channel, k"
     )
-    cells: Cells = {
+    return {
         (d, c, k): [imp, exp, est]
         for d, c, k, imp, exp, est in conn.execute(sql, (*args, p.start, p.end))
     }
-    shadow: Shadow = {}
-    if query.group != "channel":
-        shadow = _shadow(conn, p, cells)
-    return cells, shadow
+
+
+_LEVELS = ((86400, "days", "day"), (3600, "hours", "hour"), (900, "slots", "slot"))
+
+
+def _rollup_cells(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> Cells:
+    """Day and month buckets: signed day, hour and slot rollups (see ``periods.decompose``).
+
+    A bucket has data when the count of deltas that landed in it (``n``) is positive; ``estimated``
+    comes from the ``estimated`` index, which rollups cannot carry through a subtraction.
+    """
+    terms = p.terms()
+    where, args = _channel_filter(query)
+    ctes = [f"c(device, channel) AS (SELECT device, channel FROM channels{where})"]
+    parts = []
+    for level, table, col in _LEVELS:
+        rows_ = [t for t in terms if t[1] == level]
+        if not rows_:
+            continue
+        values = ", ".join(f"({k}, {lo}, {hi}, {sign})" for k, _, lo, hi, sign in rows_)
+        ctes.append(f"t{level}(k, lo, hi, sign) AS (VALUES {values})")
+        parts.append(
+            f"SELECT c.device, c.channel, t.k, t.sign * s.import_mwh AS i, "
+            f"t.sign * s.export_mwh AS e, t.sign * s.n AS n FROM c CROSS JOIN t{level} t "
+            f"CROSS JOIN {table} s ON s.device = c.device AND s.channel = c.channel "
+            f"AND s.{col} >= t.lo AND s.{col} < t.hi"
+        )
+    sql = (
+        f"WITH {', '.join(ctes)} SELECT device, channel, k, sum(i), sum(e) FROM ("
+        + " UNION ALL ".join(parts)
+        + ") GROUP BY device, channel, k HAVING sum(n) > 0"
+    )
+    cells: Cells = {(d, c, k): [imp, exp, 0] for d, c, k, imp, exp in conn.execute(sql, args)}
+    est_sql = "SELECT device, channel, slot FROM estimated WHERE slot >= ? AND slot < ?"
+    est_where, est_args = _channel_filter(query)
+    if est_where:
+        est_sql += " AND " + est_where.removeprefix(" WHERE ")
+    for d, c, slot in conn.execute(est_sql, (p.start, p.end, *est_args)):
+        cell = cells.get((d, c, p.key(slot)))
+        if cell is not None:
+            cell[2] = 1
+    return cells
 
 
 def _shadow(conn: sqlite3.Connection, p: Plan, cells: Cells) -> Shadow:
