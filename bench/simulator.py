@@ -74,6 +74,8 @@ async def measure(n: int, broker: str, window: float) -> dict[str, Any]:
             "acked_msgs_per_s": round(rate, 1),
             "published_msgs_per_s": round(published / elapsed, 1),
             "cpu_percent": round(100 * cpu / elapsed, 1),
+            # CPU per published message: what one core could carry if it had no neighbours
+            "cpu_ms_per_msg": round(1000 * cpu / max(published, 1), 3),
             "rss_mb": round(rss_mb(), 1),
             "max_loop_lag_s": round(stats["max_lag_s"], 3),
             "startup_s": round(startup, 2),
@@ -95,11 +97,13 @@ async def main() -> None:
             print(json.dumps(r), flush=True)
             results.append(r)
     ok = [r["devices"] for r in results if r["sustained"]]
+    per_msg = max(r["cpu_ms_per_msg"] for r in results)
     summary = {
         "bench": "simulator",
         "message_rate_per_device_per_s": 1,
         "window_s": args.window,
         "max_sustained_devices": max(ok) if ok else 0,
+        "cpu_bound_capacity_msgs_per_s_one_core": round(1000 / per_msg) if per_msg else None,
         "runs": results,
         "cpu_count": os.cpu_count(),
         "load_avg_1m_at_end": round(os.getloadavg()[0], 2),  # the machine is shared: context

@@ -15,6 +15,7 @@ import asyncio
 import copy
 import inspect
 import itertools
+import logging
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,8 @@ from kilowatch.simulator.models import NEXT_FIRMWARE, ModelSpec
 from kilowatch.simulator.profiles import LoadKind, LoadProfile
 from kilowatch.simulator.scripts import ScriptManager
 from kilowatch.simulator.tls import TlsStore
+
+log = logging.getLogger(__name__)
 
 Sink = Callable[[str, dict[str, Any]], None]
 """Receives ``(method, params)`` of every notification (NotifyStatus / NotifyEvent / ...)."""
@@ -100,6 +103,7 @@ class Device:
         self._log_sinks: list[LogSink] = []
         self._lifecycle: list[LifecycleListener] = []
         self._tasks: asyncio.TaskGroup | None = None
+        self._jobs: set[asyncio.Task[None]] = set()
         self._loads = loads or spec.default_loads
         self.config: dict[str, dict[str, Any]] = self._default_config()
         self.channels: dict[str, Component] = self._build_channels()
@@ -207,7 +211,7 @@ class Device:
         await self.go_down()
         tasks, self._tasks = self._tasks, None
         if tasks is not None:
-            for task in list(getattr(tasks, "_tasks", ())):
+            for task in list(self._jobs):
                 task.cancel()
             await tasks.__aexit__(None, None, None)
 
@@ -217,9 +221,15 @@ class Device:
             raise RuntimeError("the device is not running (use `async with device:`)")
 
         async def run() -> None:
-            await coro
+            # One failing job (a bad RPC over MQTT, say) must not take the device down with it.
+            try:
+                await coro
+            except Exception:
+                log.exception("%s: background job failed", self.id)
 
-        self._tasks.create_task(run())
+        task = self._tasks.create_task(run())
+        self._jobs.add(task)
+        task.add_done_callback(self._jobs.discard)
 
     async def boot(self) -> None:
         """Come up: uptime restarts, pending config applies, enabled scripts start."""

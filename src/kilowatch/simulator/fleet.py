@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.5
 """Real seconds between two metering ticks of the whole fleet."""
+TICK_CHUNK = 50
+"""Devices integrated between two yields to the event loop."""
 TRUTH_EVERY_S = 5.0
 """Real seconds between two writes of the truth file."""
 AUTO = "auto"
@@ -132,6 +134,7 @@ class Fleet:
         self._server = DeviceServer(self.devices, host=http_host, port_base=http_port_base)
         self._stack = contextlib.AsyncExitStack()
         self._tasks: asyncio.TaskGroup | None = None
+        self._jobs: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------------ lookups
 
@@ -174,11 +177,11 @@ class Fleet:
             if self.http:
                 await self._stack.enter_async_context(self._server)
             self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
-            self._tasks.create_task(self._ticker())
+            self._jobs.append(self._tasks.create_task(self._ticker()))
             for link in self.mqtt.values():
-                self._tasks.create_task(link.run())
+                self._jobs.append(self._tasks.create_task(link.run()))
             for pub in self.publishers:
-                self._tasks.create_task(pub.run())
+                self._jobs.append(self._tasks.create_task(pub.run()))
         except BaseException:
             await self._stack.aclose()
             raise
@@ -191,9 +194,8 @@ class Fleet:
         tb: TracebackType | None,
     ) -> None:
         self.tick()
-        if self._tasks is not None:
-            for task in list(getattr(self._tasks, "_tasks", ())):
-                task.cancel()
+        for task in self._jobs:
+            task.cancel()
         try:
             await self._stack.aclose()
         finally:
@@ -210,7 +212,13 @@ class Fleet:
         last_truth = asyncio.get_running_loop().time()
         while True:
             await asyncio.sleep(self.tick_s)
-            self.tick()
+            # Tick in chunks, yielding in between: sockets are served while 500 devices integrate.
+            for i in range(0, len(self.devices), TICK_CHUNK):
+                for dev in self.devices[i : i + TICK_CHUNK]:
+                    dev.tick()
+                await asyncio.sleep(0)
+            for pub in self.publishers:
+                pub.tick()
             now = asyncio.get_running_loop().time()
             if now - last_truth >= TRUTH_EVERY_S:
                 last_truth = now
