@@ -228,3 +228,20 @@ def test_slow_subscriber_is_queued_not_dropped_and_keeps_order(
     assert got == [i.to_bytes(4, "big") for i in range(n)]
     stats = broker.stats()
     assert (stats.messages_dropped, stats.messages_queued, stats.messages_out) == (0, 0, n)
+
+
+def test_clean_sessions_leave_nothing_behind(
+    broker: BrokerThread, raw: Callable[[int], RawClient]
+) -> None:
+    for i in range(50):
+        client = raw(broker.port)
+        client.connect(f"transient-{i}")
+        assert client.subscribe(f"t/{i}/+", 1) == [1]
+        if i % 2:
+            client.send(bytes((PacketType.DISCONNECT << 4, 0)))
+        client.close()
+    stats = broker.wait_stats(lambda s: s.clients_connected == 0)
+    assert (stats.sessions, stats.subscriptions, stats.connections_total) == (0, 0, 50)
+    assert broker.call(lambda b: len(b.connections)) == 0
+    assert broker.call(lambda b: b.tree.match("t/1/x")) == {}
+    assert broker.call(lambda b: b.tree._root.children) == {}  # empty branches pruned
