@@ -7,6 +7,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import pytest
+
+import kilowatch.broker.server as server_module
 from kilowatch.broker.packets import PacketType, Will, parse_publish
 
 if TYPE_CHECKING:  # helpers live in conftest.py (importlib mode: not importable at run time)
@@ -213,3 +216,12 @@ def test_shutdown_closes_clients(
     client.connect()
     broker.stop()
     assert client.disconnected.wait(10)
+
+
+def test_a_connection_without_connect_is_closed(
+    broker: BrokerThread, raw: Callable[[int], RawClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_module, "CONNECT_TIMEOUT_S", 0.5)
+    idle = raw(broker.port)  # TCP only, never sends CONNECT
+    assert idle.closed_by_broker()
+    assert broker.stats().connections_total == 1

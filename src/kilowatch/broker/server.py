@@ -237,11 +237,21 @@ class EmbeddedBroker:
             await asyncio.sleep(SWEEP_INTERVAL_S)
             now = self.loop.time()
             for conn in list(self.connections):
-                if conn.state is State.CONNECTED:
-                    if conn.keepalive and now - conn.last_seen > KEEPALIVE_GRACE * conn.keepalive:
-                        conn.close(f"keepalive ({conn.keepalive} s) expired", will=True)
-                elif conn.state is State.NEW and now - conn.opened_at > CONNECT_TIMEOUT_S:
-                    conn.close("no CONNECT", will=False)
+                try:
+                    self._check_deadlines(conn, now)
+                except Exception:  # a bug must cost one connection, never the broker
+                    log.exception(
+                        "client %r (%s): internal error; closing", conn.client_id, conn.peer
+                    )
+                    conn.close("internal error", will=False)
+
+    @staticmethod
+    def _check_deadlines(conn: Connection, now: float) -> None:
+        if conn.state is State.CONNECTED:
+            if conn.keepalive and now - conn.last_seen > KEEPALIVE_GRACE * conn.keepalive:
+                conn.close(f"keepalive ({conn.keepalive} s) expired", will=True)
+        elif conn.state is State.NEW and now - conn.opened_at > CONNECT_TIMEOUT_S:
+            conn.close("no CONNECT", will=False)
 
     # --- statistics -------------------------------------------------------------------------------
 
