@@ -18,7 +18,7 @@ import itertools
 import logging
 import re
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
@@ -215,7 +215,7 @@ class Device:
                 task.cancel()
             await tasks.__aexit__(None, None, None)
 
-    def spawn(self, coro: Awaitable[None]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a background job (reboot, OTA) owned by this device's task group."""
         if self._tasks is None:
             raise RuntimeError("the device is not running (use `async with device:`)")
@@ -230,6 +230,8 @@ class Device:
         task = self._tasks.create_task(run())
         self._jobs.add(task)
         task.add_done_callback(self._jobs.discard)
+        # a job cancelled before it started never awaited its coroutine: close it quietly
+        task.add_done_callback(lambda t: coro.close() if t.cancelled() else None)
 
     async def boot(self) -> None:
         """Come up: uptime restarts, pending config applies, enabled scripts start."""

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import unquote, urlsplit
 
 from kilowatch.errors import BrokerError, ConfigError
-from kilowatch.simulator.clock import SimClock
+from kilowatch.simulator.clock import Clock
 from kilowatch.simulator.meter import MeterChannel, Truth
 from kilowatch.simulator.models import mac_for
 from kilowatch.simulator.mqttwire import MqttConnection, Will
@@ -43,7 +43,7 @@ class VendorPublisher:
     online_payload = b"true"
     offline_payload = b"false"
 
-    def __init__(self, device_id: str, meter: MeterChannel, clock: SimClock, broker: str) -> None:
+    def __init__(self, device_id: str, meter: MeterChannel, clock: Clock, broker: str) -> None:
         self.id = device_id
         self.meter = meter
         self.clock = clock
@@ -128,7 +128,7 @@ class TasmotaPlug(VendorPublisher):
     online_payload = b"Online"
     offline_payload = b"Offline"
 
-    def __init__(self, device_id: str, meter: MeterChannel, clock: SimClock, broker: str) -> None:
+    def __init__(self, device_id: str, meter: MeterChannel, clock: Clock, broker: str) -> None:
         super().__init__(device_id, meter, clock, broker)
         self._started = clock.now()
 
@@ -160,7 +160,7 @@ class TasmotaPlug(VendorPublisher):
 
 
 def make_publishers(
-    vendors: Sequence[str], *, clock: SimClock, truth: Truth, seed: int, broker: str | None
+    vendors: Sequence[str], *, clock: Clock, truth: Truth, seed: int, broker: str | None
 ) -> list[VendorPublisher]:
     """One publisher per entry of ``vendors`` (``gen1`` / ``tasmota``)."""
     out: list[VendorPublisher] = []
