@@ -565,3 +565,33 @@ async def wait_for(cond: Any, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not cond():
             await asyncio.sleep(0.01)
+
+
+async def test_clock_skew_shifts_reported_times_not_truth() -> None:
+    clock = ManualClock(T0)
+    truth = Truth()
+    frames: list[dict[str, Any]] = []
+    async with make("pm1", clock=clock, truth=truth) as dev:
+        dev.add_sink(lambda m, p: frames.append(p))
+        dev.fault_clock_skew(-300)
+        clock.advance(120)
+        dev.tick()
+        assert (await call(dev, "Sys.GetStatus"))["unixtime"] == int(T0 + 120 - 300)
+        st = dev.component_status("pm1:0")
+        assert st is not None and st["aenergy"]["minute_ts"] == int(T0 + 120 - 300)
+        assert frames[-1]["ts"] == pytest.approx(T0 + 120 - 300)
+    assert min(int(s) for s in truth.as_dict()[dev.id]["pm1:0"]) == T0  # truth keeps true time
+
+
+async def test_update_can_reset_counters() -> None:
+    clock = ManualClock(T0 - 6 * 3600)  # 11:00 UTC: the PV channel feeds in
+    async with make("em", clock=clock) as dev:
+        dev.boot_time_s = 0.0
+        dev.reset_counters_on_update = True
+        clock.advance(3600)
+        dev.tick()
+        assert dev.component_status("em1data:1")["total_act_ret_energy"] > 0  # type: ignore[index]
+        await call(dev, "Shelly.Update", {"stage": "beta"})
+        await wait_for(lambda: dev.ver == "1.6.0-beta2" and dev.online)
+        assert dev.component_status("em1data:1")["total_act_ret_energy"] == 0  # type: ignore[index]
+        assert await call(dev, "Shelly.CheckForUpdate") == {}
