@@ -243,6 +243,11 @@ class RedisStore:
             month = _month_start(s.slot)
             h = (s.slot - month) // 3600
             _add_fields(op, f"{ch}:h:{month}", str(h), s.import_mwh, s.export_mwh, s.estimated)
+            year = _year_start(s.slot)
+            day_n = (day - year) // _DAY
+            _add_fields(op, f"{ch}:d:{year}", str(day_n), s.import_mwh, s.export_mwh, False)
+            if s.estimated:
+                op("zadd", f"{ch}:est", {str(s.slot): s.slot})
             if "/" not in s.channel and s.channel != HOURLY:
                 acc = seed.setdefault((s.device, s.slot - s.slot % 3600), [0, 0])
                 acc[0] += s.import_mwh
@@ -348,9 +353,7 @@ class RedisStore:
             await self._exec_group(client, ops.items)
 
     @staticmethod
-    async def _exec_group(
-        client: Any, items: Iterable[tuple[str, str, tuple[Any, ...]]]
-    ) -> None:
+    async def _exec_group(client: Any, items: Iterable[tuple[str, str, tuple[Any, ...]]]) -> None:
         pipe = client.pipeline(transaction=True)
         for method, key, args in items:
             kwargs: dict[str, Any] = {}
@@ -417,6 +420,41 @@ class RedisStore:
     async def energy(self, query: EnergyQuery) -> list[EnergyRow]:
         p = plan(query.by, query.tz, query.start, query.end)
         pairs = [pc for pc in await self._pairs("channels") if selected(query, *pc)]
+        seed_cmds = await self._seed_reads(query, p)
+        seed_devices = {device for _, (device, _) in seed_cmds}
+        if p.by in ("day", "month"):
+            cells = await self._rollup_cells(p, pairs)
+            # raw data only where the hourly rules need hours: devices with an hourly channel
+            per_device: dict[str, set[str]] = {}
+            for device, channel in pairs:
+                per_device.setdefault(device, set()).add(channel)
+            needy = {
+                d
+                for d, chans in per_device.items()
+                if (HOURLY in chans or d in seed_devices)
+                and (query.group != "channel" or d in seed_devices)
+            }
+            scan_pairs = [pc for pc in pairs if pc[0] in needy]
+        else:
+            cells, scan_pairs = {}, pairs
+        raw, seed_got = await self._scan_raw(p, scan_pairs, [c for c, _ in seed_cmds])
+        step = 3600 if p.whole_hours else SLOT_SECONDS
+        seed_raw = _seed_rows(raw, seed_cmds, seed_got, step, p)
+        if p.by not in ("day", "month"):
+            for device, channel, ts, imp, exp, est in raw:
+                add(cells, device, channel, p.key(ts), imp, exp, est)
+        for device, channel, ts, imp, exp, est in seed_raw:
+            add(cells, device, channel, p.key(ts), imp, exp, est)
+        shadow = _shadow(p, raw + seed_raw, cells) if query.group != "channel" else {}
+        return rows(p, query, cells, shadow)
+
+    async def _scan_raw(
+        self,
+        p: Plan,
+        pairs: Sequence[tuple[str, str]],
+        extra: Sequence[tuple[str, str, tuple[Any, ...]]],
+    ) -> tuple[list[tuple[str, str, int, int, int, bool]], list[Any]]:
+        """Every slot (or hour) of ``pairs`` in the range, plus the results of ``extra`` reads."""
         step = 3600 if p.whole_hours else SLOT_SECONDS
         cmds: list[tuple[str, str, tuple[Any, ...]]] = []
         bases: list[tuple[str, str, int]] = []
@@ -425,20 +463,62 @@ class RedisStore:
             for base in _bases(p, step):
                 cmds.append(("hgetall", f"{ch}:{'h' if step == 3600 else 's'}:{base}", ()))
                 bases.append((device, channel, base))
-        seed_cmds = await self._seed_reads(query, p)
-        got = await self._call(
-            "energy query failed", self._pipeline_read(cmds + [c for c, _ in seed_cmds])
-        )
+        got = await self._call("energy query failed", self._pipeline_read([*cmds, *extra]))
         raw: list[tuple[str, str, int, int, int, bool]] = []
         for (device, channel, base), fields in zip(bases, got, strict=False):
             if fields:
                 raw += _parse(device, channel, base, step, fields, p)
-        raw += _seed_rows(raw, seed_cmds, got[len(cmds) :], step, p)
-        cells: Cells = {}
-        for device, channel, ts, imp, exp, est in raw:
-            add(cells, device, channel, p.key(ts), imp, exp, est)
-        shadow = _shadow(p, raw, cells) if query.group != "channel" else {}
-        return rows(p, query, cells, shadow)
+        return raw, got[len(cmds) :]
+
+    async def _rollup_cells(self, p: Plan, pairs: Sequence[tuple[str, str]]) -> Cells:
+        """Day and month buckets from signed day, hour and slot rollups (``periods.decompose``):
+        one HMGET per channel and rollup hash, of exactly the fields needed."""
+        # which (hash suffix, field) each bucket needs: the same for every channel
+        wanted: dict[str, list[tuple[str, int, int]]] = {}
+        for key, level, lo, hi, sign in p.terms():
+            for t in range(lo, hi, level):
+                if level == _DAY:
+                    base, kind = _year_start(t), "d"
+                elif level == 3600:
+                    base, kind = _month_start(t), "h"
+                else:
+                    base, kind = t - t % _DAY, "s"
+                wanted.setdefault(f"{kind}:{base}", []).append(
+                    (str((t - base) // level), key, sign)
+                )
+        cmds: list[tuple[str, str, tuple[Any, ...]]] = []
+        for device, channel in pairs:
+            ch = self._chan(device, channel)
+            for suffix, items in wanted.items():
+                fields = [f for name, _, _ in items for f in (name, name + "e", name + "c")]
+                cmds.append(("hmget", f"{ch}:{suffix}", tuple(fields)))
+            cmds.append(("zrangebyscore", f"{ch}:est", (p.start, p.end - 1)))
+        got = await self._call("energy query failed", self._pipeline_read(cmds))
+        sums: dict[tuple[str, str, int], list[int]] = {}
+        estimated: list[tuple[str, str, list[bytes]]] = []
+        i = 0
+        for device, channel in pairs:
+            for items in wanted.values():
+                values = got[i]
+                i += 1
+                for j, (_, key, sign) in enumerate(items):
+                    count = values[3 * j + 2]
+                    if count is None:
+                        continue
+                    imp, exp = values[3 * j], values[3 * j + 1]
+                    acc = sums.setdefault((device, channel, key), [0, 0, 0])
+                    acc[0] += sign * int(imp or 0)
+                    acc[1] += sign * int(exp or 0)
+                    acc[2] += sign * int(count)
+            estimated.append((device, channel, got[i]))
+            i += 1
+        cells: Cells = {k: [v[0], v[1], 0] for k, v in sums.items() if v[2] > 0}
+        for device, channel, slots in estimated:
+            for raw in slots:
+                cell = cells.get((device, channel, p.key(int(raw))))
+                if cell is not None:
+                    cell[2] = 1
+        return cells
 
     async def _seed_reads(
         self, query: EnergyQuery, p: Plan
@@ -545,6 +625,11 @@ def _add_fields(op: _Ops, key: str, n: str, imp: int, exp: int, est: bool) -> No
         op("hincrby", key, n + "e", exp)
     if est:
         op("hset", key, n + "x", 1)
+    op("hincrby", key, n + "c", 1)  # deltas that landed here: > 0 means "has data"
+
+
+def _year_start(ts: int) -> int:
+    return int(datetime(datetime.fromtimestamp(ts, UTC).year, 1, 1, tzinfo=UTC).timestamp())
 
 
 def _month_start(ts: int) -> int:
@@ -570,6 +655,8 @@ def _parse(
     values: dict[int, list[int]] = {}
     for name, value in fields.items():
         tail = name[-1:]
+        if tail == b"c":
+            continue
         if tail in (b"e", b"x"):
             n = int(name[:-1])
             cell = values.setdefault(n, [0, 0, 0])
