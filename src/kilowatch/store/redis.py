@@ -201,6 +201,8 @@ class RedisStore:
                 members[dev.decode() + _SEP + key] = int(m.group(2))
             if members:
                 await client.zadd(self._k("seed"), members)
+                ids = {m.split(_SEP, 1)[0] for m in members}
+                await client.sadd(self._k("seed-ids"), *sorted(ids))
             return int(await client.zcard(self._k("seed")))
         except (redis_errors.RedisError, OSError) as err:
             raise _error("cannot index the seed's hourly hashes", err) from err
@@ -546,10 +548,10 @@ class RedisStore:
         return [d for d in found if d is not None]
 
     async def _seed_ids(self) -> set[str]:
-        members = await self._call(
-            "cannot read the seed index", self.client.zrange(self._k("seed"), 0, -1)
+        ids = await self._call(
+            "cannot read the seed index", self.client.smembers(self._k("seed-ids"))
         )
-        return {m.decode().partition(_SEP)[0] for m in members}
+        return {i.decode() for i in ids}
 
     async def device(self, device: str) -> DeviceRecord | None:
         return await self._device(device, device in await self._seed_ids())
