@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from enum import Enum
+from time import monotonic
 from typing import TYPE_CHECKING
 
 from kilowatch.broker.packets import (
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kilowatch.broker")
 
+_PUBACK = PacketType.PUBACK << 4
+_PUBACK_HEADER = bytes((_PUBACK, 2))
 # Transport write-buffer size above which a subscriber counts as slow and its messages queue
 # instead.
 WRITE_HIGH_WATER = 1024 * 1024
@@ -70,7 +73,7 @@ class Connection(asyncio.Protocol):
         self.client_id = ""
         self.peer = "?"
         self.paused = False
-        now = broker.loop.time()
+        now = monotonic()
         self.opened_at = now
         self.last_seen = now
         self._out: list[bytes] = []
@@ -90,7 +93,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.state is State.CLOSED:
             return
-        self.last_seen = self.broker.loop.time()
+        self.last_seen = monotonic()
         try:
             frames = self.reader.feed(data)
         except ProtocolError as err:
@@ -184,20 +187,22 @@ class Connection(asyncio.Protocol):
                 return
 
     def _handle(self, first: int, body: bytes) -> None:
-        if first >> 4 == PacketType.PUBLISH and self.session is not None:
-            self._on_publish(self.session, first, body)  # the hot path: skip the generic checks
-            return
+        session = self.session
+        if session is not None:  # the hot paths first, without the generic checks
+            if first >> 4 == PacketType.PUBLISH:
+                self._on_publish(session, first, body)
+                return
+            if first == _PUBACK and len(body) == 2:
+                session.acknowledged(int.from_bytes(body, "big"))
+                return
         kind = check_flags(first)
         if self.state is State.NEW:
             if kind != PacketType.CONNECT:
                 raise ProtocolError("malformed", "first packet is not CONNECT")  # §3.1.0-1
             self._begin_connect(parse_connect(body))
             return
-        session = self.session
         assert session is not None
-        if kind == PacketType.PUBLISH:
-            self._on_publish(session, first, body)
-        elif kind == PacketType.PUBACK:
+        if kind == PacketType.PUBACK:
             session.acknowledged(parse_packet_id(body))
         elif kind == PacketType.PUBREL:
             packet_id = parse_packet_id(body)
@@ -236,7 +241,9 @@ class Connection(asyncio.Protocol):
             return
         self.broker.publish(packet.topic, packet.payload, qos, packet.retain)
         if qos:
-            self.write(encode_ack(PacketType.PUBACK, packet.packet_id))
+            # The PUBACK carries the PUBLISH's own packet id bytes (§3.4).
+            start = 2 + (body[0] << 8 | body[1])
+            self.write(_PUBACK_HEADER + body[start : start + 2])
 
     def _on_subscribe(self, session: Session, body: bytes) -> None:
         packet_id, requests = parse_subscribe(body)
@@ -285,7 +292,7 @@ class Connection(asyncio.Protocol):
             self.keepalive = packet.keepalive
             self.will = packet.will
             self.state = State.CONNECTED
-            self.last_seen = self.broker.loop.time()
+            self.last_seen = monotonic()
             self.broker.attach(self, clean=packet.clean_session)
             assert self.transport is not None
             self.transport.resume_reading()

@@ -124,39 +124,38 @@ class FrameReader:
     """Splits a byte stream into ``(first byte, body)`` frames.
 
     The remaining length is checked against ``max_packet_size`` as soon as its bytes arrive, so an
-    oversized packet is refused before its body is buffered.
+    oversized packet is refused before its body is buffered. Received chunks are parsed in place;
+    only an incomplete tail is buffered, and it is not parsed again until the bytes it waits for
+    have arrived (a large packet trickling in costs linear, not quadratic, time).
     """
 
-    __slots__ = ("_buf", "max_packet_size")
+    __slots__ = ("_buf", "_need", "max_packet_size")
 
     def __init__(self, max_packet_size: int) -> None:
         self._buf = bytearray()
+        self._need = 0  # bytes the buffered tail needs before it is worth parsing again
         self.max_packet_size = max_packet_size
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """Add received bytes; return every frame now complete, in order."""
         buf = self._buf
-        buf += data
+        if buf:
+            buf += data
+            if len(buf) < self._need:
+                return []
+            data = bytes(buf)
+            buf.clear()
         frames: list[tuple[int, bytes]] = []
         pos = 0
-        end = len(buf)
+        end = len(data)
+        need = 0
         while end - pos >= 2:
-            length = 0
-            multiplier = 1
-            i = pos + 1
-            complete = False
-            while i < end:
-                byte = buf[i]
-                i += 1
-                length += (byte & 0x7F) * multiplier
-                if not byte & 0x80:
-                    complete = True
-                    break
-                multiplier <<= 7
-                if multiplier > 128**3:
-                    raise ProtocolError("malformed", "remaining length is longer than four bytes")
-            if not complete:
-                break  # the remaining-length field has not fully arrived yet
+            length = data[pos + 1]
+            i = pos + 2
+            if length & 0x80:  # a multi-byte remaining length (§2.2.3)
+                length, i = self._long_length(data, pos)
+                if i < 0:
+                    break  # the remaining-length field has not fully arrived yet
             total = i - pos + length
             if total > self.max_packet_size:
                 raise PacketTooLargeError(
@@ -164,12 +163,33 @@ class FrameReader:
                     f"packet of {total} bytes exceeds max_packet_size {self.max_packet_size}",
                 )
             if end - i < length:
+                need = total
                 break
-            frames.append((buf[pos], bytes(buf[i : i + length])))
+            frames.append((data[pos], data[i : i + length]))
             pos = i + length
-        if pos:
-            del buf[:pos]
+        if pos < end:
+            buf += memoryview(data)[pos:]
+            self._need = need
         return frames
+
+    @staticmethod
+    def _long_length(data: bytes, pos: int) -> tuple[int, int]:
+        """Decode a remaining length starting at ``pos + 1``: ``(length, body start)``, or
+        ``(0, -1)`` if the field is incomplete."""
+        length = 0
+        multiplier = 1
+        i = pos + 1
+        end = len(data)
+        while i < end:
+            byte = data[i]
+            i += 1
+            length += (byte & 0x7F) * multiplier
+            if not byte & 0x80:
+                return length, i
+            multiplier <<= 7
+            if multiplier > 128**3:
+                raise ProtocolError("malformed", "remaining length is longer than four bytes")
+        return 0, -1
 
 
 def check_flags(first: int) -> int:

@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import secrets
 import ssl
+import time
 from collections.abc import Coroutine, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -235,7 +236,7 @@ class EmbeddedBroker:
         """Close clients silent for 1.5× their keepalive, or that never sent CONNECT."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_S)
-            now = self.loop.time()
+            now = time.monotonic()
             for conn in list(self.connections):
                 try:
                     self._check_deadlines(conn, now)
@@ -278,7 +279,8 @@ class EmbeddedBroker:
         """Write ``conn``'s pending output at the end of this loop iteration, with the others'."""
         self._dirty.append(conn)
         if self._flush_handle is None:
-            self._flush_handle = self.loop.call_soon(self._flush)
+            assert self._loop is not None
+            self._flush_handle = self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_handle = None
