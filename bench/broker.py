@@ -5,7 +5,9 @@ subscriber (QoS 1 subscription) through (a) kilowatch's embedded broker and (b) 
 (kilowatch.testing.MosquittoServer). Broker, publisher and subscriber are three processes, so
 publisher and subscriber do not share a GIL and neither shares one with the embedded broker. The
 rate is messages received by the subscriber per second, from starting the publisher to the last
-message. The last line printed is one JSON object with every figure.
+message. A second figure per broker is its own ingest rate: a raw-socket publisher sends the same
+N QoS 1 messages back to back, timed to the last PUBACK, with no paho client setting the pace.
+The last line printed is one JSON object with every figure.
 
     PYTHONPATH=src python bench/broker.py --messages 20000
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -21,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
+from kilowatch.broker.packets import FrameReader, encode_connect, encode_publish  # noqa: E402
 from kilowatch.testing import MosquittoServer, free_port, wait_for_port  # noqa: E402
 
 WAIT_S = 300.0
@@ -133,18 +138,64 @@ def measure(port: int, messages: int, payload_size: int, broker_pid: int) -> dic
     }
 
 
-def run_embedded_process(messages: int, payload_size: int) -> dict[str, Any]:
-    """Measure the embedded broker, running in a child process as mosquitto does."""
+def raw_ingest(port: int, messages: int, payload_size: int) -> float:
+    """Messages/s a broker accepts from a raw-socket QoS 1 publisher (no subscriber): the broker's
+    own ingest rate, with no paho client setting the pace. Time runs to the last PUBACK."""
+    payload = _payload(payload_size)
+    packets = b"".join(
+        encode_publish("bench/raw", payload, qos=1, packet_id=i % 65535 + 1)
+        for i in range(messages)
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT_S) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(encode_connect(f"bench-raw-{port}"))
+        reader = FrameReader(1 << 20)
+        if not reader.feed(sock.recv(4)):  # CONNACK is 4 bytes; loopback delivers it whole
+            raise SystemExit("no CONNACK from the broker")
+        start = time.perf_counter()
+        # send in a thread so neither side's socket buffer can deadlock the other
+        sender = threading.Thread(target=sock.sendall, args=(packets,))
+        sender.start()
+        acked = 0
+        while acked < messages:
+            data = sock.recv(1 << 16)
+            if not data:
+                raise SystemExit("the broker closed the raw publisher's connection")
+            acked += len(reader.feed(data))
+        elapsed = time.perf_counter() - start
+        sender.join()
+    return round(messages / elapsed, 1)
+
+
+@contextlib.contextmanager
+def embedded_broker() -> Iterator[tuple[int, int]]:
+    """The embedded broker in a child process, as mosquitto runs: ``(port, pid)``."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    argv = [sys.executable, __file__, "--serve-embedded", str(port)]
-    proc = subprocess.Popen(argv, env=env)
+    proc = subprocess.Popen([sys.executable, __file__, "--serve-embedded", str(port)], env=env)
     try:
         wait_for_port("127.0.0.1", port, proc=proc)
-        return measure(port, messages, payload_size, proc.pid)
+        yield port, proc.pid
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@contextlib.contextmanager
+def mosquitto_broker() -> Iterator[tuple[int, int]]:
+    """A mosquitto on a free port, configured by kilowatch.testing: ``(port, pid)``."""
+    with MosquittoServer() as server:
+        assert server.proc is not None
+        yield server.port, server.proc.pid
+
+
+def run(name: str, broker: Any, messages: int, payload_size: int) -> dict[str, Any]:
+    """Both measurements against one broker."""
+    with broker() as (port, pid):
+        figures = measure(port, messages, payload_size, pid)
+        figures["raw_ingest_msg_per_s"] = raw_ingest(port, messages, payload_size)
+    print(f"{name:<16} {figures['msg_per_s']:>9.0f} msg/s  {figures}")
+    return figures
 
 
 def serve_embedded(port: int) -> None:
@@ -177,12 +228,8 @@ def main() -> None:
     if args.publish:
         publish(*args.publish)
         return
-    embedded = run_embedded_process(args.messages, args.payload_size)
-    print(f"embedded broker: {embedded['msg_per_s']:>9.0f} msg/s  ({embedded})")
-    with MosquittoServer() as server:
-        assert server.proc is not None
-        mosquitto = measure(server.port, args.messages, args.payload_size, server.proc.pid)
-    print(f"mosquitto:       {mosquitto['msg_per_s']:>9.0f} msg/s  ({mosquitto})")
+    embedded = run("embedded broker:", embedded_broker, args.messages, args.payload_size)
+    mosquitto = run("mosquitto:", mosquitto_broker, args.messages, args.payload_size)
     ratio = embedded["msg_per_s"] / mosquitto["msg_per_s"] if mosquitto["msg_per_s"] else 0.0
     print(f"ratio embedded/mosquitto: {ratio:.2f}")
     print(
@@ -197,6 +244,8 @@ def main() -> None:
                 "mosquitto_msg_per_s": mosquitto["msg_per_s"],
                 "mosquitto_lost": mosquitto["lost"],
                 "mosquitto_cpu_us_per_msg": mosquitto["broker_cpu_us_per_msg"],
+                "embedded_raw_ingest_msg_per_s": embedded["raw_ingest_msg_per_s"],
+                "mosquitto_raw_ingest_msg_per_s": mosquitto["raw_ingest_msg_per_s"],
                 "ratio": round(ratio, 3),
             }
         )
