@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -147,3 +148,21 @@ def _poll_json(url: str, proc: subprocess.Popen[str], timeout: float = 20.0) -> 
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+async def test_speed_change_keeps_time_continuous() -> None:
+    import time as _time
+
+    past = _time.time() - 3600
+    async with Fleet(devices=1, start=past, speed=3600, http=False, engine=None) as fleet:
+        await fleet.wait_until(_time.time())  # back-fill an hour in about a second
+        caught_up = fleet.clock.now()
+        fleet.clock.set_speed(1.0)
+        assert fleet.clock.now() == pytest.approx(caught_up, abs=1.0)
+        # a loaded machine may oversleep a little: 0.2 s real is 720 s simulated here
+        assert fleet.clock.now() == pytest.approx(_time.time(), abs=720)
+        t = fleet.clock.now()
+        await asyncio.sleep(0.2)
+        assert 0.1 < fleet.clock.now() - t < 2.0  # now one simulated second per second
+        uptime = (await fleet.devices[0].call("Sys.GetStatus", None))["uptime"]
+        assert uptime >= 3600 - 720

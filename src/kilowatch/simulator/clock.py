@@ -45,6 +45,18 @@ class SimClock:
         """Simulated unix time."""
         return self._start + (time.monotonic() - self._t0) * self._speed
 
+    def set_speed(self, speed: float) -> None:
+        """Change the speed from now on; simulated time stays continuous.
+
+        ``kilowatch demo`` back-fills days at 3600x and then runs at 1x once it reaches real time.
+        Timers already scheduled keep the real delay computed at the old speed.
+        """
+        if speed <= 0:
+            raise ValueError(f"speed must be positive, got {speed}")
+        self._start = self.now()
+        self._t0 = time.monotonic()
+        self._speed = speed
+
     def real_delay(self, sim_seconds: float) -> float:
         """Real seconds until ``sim_seconds`` of simulated time have passed."""
         return max(0.0, sim_seconds / self._speed)

@@ -34,6 +34,7 @@ from kilowatch.simulator.kvs import Kvs
 from kilowatch.simulator.meter import MeterChannel, Truth
 from kilowatch.simulator.models import NEXT_FIRMWARE, ModelSpec
 from kilowatch.simulator.profiles import LoadKind, LoadProfile
+from kilowatch.simulator.scripthost import DeviceScriptHost
 from kilowatch.simulator.scripts import ScriptManager
 from kilowatch.simulator.tls import TlsStore
 
@@ -110,8 +111,6 @@ class Device:
         self._channel_defaults = {k: copy.deepcopy(c.config) for k, c in self.channels.items()}
         self.active_mqtt: dict[str, Any] = copy.deepcopy(self.config["mqtt"])
         self._methods = self._build_methods()
-        from kilowatch.simulator.scripthost import DeviceScriptHost
-
         self.script_host = DeviceScriptHost(self)
 
     # ------------------------------------------------------------------ construction
@@ -364,7 +363,9 @@ class Device:
                 break
             self._emit_energy(step + self.skew)
         if rolled:
-            self._emit_energy(None)
+            # stamped with the time the counters were integrated to, not a later clock read: at a
+            # high speed factor "now" may already be past the next slot boundary
+            self._emit_energy(target + self.skew)
         self._emit_power()
 
     def _emit_energy(self, ts: float | None) -> None:
@@ -478,10 +479,14 @@ class Device:
             "cloud": lambda: {"connected": False},
             "mqtt": lambda: {"connected": self.script_host.mqtt_connected()},
             "sys": self.sys_status,
-            "wifi": lambda: {"sta_ip": "127.0.0.1", "status": "got ip", "ssid": "kilowatch-sim",
-                             "rssi": -55},
+            "wifi": lambda: {
+                "sta_ip": "127.0.0.1",
+                "status": "got ip",
+                "ssid": "kilowatch-sim",
+                "rssi": -55,
+            },
             "ws": lambda: {"connected": False},
-        }  # fmt: skip
+        }
         fn = simple.get(key)
         return fn() if fn else None
 
@@ -517,12 +522,7 @@ class Device:
         self._cfg_rev += 1
         if restart:
             self.restart_required = True
-        cid = _key_id(key) if ":" in key else None
-        fields: dict[str, Any] = {"restart_required": restart, "cfg_rev": self._cfg_rev}
-        if cid is None:
-            self.emit_event(key, "config_changed", **fields)
-        else:
-            self.emit_event(key, "config_changed", **fields)
+        self.emit_event(key, "config_changed", restart_required=restart, cfg_rev=self._cfg_rev)
 
     # ------------------------------------------------------------------ RPC
 
@@ -577,8 +577,14 @@ class Device:
             if isinstance(sample, Switch):
                 table["Switch.Set"] = self._switch_set
                 table["Switch.Toggle"] = self._switch_toggle
-        for api, key in (("Sys", "sys"), ("Mqtt", "mqtt"), ("Wifi", "wifi"), ("Cloud", "cloud"),
-                         ("WS", "ws"), ("BLE", "ble")):  # fmt: skip
+        for api, key in (
+            ("Sys", "sys"),
+            ("Mqtt", "mqtt"),
+            ("Wifi", "wifi"),
+            ("Cloud", "cloud"),
+            ("WS", "ws"),
+            ("BLE", "ble"),
+        ):
             table[f"{api}.GetStatus"] = self._sys_comp(key, "status")
             table[f"{api}.GetConfig"] = self._sys_comp(key, "config")
             table[f"{api}.SetConfig"] = self._sys_comp(key, "set_config")
@@ -715,8 +721,12 @@ class Device:
             if "config" in include:
                 item["config"] = self.component_config(k)
             items.append(item)
-        return {"components": items, "cfg_rev": self._cfg_rev, "offset": offset,
-                "total": len(selected)}  # fmt: skip
+        return {
+            "components": items,
+            "cfg_rev": self._cfg_rev,
+            "offset": offset,
+            "total": len(selected),
+        }
 
     def _rpc_reboot(self, params: r.Params) -> None:
         delay = max(REBOOT_MIN_MS, r.get_int(params, "delay_ms", REBOOT_DEFAULT_MS))

@@ -186,8 +186,11 @@ class DeviceMqtt:
                 self.device.log("shelly_mqtt.c:608", f"MQTT connected to {self.cfg['server']}")
                 self.device.script_host.mqtt_connection_changed(True)
                 if self.cfg.get("rpc_ntf", True):
-                    self._publish_frame("NotifyFullStatus", {"ts": round(self.device.now(), 2),
-                                                             **self.device.status()})  # fmt: skip
+                    self.device.tick()  # counters integrated up to the ts the status carries
+                    self._publish_frame(
+                        "NotifyFullStatus",
+                        {"ts": round(self.device.now(), 2), **self.device.status()},
+                    )
             except (TimeoutError, ConnectionError, OSError):
                 conn.abort()
             await reader
@@ -212,8 +215,12 @@ class DeviceMqtt:
         return True
 
     def _publish_frame(self, method: str, params: dict[str, Any]) -> None:
-        frame = {"src": self.device.id, "dst": f"{self.prefix}/events", "method": method,
-                 "params": params}  # fmt: skip
+        frame = {
+            "src": self.device.id,
+            "dst": f"{self.prefix}/events",
+            "method": method,
+            "params": params,
+        }
         self._publish(f"{self.prefix}/events/rpc", orjson.dumps(frame))
 
     def _on_notification(self, method: str, params: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ one, ``Script.Start`` fails with -114 instead of pretending to run anything.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,8 +186,6 @@ class ScriptManager:
 
 
 def _js_string(value: Any) -> str:
-    import json
-
     if value is None:
         return "undefined"
     if isinstance(value, bool):
