@@ -23,6 +23,7 @@ from kilowatch.broker import EmbeddedBroker, hash_password
 from kilowatch.broker.packets import (
     PacketType,
     Will,
+    encode_connect,
     encode_length,
     encode_publish,
     encode_string,
@@ -256,6 +257,7 @@ def test_malformed_packet_closes_only_that_client(
         encode_publish("a", b"x"),  # anything before CONNECT
         b"\x10\x05\x00\x04MQT",  # CONNECT whose protocol name is cut short
         b"\x10\x0c\x00\x04MQTT\x04\x03\x00\x3c\x00\x00",  # reserved CONNECT flag
+        encode_connect("w", will=Will("a/#", b"x", 0, False)),  # wildcard in the will topic
     ],
 )
 def test_malformed_first_packet(

@@ -266,6 +266,8 @@ class Connection(asyncio.Protocol):
 
     def _begin_connect(self, packet: Connect) -> None:
         self.client_id = packet.client_id
+        if packet.will is not None:
+            check_topic_name(packet.will.topic)  # §3.1.3.2: a will topic is a topic name
         if PROTOCOLS.get(packet.protocol_name) != packet.protocol_level:
             self._refuse(ConnectReturnCode.UNACCEPTABLE_PROTOCOL_VERSION)
             return
