@@ -595,3 +595,48 @@ async def test_update_can_reset_counters() -> None:
         await wait_for(lambda: dev.ver == "1.6.0-beta2" and dev.online)
         assert dev.component_status("em1data:1")["total_act_ret_energy"] == 0  # type: ignore[index]
         assert await call(dev, "Shelly.CheckForUpdate") == {}
+
+
+async def test_more_documented_shapes() -> None:
+    clock = ManualClock(T0)
+    async with make("3em", clock=clock) as dev:
+        dev.boot_time_s = 0.0
+        sys_cfg = await call(dev, "Sys.GetConfig")
+        assert set(sys_cfg) == {
+            "device",
+            "location",
+            "debug",
+            "ui_data",
+            "rpc_udp",
+            "sntp",
+            "cfg_rev",
+        }
+        assert {"name", "mac", "fw_id", "discoverable", "eco_mode", "profile"} <= set(
+            sys_cfg["device"]
+        )
+        assert set(sys_cfg["debug"]) >= {"level", "file_level", "mqtt", "websocket", "udp"}
+        assert sys_cfg["debug"]["udp"] == {"addr": None}
+        events: list[dict[str, Any]] = []
+        dev.add_sink(lambda m, p: events.append(p) if m == "NotifyEvent" else None)
+        await call(dev, "EM.SetConfig", {"id": 0, "config": {"name": "mains"}})
+        item = events[-1]["events"][0]
+        assert item == {
+            "component": "em:0",
+            "id": 0,
+            "event": "config_changed",
+            "ts": item["ts"],
+            "restart_required": False,
+            "cfg_rev": sys_cfg["cfg_rev"] + 1,
+        }
+        await call(dev, "Shelly.Update", {"stage": "stable"})
+        await wait_for(lambda: dev.ver == "1.5.1" and dev.online)
+        recorded = fixture("shelly/pm_mini_g3/NotifyEvent_ota_progress.json")["params"]
+        mine = next(p for p in events if p["events"][0]["event"] == "ota_progress")
+        assert shape(mine) == shape(recorded)
+        await call(dev, "Script.Create", {})
+        assert await call(dev, "Script.GetStatus", {"id": 1}) == {
+            "id": 1,
+            "running": False,
+            "mem_free": 25200,
+            "cpu": 0,
+        }

@@ -54,7 +54,7 @@ class ScriptSlot:
             out: dict[str, Any] = {"id": self.id, **st}
             out.setdefault("running", self.runtime.running)
             return out
-        out = {"id": self.id, "running": False, "mem_free": SCRIPT_HEAP}
+        out = {"id": self.id, "running": False, "mem_free": SCRIPT_HEAP, "cpu": 0}
         if self.errors:
             out["errors"] = list(self.errors)
         return out
