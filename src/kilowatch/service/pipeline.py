@@ -42,8 +42,12 @@ from kilowatch.store.base import Batch, ChannelKey, DeadLetter, DeviceUpdate, St
 
 log = logging.getLogger("kilowatch.ingest")
 
-MAX_BATCH = 2000
-"""Messages per committed batch at most: bounds the time one batch holds the event loop (~20 ms)."""
+MAX_BATCH = 5000
+"""Messages per committed batch at most (larger batches amortise per-channel store writes)."""
+DEVICE_WRITE_INTERVAL_S = 30.0
+"""A device's ``last_seen`` is written at most this often (other device changes at once)."""
+LATEST_WRITE_INTERVAL_S = 1.0
+"""A channel's latest reading is written at most this often (live views get every reading)."""
 DEAD_LETTER_LOG_INTERVAL_S = 10.0
 COMMIT_RETRY_MIN_S = 0.2
 COMMIT_RETRY_MAX_S = 10.0
@@ -129,6 +133,7 @@ class Pipeline:
         store: Store,
         hub: LiveHub | None = None,
         state: DecoderState | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
         self.ledger = ledger
@@ -136,18 +141,34 @@ class Pipeline:
         self.hub = hub
         self.state = state or DecoderState()
         self.stats = IngestStats()
+        self.clock = clock
         self._dead_log = _RateLimitedLog(DEAD_LETTER_LOG_INTERVAL_S)
+        self._sources: dict[str, str | None] = {}
+        self._devices_pending: dict[str, dict[str, Any]] = {}
+        self._devices_written: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._latest_pending: dict[ChannelKey, Reading] = {}
+        self._latest_written: dict[ChannelKey, float] = {}
 
     # -- stage 1: decode + account ---------------------------------------------------------------
 
-    def build(self, deliveries: Sequence[Delivery]) -> tuple[Batch, list[Reading]]:
-        """Decode ``deliveries`` and account their energy; the batch to commit and its readings."""
+    def build(
+        self, deliveries: Sequence[Delivery], *, final: bool = False
+    ) -> tuple[Batch, list[Reading]]:
+        """Decode ``deliveries`` and account their energy; the batch to commit and its readings.
+
+        Energy, ledger states, events, logs and dead letters are always in the batch. Device
+        ``last_seen`` and latest readings are written at most every :data:`DEVICE_WRITE_INTERVAL_S`
+        / :data:`LATEST_WRITE_INTERVAL_S` (any other device change at once): a fleet reporting
+        every second must not rewrite every device row in every batch. ``final`` writes
+        everything still pending (shutdown).
+        """
         decode = self.registry.decode
-        decoder_for = self.registry.decoder_for
         state = self.state
+        sources = self._sources
+        devices = self._devices_pending
+        latest = self._latest_pending
+        fresh: dict[ChannelKey, Reading] = {}
         slots: list[SlotEnergy] = []
-        devices: dict[str, dict[str, Any]] = {}
-        latest: dict[ChannelKey, Reading] = {}
         events: list[Event] = []
         logs: list[LogLine] = []
         dead: list[DeadLetter] = []
@@ -162,29 +183,61 @@ class Pipeline:
                 continue
             if not messages:
                 continue
-            decoder = decoder_for(topic)
-            source = decoder.name if decoder is not None else None
+            try:
+                source = sources[topic]
+            except KeyError:
+                decoder = self.registry.decoder_for(topic)
+                source = sources[topic] = decoder.name if decoder is not None else None
             for m in messages:
                 try:
-                    self._account(m, received_at, source, slots, devices, latest, events, logs)
+                    self._account(m, received_at, source, slots, devices, fresh, events, logs)
                 except Exception as err:  # the ledger refusing one value must not stop the others
                     log.exception("ledger failed on %r", m)
                     dead.append(DeadLetter(received_at, topic, payload, LEDGER_ERROR, repr(err)))
         for letter in dead:
             self.stats.dead_letters[letter.reason] += 1
             self._dead_log.dead_letter(letter)
+        latest.update(fresh)
+        now = self.clock()
         batch = Batch(
             slots=merge_slot_energy(slots),
             ledger_states=self.ledger.take_dirty_states(),
-            devices=[DeviceUpdate(device=d, **fields) for d, fields in devices.items()],
-            latest=list(latest.values()),
+            devices=self._due_devices(now, final),
+            latest=self._due_latest(now, final),
             events=events,
             logs=logs,
             dead_letters=dead,
         )
         self.stats.received += len(deliveries)
-        self.stats.readings += len(latest)
-        return batch, list(latest.values())
+        self.stats.readings += len(fresh)
+        return batch, list(fresh.values())
+
+    def _due_devices(self, now: float, final: bool) -> list[DeviceUpdate]:
+        out: list[DeviceUpdate] = []
+        written = self._devices_written
+        for device, fields in list(self._devices_pending.items()):
+            before = written.get(device)
+            due = final or before is None or now - before[0] >= DEVICE_WRITE_INTERVAL_S
+            if not due and before is not None:
+                old = before[1]
+                due = any(k != "last_seen" and old.get(k) != v for k, v in fields.items())
+            if due:
+                out.append(DeviceUpdate(device=device, **fields))
+                merged = dict(before[1]) if before is not None else {}
+                merged.update(fields)
+                written[device] = (now, merged)
+                del self._devices_pending[device]
+        return out
+
+    def _due_latest(self, now: float, final: bool) -> list[Reading]:
+        out: list[Reading] = []
+        written = self._latest_written
+        for key, reading in list(self._latest_pending.items()):
+            if final or now - written.get(key, -LATEST_WRITE_INTERVAL_S) >= LATEST_WRITE_INTERVAL_S:
+                out.append(reading)
+                written[key] = now
+                del self._latest_pending[key]
+        return out
 
     def _account(
         self,
@@ -202,6 +255,7 @@ class Pipeline:
             device = devices[m.device] = {"last_seen": received_at, "source": source}
         else:
             device["last_seen"] = received_at
+            device["source"] = source
         if isinstance(m, Reading):
             if m.energy_wh is not None or m.returned_energy_wh is not None:
                 slots.extend(self.ledger.add_reading(m))
@@ -256,9 +310,8 @@ class Pipeline:
                 batch, readings = self.build(deliveries)
                 await queue.put((batch, readings, deliveries))
             pending = source.take_pending()
-            if pending:
-                batch, readings = self.build(pending)
-                await queue.put((batch, readings, pending))
+            batch, readings = self.build(pending, final=True)
+            await queue.put((batch, readings, pending))
             await queue.put(None)
 
     async def _commit_stage(
