@@ -11,9 +11,13 @@ from pathlib import Path
 import typer
 
 from kilowatch.errors import ConfigError
+from kilowatch.simulator.faults import chaos_plan
 from kilowatch.simulator.fleet import Fleet
 from kilowatch.simulator.models import MODELS
 from kilowatch.simulator.vendors import VENDORS
+
+CHAOS_HORIZON_S = 30 * 86400
+"""How far ahead --chaos plans faults when the run has no --duration."""
 
 HELP = (
     "Run N simulated Shelly Gen2/Gen3 devices in this process: each answers HTTP and WebSocket RPC "
@@ -65,6 +69,8 @@ async def run_fleet(fleet: Fleet, duration: float | None, echo: bool = True) -> 
 def describe(fleet: Fleet) -> list[str]:
     """Human summary of a running fleet."""
     lines = [f"simulating {len(fleet.devices)} device(s) at {fleet.clock.speed:g}x real time"]
+    if fleet.faults:
+        lines.append(f"fault plan: {len(fleet.faults)} fault(s)")
     for dev in fleet.devices[:10]:
         where = fleet.url(dev) if fleet.http else "(no HTTP)"
         lines.append(f"  {dev.id}  {dev.spec.model}  {where}")
@@ -127,6 +133,12 @@ def register(app: typer.Typer) -> None:
         vendors: str = typer.Option(
             "", "--vendors", help=f"Also run MQTT-only plugs: comma-separated {', '.join(VENDORS)}."
         ),
+        chaos: bool = typer.Option(
+            False,
+            "--chaos",
+            help="Inject faults from the seed: a daily reboot per device, some counter resets, "
+            "30-minute outages and hours of duplicate publishes.",
+        ),
         script: str | None = typer.Option(
             None,
             "--script",
@@ -157,4 +169,9 @@ def register(app: typer.Typer) -> None:
             script=code,
             vendors=_split(vendors),
         )
+        if chaos:
+            begin = fleet.clock.now()
+            span = duration * speed if duration is not None else CHAOS_HORIZON_S
+            ids = [d.id for d in fleet.devices]
+            fleet.faults = chaos_plan(ids, start=begin, end=begin + span, seed=seed)
         asyncio.run(run_fleet(fleet, duration))

@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 from kilowatch.errors import ConfigError
 from kilowatch.simulator.clock import SimClock
 from kilowatch.simulator.device import Device
+from kilowatch.simulator.faults import Fault, run_faults
 from kilowatch.simulator.host import ScriptEngineLike
 from kilowatch.simulator.meter import Truth
 from kilowatch.simulator.models import mac_for, model_spec
@@ -92,6 +93,7 @@ class Fleet:
         vendors: Sequence[str] = (),
         clock: SimClock | None = None,
         loads: Sequence[tuple[LoadKind, ...] | None] = (),
+        faults: Sequence[Fault] = (),
     ) -> None:
         """``clock`` replaces the fleet's own ``SimClock(start, speed)`` (``kilowatch demo`` uses a
         clock that catches up with real time); ``loads[i % len(loads)]`` overrides device i's
@@ -126,6 +128,7 @@ class Fleet:
             dev.report_every_s = report_every_s
             self.devices.append(dev)
         self.mqtt: dict[str, DeviceMqtt] = {}
+        self.faults = list(faults)
         from kilowatch.simulator.vendors import make_publishers
 
         self.publishers = make_publishers(
@@ -182,6 +185,9 @@ class Fleet:
                 self._jobs.append(self._tasks.create_task(link.run()))
             for pub in self.publishers:
                 self._jobs.append(self._tasks.create_task(pub.run()))
+            if self.faults:
+                plan = run_faults(self.faults, self.devices, self.clock)
+                self._jobs.append(self._tasks.create_task(plan))
         except BaseException:
             await self._stack.aclose()
             raise
