@@ -17,8 +17,10 @@ channel. :func:`rows` then applies the "Names" rules of docs/architecture.md for
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import TypeAlias
 
+from kilowatch.ledger.slots import SlotEnergy
 from kilowatch.store.base import EnergyQuery, EnergyRow
 from kilowatch.store.periods import Plan
 
@@ -30,6 +32,41 @@ Cell: TypeAlias = list[int]
 Cells: TypeAlias = dict[tuple[str, str, int], Cell]
 Shadow: TypeAlias = dict[tuple[str, int], list[int]]
 """``(device, bucket key) -> [import mWh, export mWh]`` of ``hourly`` energy not to count."""
+
+
+Rollup: TypeAlias = dict[tuple[str, str, int], list[int]]
+"""``(device, channel, period start) -> [import mWh, export mWh, estimated (0/1), deltas]``."""
+
+
+def sum_deltas(deltas: Iterable[SlotEnergy]) -> Rollup:
+    """A batch's slot deltas summed per channel and slot (a batch often holds several per slot)."""
+    out: Rollup = {}
+    for s in deltas:
+        acc = out.get((s.device, s.channel, s.slot))
+        if acc is None:
+            out[(s.device, s.channel, s.slot)] = [s.import_mwh, s.export_mwh, int(s.estimated), 1]
+        else:
+            acc[0] += s.import_mwh
+            acc[1] += s.export_mwh
+            acc[2] |= int(s.estimated)
+            acc[3] += 1
+    return out
+
+
+def coarser(rollup: Rollup, width: int) -> Rollup:
+    """``rollup`` summed into periods of ``width`` seconds (UTC-aligned: hours, days)."""
+    out: Rollup = {}
+    for (device, channel, start), (imp, exp, est, n) in rollup.items():
+        key = (device, channel, start - start % width)
+        acc = out.get(key)
+        if acc is None:
+            out[key] = [imp, exp, est, n]
+        else:
+            acc[0] += imp
+            acc[1] += exp
+            acc[2] |= est
+            acc[3] += n
+    return out
 
 
 def parent(channel: str) -> str | None:
@@ -88,25 +125,31 @@ def rows(
         }
     else:
         grouped = _grouped(query, cells, shadow or {})
-    labels: dict[int, tuple[object, object]] = {}
+    # keys grow with time, so sorting (key, device, channel) gives the documented row order
+    order = sorted(grouped, key=lambda g: (g[2], g[0] or "", g[1] or ""))
+    labels: dict[int, tuple[datetime, datetime]] = {}
+    instants: dict[int, datetime] = {}  # a bucket's end is the next one's start: convert once
     out: list[EnergyRow] = []
-    for (device, channel, key), (imp, exp, est) in grouped.items():
+    for gkey in order:
+        device, channel, key = gkey
+        imp, exp, est = grouped[gkey]
         label = labels.get(key)
         if label is None:
-            label = labels[key] = plan.label(key)
-        start, end = label
+            lo, hi = plan.period(key)
+            start = instants.get(lo) or instants.setdefault(lo, plan.local(lo))
+            end = instants.get(hi) or instants.setdefault(hi, plan.local(hi))
+            label = labels[key] = (start, end)
         out.append(
             EnergyRow(
                 device=device,
                 channel=channel,
-                start=start,  # type: ignore[arg-type]
-                end=end,  # type: ignore[arg-type]
+                start=label[0],
+                end=label[1],
                 energy_wh=imp / 1000,
                 returned_energy_wh=exp / 1000,
                 estimated=bool(est),
             )
         )
-    out.sort(key=lambda r: (r.start.timestamp(), r.device or "", r.channel or ""))
     return out
 
 
@@ -143,10 +186,13 @@ __all__ = [
     "HOURLY",
     "Cell",
     "Cells",
+    "Rollup",
     "Shadow",
     "add",
+    "coarser",
     "parent",
     "rows",
     "selected",
     "shadow_hourly",
+    "sum_deltas",
 ]

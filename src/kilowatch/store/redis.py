@@ -50,7 +50,16 @@ from kilowatch.store.base import (
     EnergyQuery,
     EnergyRow,
 )
-from kilowatch.store.energy import HOURLY, Cells, add, rows, selected, shadow_hourly
+from kilowatch.store.energy import (
+    HOURLY,
+    Cells,
+    add,
+    coarser,
+    rows,
+    selected,
+    shadow_hourly,
+    sum_deltas,
+)
 from kilowatch.store.periods import Plan, plan
 from kilowatch.store.url import RedisTarget, parse_redis
 
@@ -237,23 +246,26 @@ class RedisStore:
     def _commit_ops(self, batch: Batch) -> _Ops:
         op = _Ops()
         seed: dict[tuple[str, int], list[int]] = {}
-        for s in batch.slots:
-            ch = self._chan(s.device, s.channel)
-            day = s.slot - s.slot % _DAY
-            n = (s.slot - day) // SLOT_SECONDS
-            _add_fields(op, f"{ch}:s:{day}", str(n), s.import_mwh, s.export_mwh, s.estimated)
-            month = _month_start(s.slot)
-            h = (s.slot - month) // 3600
-            _add_fields(op, f"{ch}:h:{month}", str(h), s.import_mwh, s.export_mwh, s.estimated)
-            year = _year_start(s.slot)
-            day_n = (day - year) // _DAY
-            _add_fields(op, f"{ch}:d:{year}", str(day_n), s.import_mwh, s.export_mwh, False)
-            if s.estimated:
-                op("zadd", f"{ch}:est", {str(s.slot): s.slot})
-            if "/" not in s.channel and s.channel != HOURLY:
-                acc = seed.setdefault((s.device, s.slot - s.slot % 3600), [0, 0])
-                acc[0] += s.import_mwh
-                acc[1] += s.export_mwh
+        slots = sum_deltas(batch.slots)
+        for (device, channel, slot), (imp, exp, est, n) in slots.items():
+            ch = self._chan(device, channel)
+            day = slot - slot % _DAY
+            _add_fields(op, f"{ch}:s:{day}", str((slot - day) // SLOT_SECONDS), imp, exp, est, n)
+            if est:
+                op("zadd", f"{ch}:est", {str(slot): slot})
+        hours = coarser(slots, 3600)
+        for (device, channel, hour), (imp, exp, est, n) in hours.items():
+            month = _month_start(hour)
+            key = f"{self._chan(device, channel)}:h:{month}"
+            _add_fields(op, key, str((hour - month) // 3600), imp, exp, est, n)
+            if "/" not in channel and channel != HOURLY:
+                acc = seed.setdefault((device, hour), [0, 0])
+                acc[0] += imp
+                acc[1] += exp
+        for (device, channel, day), (imp, exp, _, n) in coarser(hours, _DAY).items():
+            year = _year_start(day)
+            key = f"{self._chan(device, channel)}:d:{year}"
+            _add_fields(op, key, str((day - year) // _DAY), imp, exp, 0, n)
         for (device, channel), state in batch.ledger_states.items():
             op("set", f"{self._chan(device, channel)}:ledger", records.dumps(state))
             op("sadd", self._k("ledgers"), device + _SEP + channel)
@@ -618,16 +630,14 @@ class RedisStore:
         return None if raw is None else records.loads(raw)
 
 
-def _add_fields(op: _Ops, key: str, n: str, imp: int, exp: int, est: bool) -> None:
-    if imp:
-        op("hincrby", key, n, imp)
-    elif not exp:
-        op("hincrby", key, n, 0)  # an all-zero slot still exists (it has data: zero energy)
+def _add_fields(op: _Ops, key: str, n: str, imp: int, exp: int, est: int, count: int) -> None:
+    if imp or not exp:
+        op("hincrby", key, n, imp)  # even 0: an all-zero slot still has data (zero energy)
     if exp:
         op("hincrby", key, n + "e", exp)
     if est:
         op("hset", key, n + "x", 1)
-    op("hincrby", key, n + "c", 1)  # deltas that landed here: > 0 means "has data"
+    op("hincrby", key, n + "c", count)  # deltas that landed here: > 0 means "has data"
 
 
 def _year_start(ts: int) -> int:

@@ -28,8 +28,8 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from kilowatch.collect.messages import Event, LogLine, Reading
-from kilowatch.ledger.slots import SlotEnergy
 from kilowatch.errors import StoreError
+from kilowatch.ledger.slots import SlotEnergy
 from kilowatch.store import records
 from kilowatch.store.base import (
     Batch,
@@ -39,7 +39,7 @@ from kilowatch.store.base import (
     EnergyQuery,
     EnergyRow,
 )
-from kilowatch.store.energy import HOURLY, Cells, Shadow, rows, shadow_hourly
+from kilowatch.store.energy import HOURLY, Cells, Shadow, coarser, rows, shadow_hourly, sum_deltas
 from kilowatch.store.periods import Plan, plan
 
 T = TypeVar("T")
@@ -120,12 +120,12 @@ MIGRATIONS: tuple[str, ...] = (
 
 _ADD_SLOT = """
 INSERT INTO slots (device, channel, slot, import_mwh, export_mwh, estimated, n)
-VALUES (?, ?, ?, ?, ?, ?, 1)
+VALUES (?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT DO UPDATE SET
     import_mwh = import_mwh + excluded.import_mwh,
     export_mwh = export_mwh + excluded.export_mwh,
     estimated = estimated | excluded.estimated,
-    n = n + 1
+    n = n + excluded.n
 """
 _ADD_HOUR = """
 INSERT INTO hours (device, channel, hour, import_mwh, export_mwh, estimated, n)
@@ -507,31 +507,15 @@ def _apply(conn: sqlite3.Connection, batch: Batch) -> None:
 
 def _add_energy(conn: sqlite3.Connection, deltas: Sequence[SlotEnergy]) -> None:
     """Slots, and the hour and day rollups (summed per batch first: fewer upserts)."""
-    conn.executemany(
-        _ADD_SLOT,
-        [
-            (s.device, s.channel, s.slot, s.import_mwh, s.export_mwh, int(s.estimated))
-            for s in deltas
-        ],
-    )
-    hours: dict[tuple[str, str, int], list[int]] = {}
-    for s in deltas:
-        acc = hours.setdefault((s.device, s.channel, s.slot - s.slot % 3600), [0, 0, 0, 0])
-        acc[0] += s.import_mwh
-        acc[1] += s.export_mwh
-        acc[2] |= int(s.estimated)
-        acc[3] += 1
+    slots = sum_deltas(deltas)
+    conn.executemany(_ADD_SLOT, [(*k, *v) for k, v in slots.items()])
+    hours = coarser(slots, 3600)
     conn.executemany(_ADD_HOUR, [(*k, *v) for k, v in hours.items()])
-    days: dict[tuple[str, str, int], list[int]] = {}
-    for (device, channel, hour), (imp, exp, _, n) in hours.items():
-        acc = days.setdefault((device, channel, hour - hour % 86400), [0, 0, 0])
-        acc[0] += imp
-        acc[1] += exp
-        acc[2] += n
-    conn.executemany(_ADD_DAY, [(*k, *v) for k, v in days.items()])
+    days = coarser(hours, 86400)
+    conn.executemany(_ADD_DAY, [(*k, v[0], v[1], v[3]) for k, v in days.items()])
     conn.executemany(
         "INSERT INTO estimated VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-        [(s.device, s.channel, s.slot) for s in deltas if s.estimated],
+        [k for k, v in slots.items() if v[2]],
     )
 
 
