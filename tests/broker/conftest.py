@@ -95,6 +95,14 @@ class BrokerThread:
     def stats(self) -> BrokerStats:
         return self.call(lambda b: b.stats)  # type: ignore[no-any-return]
 
+    def wait_for(self, predicate: Callable[[EmbeddedBroker], bool]) -> None:
+        """Poll ``predicate(broker)`` on the broker's loop until it holds (bounded)."""
+        pause = threading.Event()
+        deadline = time.monotonic() + WAIT_S
+        while not self.call(predicate):
+            assert time.monotonic() < deadline, "broker state never matched"
+            pause.wait(0.01)
+
     def wait_stats(self, predicate: Callable[[BrokerStats], bool]) -> BrokerStats:
         """Poll the counters until ``predicate`` holds (bounded)."""
         pause = threading.Event()

@@ -35,17 +35,22 @@ def test_qos0_and_qos1_are_delivered_with_the_granted_qos(
     assert (stats.messages_in, stats.messages_out, stats.clients_connected) == (3, 3, 2)
 
 
-def test_subscribing_with_qos2_is_granted_qos1(
+def test_qos2_subscription_gets_the_publishers_qos(
     broker: BrokerThread, clients: Callable[..., Client]
 ) -> None:
     sub = clients(broker.port, "sub2")
     sub.connect()
-    assert sub.subscribe("q2/#", 2) == 1
+    assert sub.subscribe("q2/#", 2) == 2
     pub = clients(broker.port, "pub2")
     pub.connect()
     pub.publish("q2/a", b"exactly once", qos=2)
-    (msg,) = sub.expect(1)
-    assert (msg.payload, msg.qos) == (b"exactly once", 1)
+    pub.publish("q2/b", b"at least once", qos=1)
+    pub.publish("q2/c", b"at most once", qos=0)
+    assert [(m.payload, m.qos) for m in sub.expect(3)] == [
+        (b"exactly once", 2),
+        (b"at least once", 1),
+        (b"at most once", 0),
+    ]
 
 
 def test_wildcards_and_dollar_topics(broker: BrokerThread, clients: Callable[..., Client]) -> None:

@@ -204,15 +204,62 @@ def test_qos2_inbound_is_delivered_once(
     assert [(m.payload, m.qos) for m in got] == [(b"once", 1), (b"new message, same id", 1)]
 
 
-def test_qos2_with_paho_end_to_end(broker: BrokerThread, clients: Callable[..., Client]) -> None:
+def test_qos2_with_paho_end_to_end(
+    start_broker: Callable[..., BrokerThread], clients: Callable[..., Client]
+) -> None:
+    broker = start_broker(max_inflight_messages=4)  # the QoS 2 window must also free up
     sub = clients(broker.port, "pq2-sub")
     sub.connect()
-    sub.subscribe("pq2", 2)
+    assert sub.subscribe("pq2", 2) == 2
     pub = clients(broker.port, "pq2-pub")
     pub.connect()
-    for i in range(20):
+    for i in range(40):
         pub.publish("pq2", str(i).encode(), qos=2)
-    assert [m.payload for m in sub.expect(20)] == [str(i).encode() for i in range(20)]
+    got = sub.expect(40)
+    assert [(m.payload, m.qos) for m in got] == [(str(i).encode(), 2) for i in range(40)]
+    sub.subscribe("pq2/marker", 0)
+    pub.publish("pq2/marker", b"", qos=0)
+    assert sub.expect_until("pq2/marker") == []  # nothing delivered twice
+    stats = broker.wait_stats(lambda s: s.messages_out == 41)
+    assert stats.messages_queued == 0
+    # every exchange completes: nothing left waiting for PUBREC or PUBCOMP
+    session = "pq2-sub"
+    broker.wait_for(lambda b: not b.sessions[session].inflight and not b.sessions[session].released)
+
+
+def test_qos2_outbound_survives_reconnects(
+    broker: BrokerThread, clients: Callable[..., Client], raw: Callable[[int], RawClient]
+) -> None:
+    sub = raw(broker.port)
+    sub.connect("q2-raw", clean_session=False)
+    assert sub.subscribe("x2", 2) == [2]
+    pub = clients(broker.port, "x2-pub")
+    pub.connect()
+    pub.publish("x2", b"only once", qos=2)
+    first = parse_publish(*sub.read())
+    assert (first.payload, first.qos, first.dup) == (b"only once", 2, False)
+    sub.close()  # gone before PUBREC: the PUBLISH is resent with DUP
+
+    sub = raw(broker.port)
+    assert sub.connect("q2-raw", clean_session=False) == (True, 0)
+    again = parse_publish(*sub.read())
+    assert (again.payload, again.qos, again.dup, again.packet_id) == (
+        b"only once",
+        2,
+        True,
+        first.packet_id,
+    )
+    sub.ack(PacketType.PUBREC, first.packet_id)
+    assert sub.read() == (PacketType.PUBREL << 4 | 2, first.packet_id.to_bytes(2, "big"))
+    sub.close()  # gone before PUBCOMP: the PUBREL is resent, the PUBLISH is not
+
+    sub = raw(broker.port)
+    assert sub.connect("q2-raw", clean_session=False) == (True, 0)
+    assert sub.read() == (PacketType.PUBREL << 4 | 2, first.packet_id.to_bytes(2, "big"))
+    sub.ack(PacketType.PUBCOMP, first.packet_id)
+    pub.publish("x2", b"next", qos=1)
+    following = parse_publish(*sub.read())
+    assert (following.payload, following.qos, following.dup) == (b"next", 1, False)
 
 
 def test_shutdown_closes_clients(

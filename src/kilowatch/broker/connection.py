@@ -208,8 +208,10 @@ class Connection(asyncio.Protocol):
             packet_id = parse_packet_id(body)
             session.inbound_qos2.discard(packet_id)
             self.write(encode_ack(PacketType.PUBCOMP, packet_id))
-        elif kind in (PacketType.PUBREC, PacketType.PUBCOMP):
-            parse_packet_id(body)  # we never send QoS 2, so there is nothing to release
+        elif kind == PacketType.PUBREC:
+            session.received(parse_packet_id(body))
+        elif kind == PacketType.PUBCOMP:
+            session.completed(parse_packet_id(body))
         elif kind == PacketType.SUBSCRIBE:
             self._on_subscribe(session, body)
         elif kind == PacketType.UNSUBSCRIBE:
@@ -253,8 +255,6 @@ class Connection(asyncio.Protocol):
             if not is_valid_filter(topic_filter):
                 codes.append(SUBACK_FAILURE)
                 continue
-            # Outgoing QoS 2 is not implemented; §3.9.3 lets the server grant a lower QoS.
-            qos = min(qos, 1)
             self.broker.subscribe(session, topic_filter, qos)
             codes.append(qos)
             granted.append((topic_filter, qos))

@@ -1,6 +1,6 @@
 """The embedded MQTT 3.1.1 broker (``kilowatch serve --broker embedded``).
 
-A small, in-memory broker for one home's meters: QoS 0/1 (and QoS 2 inbound), retained messages,
+A small, in-memory broker for one home's meters: QoS 0, 1 and 2, retained messages,
 last wills, persistent sessions with bounded queues, optional passwords and TLS. See
 ``docs/broker.md`` for what it does and does not do.
 """
@@ -38,7 +38,7 @@ DEFAULT_MAX_PACKET_SIZE = 256 * 1024
 # worst
 # case. Beyond it the oldest message is dropped, counted and logged.
 DEFAULT_MAX_QUEUED_MESSAGES = 1_000_000
-# QoS 1 messages sent to one client and not yet acknowledged (mosquitto's default is 20). paho
+# QoS 1/2 messages sent to one client and not yet acknowledged (mosquitto's default is 20). paho
 # acknowledges one packet per loop pass, so a small window stalls a busy subscriber: bench/broker.py
 # measured about 1.2-1.8k msg/s with 100 and 2.2-2.4k msg/s with 1000 on a loaded 2-core machine.
 DEFAULT_MAX_INFLIGHT_MESSAGES = 1000
@@ -90,7 +90,7 @@ class EmbeddedBroker:
         ssl_context: serve MQTT over TLS with this server context.
         max_packet_size: larger packets close the sender's connection.
         max_queued_messages: per-session queue bound; beyond it the oldest message is dropped.
-        max_inflight_messages: unacknowledged QoS 1 messages per client.
+        max_inflight_messages: unacknowledged QoS 1 and 2 messages per client.
     """
 
     def __init__(
@@ -361,6 +361,8 @@ class EmbeddedBroker:
         session.subscriptions.clear()
         session.queue.clear()
         session.inflight.clear()
+        session.qos2_ids.clear()
+        session.released.clear()
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
 

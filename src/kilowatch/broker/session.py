@@ -1,6 +1,6 @@
 """Messages and sessions: what the broker keeps for a client, connected or not (MQTT 3.1.1 §4.1).
 
-A session owns the client's subscriptions, its QoS 1 messages in flight (sent, not yet
+A session owns the client's subscriptions, its QoS 1/2 messages in flight (sent, not yet
 acknowledged), the queue of messages waiting to be sent, and the QoS 2 packet ids it has received
 but not released. Messages leave a session strictly in the order they entered it (§4.6): once
 anything waits in the queue, every later message queues behind it.
@@ -13,7 +13,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from kilowatch.broker.packets import PacketType, encode_length, encode_string
+from kilowatch.broker.packets import PacketType, encode_ack, encode_length, encode_string
 
 if TYPE_CHECKING:
     from kilowatch.broker.connection import Connection
@@ -57,14 +57,14 @@ class Message:
             )
         return packet
 
-    def parts_qos1(self, packet_id: int, dup: bool) -> tuple[bytes, bytes, bytes, bytes]:
-        """A QoS 1 PUBLISH as four byte strings to be written back to back."""
+    def parts(self, packet_id: int, qos: int, dup: bool) -> tuple[bytes, bytes, bytes, bytes]:
+        """A QoS 1 or 2 PUBLISH as four byte strings to be written back to back."""
         field = self._topic_field
         if field is None:
             field = self._topic_field = encode_string(self.topic)
             self._length = encode_length(len(field) + 2 + len(self.payload))
         assert self._length is not None
-        first = _PUBLISH | dup << 3 | 2 | self.retain
+        first = _PUBLISH | dup << 3 | qos << 1 | self.retain
         return (
             bytes((first,)) + self._length,
             field,
@@ -107,7 +107,9 @@ class Session:
         "inflight",
         "max_inflight",
         "max_queued",
+        "qos2_ids",
         "queue",
+        "released",
         "subscriptions",
     )
 
@@ -127,8 +129,13 @@ class Session:
         self.counters = counters
         self.conn: Connection | None = None
         self.subscriptions: dict[str, int] = {}
-        # packet id -> message, in send order (dicts keep insertion order), for redelivery with DUP.
+        # packet id -> message sent and not yet acknowledged (PUBACK, or PUBREC for QoS 2), in send
+        # order (dicts keep insertion order), for redelivery with DUP.
         self.inflight: dict[int, Message] = {}
+        # Which in-flight ids were sent at QoS 2 (a set, so QoS 1 deliveries pay nothing for it).
+        self.qos2_ids: set[int] = set()
+        # QoS 2 ids whose PUBREC came and PUBREL went, awaiting PUBCOMP (§4.3.3), in order.
+        self.released: dict[int, None] = {}
         self.queue: deque[tuple[Message, int]] = deque()
         self.inbound_qos2: set[int] = set()
         self.dropped = 0
@@ -142,7 +149,11 @@ class Session:
             if qos:  # §3.1.2.4: QoS 1/2 messages are kept for an offline persistent session
                 self._enqueue(message, qos)
             return
-        if self.queue or conn.paused or (qos and len(self.inflight) >= self.max_inflight):
+        if (
+            self.queue
+            or conn.paused
+            or (qos and len(self.inflight) + len(self.released) >= self.max_inflight)
+        ):
             self._enqueue(message, qos)
             return
         self._send(conn, message, qos)
@@ -154,12 +165,19 @@ class Session:
             return
         packet_id = self._allocate_id()
         self.inflight[packet_id] = message
-        conn.write_parts(message.parts_qos1(packet_id, False))
+        if qos == 2:
+            self.qos2_ids.add(packet_id)
+        conn.write_parts(message.parts(packet_id, qos, False))
+
+    def _window_full(self) -> bool:
+        return len(self.inflight) + len(self.released) >= self.max_inflight
 
     def _allocate_id(self) -> int:
         packet_id = self._next_id
         inflight = self.inflight
-        while packet_id in inflight:  # max_inflight < 65535, so a free id exists
+        released = self.released
+        # max_inflight < 65535 bounds both, so a free id exists
+        while packet_id in inflight or packet_id in released:
             packet_id = packet_id % 65535 + 1
         self._next_id = packet_id % 65535 + 1
         return packet_id
@@ -194,7 +212,7 @@ class Session:
         budget = DRAIN_BATCH
         while queue and budget and conn is not None and not conn.paused:
             message, qos = queue[0]
-            if qos and len(self.inflight) >= self.max_inflight:
+            if qos and self._window_full():
                 return
             queue.popleft()
             self._send(conn, message, qos)
@@ -202,13 +220,35 @@ class Session:
 
     def acknowledged(self, packet_id: int) -> None:
         """A PUBACK arrived: the message left our hands; the window may take the next one."""
+        if packet_id in self.qos2_ids:
+            return  # a QoS 2 message is acknowledged by PUBREC, not PUBACK
         if self.inflight.pop(packet_id, None) is not None and self.queue:
             self.drain()
 
+    def received(self, packet_id: int) -> None:
+        """A PUBREC arrived for a QoS 2 message: answer PUBREL (again if PUBREC repeats)."""
+        if packet_id in self.qos2_ids:
+            self.qos2_ids.discard(packet_id)
+            del self.inflight[packet_id]
+            self.released[packet_id] = None
+        elif packet_id not in self.released:
+            return  # not ours: nothing to release
+        if self.conn is not None:
+            self.conn.write(encode_ack(PacketType.PUBREL, packet_id))
+
+    def completed(self, packet_id: int) -> None:
+        """A PUBCOMP arrived: the QoS 2 exchange is over; the window may take the next one."""
+        if self.released.pop(packet_id, 0) is None and self.queue:
+            self.drain()
+
     def resume(self, conn: Connection) -> None:
-        """Attach a new connection: resend in-flight messages with DUP (§4.4), then the queue."""
+        """Attach a new connection: resend PUBRELs, then unacknowledged PUBLISHes with DUP (§4.4),
+        then the queue."""
         self.conn = conn
+        for packet_id in self.released:
+            conn.write(encode_ack(PacketType.PUBREL, packet_id))
         for packet_id, message in self.inflight.items():
             self.counters.messages_out += 1
-            conn.write_parts(message.parts_qos1(packet_id, True))
+            qos = 2 if packet_id in self.qos2_ids else 1
+            conn.write_parts(message.parts(packet_id, qos, True))
         self.drain()
