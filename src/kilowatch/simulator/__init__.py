@@ -8,6 +8,7 @@ record the exact energy (:class:`Truth`) so kilowatch's results can be checked a
 from kilowatch.simulator.auth import ha1_for
 from kilowatch.simulator.clock import ManualClock, SimClock
 from kilowatch.simulator.device import Device
+from kilowatch.simulator.faults import Fault, FaultKind, chaos_plan
 from kilowatch.simulator.fleet import Fleet, parse_broker
 from kilowatch.simulator.host import ScriptEngineLike, ScriptHost, ScriptRuntimeLike
 from kilowatch.simulator.meter import Truth
@@ -19,6 +20,8 @@ __all__ = [
     "MODELS",
     "Device",
     "DeviceServer",
+    "Fault",
+    "FaultKind",
     "Fleet",
     "LoadKind",
     "LoadProfile",
@@ -29,6 +32,7 @@ __all__ = [
     "ScriptRuntimeLike",
     "SimClock",
     "Truth",
+    "chaos_plan",
     "ha1_for",
     "mac_for",
     "model_spec",

@@ -101,6 +101,9 @@ class DeviceMqtt:
                     continue
                 backoff = BACKOFF_START_S
                 await self._session(conn)
+                # a broker that drops us right away (e.g. the same client id elsewhere) must not
+                # make the device reconnect in a tight loop
+                await self._wait_change(BACKOFF_START_S * (0.5 + random.random()))
         finally:
             for unsub in self._unsubs:
                 unsub()
