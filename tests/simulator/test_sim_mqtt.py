@@ -41,9 +41,13 @@ class Observer:
         if user:
             self.client.username_pw_set(user, pw)
         self.client.on_message = self._on_message
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *args: subscribed.set()
         self.client.connect("127.0.0.1", port)
         self.client.subscribe(topic, 1)
         self.client.loop_start()
+        if not subscribed.wait(10):  # nothing published before the SUBACK may be missed
+            raise TimeoutError("the observer's subscription was not acknowledged")
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         with self._lock:

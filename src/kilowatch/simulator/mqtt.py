@@ -55,6 +55,7 @@ class DeviceMqtt:
     def __init__(self, device: Device) -> None:
         self.device = device
         self.conn: MqttConnection | None = None
+        self._ready = False  # subscribed and announced: notifications may flow
         self.connects = 0
         self.failures = 0
         self.last_error: str | None = None
@@ -173,6 +174,7 @@ class DeviceMqtt:
 
     async def _session(self, conn: MqttConnection) -> None:
         self.conn = conn
+        self._ready = False
         self.connects += 1
         async with asyncio.TaskGroup() as tg:
             reader = tg.create_task(conn.run())
@@ -186,10 +188,13 @@ class DeviceMqtt:
                 if topics:
                     await conn.subscribe(topics)
                 self._publish(f"{self.prefix}/online", "true", retain=True)
+                # counters integrated up to the ts the full status carries; the deltas this
+                # produces are not published (not ready yet): the full status supersedes them
+                self.device.tick()
+                self._ready = True
                 self.device.log("shelly_mqtt.c:608", f"MQTT connected to {self.cfg['server']}")
                 self.device.script_host.mqtt_connection_changed(True)
                 if self.cfg.get("rpc_ntf", True):
-                    self.device.tick()  # counters integrated up to the ts the status carries
                     self._publish_frame(
                         "NotifyFullStatus",
                         {"ts": round(self.device.now(), 2), **self.device.status()},
@@ -198,6 +203,7 @@ class DeviceMqtt:
                 conn.abort()
             await reader
         self.conn = None
+        self._ready = False
         self.device.script_host.mqtt_connection_changed(False)
 
     # ------------------------------------------------------------------ outgoing
@@ -227,7 +233,7 @@ class DeviceMqtt:
         self._publish(f"{self.prefix}/events/rpc", orjson.dumps(frame))
 
     def _on_notification(self, method: str, params: dict[str, Any]) -> None:
-        if self.conn is None:
+        if self.conn is None or not self._ready:
             return
         if self.cfg.get("rpc_ntf", True):
             self._publish_frame(method, params)
@@ -242,7 +248,7 @@ class DeviceMqtt:
             self._publish(f"{self.prefix}/status/{key}", orjson.dumps(status))
 
     def _on_log(self, line: str) -> None:
-        if self.conn is not None and self.device.config["sys"]["debug"]["mqtt"]["enable"]:
+        if self._ready and self.device.config["sys"]["debug"]["mqtt"]["enable"]:
             self._publish(f"{self.prefix}/debug/log", line)
 
     # ------------------------------------------------------------------ incoming
