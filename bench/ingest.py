@@ -1,0 +1,345 @@
+"""Ingest benchmark: kilowatch end-to-end versus a bare paho-mqtt subscriber, through real mosquitto.
+
+    PYTHONPATH=src python bench/ingest.py [--messages 100000] [--devices 200] [--stores sqlite,redis]
+
+For each consumer, in the same run and each on a fresh mosquitto (configured so it cannot drop:
+``kilowatch.testing.MosquittoServer``):
+
+- ``bare``: a paho-mqtt 2.x subscriber that only counts messages (QoS 1, persistent session, paho's
+  own network thread, automatic PUBACK) — the fastest Python consumer;
+- ``aiomqtt``: the same with aiomqtt, if installed (skipped otherwise);
+- ``kilowatch-sqlite`` / ``kilowatch-redis``: ``kilowatch.service.server.serve`` against mosquitto,
+  storing into a fresh SQLite file / a fresh redis-server.
+
+A separate publisher process publishes N Shelly ``NotifyStatus`` frames (``pm1:0``, many devices,
+counters rising) at QoS 1 as fast as mosquitto takes them. A consumer's rate is N divided by the time
+from the first publish until the last message was counted (bare) or *stored*: until the batch holding
+the last message is committed; afterwards the energy in the store is checked against the truth.
+Loss is reported as a figure. The last line of output is one JSON object holding every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parent / "src"
+sys.path.insert(0, str(SRC))
+
+START_TS = 1_767_225_600  # 2026-01-01T00:00:00Z: all readings fall on one UTC day or two
+STEP_S = 10
+"""Seconds between two readings of one device."""
+STEP_WH = 0.5
+"""Energy per step (180 W): every message moves its device's counter."""
+IDLE_TIMEOUT_S = 30.0
+"""A consumer that receives nothing for this long after the publisher finished has lost messages."""
+
+
+# -- the messages ---------------------------------------------------------------------------------
+
+
+def device_id(i: int) -> str:
+    return f"shellypmminig3-bench{i:08x}"
+
+
+def messages(n: int, devices: int) -> list[tuple[str, bytes]]:
+    """N NotifyStatus frames round-robin over ``devices``; each carries the device's rising counter."""
+    out = []
+    for k in range(n):
+        d, step = k % devices, k // devices
+        dev = device_id(d)
+        frame = {
+            "src": dev,
+            "dst": f"{dev}/events",
+            "method": "NotifyStatus",
+            "params": {
+                "ts": START_TS + step * STEP_S + d % STEP_S,
+                "pm1:0": {
+                    "id": 0,
+                    "apower": 180.0,
+                    "current": 0.78,
+                    "voltage": 230.1,
+                    "aenergy": {"total": round(1000.0 + d + step * STEP_WH, 3)},
+                },
+            },
+        }
+        out.append((f"{dev}/events/rpc", json.dumps(frame, separators=(",", ":")).encode()))
+    return out
+
+
+def true_energy_wh(n: int, devices: int) -> float:
+    """What the ledger must find: each device's last counter minus its first."""
+    total = 0.0
+    for d in range(devices):
+        steps = len(range(d, n, devices))
+        total += max(steps - 1, 0) * STEP_WH
+    return total
+
+
+# -- roles (each runs in its own process) ---------------------------------------------------------
+
+
+def role_publish(port: int, n: int, devices: int) -> None:
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    payloads = messages(n, devices)
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-publisher")
+    client.max_inflight_messages_set(0)  # 0 = unlimited; paho rescans its queue on every PUBACK otherwise
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    t0 = time.time()
+    infos = [client.publish(topic, payload, qos=1) for topic, payload in payloads]
+    for info in infos:
+        info.wait_for_publish(timeout=IDLE_TIMEOUT_S * 4)
+    t1 = time.time()
+    client.disconnect()
+    client.loop_stop()
+    print(json.dumps({"t_first_publish": t0, "t_all_published": t1}), flush=True)
+
+
+def role_bare(port: int, n: int) -> None:
+    """Count messages with paho's network thread, QoS 1, persistent session, auto-ack."""
+    import threading
+
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    done = threading.Event()
+    state = {"count": 0, "t_last": 0.0}
+
+    def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        client.subscribe("+/events/rpc", qos=1)
+
+    def on_subscribe(*args: Any) -> None:
+        print("ready", flush=True)
+
+    def on_message(client: Any, userdata: Any, msg: Any) -> None:
+        state["count"] += 1
+        if state["count"] >= n:
+            state["t_last"] = time.time()
+            done.set()
+
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id="bench-bare", clean_session=False
+    )
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    _wait_or_idle(done, lambda: state["count"])
+    client.disconnect()
+    client.loop_stop()
+    print(json.dumps({"received": state["count"], "t_last": state["t_last"] or time.time()}))
+
+
+def role_aiomqtt(port: int, n: int) -> None:
+    import aiomqtt
+
+    async def main() -> dict[str, Any]:
+        count, t_last = 0, 0.0
+        async with aiomqtt.Client(
+            "127.0.0.1", port, identifier="bench-aiomqtt", clean_session=False
+        ) as client:
+            await client.subscribe("+/events/rpc", qos=1)
+            print("ready", flush=True)
+            try:
+                async with asyncio.timeout(IDLE_TIMEOUT_S * 4):
+                    async for _msg in client.messages:
+                        count += 1
+                        if count >= n:
+                            t_last = time.time()
+                            break
+            except TimeoutError:
+                t_last = time.time()
+        return {"received": count, "t_last": t_last}
+
+    print(json.dumps(asyncio.run(main())))
+
+
+def _wait_or_idle(done: Any, count: Any) -> None:
+    last, since = -1, time.monotonic()
+    while not done.wait(0.5):
+        c = count()
+        if c != last:
+            last, since = c, time.monotonic()
+        elif time.monotonic() - since > IDLE_TIMEOUT_S and c > 0:
+            return
+
+
+def role_kilowatch(port: int, n: int, devices: int, store_url: str) -> None:
+    """Run kilowatch's serve() against the broker; report when the last message is stored."""
+    from kilowatch.service.config import load_settings
+    from kilowatch.service.server import serve
+    from kilowatch.store import EnergyQuery, open_store
+
+    settings = load_settings(
+        {
+            "broker": f"mqtt://127.0.0.1:{port}",
+            "store": store_url,
+            "mqtt_client_id": "bench-kilowatch",
+            "log_level": "WARNING",
+        },
+        env={},
+    )
+    result: dict[str, Any] = {}
+
+    async def main() -> None:
+        stop = asyncio.Event()
+
+        async def watch(stats: Any) -> None:
+            last, since = -1, time.monotonic()
+            while stats.committed < n:
+                await asyncio.sleep(0.002)
+                if stats.committed != last:
+                    last, since = stats.committed, time.monotonic()
+                elif stats.committed and time.monotonic() - since > IDLE_TIMEOUT_S:
+                    break
+            result["t_last"] = time.time()
+            result["received"] = stats.committed
+            result["batches"] = stats.batches
+            result["dead_letters"] = sum(stats.dead_letters.values())
+            stop.set()
+
+        watcher: list[asyncio.Task[None]] = []
+
+        def ready(running: Any) -> None:
+            print("ready", flush=True)
+            watcher.append(asyncio.get_running_loop().create_task(watch(running.stats)))
+
+        await serve(settings, stop, on_ready=ready, web=None)
+        await asyncio.gather(*watcher)
+        day = datetime.fromtimestamp(START_TS, UTC)
+        query = EnergyQuery(
+            by="day", tz="UTC", start=day - timedelta(days=1), end=day + timedelta(days=3),
+            group="total",
+        )  # fmt: skip
+        async with open_store(store_url) as store:
+            rows = await store.energy(query)
+        result["stored_energy_wh"] = round(sum(r.energy_wh for r in rows), 3)
+
+    asyncio.run(main())
+    print(json.dumps(result))
+
+
+# -- orchestration --------------------------------------------------------------------------------
+
+
+def _spawn(*args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    return subprocess.Popen(
+        [sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, env=env
+    )
+
+
+def _last_json(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+    out, _ = proc.communicate(timeout=timeout)
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"bench role failed (exit {proc.returncode}): {out[-2000:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def run_consumer(name: str, role_args: list[str], n: int, devices: int) -> dict[str, Any]:
+    from kilowatch.testing import MosquittoServer
+
+    with MosquittoServer() as broker:
+        consumer = _spawn("--role", *role_args, "--port", str(broker.port), "--messages", str(n))
+        assert consumer.stdout is not None
+        line = consumer.stdout.readline()
+        if line.strip() != "ready":
+            consumer.kill()
+            raise SystemExit(f"{name}: consumer did not start: {line!r}")
+        publisher = _spawn(
+            "--role", "publish", "--port", str(broker.port), "--messages", str(n),
+            "--devices", str(devices),
+        )  # fmt: skip
+        pub = _last_json(publisher, timeout=600)
+        got = _last_json(consumer, timeout=600)
+    elapsed = got["t_last"] - pub["t_first_publish"]
+    received = int(got["received"])
+    figures = {
+        "received": received,
+        "lost": n - received,
+        "seconds": round(elapsed, 3),
+        "msg_per_s": round(received / elapsed, 1) if elapsed > 0 else 0.0,
+        "publish_msg_per_s": round(n / (pub["t_all_published"] - pub["t_first_publish"]), 1),
+    }
+    for key in ("batches", "dead_letters", "stored_energy_wh"):
+        if key in got:
+            figures[key] = got[key]
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--devices", type=int, default=200)
+    parser.add_argument("--stores", default="sqlite,redis", help="comma-separated: sqlite,redis")
+    parser.add_argument("--role", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--store", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    n, devices = args.messages, args.devices
+
+    if args.role == "publish":
+        return role_publish(args.port, n, devices)
+    if args.role == "bare":
+        return role_bare(args.port, n)
+    if args.role == "aiomqtt":
+        return role_aiomqtt(args.port, n)
+    if args.role == "kilowatch":
+        return role_kilowatch(args.port, n, devices, args.store)
+
+    results: dict[str, Any] = {"messages": n, "devices": devices}
+    truth = true_energy_wh(n, devices)
+    results["true_energy_wh"] = truth
+    print(f"publishing {n} NotifyStatus messages from {devices} devices through mosquitto")
+    results["bare"] = run_consumer("bare", ["bare"], n, devices)
+    print(f"bare paho subscriber: {results['bare']}")
+    try:
+        import aiomqtt  # noqa: F401
+    except ImportError:
+        print("aiomqtt not installed: skipping the aiomqtt baseline")
+    else:
+        results["aiomqtt"] = run_consumer("aiomqtt", ["aiomqtt"], n, devices)
+        print(f"bare aiomqtt subscriber: {results['aiomqtt']}")
+    bare_rate = results["bare"]["msg_per_s"]
+    with tempfile.TemporaryDirectory(prefix="kilowatch-bench-") as tmp:
+        for store in args.stores.split(","):
+            if store == "sqlite":
+                url = f"sqlite:///{tmp}/bench.db"
+                figures = run_consumer("kilowatch-sqlite", ["kilowatch", "--store", url], n, devices)
+            elif store == "redis":
+                from kilowatch.testing import RedisServer
+
+                with RedisServer() as redis:
+                    figures = run_consumer(
+                        "kilowatch-redis", ["kilowatch", "--store", redis.url], n, devices
+                    )
+            else:
+                raise SystemExit(f"unknown store {store!r}")
+            figures["ratio_to_bare"] = round(figures["msg_per_s"] / bare_rate, 3)
+            figures["energy_error_wh"] = round(figures.get("stored_energy_wh", 0.0) - truth, 3)
+            results[f"kilowatch_{store}"] = figures
+            print(f"kilowatch into {store}: {figures}")
+    if "aiomqtt" in results:
+        results["aiomqtt"]["ratio_to_bare"] = round(results["aiomqtt"]["msg_per_s"] / bare_rate, 3)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
