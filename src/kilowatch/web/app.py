@@ -94,7 +94,7 @@ def create_app(
         title="kilowatch",
         version=__version__,
         summary="Energy per local hour, day and month; devices; live readings; settings.",
-        openapi_url="/api/v1/openapi.json",
+        openapi_url=None,  # served below, behind the login like everything but health
         docs_url=None,  # Swagger UI would load from a CDN: the page must work offline
         redoc_url=None,
         lifespan=lifespan,
@@ -122,6 +122,11 @@ def create_app(
             live_subscribers=live.subscribers,
         )
         return Response(text, media_type=CONTENT_TYPE)
+
+    @app.get("/api/v1/openapi.json", include_in_schema=False)
+    async def openapi(request: Request) -> Response:
+        await require_viewer(request)
+        return api.JSONResponse(app.openapi())
 
     @app.middleware("http")
     async def security_headers(
