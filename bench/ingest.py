@@ -1,21 +1,23 @@
-"""Ingest benchmark: kilowatch end-to-end versus a bare paho-mqtt subscriber, through real mosquitto.
+"""Ingest benchmark: kilowatch end to end versus a bare paho-mqtt subscriber, through mosquitto.
 
-    PYTHONPATH=src python bench/ingest.py [--messages 100000] [--devices 200] [--stores sqlite,redis]
+    PYTHONPATH=src python bench/ingest.py [--messages 100000] [--devices 200]
+                                          [--stores sqlite,redis]
 
 For each consumer, in the same run and each on a fresh mosquitto (configured so it cannot drop:
 ``kilowatch.testing.MosquittoServer``):
 
-- ``bare``: a paho-mqtt 2.x subscriber that only counts messages (QoS 1, persistent session, paho's
-  own network thread, automatic PUBACK) — the fastest Python consumer;
-- ``aiomqtt``: the same with aiomqtt, if installed (skipped otherwise);
-- ``kilowatch-sqlite`` / ``kilowatch-redis``: ``kilowatch.service.server.serve`` against mosquitto,
-  storing into a fresh SQLite file / a fresh redis-server.
+- ``bare``: a paho-mqtt 2.x subscriber that only counts messages (QoS 1, persistent session,
+  paho's own network thread, automatic PUBACK) — the fastest Python consumer;
+- ``bare_asyncio``: the same, with paho driven by the asyncio loop instead of its thread;
+- ``aiomqtt``: the same with aiomqtt, if installed (``pip install .[bench]``; skipped otherwise);
+- ``kilowatch_sqlite`` / ``kilowatch_redis``: ``kilowatch.service.server.serve`` against
+  mosquitto, storing into a fresh SQLite file / a fresh redis-server.
 
 A separate publisher process publishes N Shelly ``NotifyStatus`` frames (``pm1:0``, many devices,
-counters rising) at QoS 1 as fast as mosquitto takes them. A consumer's rate is N divided by the time
-from the first publish until the last message was counted (bare) or *stored*: until the batch holding
-the last message is committed; afterwards the energy in the store is checked against the truth.
-Loss is reported as a figure. The last line of output is one JSON object holding every figure.
+counters rising) at QoS 1 as fast as mosquitto takes them. A consumer's rate is N divided by the
+time from the first publish until the last message was counted (bare) or *stored*: until the batch
+holding the last message is committed; afterwards the energy in the store is checked against the
+truth. Loss is reported as a figure. The last line of output is one JSON object of every figure.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def device_id(i: int) -> str:
 
 
 def messages(n: int, devices: int) -> list[tuple[str, bytes]]:
-    """N NotifyStatus frames round-robin over ``devices``; each carries the device's rising counter."""
+    """N NotifyStatus frames round-robin over ``devices``, each with its device's rising counter."""
     out = []
     for k in range(n):
         d, step = k % devices, k // devices
@@ -95,7 +97,9 @@ def role_publish(port: int, n: int, devices: int) -> None:
 
     payloads = messages(n, devices)
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-publisher")
-    client.max_inflight_messages_set(0)  # 0 = unlimited; paho rescans its queue on every PUBACK otherwise
+    client.max_inflight_messages_set(
+        0
+    )  # 0 = unlimited; paho rescans its queue on every PUBACK otherwise
     client.max_queued_messages_set(0)
     client.connect("127.0.0.1", port)
     client.loop_start()
@@ -131,9 +135,7 @@ def role_bare(port: int, n: int) -> None:
             state["t_last"] = time.time()
             done.set()
 
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2, client_id="bench-bare", clean_session=False
-    )
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-bare", clean_session=False)
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
     client.on_message = on_message
@@ -143,6 +145,61 @@ def role_bare(port: int, n: int) -> None:
     client.disconnect()
     client.loop_stop()
     print(json.dumps({"received": state["count"], "t_last": state["t_last"] or time.time()}))
+
+
+def role_bare_asyncio(port: int, n: int) -> None:
+    """The same counting subscriber, with paho driven by the asyncio loop (no network thread)."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    async def main() -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        subscribed: asyncio.Future[None] = loop.create_future()
+        state = {"count": 0, "t_last": 0.0}
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id="bench-bare-asyncio", clean_session=False
+        )
+
+        def on_message(c: Any, u: Any, msg: Any) -> None:
+            state["count"] += 1
+            if state["count"] >= n and not done.done():
+                state["t_last"] = time.time()
+                done.set_result(None)
+
+        def on_subscribe(*args: Any) -> None:
+            if not subscribed.done():
+                subscribed.set_result(None)
+
+        client.on_connect = lambda c, u, f, r, p: c.subscribe("+/events/rpc", qos=1)
+        client.on_subscribe = on_subscribe
+        client.on_message = on_message
+        client.on_socket_open = lambda c, u, sock: loop.add_reader(sock, c.loop_read)
+        client.on_socket_close = lambda c, u, sock: loop.remove_reader(sock)
+        client.on_socket_register_write = lambda c, u, sock: loop.add_writer(sock, c.loop_write)
+        client.on_socket_unregister_write = lambda c, u, sock: loop.remove_writer(sock)
+        client.connect("127.0.0.1", port)
+
+        async def misc() -> None:
+            while client.loop_misc() == paho.MQTT_ERR_SUCCESS:
+                await asyncio.sleep(1)
+
+        async with asyncio.TaskGroup() as tg:
+            misc_task = tg.create_task(misc())
+            await subscribed
+            print("ready", flush=True)
+            last, since = -1, time.monotonic()
+            while not done.done():
+                await asyncio.wait({done}, timeout=0.5)
+                if state["count"] != last:
+                    last, since = state["count"], time.monotonic()
+                elif state["count"] and time.monotonic() - since > IDLE_TIMEOUT_S:
+                    break
+            misc_task.cancel()
+        client.disconnect()
+        return {"received": state["count"], "t_last": state["t_last"] or time.time()}
+
+    print(json.dumps(asyncio.run(main())))
 
 
 def role_aiomqtt(port: int, n: int) -> None:
@@ -296,20 +353,29 @@ def main() -> None:
     n, devices = args.messages, args.devices
 
     if args.role == "publish":
-        return role_publish(args.port, n, devices)
-    if args.role == "bare":
-        return role_bare(args.port, n)
-    if args.role == "aiomqtt":
-        return role_aiomqtt(args.port, n)
-    if args.role == "kilowatch":
-        return role_kilowatch(args.port, n, devices, args.store)
+        role_publish(args.port, n, devices)
+    elif args.role == "bare":
+        role_bare(args.port, n)
+    elif args.role == "bare-asyncio":
+        role_bare_asyncio(args.port, n)
+    elif args.role == "aiomqtt":
+        role_aiomqtt(args.port, n)
+    elif args.role == "kilowatch":
+        role_kilowatch(args.port, n, devices, args.store)
+    else:
+        orchestrate(n, devices, args.stores)
+
+
+def orchestrate(n: int, devices: int, stores: str) -> None:
 
     results: dict[str, Any] = {"messages": n, "devices": devices}
     truth = true_energy_wh(n, devices)
     results["true_energy_wh"] = truth
     print(f"publishing {n} NotifyStatus messages from {devices} devices through mosquitto")
     results["bare"] = run_consumer("bare", ["bare"], n, devices)
-    print(f"bare paho subscriber: {results['bare']}")
+    print(f"bare paho subscriber (network thread): {results['bare']}")
+    results["bare_asyncio"] = run_consumer("bare-asyncio", ["bare-asyncio"], n, devices)
+    print(f"bare paho subscriber (driven by asyncio): {results['bare_asyncio']}")
     try:
         import aiomqtt  # noqa: F401
     except ImportError:
@@ -319,10 +385,12 @@ def main() -> None:
         print(f"bare aiomqtt subscriber: {results['aiomqtt']}")
     bare_rate = results["bare"]["msg_per_s"]
     with tempfile.TemporaryDirectory(prefix="kilowatch-bench-") as tmp:
-        for store in args.stores.split(","):
+        for store in stores.split(","):
             if store == "sqlite":
                 url = f"sqlite:///{tmp}/bench.db"
-                figures = run_consumer("kilowatch-sqlite", ["kilowatch", "--store", url], n, devices)
+                figures = run_consumer(
+                    "kilowatch-sqlite", ["kilowatch", "--store", url], n, devices
+                )
             elif store == "redis":
                 from kilowatch.testing import RedisServer
 
@@ -336,8 +404,9 @@ def main() -> None:
             figures["energy_error_wh"] = round(figures.get("stored_energy_wh", 0.0) - truth, 3)
             results[f"kilowatch_{store}"] = figures
             print(f"kilowatch into {store}: {figures}")
-    if "aiomqtt" in results:
-        results["aiomqtt"]["ratio_to_bare"] = round(results["aiomqtt"]["msg_per_s"] / bare_rate, 3)
+    for name in ("bare_asyncio", "aiomqtt"):
+        if name in results:
+            results[name]["ratio_to_bare"] = round(results[name]["msg_per_s"] / bare_rate, 3)
     print(json.dumps(results))
 
 
