@@ -378,3 +378,41 @@ async def test_authenticated_external_broker(
                 assert sum((await hourly(running.store, device)).values()) == 1.0
         finally:
             pub.close()
+
+
+async def test_reconnects_after_the_broker_restarts(
+    settings_for: Callable[..., Settings], tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The broker goes away mid-run: kilowatch retries (jittered backoff, each attempt logged),
+    subscribes again on the new connection and ingests what is published after."""
+    caplog.set_level("INFO", logger="kilowatch.mqtt")
+    device = unique("shellypmminig3-rc")
+    messages = counter_stream(device, 4)
+    with MosquittoServer() as broker:
+        settings = settings_for(broker.url, f"sqlite:///{tmp_path}/reconnect.db")
+        async with running_service(settings) as running:
+            pub = Publisher(broker.port)
+            pub.publish_many(messages[:2])
+            pub.close()
+            await poll(lambda: running.stats.committed >= 2)
+            broker.stop()
+            await poll(lambda: "mqtt connect failed attempt=" in caplog.text, what="a retry")
+            broker.start()  # same port, no persistence: a new session, so we subscribe again
+            await poll(lambda: caplog.text.count("mqtt subscribed") >= 2, what="resubscribed")
+            pub = Publisher(broker.port)
+            pub.publish_many(messages[2:])
+            pub.close()
+            await poll(lambda: running.stats.committed >= 4)
+            assert sum((await hourly(running.store, device)).values()) == 3.0
+
+
+def test_backoff_is_jittered_capped_and_exponential() -> None:
+    import random
+
+    from kilowatch.service.mqtt import backoff_delays
+
+    delays = backoff_delays(minimum=0.5, maximum=8.0, rng=random.Random(7))
+    got = [next(delays) for _ in range(10)]
+    nominal = [0.5, 1, 2, 4, 8, 8, 8, 8, 8, 8]
+    assert all(0.5 * n <= g <= 1.5 * n for g, n in zip(got, nominal, strict=True))
+    assert len(set(got)) == len(got)  # jittered: no two equal

@@ -193,6 +193,7 @@ class MqttIntake:
         refused = [f for f, r in zip(self.filters, reasons, strict=False) if r.is_failure]
         if refused:
             log.error("mqtt broker refused subscriptions filters=%s", ",".join(refused))
+        log.info("mqtt subscribed filters=%d refused=%d", len(self.filters), len(refused))
         # Connected means subscribed: what is published from now on reaches us.
         self._call_soon(self.connected.set)
 
