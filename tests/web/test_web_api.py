@@ -491,3 +491,61 @@ def test_every_route_is_documented(app: FastAPI) -> None:
                 assert f"{method} {route.path}`" in doc, (
                     f"{method} {route.path} is not in docs/api.md"
                 )
+
+
+async def test_settings_and_rename_forms(admin: tuple[httpx.AsyncClient, str]) -> None:
+    c, csrf = admin
+    form = {
+        "csrf_token": csrf,
+        "tz": "Europe/Vienna",
+        "currency": "EUR",
+        "price": "0.3",
+        "export_price": "0.05",
+        "periods": "22:00-06:00 0.2\n17:00-20:00 0.4 mon,tue",
+        "retention_days": "365",
+    }
+    r = await c.post("/settings", data={**form, "csrf_token": "wrong"})
+    assert r.status_code == 403
+    r = await c.post("/settings", data=form)
+    assert r.status_code == 303
+    site = (await c.get("/api/v1/settings")).json()
+    assert site["tz"] == "Europe/Vienna"
+    assert site["retention_days"] == 365
+    assert site["tariff"]["periods"][1] == {
+        "start": "17:00",
+        "end": "20:00",
+        "price": 0.4,
+        "days": ["mon", "tue"],
+    }
+    r = await c.post("/settings", data={**form, "periods": "whenever 0.1"})
+    assert r.status_code == 400
+    assert "line 1" in r.text
+    assert (await c.get("/api/v1/settings")).json()["tariff"]["price"] == 0.3
+    r = await c.post(
+        f"/devices/{PLUG}", data={"csrf_token": csrf, "label": "Kettle", "room": "Kitchen"}
+    )
+    assert r.status_code == 303
+    page = await c.get(f"/devices/{PLUG}")
+    assert "<h1>Kettle" in page.text
+    assert 'value="Kitchen"' in page.text
+
+
+async def test_pages_render(viewer: tuple[httpx.AsyncClient, str]) -> None:
+    c, _ = viewer
+    for path in (
+        "/",
+        "/energy?by=day&view=device",
+        "/energy?by=month",
+        "/devices",
+        f"/devices/{EM}",
+    ):
+        r = await c.get(path)
+        assert r.status_code == 200, path
+        assert "Content-Security-Policy" in r.headers
+    r = await c.get("/energy?by=week", headers={"accept": "text/html"})
+    assert r.status_code == 400
+    assert "choose hour, day or month" in r.text
+    r = await c.get("/energy?date=someday", headers={"accept": "text/html"})
+    assert r.status_code == 400
+    settings = await c.get("/settings")
+    assert "Only admins can change settings" in settings.text

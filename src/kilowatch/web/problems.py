@@ -87,7 +87,11 @@ def problem_response(request: Request, problem: Problem) -> Response:
         page: Response = templates.TemplateResponse(
             request,
             "error.html",
-            {"problem": problem, "principal": getattr(request.state, "principal", None)},
+            {
+                "problem": problem,
+                "principal": getattr(request.state, "principal", None),
+                "site": request.app.state.web.site,
+            },
             status_code=problem.status,
             headers=problem.headers,
         )
