@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -35,7 +36,10 @@ TICK_S = 0.5
 TICK_CHUNK = 50
 """Devices integrated between two yields to the event loop."""
 TRUTH_EVERY_S = 5.0
-"""Real seconds between two writes of the truth file."""
+"""Real seconds between two writes of the truth file (at least)."""
+TRUTH_DUTY = 20
+"""The truth file is written at most once per TRUTH_DUTY times the last write's duration, so a big
+fleet's file (megabytes after simulated weeks) never takes more than 5 % of the event loop."""
 AUTO = "auto"
 
 
@@ -138,6 +142,7 @@ class Fleet:
         self._stack = contextlib.AsyncExitStack()
         self._tasks: asyncio.TaskGroup | None = None
         self._jobs: list[asyncio.Task[None]] = []
+        self._truth_write_s = 0.0
 
     # ------------------------------------------------------------------ lookups
 
@@ -226,14 +231,16 @@ class Fleet:
             for pub in self.publishers:
                 pub.tick()
             now = asyncio.get_running_loop().time()
-            if now - last_truth >= TRUTH_EVERY_S:
+            if now - last_truth >= max(TRUTH_EVERY_S, TRUTH_DUTY * self._truth_write_s):
                 last_truth = now
                 self.write_truth()
 
     def write_truth(self) -> None:
         """Write the truth file now (if the fleet has one)."""
         if self.truth_path is not None:
+            t = time.perf_counter()
             self.truth.write(self.truth_path)
+            self._truth_write_s = time.perf_counter() - t
 
     # ------------------------------------------------------------------ waiting
 
