@@ -249,6 +249,13 @@ async def test_switch_set_toggle_and_energy_gate() -> None:
         assert st["aenergy"]["total"] == before
         assert st["source"] == "http"
         assert await call(dev, "Switch.Toggle", {"id": 0}) == {"was_on": False}
+        res = await call(dev, "Switch.ResetCounters", {"id": 0, "type": ["aenergy"]})
+        assert res == {"aenergy": {"total": before}}
+        assert dev.component_status("switch:0")["aenergy"]["total"] == 0  # type: ignore[index]
+        assert (await error_of(dev, "Switch.ResetCounters", {"id": 0, "type": ["x"]}))[
+            "code"
+        ] == -103
+        before = 0.0
         clock.advance(600)
         dev.tick()
         assert dev.component_status("switch:0")["aenergy"]["total"] > before  # type: ignore[index]
@@ -640,3 +647,18 @@ async def test_more_documented_shapes() -> None:
             "mem_free": 25200,
             "cpu": 0,
         }
+
+
+async def test_switch_toggle_after_runs_on_the_simulated_clock() -> None:
+    clock = ManualClock(T0, speed=600)  # 30 simulated seconds = 0.05 s
+    async with make("switch", clock=clock) as dev:
+        assert await call(dev, "Switch.Set", {"id": 0, "on": False, "toggle_after": 30}) == {
+            "was_on": True
+        }
+        st = dev.component_status("switch:0")
+        assert st is not None and st["timer_duration"] == 30.0 and st["timer_started_at"] == T0
+        await wait_for(lambda: dev.component_status("switch:0")["output"] is True)  # type: ignore[index]
+        st = dev.component_status("switch:0")
+        assert st is not None and st["source"] == "timer" and "timer_duration" not in st
+        bad = await error_of(dev, "Switch.Set", {"id": 0, "on": True, "toggle_after": "soon"})
+        assert bad["code"] == -103

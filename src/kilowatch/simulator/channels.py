@@ -7,6 +7,7 @@ NotifyStatus: power fields on a significant change, counters at minute rollovers
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -166,6 +167,8 @@ class Switch(_SinglePhase):
             }
         )
         self._pending: dict[str, Any] | None = None
+        self.timer: tuple[float, float, asyncio.TimerHandle] | None = None
+        """``(started_at, duration, handle)`` of a running ``toggle_after`` timer."""
 
     def status(self, ts: float, skew: int) -> dict[str, Any]:
         s = self.meter.sample()
@@ -173,11 +176,20 @@ class Switch(_SinglePhase):
         out.update(self._electrical())
         out["pf"] = round(s.pf, 2) if s.power_w else 0.0
         out.update(self._counters(skew))
+        if self.timer is not None:
+            out["timer_started_at"] = round(self.timer[0], 2)
+            out["timer_duration"] = self.timer[1]
         out["temperature"] = {"tC": 41.3, "tF": 106.4}
         return out
 
+    def methods(self) -> dict[str, Handler]:
+        return {"ResetCounters": self.reset_counters}
+
     def set_output(self, on: bool, source: str) -> bool:
         """Switch the relay; returns the previous state. Queues an ``output``/``source`` delta."""
+        if self.timer is not None:
+            self.timer[2].cancel()
+            self.timer = None
         was = self.output
         self.output = on
         self.source = source

@@ -255,6 +255,10 @@ class Device:
             return
         self.tick()
         self.online = False
+        for comp in self.channels.values():
+            if isinstance(comp, Switch) and comp.timer is not None:
+                comp.timer[2].cancel()  # a toggle_after timer does not survive a reboot
+                comp.timer = None
         await self.scripts.halt_all()
         for listener in list(self._lifecycle):
             listener(False)
@@ -694,7 +698,20 @@ class Device:
     def _switch_set(self, params: r.Params) -> dict[str, Any]:
         sw = self._switch(params)
         on = r.get_bool(params, "on")
+        after = params.get("toggle_after")
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int | float)):
+            raise r.invalid("Invalid argument 'toggle_after': expected number of seconds")
         was = sw.set_output(on, _source_name(params))
+        if after is not None and after > 0:
+            loop = asyncio.get_running_loop()
+
+            def flip_back() -> None:
+                sw.timer = None
+                sw.set_output(not on, "timer")
+                self._emit_power()
+
+            handle = loop.call_later(after / self.clock.speed, flip_back)
+            sw.timer = (self.now(), float(after), handle)
         self._emit_power()
         return {"was_on": was}
 
