@@ -110,7 +110,7 @@ def test_simulate_command(tmp_path: Path) -> None:
     )  # fmt: skip
     try:
         info = _poll_json(f"http://127.0.0.1:{port + 1}/shelly", proc)
-        assert info["app"] == "ProEM" and info["id"].startswith("shellyproem50-")
+        assert info["app"] == "ProEM" and str(info["id"]).startswith("shellyproem50-")
         mqtt = httpx.get(f"http://127.0.0.1:{port}/rpc/MQTT.GetConfig", timeout=5).json()
         assert mqtt["enable"] is False  # --unprovisioned: out of the box
     finally:

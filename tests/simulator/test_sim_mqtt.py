@@ -17,6 +17,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).parent))
 from simhelpers import fixture, shape
@@ -36,7 +37,7 @@ class Observer:
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
         self.client = paho.Client(
-            paho.CallbackAPIVersion.VERSION2, client_id=f"obs-{uuid.uuid4().hex[:8]}"
+            CallbackAPIVersion.VERSION2, client_id=f"obs-{uuid.uuid4().hex[:8]}"
         )
         if user:
             self.client.username_pw_set(user, pw)
@@ -264,8 +265,8 @@ def _ca_and_certs(tmp: Path) -> dict[str, str]:
     out["server_key"] = pem_key(skey)
     out["client"] = issue("meter", ckey, ca_key, name("ca test"))
     out["client_key"] = pem_key(ckey)
-    for k, v in out.items():
-        (tmp / f"{k}.pem").write_text(v)
+    for label, pem in out.items():
+        (tmp / f"{label}.pem").write_text(pem)
     return out
 
 
