@@ -113,21 +113,22 @@ def role_publish(port: int, n: int, devices: int) -> None:
     print(json.dumps({"t_first_publish": t0, "t_all_published": t1}), flush=True)
 
 
-def role_bare(port: int, n: int) -> None:
-    """Count messages with paho's network thread, QoS 1, persistent session, auto-ack."""
+def role_bare(port: int, n: int, *, drain: bool = False) -> None:
+    """Count messages with paho's network thread, QoS 1, persistent session, auto-ack.
+
+    ``drain``: subscribe, disconnect, wait for "go" on stdin (the broker queues everything for the
+    session meanwhile), then reconnect and count: the subscriber's capacity, publisher excluded.
+    """
     import threading
 
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
-    done = threading.Event()
-    state = {"count": 0, "t_last": 0.0}
+    done, subscribed = threading.Event(), threading.Event()
+    state = {"count": 0, "t_last": 0.0, "cpu0": 0.0, "t_start": 0.0}
 
     def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         client.subscribe("+/events/rpc", qos=1)
-
-    def on_subscribe(*args: Any) -> None:
-        print("ready", flush=True)
 
     def on_message(client: Any, userdata: Any, msg: Any) -> None:
         state["count"] += 1
@@ -135,16 +136,36 @@ def role_bare(port: int, n: int) -> None:
             state["t_last"] = time.time()
             done.set()
 
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-bare", clean_session=False)
-    client.on_connect = on_connect
-    client.on_subscribe = on_subscribe
-    client.on_message = on_message
-    client.connect("127.0.0.1", port)
-    client.loop_start()
+    def connect() -> Any:
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id="bench-bare", clean_session=False
+        )
+        client.on_connect = on_connect
+        client.on_subscribe = lambda *a: subscribed.set()
+        client.on_message = on_message
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        return client
+
+    client = connect()
+    subscribed.wait(IDLE_TIMEOUT_S)
+    if drain:
+        client.disconnect()
+        client.loop_stop()
+        print("ready", flush=True)
+        sys.stdin.readline()
+        state["cpu0"], state["t_start"] = time.process_time(), time.time()
+        client = connect()
+    else:
+        state["cpu0"] = time.process_time()
+        print("ready", flush=True)
     _wait_or_idle(done, lambda: state["count"])
     client.disconnect()
     client.loop_stop()
-    print(json.dumps({"received": state["count"], "t_last": state["t_last"] or time.time()}))
+    state["cpu_s"] = time.process_time() - state["cpu0"]
+    state["received"] = state.pop("count")
+    state["t_last"] = state["t_last"] or time.time()
+    print(json.dumps(state))
 
 
 def role_bare_asyncio(port: int, n: int) -> None:
@@ -156,7 +177,7 @@ def role_bare_asyncio(port: int, n: int) -> None:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         subscribed: asyncio.Future[None] = loop.create_future()
-        state = {"count": 0, "t_last": 0.0}
+        state = {"count": 0, "t_last": 0.0, "cpu0": 0.0}
         client = paho.Client(
             CallbackAPIVersion.VERSION2, client_id="bench-bare-asyncio", clean_session=False
         )
@@ -187,6 +208,7 @@ def role_bare_asyncio(port: int, n: int) -> None:
         async with asyncio.TaskGroup() as tg:
             misc_task = tg.create_task(misc())
             await subscribed
+            state["cpu0"] = time.process_time()
             print("ready", flush=True)
             last, since = -1, time.monotonic()
             while not done.done():
@@ -197,7 +219,11 @@ def role_bare_asyncio(port: int, n: int) -> None:
                     break
             misc_task.cancel()
         client.disconnect()
-        return {"received": state["count"], "t_last": state["t_last"] or time.time()}
+        return {
+            "received": state["count"],
+            "t_last": state["t_last"] or time.time(),
+            "cpu_s": time.process_time() - state["cpu0"],
+        }
 
     print(json.dumps(asyncio.run(main())))
 
@@ -206,11 +232,12 @@ def role_aiomqtt(port: int, n: int) -> None:
     import aiomqtt
 
     async def main() -> dict[str, Any]:
-        count, t_last = 0, 0.0
+        count, t_last, cpu0 = 0, 0.0, 0.0
         async with aiomqtt.Client(
             "127.0.0.1", port, identifier="bench-aiomqtt", clean_session=False
         ) as client:
             await client.subscribe("+/events/rpc", qos=1)
+            cpu0 = time.process_time()
             print("ready", flush=True)
             try:
                 async with asyncio.timeout(IDLE_TIMEOUT_S * 4):
@@ -221,7 +248,7 @@ def role_aiomqtt(port: int, n: int) -> None:
                             break
             except TimeoutError:
                 t_last = time.time()
-        return {"received": count, "t_last": t_last}
+        return {"received": count, "t_last": t_last, "cpu_s": time.process_time() - cpu0}
 
     print(json.dumps(asyncio.run(main())))
 
@@ -236,8 +263,11 @@ def _wait_or_idle(done: Any, count: Any) -> None:
             return
 
 
-def role_kilowatch(port: int, n: int, devices: int, store_url: str) -> None:
-    """Run kilowatch's serve() against the broker; report when the last message is stored."""
+def role_kilowatch(port: int, n: int, devices: int, store_url: str, *, drain: bool = False) -> None:
+    """Run kilowatch's serve() against the broker; report when the last message is stored.
+
+    ``drain``: start once to create the session, stop, wait for "go" on stdin, start again.
+    """
     from kilowatch.service.config import load_settings
     from kilowatch.service.server import serve
     from kilowatch.store import EnergyQuery, open_store
@@ -265,6 +295,7 @@ def role_kilowatch(port: int, n: int, devices: int, store_url: str) -> None:
                 elif stats.committed and time.monotonic() - since > IDLE_TIMEOUT_S:
                     break
             result["t_last"] = time.time()
+            result["cpu_s"] = time.process_time() - result["cpu0"]
             result["received"] = stats.committed
             result["batches"] = stats.batches
             result["dead_letters"] = sum(stats.dead_letters.values())
@@ -273,10 +304,27 @@ def role_kilowatch(port: int, n: int, devices: int, store_url: str) -> None:
         watcher: list[asyncio.Task[None]] = []
 
         def ready(running: Any) -> None:
+            result["cpu0"] = time.process_time()
             print("ready", flush=True)
             watcher.append(asyncio.get_running_loop().create_task(watch(running.stats)))
 
-        await serve(settings, stop, on_ready=ready, web=None)
+        def drained(_: list[Any]) -> Any:
+            def on_ready(running: Any) -> None:
+                watcher.append(asyncio.get_running_loop().create_task(watch(running.stats)))
+
+            return on_ready
+
+        if drain:
+            first_stop = asyncio.Event()
+            await serve(settings, first_stop, on_ready=lambda r: first_stop.set(), web=None)
+            print("ready", flush=True)
+            await asyncio.to_thread(sys.stdin.readline)
+            result["t_start"] = time.time()
+            result["cpu0"] = time.process_time()
+            stats: list[Any] = []
+            await serve(settings, stop, on_ready=drained(stats), web=None)
+        else:
+            await serve(settings, stop, on_ready=ready, web=None)
         await asyncio.gather(*watcher)
         day = datetime.fromtimestamp(START_TS, UTC)
         query = EnergyQuery(
@@ -288,6 +336,7 @@ def role_kilowatch(port: int, n: int, devices: int, store_url: str) -> None:
         result["stored_energy_wh"] = round(sum(r.energy_wh for r in rows), 3)
 
     asyncio.run(main())
+    result.pop("cpu0", None)
     print(json.dumps(result))
 
 
@@ -297,7 +346,11 @@ def role_kilowatch(port: int, n: int, devices: int, store_url: str) -> None:
 def _spawn(*args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     return subprocess.Popen(
-        [sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, __file__, *args],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+        text=True,
+        env=env,
     )
 
 
@@ -310,11 +363,16 @@ def _last_json(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
     return result
 
 
-def run_consumer(name: str, role_args: list[str], n: int, devices: int) -> dict[str, Any]:
+def run_consumer(
+    name: str, role_args: list[str], n: int, devices: int, *, drain: bool = False
+) -> dict[str, Any]:
     from kilowatch.testing import MosquittoServer
 
     with MosquittoServer() as broker:
-        consumer = _spawn("--role", *role_args, "--port", str(broker.port), "--messages", str(n))
+        extra = ["--drain"] if drain else []
+        consumer = _spawn(
+            "--role", *role_args, *extra, "--port", str(broker.port), "--messages", str(n)
+        )
         assert consumer.stdout is not None
         line = consumer.stdout.readline()
         if line.strip() != "ready":
@@ -325,8 +383,12 @@ def run_consumer(name: str, role_args: list[str], n: int, devices: int) -> dict[
             "--devices", str(devices),
         )  # fmt: skip
         pub = _last_json(publisher, timeout=600)
+        if drain:
+            assert consumer.stdin is not None
+            consumer.stdin.write("go\n")
+            consumer.stdin.flush()
         got = _last_json(consumer, timeout=600)
-    elapsed = got["t_last"] - pub["t_first_publish"]
+    elapsed = got["t_last"] - (got["t_start"] if drain else pub["t_first_publish"])
     received = int(got["received"])
     figures = {
         "received": received,
@@ -335,6 +397,7 @@ def run_consumer(name: str, role_args: list[str], n: int, devices: int) -> dict[
         "msg_per_s": round(received / elapsed, 1) if elapsed > 0 else 0.0,
         "publish_msg_per_s": round(n / (pub["t_all_published"] - pub["t_first_publish"]), 1),
     }
+    figures["cpu_us_per_msg"] = round(got["cpu_s"] / max(received, 1) * 1e6, 1)
     for key in ("batches", "dead_letters", "stored_energy_wh"):
         if key in got:
             figures[key] = got[key]
@@ -349,64 +412,71 @@ def main() -> None:
     parser.add_argument("--role", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--drain",
+        action="store_true",
+        help="measure consumer capacity: publish everything while the consumer is away, then "
+        "time how fast it drains its session (bare paho and kilowatch only)",
+    )
     args = parser.parse_args()
     n, devices = args.messages, args.devices
 
     if args.role == "publish":
         role_publish(args.port, n, devices)
     elif args.role == "bare":
-        role_bare(args.port, n)
+        role_bare(args.port, n, drain=args.drain)
     elif args.role == "bare-asyncio":
         role_bare_asyncio(args.port, n)
     elif args.role == "aiomqtt":
         role_aiomqtt(args.port, n)
     elif args.role == "kilowatch":
-        role_kilowatch(args.port, n, devices, args.store)
+        role_kilowatch(args.port, n, devices, args.store, drain=args.drain)
     else:
-        orchestrate(n, devices, args.stores)
+        orchestrate(n, devices, args.stores, drain=args.drain)
 
 
-def orchestrate(n: int, devices: int, stores: str) -> None:
-
-    results: dict[str, Any] = {"messages": n, "devices": devices}
+def orchestrate(n: int, devices: int, stores: str, *, drain: bool = False) -> None:
+    """Run every consumer in turn and print the figures; the last line is one JSON object."""
+    mode = "drain" if drain else "live"
+    results: dict[str, Any] = {"mode": mode, "messages": n, "devices": devices}
     truth = true_energy_wh(n, devices)
     results["true_energy_wh"] = truth
-    print(f"publishing {n} NotifyStatus messages from {devices} devices through mosquitto")
-    results["bare"] = run_consumer("bare", ["bare"], n, devices)
+    print(f"{mode}: {n} NotifyStatus messages from {devices} devices through mosquitto")
+    results["bare"] = run_consumer("bare", ["bare"], n, devices, drain=drain)
     print(f"bare paho subscriber (network thread): {results['bare']}")
-    results["bare_asyncio"] = run_consumer("bare-asyncio", ["bare-asyncio"], n, devices)
-    print(f"bare paho subscriber (driven by asyncio): {results['bare_asyncio']}")
-    try:
-        import aiomqtt  # noqa: F401
-    except ImportError:
-        print("aiomqtt not installed: skipping the aiomqtt baseline")
-    else:
-        results["aiomqtt"] = run_consumer("aiomqtt", ["aiomqtt"], n, devices)
-        print(f"bare aiomqtt subscriber: {results['aiomqtt']}")
+    if not drain:
+        results["bare_asyncio"] = run_consumer("bare-asyncio", ["bare-asyncio"], n, devices)
+        print(f"bare paho subscriber (driven by asyncio): {results['bare_asyncio']}")
+        try:
+            import aiomqtt  # noqa: F401
+        except ImportError:
+            print("aiomqtt not installed: skipping the aiomqtt baseline")
+        else:
+            results["aiomqtt"] = run_consumer("aiomqtt", ["aiomqtt"], n, devices)
+            print(f"bare aiomqtt subscriber: {results['aiomqtt']}")
     bare_rate = results["bare"]["msg_per_s"]
+    bare_cpu = results["bare"]["cpu_us_per_msg"]
     with tempfile.TemporaryDirectory(prefix="kilowatch-bench-") as tmp:
         for store in stores.split(","):
             if store == "sqlite":
-                url = f"sqlite:///{tmp}/bench.db"
-                figures = run_consumer(
-                    "kilowatch-sqlite", ["kilowatch", "--store", url], n, devices
-                )
+                role = ["kilowatch", "--store", f"sqlite:///{tmp}/bench.db"]
+                figures = run_consumer("kilowatch-sqlite", role, n, devices, drain=drain)
             elif store == "redis":
                 from kilowatch.testing import RedisServer
 
                 with RedisServer() as redis:
-                    figures = run_consumer(
-                        "kilowatch-redis", ["kilowatch", "--store", redis.url], n, devices
-                    )
+                    role = ["kilowatch", "--store", redis.url]
+                    figures = run_consumer("kilowatch-redis", role, n, devices, drain=drain)
             else:
                 raise SystemExit(f"unknown store {store!r}")
-            figures["ratio_to_bare"] = round(figures["msg_per_s"] / bare_rate, 3)
             figures["energy_error_wh"] = round(figures.get("stored_energy_wh", 0.0) - truth, 3)
             results[f"kilowatch_{store}"] = figures
-            print(f"kilowatch into {store}: {figures}")
-    for name in ("bare_asyncio", "aiomqtt"):
-        if name in results:
-            results[name]["ratio_to_bare"] = round(results[name]["msg_per_s"] / bare_rate, 3)
+    for name, figures in results.items():
+        if isinstance(figures, dict) and name != "bare":
+            figures["ratio_to_bare"] = round(figures["msg_per_s"] / bare_rate, 3)
+            figures["cpu_ratio_to_bare"] = round(bare_cpu / figures["cpu_us_per_msg"], 3)
+            if name.startswith("kilowatch_"):
+                print(f"kilowatch into {name.split('_')[1]}: {figures}")
     print(json.dumps(results))
 
 
