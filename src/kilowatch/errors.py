@@ -1,8 +1,8 @@
 """The one error hierarchy of kilowatch.
 
-Every package translates foreign exceptions (paho, redis-py, sqlite3, httpx, aiohttp) into one of these
-at its boundary, with ``raise ... from err``. Errors carry structured attributes, not just text, and their
-message says what happened, with the evidence, and what to do.
+Every package translates foreign exceptions (paho, redis-py, sqlite3, httpx, aiohttp) into one of
+these at its boundary, with ``raise ... from err``. Errors carry structured attributes, not just
+text, and their message says what happened, with the evidence, and what to do.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ class ConfigError(KilowatchError):
 class DecodeError(KilowatchError):
     """A message could not be turned into readings.
 
-    ``reason`` is a short, stable slug used to count dead letters (``invalid_json``, ``unknown_topic``...).
+    ``reason`` is a short, stable slug used to count dead letters (``invalid_json``,
+    ``unknown_topic``...).
     """
 
     def __init__(self, reason: str, message: str) -> None:

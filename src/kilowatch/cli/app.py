@@ -1,9 +1,9 @@
 """The ``kilowatch`` command: a thin shell over the library.
 
-Each command lives in its own module under ``kilowatch.cli`` and exposes ``register(app)``; this module
-only assembles them. A command parses its options, opens the same services the server uses, calls one
-function and renders the result. Errors derived from :class:`KilowatchError` become one line on stderr
-and a non-zero exit code.
+Each command lives in its own module under ``kilowatch.cli`` and exposes ``register(app)``; this
+module only assembles them. A command parses its options, opens the same services the server
+uses, calls one function and renders the result. Errors derived from :class:`KilowatchError`
+become one line on stderr and a non-zero exit code.
 """
 
 from __future__ import annotations

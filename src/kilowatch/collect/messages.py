@@ -1,8 +1,8 @@
 """What decoders make of a message: normalised, unit-converted values (BRIEF "Public contracts").
 
 Units out: Wh, W, V, A, Hz, VA, var. A field the message does not carry is ``None`` and absent from
-``to_json()``, never zero. ``device`` is the identity the message itself shows: the ``src`` of an RPC
-frame, else the device part of the topic.
+``to_json()``, never zero. ``device`` is the identity the message itself shows: the ``src`` of an
+RPC frame, else the device part of the topic.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ class Reading(_JsonMixin):
 
 @dataclass(frozen=True, slots=True)
 class Interval(_JsonMixin):
-    """Energy measured over ``[start, end)`` (unix seconds), e.g. one hour of the metering script."""
+    """Energy measured over ``[start, end)`` (unix seconds), e.g. one hour of the metering
+    script."""
 
     device: str
     channel: str
@@ -74,7 +75,8 @@ class Availability(_JsonMixin):
 
 @dataclass(frozen=True, slots=True)
 class Event(_JsonMixin):
-    """A device event (``NotifyEvent`` item): ``ota_progress``, ``config_changed``, a script event..."""
+    """A device event (``NotifyEvent`` item): ``ota_progress``, ``config_changed``, a script
+    event..."""
 
     device: str
     ts: float

@@ -11,7 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 SLOT_SECONDS = 900
-"""15 minutes: the greatest common divisor of all real UTC offsets (e.g. +05:45 Nepal, +12:45 Chatham)."""
+"""15 minutes: the greatest common divisor of all real UTC offsets (e.g. +05:45 Nepal, +12:45
+Chatham)."""
 
 
 def slot_of(ts: float) -> int:
@@ -23,7 +24,8 @@ def slot_of(ts: float) -> int:
 class SlotEnergy:
     """Energy to *add* to one slot of one channel (a delta; corrections may be negative).
 
-    ``estimated`` is sticky: once a slot holds estimated energy (spread across a gap), it stays marked.
+    ``estimated`` is sticky: once a slot holds estimated energy (spread across a gap), it stays
+    marked.
     """
 
     device: str

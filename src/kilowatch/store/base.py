@@ -1,5 +1,6 @@
 """The one store interface. Backends: SQLite (``sqlite:///file.db``), Redis (``redis://``, ``rediss://``)
-and Redis Cluster. Every backend passes the same conformance suite (``tests/store/test_conformance.py``).
+and Redis Cluster. Every backend passes the same conformance suite
+(``tests/store/test_conformance.py``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class DeviceUpdate:
     name: str | None = None
     ip: str | None = None
     source: str | None = None
-    """Which decoder family saw it: ``shelly``, ``shelly-gen1``, ``tasmota``, ``zigbee2mqtt``, ``hourly``."""
+    """Which decoder family saw it: ``shelly``, ``shelly-gen1``, ``tasmota``, ``zigbee2mqtt``,
+    ``hourly``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +76,8 @@ class Batch:
     """Everything one ingest step changes, committed atomically by :meth:`Store.commit`.
 
     ``slots`` are added to what is stored; ``ledger_states`` replace the saved ledger state of their
-    channels (opaque JSON-able dicts owned by ``kilowatch.ledger``), so that after a crash the stored
-    energy and the ledger state always agree.
+    channels (opaque JSON-able dicts owned by ``kilowatch.ledger``), so that after a crash the
+    stored energy and the ledger state always agree.
     """
 
     slots: Sequence[SlotEnergy] = ()
@@ -89,7 +91,8 @@ class Batch:
 
 @dataclass(frozen=True, slots=True)
 class EnergyQuery:
-    """Energy per bucket of local time in ``tz`` over ``[start, end)`` (aware datetimes or dates)."""
+    """Energy per bucket of local time in ``tz`` over ``[start, end)`` (aware datetimes or
+    dates)."""
 
     by: Bucket
     tz: str
@@ -127,15 +130,15 @@ class EnergyRow:
 
 
 class Store(Protocol):
-    """What the rest of kilowatch needs from storage. Use as ``async with open_store(url) as store``."""
+    """What the rest of kilowatch needs from storage. Use as ``async with open_store(url) as
+    store``."""
 
     url: str
 
     async def __aenter__(self) -> Self: ...
 
     async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
+        self, exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
@@ -147,7 +150,8 @@ class Store(Protocol):
         """Every saved ledger state, to resume exactly where the last run stopped."""
 
     async def energy(self, query: EnergyQuery) -> list[EnergyRow]:
-        """Energy per bucket; buckets without data are omitted. Rows sorted by start, device, channel."""
+        """Energy per bucket; buckets without data are omitted. Rows sorted by start, device,
+        channel."""
 
     async def devices(self) -> list[DeviceRecord]: ...
 

@@ -1,5 +1,5 @@
-"""Helpers that run real servers (mosquitto, redis-server) on free loopback ports, for the test suite and
-the benchmarks. Not used by kilowatch at run time."""
+"""Helpers that run real servers (mosquitto, redis-server) on free loopback ports, for the test
+suite and the benchmarks. Not used by kilowatch at run time."""
 
 from kilowatch.testing.servers import (
     MosquittoServer,

@@ -1,8 +1,9 @@
 """Real mosquitto and redis-server processes on ports the OS hands out.
 
-Each server is a context manager: it starts the process, waits until the port accepts connections (no
-sleeps), and stops it on exit. Brokers are configured so they cannot drop messages for a slow
-subscriber (``max_queued_messages 0``, unlimited in-flight), so any loss a test sees is ours.
+Each server is a context manager: it starts the process, waits until the port accepts
+connections (no sleeps), and stops it on exit. Brokers are configured so they cannot drop
+messages for a slow subscriber (``max_queued_messages 0``, unlimited in-flight), so any loss a
+test sees is ours.
 """
 
 from __future__ import annotations
@@ -30,19 +31,27 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def wait_for_port(
-    host: str, port: int, *, timeout: float = START_TIMEOUT_S, proc: subprocess.Popen[bytes] | None = None
+    host: str,
+    port: int,
+    *,
+    timeout: float = START_TIMEOUT_S,
+    proc: subprocess.Popen[bytes] | None = None,
 ) -> None:
     """Block until ``host:port`` accepts a TCP connection (or raise after ``timeout``)."""
     deadline = time.monotonic() + timeout
     while True:
         if proc is not None and proc.poll() is not None:
-            raise KilowatchError(f"server process exited with code {proc.returncode} before {port} opened")
+            raise KilowatchError(
+                f"server process exited with code {proc.returncode} before {port} opened"
+            )
         try:
             with socket.create_connection((host, port), timeout=0.2):
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise KilowatchError(f"nothing accepted connections on {host}:{port} within {timeout}s") from None
+                raise KilowatchError(
+                    f"nothing accepted connections on {host}:{port} within {timeout}s"
+                ) from None
             time.sleep(0.01)
 
 
@@ -83,7 +92,10 @@ class _Process:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
         self._tmp.cleanup()
@@ -176,12 +188,17 @@ class RedisServer(_Process):
         if self.password:
             argv += ["--requirepass", self.password]
         if self.cluster:
-            argv += ["--cluster-enabled", "yes", "--cluster-config-file", str(self.dir / "nodes.conf")]
+            argv += [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(self.dir / "nodes.conf"),
+            ]
         self._spawn(argv, self.port)
 
 
 class RedisClusterServer:
-    """A Redis Cluster of ``masters`` nodes (no replicas) on free ports, slots spread by redis-cli."""
+    """A Redis Cluster of ``masters`` nodes (no replicas) on free ports; redis-cli spreads slots."""
 
     def __init__(self, masters: int = 3) -> None:
         self.nodes = [RedisServer(cluster=True) for _ in range(masters)]
@@ -207,7 +224,9 @@ class RedisClusterServer:
         cli = _binary("redis-cli")
         while time.monotonic() < deadline:
             out = subprocess.run(
-                [cli, "-p", str(self.nodes[0].port), "cluster", "info"], capture_output=True, text=True
+                [cli, "-p", str(self.nodes[0].port), "cluster", "info"],
+                capture_output=True,
+                text=True,
             ).stdout
             if "cluster_state:ok" in out:
                 return
@@ -215,7 +234,10 @@ class RedisClusterServer:
         raise KilowatchError("redis cluster did not reach cluster_state:ok")
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         for n in self.nodes:
             n.__exit__(exc_type, exc, tb)
