@@ -174,3 +174,12 @@ def test_a_local_day_is_few_rollup_rows() -> None:
     ]
     month = plan("month", "Asia/Kolkata", date(2026, 6, 1), date(2026, 7, 1)).terms()
     assert len(month) <= 8
+
+
+@pytest.mark.parametrize(("by", "tz"), [("15min", "Asia/Kathmandu"), ("hour", "Europe/Sofia")])
+def test_keys_are_starts_when_each_row_is_a_bucket(by: str, tz: str) -> None:
+    p = plan(by, tz, date(2026, 3, 28), date(2026, 3, 31))
+    step = 900 if by == "15min" else 3600
+    assert p.keys_are_starts
+    assert all(p.key(t) == t for t in range(p.start, p.end, step))
+    assert not plan("hour", "Asia/Kolkata", date(2026, 3, 28), date(2026, 3, 31)).keys_are_starts

@@ -165,6 +165,12 @@ class Plan:
                 return seg
         return self.segments[-1]
 
+    @property
+    def keys_are_starts(self) -> bool:
+        """Whether every stored slot (or, with :attr:`whole_hours`, hour) is a bucket of its own,
+        so its start is its key: 15-minute buckets, and hour buckets over whole-hour offsets."""
+        return self.by == "15min" or (self.by == "hour" and self.whole_hours)
+
     def key(self, ts: int) -> int:
         """Bucket key of the slot (or hour) starting at ``ts`` (which must lie in the range)."""
         if self.by == "month":

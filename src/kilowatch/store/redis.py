@@ -454,7 +454,10 @@ class RedisStore:
         raw, seed_got = await self._scan_raw(p, scan_pairs, [c for c, _ in seed_cmds])
         step = 3600 if p.whole_hours else SLOT_SECONDS
         seed_raw = _seed_rows(raw, seed_cmds, seed_got, step, p)
-        if p.by not in ("day", "month"):
+        if p.keys_are_starts:
+            for device, channel, ts, imp, exp, est in raw:
+                cells[(device, channel, ts)] = [imp, exp, int(est)]  # one row per bucket
+        elif p.by not in ("day", "month"):
             for device, channel, ts, imp, exp, est in raw:
                 add(cells, device, channel, p.key(ts), imp, exp, est)
         for device, channel, ts, imp, exp, est in seed_raw:
