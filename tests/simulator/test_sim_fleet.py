@@ -83,7 +83,8 @@ def test_same_seed_same_devices_and_loads() -> None:
         fleet = Fleet(devices=2, models=["3em"], start=T0, http=False, engine=None, seed=seed)
         meters = [m for d in fleet.devices for m in d.meters()]
         ids = [d.id for d in fleet.devices]
-        runs.append((ids, [round(m.profile.energy_wh(T0, T0 + 86400)[0], 6) for m in meters]))
+        noon = T0 + 12 * 3600  # every load draws something at midday
+        runs.append((ids, [round(m.profile.energy_wh(noon, noon + 7200)[0], 6) for m in meters]))
     assert runs[0] == runs[1]
     assert runs[0][0] != runs[2][0] and runs[0][1] != runs[2][1]
     assert len(set(runs[0][1])) == 6  # every phase has its own load
