@@ -250,10 +250,15 @@ class LoginLimiter:
         self._failures: dict[str, deque[float]] = {}
 
     def _recent(self, key: str) -> deque[float]:
-        q = self._failures.setdefault(key, deque())
+        q = self._failures.get(key)
+        if q is None:
+            return deque()
         cutoff = self._clock() - self._window
         while q and q[0] <= cutoff:
             q.popleft()
+        if not q:
+            # Forget quiet keys, so made-up user names cannot grow this without bound.
+            del self._failures[key]
         return q
 
     def retry_after(self, *keys: str) -> float:
@@ -267,7 +272,8 @@ class LoginLimiter:
 
     def failed(self, *keys: str) -> None:
         for key in keys:
-            self._recent(key).append(self._clock())
+            self._recent(key)
+            self._failures.setdefault(key, deque()).append(self._clock())
 
     def succeeded(self, *keys: str) -> None:
         for key in keys:

@@ -65,6 +65,13 @@ async def login(
     password: Annotated[str, Form(max_length=1024)],
     next: Annotated[str, Form()] = "/",
 ) -> Response:
+    origin = request.headers.get("origin")
+    if (
+        origin
+        and origin != "null"
+        and origin.rstrip("/") != f"{request.url.scheme}://{request.url.netloc}"
+    ):
+        raise Problem(403, f"cross-site login from {origin} refused", slug="csrf")
     client = request.client.host if request.client else "unknown"
     keys = (f"ip:{client}", f"user:{username}")
     wait = state.limiter.retry_after(*keys)
@@ -157,8 +164,17 @@ def chart_data(rep: Report, names: dict[str, str]) -> dict[str, Any]:
     with_parts = {
         (r.device, r.channel.split("/", 1)[0]) for r in rep.rows if r.channel and "/" in r.channel
     }
+    # The metering script's "hourly" channel measures the same wire as the device's meter: like
+    # the store's device totals, count it only where the device has no other channel's energy.
+    metered = {(r.device, int(r.start.timestamp())) for r in rep.rows if r.channel != "hourly"}
     for row in rep.rows:
         if q.group == "channel" and (row.device, row.channel) in with_parts:
+            continue
+        if (
+            q.group == "channel"
+            and row.channel == "hourly"
+            and (row.device, int(row.start.timestamp())) in metered
+        ):
             continue
         i = index.get(int(row.start.timestamp()))
         if i is None:
