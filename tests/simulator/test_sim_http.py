@@ -161,3 +161,31 @@ async def test_aioshelly_connects_authenticates_and_gets_notifications(fleet: Fl
                     await asyncio.sleep(0.02)
         finally:
             await device.shutdown()
+
+
+async def test_emdata_csv_download() -> None:
+    start = 1_767_225_600.0
+    async with Fleet(devices=1, models=["3em"], speed=7200, start=start, engine=None,
+                     tick_s=0.05) as fleet:  # fmt: skip
+        await fleet.wait_until(start + 3 * 3600)
+        dev = fleet.devices[0]
+        url = f"{fleet.url(dev)}/emdata/0/data.csv?ts={int(start)}&end_ts={int(start + 7200)}"
+        async with httpx.AsyncClient() as c:
+            r = await c.get(url)
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+            rows = r.text.strip().split("\n")
+            header = rows[0].split(",")
+            assert header[:2] == ["timestamp", "a_total_act_energy"] and len(header) == 52
+            assert (
+                len(rows) == 1 + 119
+            )  # records start one minute after boot; GetData chunks joined
+            first = rows[1].split(",")
+            assert int(first[0]) == start + 60 and len(first) == 52
+            gd = await dev.call(
+                "EMData.GetData", {"id": 0, "ts": int(start + 60), "end_ts": int(start + 120)}
+            )
+            assert [float(v) for v in first[1:]] == pytest.approx(
+                gd["data"][0]["values"][0], abs=1e-3
+            )
+            r = await c.get(f"{fleet.url(dev)}/em1data/0/data.csv?ts=0")
+            assert r.status_code == 404  # a Pro 3EM has no EM1Data

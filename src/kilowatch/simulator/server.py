@@ -71,6 +71,7 @@ class DeviceServer:
         app.router.add_post("/rpc", self._frame)
         app.router.add_get("/rpc/{method}", self._method)
         app.router.add_post("/rpc/{method}", self._method)
+        app.router.add_get("/{kind:emdata|em1data}/{cid:[0-9]+}/data.csv", self._csv)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         try:
@@ -165,6 +166,39 @@ class DeviceServer:
             code = reply["error"]["code"]
             return _json(reply["error"], 404 if code == 404 else 500)
         return _json(reply["result"])
+
+    async def _csv(self, request: web.Request) -> web.Response:
+        """``/emdata/<id>/data.csv?ts=&end_ts=&add_keys=`` (§13.5): the GetData records as CSV."""
+        dev = self._device(request)
+        if not self._http_authorized(dev, request, None):
+            return self._unauthorized(dev)
+        method = "EMData.GetData" if request.match_info["kind"] == "emdata" else "EM1Data.GetData"
+        q = {k: _query_value(v) for k, v in request.query.items()}
+        add_keys = q.get("add_keys", True) is True
+        params: dict[str, Any] = {"id": int(request.match_info["cid"]), "ts": q.get("ts", 0)}
+        if "end_ts" in q:
+            params["end_ts"] = q["end_ts"]
+        lines: list[str] = []
+        while True:
+            reply = await dev.handle_frame(
+                {"id": 1, "method": method, "params": params}, source="http"
+            )
+            assert reply is not None
+            if "error" in reply:
+                return _json(reply["error"], 404 if reply["error"]["code"] == 404 else 500)
+            result = reply["result"]
+            if add_keys and not lines:
+                lines.append(",".join(["timestamp", *result["keys"]]))
+            for block in result["data"]:
+                for i, row in enumerate(block["values"]):
+                    ts = block["ts"] + i * block["period"]
+                    lines.append(",".join([str(ts), *(str(v) for v in row)]))
+            if "next_record_ts" not in result:
+                break
+            params = {**params, "ts": result["next_record_ts"]}
+        resp = web.Response(text="\n".join(lines) + "\n", content_type="text/csv")
+        resp.force_close()
+        return resp
 
     async def _frame(self, request: web.Request) -> web.Response:
         dev = self._device(request)
