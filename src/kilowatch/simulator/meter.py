@@ -125,15 +125,30 @@ class MeterChannel:
         self.ret_aenergy = EnergyCounter()
         self.t = start
         self.minute_start = int(start // 60) * 60
+        self._seg = -1
+        self._seg_sample = Sample(0.0, 0.0, 1.0, 0.0)
+
+    def _raw(self, seg: int) -> Sample:
+        # One profile evaluation per segment: status, deltas and integration all ask for it.
+        if seg != self._seg:
+            self._seg = seg
+            self._seg_sample = self.profile.sample_segment(seg)
+        return self._seg_sample
 
     def sample(self) -> Sample:
         """The current segment, with the relay and ``reverse`` applied."""
-        s = self.profile.sample(self.t)
+        s = self._raw(int(self.t // SEGMENT_S))
         if self.gate is not None and not self.gate():
             return Sample(0.0, s.voltage_v, 1.0, s.freq_hz)
         if self.reverse:
             return Sample(-s.power_w, s.voltage_v, -s.pf, s.freq_hz)
         return s
+
+    def _power(self, seg: int) -> float:
+        if self.gate is not None and not self.gate():
+            return 0.0
+        p = self._raw(seg).power_w
+        return -p if self.reverse else p
 
     def advance(self, t: float) -> int:
         """Integrate up to ``t``; returns how many minute boundaries were crossed."""
@@ -141,7 +156,7 @@ class MeterChannel:
         while self.t < t:
             seg = int(self.t // SEGMENT_S)
             end = min(t, float((seg + 1) * SEGMENT_S))
-            p = self.sample().power_w
+            p = self._power(seg)
             wh = p * (end - self.t) / 3600.0
             if wh >= 0:
                 self.aenergy.add(wh)
