@@ -162,3 +162,17 @@ async def test_sqlite_migrates_a_version_1_file(tmp_path: Path) -> None:
         (2, 96.0, True),
         (3, 20.0, False),
     ]
+
+
+async def test_rediss_to_a_plain_server_is_a_store_error(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TLS is really used for rediss:// (a plain server cannot complete the handshake), and the
+    open is bounded in time."""
+    from kilowatch.store import redis as redis_store
+
+    monkeypatch.setattr(redis_store, "OPEN_TIMEOUT_S", 1.0)
+    tls_url = redis_url.replace("redis://", "rediss://") + "?verify=none"
+    with pytest.raises(StoreError, match="cannot open the Redis store"):
+        async with open_store(tls_url):
+            pass

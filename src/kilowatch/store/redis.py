@@ -67,6 +67,8 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
 """Socket connect timeout to a Redis node."""
+OPEN_TIMEOUT_S = 10.0
+"""Longest opening the store (connect, TLS handshake, first command) may take."""
 SOCKET_TIMEOUT_S = 30.0
 """Longest a single Redis command (or pipeline) may take before the call fails."""
 SEED_REFRESH_S = 60.0
@@ -139,15 +141,23 @@ class RedisStore:
             common["ssl"] = True
             common.update(t.tls_options)
         try:
-            if t.cluster:
-                nodes = [ClusterNode(h, p) for h, p in t.hosts]
-                self._client = RedisCluster(startup_nodes=nodes, **common)
-                await self._client.initialize()
-            else:
-                host, port = t.hosts[0]
-                self._client = Redis(host=host, port=port, db=t.db, **common)
-                await self._client.ping()
+            async with asyncio.timeout(OPEN_TIMEOUT_S):
+                if t.cluster:
+                    nodes = [ClusterNode(h, p) for h, p in t.hosts]
+                    self._client = RedisCluster(startup_nodes=nodes, **common)
+                    await self._client.initialize()
+                else:
+                    host, port = t.hosts[0]
+                    self._client = Redis(host=host, port=port, db=t.db, **common)
+                    await self._client.ping()
             await self.refresh_seed_index()
+        except TimeoutError as err:
+            await self._close()
+            raise StoreError(
+                f"cannot open the Redis store at {_safe(self.url)}: no answer within "
+                f"{OPEN_TIMEOUT_S:g} s; check host and port, and whether the server speaks TLS "
+                "(rediss://) or not (redis://)"
+            ) from err
         except (redis_errors.RedisError, OSError) as err:
             await self._close()
             raise _error(f"cannot open the Redis store at {_safe(self.url)}", err) from err
