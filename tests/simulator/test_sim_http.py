@@ -189,3 +189,18 @@ async def test_emdata_csv_download() -> None:
             )
             r = await c.get(f"{fleet.url(dev)}/em1data/0/data.csv?ts=0")
             assert r.status_code == 404  # a Pro 3EM has no EM1Data
+
+
+async def test_debug_log_websocket(fleet: Fleet) -> None:
+    dev = fleet.devices[0]
+    url = fleet.url(dev)
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{url}/debug/log") as r:
+            assert r.status == 404  # disabled out of the box
+        await dev.call("Sys.SetConfig", {"config": {"debug": {"websocket": {"enable": True}}}})
+        async with s.ws_connect(f"{url}/debug/log") as ws:
+            await dev.call("Switch.GetConfig", {"id": 0})
+            entry = json.loads(await ws.receive_str(timeout=5))
+            assert set(entry) == {"ts", "level", "data", "fd"}
+            assert isinstance(entry["ts"], float) and entry["level"] == 2
+            assert "Switch.GetConfig" in entry["data"]

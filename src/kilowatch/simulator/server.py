@@ -24,6 +24,8 @@ from kilowatch.simulator import auth
 from kilowatch.simulator.device import Device
 
 WS_HEARTBEAT_S = 55.0
+DEBUG_LOG_CLIENTS_MAX = 3
+"""'max 3 connections' to the WebSocket debug log (§8)."""
 
 
 def _query_value(raw: str) -> Any:
@@ -58,6 +60,7 @@ class DeviceServer:
             str, dict[web.WebSocketResponse, asyncio.Queue[dict[str, Any] | None]]
         ] = {d.id: {} for d in devices}
         self._runner: web.AppRunner | None = None
+        self._log_clients: dict[str, int] = {}
         self._unsubs: list[Any] = []
 
     def url(self, device: Device) -> str:
@@ -72,6 +75,7 @@ class DeviceServer:
         app.router.add_get("/rpc/{method}", self._method)
         app.router.add_post("/rpc/{method}", self._method)
         app.router.add_get("/{kind:emdata|em1data}/{cid:[0-9]+}/data.csv", self._csv)
+        app.router.add_get("/debug/log", self._debug_log)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         try:
@@ -199,6 +203,40 @@ class DeviceServer:
         resp = web.Response(text="\n".join(lines) + "\n", content_type="text/csv")
         resp.force_close()
         return resp
+
+    async def _debug_log(self, request: web.Request) -> web.StreamResponse:
+        """WebSocket log stream (§8) while ``sys.debug.websocket.enable``; at most 3 clients."""
+        dev = self._device(request)
+        if not self._http_authorized(dev, request, None):
+            return self._unauthorized(dev)
+        if not dev.config["sys"]["debug"]["websocket"]["enable"]:
+            return _json({"code": 404, "message": "debug log over websocket is disabled"}, 404)
+        if self._log_clients.get(dev.id, 0) >= DEBUG_LOG_CLIENTS_MAX:
+            return _json({"code": -108, "message": "Too many debug log clients"}, 503)
+        ws = web.WebSocketResponse(heartbeat=WS_HEARTBEAT_S)
+        await ws.prepare(request)
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+        def on_line(line: str) -> None:
+            # "<id> <seq> <ts> <level>|<file:line> <message>" → {ts, level, data}
+            _, _, ts, rest = line.split(" ", 3)
+            level, _, data = rest.partition("|")
+            queue.put_nowait({"ts": float(ts), "level": int(level), "data": data, "fd": 1})
+
+        unsub = dev.add_log_sink(on_line)
+        self._log_clients[dev.id] = self._log_clients.get(dev.id, 0) + 1
+        self._sockets[dev.id][ws] = queue
+        try:
+            async with asyncio.TaskGroup() as tg:
+                writer = tg.create_task(self._ws_writer(ws, queue))
+                async for _ in ws:
+                    pass
+                writer.cancel()
+        finally:
+            unsub()
+            self._log_clients[dev.id] -= 1
+            self._sockets[dev.id].pop(ws, None)
+        return ws
 
     async def _frame(self, request: web.Request) -> web.Response:
         dev = self._device(request)
