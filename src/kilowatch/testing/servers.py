@@ -8,6 +8,7 @@ test sees is ours.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -131,6 +132,10 @@ class MosquittoServer(_Process):
             "log_type error",
             "log_type warning",
         ]
+        if os.geteuid() == 0:
+            # As root mosquitto drops to the user "mosquitto", who cannot read this private temp
+            # dir (password file, TLS material); stay root for these throwaway test brokers.
+            lines.append("user root")
         if self.users:
             pw = self.dir / "passwd"
             pw.write_text("")
