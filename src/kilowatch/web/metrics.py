@@ -93,9 +93,9 @@ def render(
         [(_labels(reason=reason), float(n)) for reason, n in sorted(dead_letters.items())],
     )
     for key, value in sorted(ingest.items()):
-        name = "kilowatch_ingest_" + _NAME_OK.sub("_", key)
-        kind = "counter" if name.endswith("_total") else "gauge"
-        lines += _family(name, kind, f"Ingest statistic {key}.", [("", float(value))])
+        # The service's ingest statistics are counters since start.
+        name = "kilowatch_ingest_" + _NAME_OK.sub("_", key).removesuffix("_total") + "_total"
+        lines += _family(name, "counter", f"Ingest count {key} since start.", [("", float(value))])
     lines += _family(
         "kilowatch_live_subscribers",
         "gauge",
