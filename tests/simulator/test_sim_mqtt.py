@@ -6,7 +6,6 @@ import asyncio
 import datetime as dt
 import ipaddress
 import json
-import os
 import re
 import sys
 import threading
@@ -24,8 +23,6 @@ from simhelpers import fixture, shape
 
 from kilowatch.simulator import Fleet
 from kilowatch.testing import MosquittoServer, free_port
-
-STAY_ROOT = "user root\n" if os.geteuid() == 0 else ""
 
 
 class Observer:
@@ -186,7 +183,7 @@ async def test_will_outage_reboot_and_duplicates(
 
 async def test_status_ntf_and_broker_credentials() -> None:
     # mosquitto started as root drops to user "mosquitto", who cannot read the private temp dir
-    with MosquittoServer(users={"meter": "pw-1"}, extra_config=STAY_ROOT) as broker:
+    with MosquittoServer(users={"meter": "pw-1"}) as broker:
         obs = Observer(broker.port, user="meter", pw="pw-1")
         try:
             async with Fleet(
@@ -277,7 +274,7 @@ async def test_tls_with_uploaded_ca_and_client_certificate(tmp_path: Path) -> No
         f"listener {tls_port} 127.0.0.1\ncafile {tmp_path}/ca.pem\ncertfile {tmp_path}/server.pem\n"
         f"keyfile {tmp_path}/server_key.pem\nrequire_certificate true\ntls_version tlsv1.2\n"
     )
-    with MosquittoServer(extra_config=extra + STAY_ROOT) as broker:
+    with MosquittoServer(extra_config=extra) as broker:
         obs = Observer(broker.port)
         try:
             async with Fleet(devices=1, unprovisioned=True, engine=None, tick_s=0.05) as fleet:
