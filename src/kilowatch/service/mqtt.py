@@ -115,6 +115,8 @@ class MqttIntake:
         self.options = options
         self.filters = tuple(dict.fromkeys(filters))
         self.connected = asyncio.Event()
+        """Set once the broker accepted the connection *and* our subscriptions (SUBACK)."""
+        self._connack = asyncio.Event()
         self._lock = threading.Lock()
         self._buffer: list[Delivery] = []
         self._waiting = False
@@ -164,7 +166,7 @@ class MqttIntake:
     async def close(self) -> None:
         """Send the acknowledgements still queued, disconnect, stop paho's thread."""
         self._generation += 1
-        if self.connected.is_set():
+        if self._connack.is_set():
             self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
         self.connected.clear()
@@ -182,6 +184,7 @@ class MqttIntake:
         # (expired, or a broker restart without persistence).
         client.subscribe([(f, QOS) for f in self.filters])
         session = "resumed" if flags.session_present else "new"
+        self._call_soon(self._connack.set)
         log.info(
             "mqtt connected host=%s port=%s client_id=%s session=%s",
             self.options.host, self.options.port, self.options.client_id, session,
@@ -222,6 +225,7 @@ class MqttIntake:
 
     def _connection_lost(self) -> None:
         self.connected.clear()
+        self._connack.clear()
         self._lost.set()
 
     def stop_taking(self) -> None:
@@ -291,6 +295,7 @@ class MqttIntake:
     async def _connect_once(self) -> None:
         o = self.options
         self._lost.clear()
+        self._connack.clear()
         self._generation += 1
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
@@ -302,7 +307,9 @@ class MqttIntake:
                 f"cannot connect to MQTT broker {o.host}:{o.port}: {paho.error_string(rc)}"
             )
         self._client.loop_start()
-        connected = asyncio.create_task(self.connected.wait())
+        # CONNACK, not SUBACK: a resumed session's backlog is sent before the SUBACK, and reading
+        # it may take longer than any connect timeout.
+        connected = asyncio.create_task(self._connack.wait())
         lost = asyncio.create_task(self._lost.wait())
         try:
             done, _ = await asyncio.wait({connected, lost}, timeout=CONNECT_TIMEOUT_S)
