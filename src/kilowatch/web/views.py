@@ -145,7 +145,9 @@ async def overview(store: Store, site: SiteSettings, now: float) -> dict[str, An
     devices = await devices_table(store, site, now)
     month_by_device = await energy_by_device(store, site, "month", now)
     names = {d["device"]: d["display_name"] for d in devices}
-    consumers = sorted(month_by_device.items(), key=lambda kv: kv[1], reverse=True)[:10]
+    consumers = sorted(
+        ((dev, wh) for dev, wh in month_by_device.items() if wh > 0), key=lambda kv: -kv[1]
+    )[:10]
     powers = [d["power_w"] for d in devices if d["power_w"] is not None and d["online"]]
     return {
         "tz": site.tz,
