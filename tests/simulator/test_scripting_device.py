@@ -80,9 +80,12 @@ async def test_script_rpc_runs_code_in_v8() -> None:
         code = "let n = 0; Timer.set(1000, true, function () { n++; }); print('up');"
         await dev.call("Script.PutCode", {"id": sid, "code": code}, source="test")
         assert await dev.call("Script.Start", {"id": sid}, source="test") == {"was_running": False}
-        await asyncio.sleep(0.2)  # 12 simulated seconds
-        result = await dev.call("Script.Eval", {"id": sid, "code": "n"}, source="test")
-        assert int(result["result"]) >= 5
+        async with asyncio.timeout(10):  # the timer ticks every simulated second (1/60 s)
+            while True:
+                result = await dev.call("Script.Eval", {"id": sid, "code": "n"}, source="test")
+                if int(result["result"]) >= 5:
+                    break
+                await asyncio.sleep(0.02)
         status = await dev.call("Script.GetStatus", {"id": sid}, source="test")
         assert status["running"] is True and status["mem_free"] > 0
         assert any("up" in line for line in dev.log_ring)
@@ -90,7 +93,6 @@ async def test_script_rpc_runs_code_in_v8() -> None:
         bad = "let o = null; Timer.set(1000, false, function () { o.x = 1; });"
         await dev.call("Script.PutCode", {"id": sid, "code": bad}, source="test")
         await dev.call("Script.Start", {"id": sid}, source="test")
-        await asyncio.sleep(0.1)
         await wait_for(lambda: not dev.scripts.slots[sid].running, 5)
         status = await dev.call("Script.GetStatus", {"id": sid}, source="test")
         assert status["running"] is False
