@@ -820,3 +820,21 @@ async def test_lone_surrogates_and_host_failures_do_not_leave_a_zombie(
     with pytest.raises(RpcCallError):
         await rt.eval('Shelly.emitEvent("x", 1)')
     assert rt.status()["errors"] == ["internal_error"]
+
+
+async def test_hourly_script_resends_what_it_published_just_before_a_disconnect(
+    engine: ScriptEngine,
+) -> None:
+    host = LabHost(now=T0 - 10)
+    host.set_connected(True)
+    await start(engine, host, HOURLY)
+    host.power_w = 800.0
+    await host.advance(10 + 2 * HOUR + 30)  # hours T0 (800 Wh) and T0+1h published
+    assert [m["timestamp"] for m in hourly_messages(host)] == [int(T0), int(T0 + HOUR)]
+    host.set_connected(False)  # 30 s after the last publish: it may not have reached the broker
+    await host.advance(600)
+    host.set_connected(True)
+    await host.settle()
+    got = hourly_messages(host)
+    assert [m["timestamp"] for m in got] == [int(T0), int(T0 + HOUR), int(T0 + HOUR)]
+    assert got[1] == got[2]

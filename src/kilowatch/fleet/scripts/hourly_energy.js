@@ -16,7 +16,8 @@ let CFG = {
   prefix: "kwh_", // KVS keys: kwh_base, kwh_q0 .. kwh_q<maxKeys-1>
   maxKeys: 8, // queue keys in KVS; about 13 hours each, so 100 hours or more
   maxHours: 96, // hours kept while MQTT is down; the oldest go first beyond this
-  valueMax: 253 // KVS value length limit (shelly-api.md §15)
+  valueMax: 253, // KVS value length limit (shelly-api.md §15)
+  resendS: 120 // hours published this recently before a disconnect are published again
 };
 
 let info = Shelly.getDeviceInfo();
@@ -24,6 +25,7 @@ let topic = CFG.topic || "/system/" + info.id + "/status";
 let base = null; // {h: hour start, e: Wh, r: returned Wh, partial} when the current hour began
 let queue = []; // [hour index, Wh, returned Wh] not yet published, oldest first
 let saved = []; // what each KVS queue key holds, to write only what changed
+let sent = []; // [entry, time] of recent publishes, re-sent if MQTT drops soon after
 let timer = null;
 let ready = false;
 
@@ -161,10 +163,28 @@ function message(q) {
 
 function flush() {
   if (!ready) return;
+  let t = now();
+  while (sent.length > 0 && t - sent[0][1] > CFG.resendS) sent.shift();
   while (queue.length > 0 && MQTT.isConnected()) {
     if (!MQTT.publish(topic, message(queue[0]), 1, false)) break;
+    sent.push([queue[0], t]);
     queue.shift();
   }
+  persistQueue();
+}
+
+// A publish "succeeds" once queued; if the link dies before the broker has it (a half-open TCP
+// connection is only noticed after 1.5 keep-alives, 90 s), it is gone. So hours published shortly
+// before a disconnect go back to the queue: at least once (kilowatch drops the duplicates).
+function lost() {
+  let t = now();
+  let back = [];
+  for (let i = 0; i < sent.length; i++) {
+    if (t - sent[i][1] <= CFG.resendS) back.push(sent[i][0]);
+  }
+  sent = [];
+  if (back.length === 0) return;
+  queue = back.concat(queue);
   persistQueue();
 }
 
@@ -211,6 +231,7 @@ function tick() {
 function loaded() {
   ready = true;
   MQTT.setConnectHandler(flush);
+  MQTT.setDisconnectHandler(lost);
   tick();
   flush();
 }
