@@ -20,6 +20,7 @@ apply (docs/energy-accounting.md has a worked example of each):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from kilowatch.ledger.rules import GAP_MS, MAX_JUMP_MS, MAX_POWER_W, ROUNDING_TOLERANCE_MWH
@@ -76,9 +77,26 @@ class Counter:
             (int(jump[0]), int(jump[1])) if jump else None,
         )
 
-    def advance(self, t: int, v: int) -> list[Span] | None:
+    def advance(self, t: int, v: int) -> Sequence[Span] | None:
         """Apply one reading; the spans of energy it proves, or ``None`` when it changed nothing."""
         st = self.st
+        if st is None and self.jt is None:
+            # Hot path (rules 1 and 3 inlined): the next reading of a well-behaved counter.
+            t0 = self.t
+            if t <= t0:
+                return None
+            span = t - t0
+            rise = v - self.hwm
+            if (
+                span <= MAX_JUMP_MS
+                and rise >= -ROUNDING_TOLERANCE_MWH
+                and rise * 3600 <= MAX_POWER_W * span + _SLACK
+            ):
+                self.t = t
+                if rise > 0:
+                    self.hwm = v
+                    return ((t0, t, rise, span > GAP_MS),)
+                return ()
         newest = self.t if st is None else st
         if t <= newest:
             return None  # rule 1
@@ -96,7 +114,7 @@ class Counter:
             self.jt = self.jv = None  # the held jump is no longer ahead of what we have: redundant
         return out
 
-    def _jump(self, t: int, v: int) -> list[Span] | None:
+    def _jump(self, t: int, v: int) -> Sequence[Span] | None:
         jt, jv = self.jt, self.jv
         if jt is None or t - jt > MAX_JUMP_MS:
             self.jt, self.jv = t, v  # hold it (rule 2)

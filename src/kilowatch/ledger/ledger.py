@@ -6,7 +6,7 @@ numbers in :mod:`kilowatch.ledger.rules`, the per-counter logic in :mod:`kilowat
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kilowatch.errors import KilowatchError
@@ -135,8 +135,14 @@ class Ledger:
                 self._reject("counter_out_of_range")
         if changed:
             self._dirty.add(key)
-        if not spans_i and not spans_e:
-            return []
+        if not spans_e:
+            if not spans_i:
+                return []
+            if len(spans_i) == 1:  # hot path: one span of the import counter inside one slot
+                a, b, mwh, est = spans_i[0]
+                k = a // SLOT_MS
+                if k == (b - 1) // SLOT_MS:
+                    return [SlotEnergy(key[0], key[1], k * SLOT_SECONDS, mwh, 0, est)]
         return _rows(key, spans_i, spans_e)
 
     def add_interval(self, interval: Interval) -> list[SlotEnergy]:
@@ -199,15 +205,9 @@ def _interval_mwh(wh: float, seconds: int) -> int | None:
 
 
 def _rows(
-    key: ChannelKey, spans_i: list[Span] | None, spans_e: list[Span] | None
+    key: ChannelKey, spans_i: Sequence[Span] | None, spans_e: Sequence[Span] | None
 ) -> list[SlotEnergy]:
     device, channel = key
-    # Hot path: one span of one counter inside one slot (the next reading, a minute later).
-    if not spans_e and spans_i and len(spans_i) == 1:
-        a, b, mwh, est = spans_i[0]
-        k = a // SLOT_MS
-        if k == (b - 1) // SLOT_MS:
-            return [SlotEnergy(device, channel, k * SLOT_SECONDS, mwh, 0, est)]
     acc: dict[int, list[Any]] = {}
     for index, spans in ((0, spans_i), (1, spans_e)):
         for a, b, mwh, est in spans or ():

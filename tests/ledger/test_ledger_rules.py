@@ -1,0 +1,274 @@
+"""One test per rule of docs/energy-accounting.md, with the numbers of its worked examples."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from kilowatch.collect.messages import Interval, Reading
+from kilowatch.ledger import (
+    Ledger,
+    LedgerStateError,
+    SlotEnergy,
+    merge_slot_energy,
+    spread,
+)
+
+H = 1720717200  # 2024-07-11T17:00:00Z, the hour of the BRIEF's hourly-script example
+DEV = "shellypmminig3-ecda3bc4ddb0"
+CH = "pm1:0"
+
+
+def read(ledger: Ledger, ts: float, wh: float | None, ret: float | None = None) -> list[SlotEnergy]:
+    return ledger.add_reading(Reading(DEV, CH, ts, energy_wh=wh, returned_energy_wh=ret))
+
+
+def imports(rows: list[SlotEnergy]) -> dict[int, int]:
+    """slot offset from H -> import mWh."""
+    return {r.slot - H: r.import_mwh for r in rows}
+
+
+def hour(start: int, wh: float, ret: float = 0.0) -> Interval:
+    return Interval(DEV, "hourly", start, start + 3600, wh, ret)
+
+
+# Rule 1: conversion to integer mWh, once.
+def test_counters_convert_to_integer_mwh_once() -> None:
+    ledger = Ledger()
+    read(ledger, H + 10, 42291.09)
+    rows = read(ledger, H + 70, 42292.0934)  # 42292093.4 mWh -> 42292093
+    assert imports(rows) == {0: 42292093 - 42291090}
+    assert all(isinstance(r.import_mwh, int) for r in rows)
+
+
+# Rule 2: the first reading of a channel only sets the baseline.
+def test_first_reading_is_baseline_only() -> None:
+    ledger = Ledger()
+    assert read(ledger, H + 10, 42291.09) == []
+    assert imports(read(ledger, H + 70, 42291.59)) == {0: 500}
+
+
+# Rule 3: proportional split with exact remainders.
+def test_span_across_a_boundary_splits_proportionally() -> None:
+    ledger = Ledger()
+    read(ledger, H + 840, 1000.0)
+    rows = read(ledger, H + 930, 1001.0)  # 1000 mWh over 90 s: 60 s before the boundary, 30 s after
+    assert imports(rows) == {0: 666, 900: 334}
+    assert not any(r.estimated for r in rows)
+
+
+def test_spread_parts_add_up_exactly() -> None:
+    assert spread(10, 0, 3_600_000) == [(0, 2), (900, 3), (1800, 2), (2700, 3)]
+    assert spread(7, 1_000, 2_000) == [(0, 7)]
+    assert spread(0, 0, 3_600_000) == []
+
+
+# Rule 4: duplicates, replays and out-of-order readings add nothing.
+def test_duplicates_replays_and_old_readings_add_nothing() -> None:
+    ledger = Ledger()
+    stream = [(H + 0, 100.0), (H + 60, 100.5), (H + 120, 101.0)]
+    total = sum(r.import_mwh for ts, wh in stream for r in read(ledger, ts, wh))
+    assert total == 1000
+    assert ledger.take_dirty_states()
+    replay = [r for ts, wh in stream for r in read(ledger, ts, wh)]
+    assert replay == []
+    assert read(ledger, H + 90, 100.9) == []  # older than the last accepted: redundant
+    assert ledger.take_dirty_states() == {}  # nothing changed, nothing to save
+
+
+# Rule 5: a small drop is a rounding dip: nothing until the high-water mark is passed.
+def test_rounding_dip_counts_nothing_until_high_water_mark_passed() -> None:
+    ledger = Ledger()
+    read(ledger, H, 544.587493)
+    assert read(ledger, H + 60, 544.587) == []  # same mWh: 544587
+    read(ledger, H + 120, 1000.0)
+    assert read(ledger, H + 180, 998.0) == []  # 2 Wh down: within the 10 Wh tolerance
+    assert read(ledger, H + 240, 999.9) == []  # still below 1000 Wh
+    assert imports(read(ledger, H + 300, 1000.5)) == {0: 500}
+    state = {"version": 1, "import": {"t": (H + 300) * 1000, "hwm": 1000500}}
+    assert ledger.state(DEV, CH) == state
+
+
+# Rule 6: a drop beyond the tolerance is a reset, confirmed by the next reading.
+def test_reset_counts_energy_since_reset_after_confirmation() -> None:
+    ledger = Ledger()
+    read(ledger, H, 1000.0)
+    assert read(ledger, H + 60, 0.2) == []  # suspect: held
+    rows = read(ledger, H + 120, 1.2)
+    assert imports(rows) == {0: 200 + 1000}
+    assert ledger.state(DEV, CH) == {"version": 1, "import": {"t": (H + 120) * 1000, "hwm": 1200}}
+
+
+def test_transient_zero_is_a_glitch_not_a_reset() -> None:
+    ledger = Ledger()
+    read(ledger, H, 1000.0)
+    assert read(ledger, H + 60, 0.0) == []
+    assert imports(read(ledger, H + 120, 1000.3)) == {0: 300}  # not 1000.3 Wh counted twice
+
+
+def test_reset_across_a_boundary_goes_to_the_span_before_it() -> None:
+    ledger = Ledger()
+    read(ledger, H + 870, 5000.0)
+    read(ledger, H + 930, 0.6)  # reset somewhere in [H+870, H+930)
+    rows = read(ledger, H + 990, 1.6)
+    assert imports(rows) == {0: 300, 900: 300 + 1000}
+
+
+def test_two_resets_in_a_row_keep_the_latest_suspect() -> None:
+    ledger = Ledger()
+    read(ledger, H, 1000.0)
+    read(ledger, H + 60, 500.0)  # suspect
+    assert read(ledger, H + 120, 0.1) == []  # neither continues 1000 nor 500: new suspect
+    assert imports(read(ledger, H + 180, 0.4)) == {0: 400}
+
+
+# Rule 7: gaps are spread over the slots they cover and marked estimated.
+def test_gap_is_spread_and_marked_estimated() -> None:
+    ledger = Ledger()
+    read(ledger, H + 840, 2000.0)
+    rows = read(ledger, H + 4440, 2003.6)  # one hour without readings, 3600 mWh
+    assert imports(rows) == {0: 60, 900: 900, 1800: 900, 2700: 900, 3600: 840}
+    assert all(r.estimated for r in rows)
+
+
+def test_normal_periods_are_not_gaps() -> None:
+    for period in (30, 60, 300, 900):
+        ledger = Ledger()
+        read(ledger, H, 10.0)
+        rows = read(ledger, H + period, 11.0)
+        assert rows and not any(r.estimated for r in rows), period
+
+
+# Rule 8: intervals counted once; corrections as deltas; bounded memory.
+def test_hourly_interval_splits_into_four_quarters() -> None:
+    ledger = Ledger()
+    rows = ledger.add_interval(hour(H, 564.559))
+    assert imports(rows) == {0: 141139, 900: 141140, 1800: 141140, 2700: 141140}
+    assert not any(r.estimated for r in rows)
+    assert ledger.add_interval(hour(H, 564.559)) == []
+
+
+def test_interval_correction_adds_the_difference() -> None:
+    ledger = Ledger()
+    ledger.add_interval(hour(H, 564.559))
+    rows = ledger.add_interval(hour(H, 564.0, 1.0))
+    assert imports(rows) == {0: -139, 900: -140, 1800: -140, 2700: -140}
+    assert [r.export_mwh for r in rows] == [250, 250, 250, 250]
+    assert ledger.add_interval(hour(H, 564.0, 1.0)) == []
+
+
+def test_interval_older_than_window_is_rejected_and_memory_bounded() -> None:
+    ledger = Ledger()
+    ledger.add_interval(hour(H, 1.0))
+    newest = H + 8 * 86400
+    assert ledger.add_interval(hour(newest, 2.0))
+    assert ledger.add_interval(hour(H, 1.0)) == []  # a week and more behind: rejected
+    assert ledger.rejected == {"interval_outside_window": 1}
+    state = ledger.state(DEV, "hourly")
+    assert state is not None
+    assert list(state["intervals"]["seen"]) == [str(newest)]
+    for k in range(1, 24 * 10):
+        ledger.add_interval(hour(newest + 3600 * k, 0.5))
+    state = ledger.state(DEV, "hourly")
+    assert state is not None
+    assert len(state["intervals"]["seen"]) == 7 * 24 + 1
+
+
+# Rule 9: absurd inputs.
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -1.0, 1e13])
+def test_absurd_counters_are_rejected(bad: float) -> None:
+    ledger = Ledger()
+    read(ledger, H, 10.0)
+    assert read(ledger, H + 60, bad) == []
+    assert ledger.rejected == {"counter_out_of_range": 1}
+    assert imports(read(ledger, H + 120, 10.5)) == {0: 500}
+
+
+@pytest.mark.parametrize("bad_ts", [math.nan, 0.0, 1_000_000.0, 1e10, math.inf])
+def test_absurd_timestamps_are_rejected(bad_ts: float) -> None:
+    ledger = Ledger()
+    assert read(ledger, bad_ts, 10.0) == []
+    assert ledger.rejected == {"timestamp_out_of_range": 1}
+    assert ledger.take_dirty_states() == {}
+
+
+def test_far_future_reading_is_held_and_dropped_when_time_goes_on_normally() -> None:
+    ledger = Ledger()
+    read(ledger, H, 10.0)
+    assert read(ledger, H + 10 * 365 * 86400, 10.1) == []  # clock gone wrong: held
+    assert imports(read(ledger, H + 60, 10.2)) == {0: 200}  # normal readings go on
+    assert imports(read(ledger, H + 120, 10.3)) == {0: 100}
+    state = ledger.state(DEV, CH)
+    assert state is not None
+    assert state["import"]["jump"] == [(H + 10 * 365 * 86400) * 1000, 10100]
+
+
+def test_long_outage_is_counted_once_confirmed() -> None:
+    ledger = Ledger()
+    read(ledger, H, 10.0)
+    back = H + 3 * 86400
+    assert read(ledger, back, 82.0) == []  # three days later: held until confirmed
+    rows = read(ledger, back + 60, 82.1)
+    assert sum(r.import_mwh for r in rows) == 72_100
+    assert all(r.estimated for r in rows if r.slot < back - back % 900)
+
+
+def test_impossible_rise_is_not_energy() -> None:
+    ledger = Ledger()
+    read(ledger, H, 1000.0)
+    assert read(ledger, H + 60, 1e9) == []  # 1 GWh in a minute: held
+    assert imports(read(ledger, H + 120, 1000.1)) == {0: 100}  # a glitch
+    assert read(ledger, H + 180, 5e8) == []  # a new meter with a large counter...
+    assert imports(read(ledger, H + 240, 5e8 + 0.2)) == {0: 200}  # ...re-based, not counted
+
+
+# Rule 10: import and export are independent.
+def test_import_and_export_counters_are_independent() -> None:
+    ledger = Ledger()
+    read(ledger, H, 10.0, 500.0)
+    rows = read(ledger, H + 60, None, 500.25)
+    assert [(r.import_mwh, r.export_mwh) for r in rows] == [(0, 250)]
+    rows = read(ledger, H + 120, 10.5, None)
+    assert [(r.import_mwh, r.export_mwh) for r in rows] == [(500, 0)]
+    rows = read(ledger, H + 180, 11.0, 0.1)  # export reset: suspect; import goes on
+    assert [(r.import_mwh, r.export_mwh) for r in rows] == [(500, 0)]
+    rows = read(ledger, H + 240, 11.0, 0.2)
+    assert [(r.import_mwh, r.export_mwh) for r in rows] == [(0, 200)]
+
+
+# Rule 11: saved states continue exactly.
+def test_restart_from_saved_states_continues_exactly() -> None:
+    stream = [(H + 60 * i, 100.0 + 0.37 * i) for i in range(10)]
+    stream[5] = (stream[5][0], 0.05)  # a suspect pending at the restart point
+    one = Ledger()
+    expected = [r for ts, wh in stream for r in read(one, ts, wh)]
+    first = Ledger()
+    got = [r for ts, wh in stream[:6] for r in read(first, ts, wh)]
+    saved = json.loads(json.dumps({"|".join(k): v for k, v in first.take_dirty_states().items()}))
+    second = Ledger({(k.split("|")[0], k.split("|")[1]): v for k, v in saved.items()})
+    got += [r for ts, wh in stream[6:] for r in read(second, ts, wh)]
+    assert got == expected
+
+
+def test_unreadable_state_is_a_clear_error() -> None:
+    with pytest.raises(LedgerStateError, match="version"):
+        Ledger({(DEV, CH): {"version": 99}})
+    with pytest.raises(LedgerStateError, match="KeyError"):
+        Ledger({(DEV, CH): {"version": 1, "import": {"t": 1}}})
+
+
+# The batch helper.
+def test_merge_slot_energy_sums_and_ors() -> None:
+    rows = [
+        SlotEnergy(DEV, CH, H, 100, 0),
+        SlotEnergy(DEV, CH, H + 900, 5, 0),
+        SlotEnergy(DEV, CH, H, 50, 7, estimated=True),
+        SlotEnergy(DEV, "hourly", H, 10, 0),
+        SlotEnergy(DEV, "hourly", H, -10, 0),
+    ]
+    assert merge_slot_energy(rows) == [
+        SlotEnergy(DEV, CH, H, 150, 7, estimated=True),
+        SlotEnergy(DEV, CH, H + 900, 5, 0),
+    ]
