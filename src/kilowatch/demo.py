@@ -248,7 +248,6 @@ async def run_demo(
     state = DemoState()
     ready: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
     service_stop = asyncio.Event()
-    clock = CatchUpClock(start=time.time() - options.days * 86_400, speed=options.speed)
 
     async def start_web(tg: asyncio.TaskGroup, running: Running, web_stop: asyncio.Event) -> None:
         from kilowatch.web.app import bind, create_app, serve_web
@@ -283,6 +282,8 @@ async def run_demo(
             state.running = running
             broker_url = f"mqtt://{_url_host(running.mqtt_host)}:{running.mqtt_port}"
             async with AsyncExitStack() as stack:
+                # started only now: back-filled time must not run while the service starts
+                clock = CatchUpClock(start=time.time() - options.days * 86_400, speed=options.speed)
                 home = make_home(broker_url, clock, options.seed)
                 await check_store_is_free(running.store, home)
                 await stack.enter_async_context(home)
