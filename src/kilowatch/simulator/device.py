@@ -846,7 +846,10 @@ class Device:
         """Zero the counters as a firmware update or factory reset would, after a last report."""
         self.tick()
         self._emit_energy(None)
-        self.reset_counters()
+        # not reset_counters(): its tick() would integrate past the report just sent, and that
+        # energy would be zeroed without ever being reported
+        for m in self.meters():
+            m.reset_counters()
         self._emit_energy(None)
 
 
