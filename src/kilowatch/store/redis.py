@@ -500,8 +500,9 @@ class RedisStore:
     async def _rollup_cells(self, p: Plan, pairs: Sequence[tuple[str, str]]) -> Cells:
         """Day and month buckets from signed day, hour and slot rollups (``periods.decompose``):
         one HMGET per channel and rollup hash, of exactly the fields needed."""
-        # which (hash suffix, field) each bucket needs: the same for every channel
-        wanted: dict[str, list[tuple[str, int, int]]] = {}
+        # which fields of which hash each bucket needs, with its sign: the same for every channel.
+        # Neighbouring buckets share fields (one adds the hours the other takes away): read once.
+        wanted: dict[str, dict[str, list[tuple[int, int]]]] = {}
         for key, level, lo, hi, sign in p.terms():
             for t in range(lo, hi, level):
                 if level == _DAY:
@@ -510,33 +511,39 @@ class RedisStore:
                     base, kind = _month_start(t), "h"
                 else:
                     base, kind = t - t % _DAY, "s"
-                wanted.setdefault(f"{kind}:{base}", []).append(
-                    (str((t - base) // level), key, sign)
-                )
+                fields = wanted.setdefault(f"{kind}:{base}", {})
+                fields.setdefault(str((t - base) // level), []).append((key, sign))
+        plans = [
+            (suffix, list(fields.values()), tuple(
+                f.encode() for name in fields for f in (name, name + "e", name + "c")
+            ))
+            for suffix, fields in wanted.items()
+        ]  # fmt: skip
         cmds: list[tuple[str, str, tuple[Any, ...]]] = []
         for device, channel in pairs:
             ch = self._chan(device, channel)
-            for suffix, items in wanted.items():
-                fields = [f for name, _, _ in items for f in (name, name + "e", name + "c")]
-                cmds.append(("hmget", f"{ch}:{suffix}", tuple(fields)))
+            cmds += [("hmget", f"{ch}:{suffix}", packed) for suffix, _, packed in plans]
             cmds.append(("zrangebyscore", f"{ch}:est", (p.start, p.end - 1)))
         got = await self._call("energy query failed", self._pipeline_read(cmds))
         sums: dict[tuple[str, str, int], list[int]] = {}
         estimated: list[tuple[str, str, list[bytes]]] = []
         i = 0
         for device, channel in pairs:
-            for items in wanted.values():
+            for _, uses, _ in plans:
                 values = got[i]
                 i += 1
-                for j, (_, key, sign) in enumerate(items):
+                for j, targets in enumerate(uses):
                     count = values[3 * j + 2]
                     if count is None:
                         continue
-                    imp, exp = values[3 * j], values[3 * j + 1]
-                    acc = sums.setdefault((device, channel, key), [0, 0, 0])
-                    acc[0] += sign * int(imp or 0)
-                    acc[1] += sign * int(exp or 0)
-                    acc[2] += sign * int(count)
+                    imp, exp, n = int(values[3 * j] or 0), int(values[3 * j + 1] or 0), int(count)
+                    for key, sign in targets:
+                        acc = sums.get((device, channel, key))
+                        if acc is None:
+                            acc = sums[(device, channel, key)] = [0, 0, 0]
+                        acc[0] += sign * imp
+                        acc[1] += sign * exp
+                        acc[2] += sign * n
             estimated.append((device, channel, got[i]))
             i += 1
         cells: Cells = {k: [v[0], v[1], 0] for k, v in sums.items() if v[2] > 0}
