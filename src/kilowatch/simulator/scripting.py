@@ -323,7 +323,8 @@ class ScriptRuntime:
             await self._crash(ScriptErrorKind.CRASHED, "script ran too long at top level")
             return
         except JSEvalException as err:
-            await self._flush_logs()
+            if not isinstance(err, JSOOMException):  # after OOM the isolate is terminated
+                await self._flush_logs()
             await self._crash(classify_js_error(err), _first_line(err))
             return
         self._listen()
