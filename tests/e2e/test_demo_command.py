@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -114,3 +115,23 @@ def test_catch_up_clock_runs_fast_then_follows_real_time() -> None:
     assert clock.speed == 1.0
     assert abs(clock.now() - time.time()) < 0.5
     assert clock.real_delay(10) == 10
+
+
+def test_demo_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "kilowatch", "demo", "--mqtt-port", str(port),
+             "--http-port", "0", "--data-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(SRC)},
+            timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"port {port} is in use" in lines[0]
+    assert "--mqtt-port 0" in lines[0]

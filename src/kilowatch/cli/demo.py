@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import typer
 
 from kilowatch.cli.serve import unwrap
 from kilowatch.demo import DEFAULT_DAYS, DEFAULT_SPEED, DemoOptions, run_demo
+from kilowatch.errors import BrokerError
 
 HELP = (
     "Run kilowatch on its embedded defaults (embedded MQTT broker, SQLite store, web dashboard) "
@@ -90,9 +92,24 @@ def register(app: typer.Typer) -> None:
         try:
             asyncio.run(_main(options))
         except BaseExceptionGroup as group:
-            raise unwrap(group) from None
+            raise _for_demo(unwrap(group), options) from None
         except asyncio.CancelledError:
             raise typer.Exit(130) from None
+
+
+def _for_demo(err: BaseException, options: DemoOptions) -> BaseException:
+    """The broker's "port in use" advice names serve's --broker; the demo only has --mqtt-port."""
+    cause = err.__cause__
+    if (
+        isinstance(err, BrokerError)
+        and isinstance(cause, OSError)
+        and cause.errno == errno.EADDRINUSE
+    ):
+        return BrokerError(
+            f"port {options.mqtt_port} is in use (another MQTT broker?); pass --mqtt-port 0 "
+            "to run the demo's embedded broker on any free port, or --mqtt-port N"
+        )
+    return err
 
 
 async def _main(options: DemoOptions) -> None:
