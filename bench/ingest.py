@@ -43,6 +43,8 @@ STEP_S = 10
 """Seconds between two readings of one device."""
 STEP_WH = 0.5
 """Energy per step (180 W): every message moves its device's counter."""
+PUBLISH_WINDOW = 20_000
+"""Unacknowledged publishes at most (MQTT packet ids are 16 bits)."""
 IDLE_TIMEOUT_S = 30.0
 """A consumer that receives nothing for this long after the publisher finished has lost messages."""
 
@@ -104,7 +106,11 @@ def role_publish(port: int, n: int, devices: int) -> None:
     client.connect("127.0.0.1", port)
     client.loop_start()
     t0 = time.time()
-    infos = [client.publish(topic, payload, qos=1) for topic, payload in payloads]
+    infos = []
+    for k, (topic, payload) in enumerate(payloads):
+        if k >= PUBLISH_WINDOW:  # packet ids wrap at 65535: never reuse one still in flight
+            infos[k - PUBLISH_WINDOW].wait_for_publish(timeout=IDLE_TIMEOUT_S * 4)
+        infos.append(client.publish(topic, payload, qos=1))
     for info in infos:
         info.wait_for_publish(timeout=IDLE_TIMEOUT_S * 4)
     t1 = time.time()
@@ -378,16 +384,21 @@ def run_consumer(
         if line.strip() != "ready":
             consumer.kill()
             raise SystemExit(f"{name}: consumer did not start: {line!r}")
-        publisher = _spawn(
-            "--role", "publish", "--port", str(broker.port), "--messages", str(n),
-            "--devices", str(devices),
-        )  # fmt: skip
-        pub = _last_json(publisher, timeout=600)
-        if drain:
-            assert consumer.stdin is not None
-            consumer.stdin.write("go\n")
-            consumer.stdin.flush()
-        got = _last_json(consumer, timeout=600)
+        try:
+            publisher = _spawn(
+                "--role", "publish", "--port", str(broker.port), "--messages", str(n),
+                "--devices", str(devices),
+            )  # fmt: skip
+            pub = _last_json(publisher, timeout=600)
+            if drain:
+                assert consumer.stdin is not None
+                consumer.stdin.write("go\n")
+                consumer.stdin.flush()
+            got = _last_json(consumer, timeout=600)
+        finally:
+            if consumer.poll() is None:
+                consumer.kill()
+                consumer.wait()
     elapsed = got["t_last"] - (got["t_start"] if drain else pub["t_first_publish"])
     received = int(got["received"])
     figures = {
