@@ -306,7 +306,20 @@ class Pipeline:
         queue: asyncio.Queue[_Staged | None] = asyncio.Queue(2)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._commit_stage(queue, source))
-            while deliveries := await source.next_batch(max_batch):
+            while True:
+                try:
+                    deliveries = await asyncio.wait_for(
+                        source.next_batch(max_batch), timeout=LATEST_WRITE_INTERVAL_S
+                    )
+                except TimeoutError:
+                    # Quiet: write what the throttles still hold (a device's last reading).
+                    if self._devices_pending or self._latest_pending:
+                        batch, readings = self.build([])
+                        if batch.devices or batch.latest:
+                            await queue.put((batch, readings, []))
+                    continue
+                if not deliveries:
+                    break
                 batch, readings = self.build(deliveries)
                 await queue.put((batch, readings, deliveries))
             pending = source.take_pending()
