@@ -79,6 +79,12 @@ _DAY = 86400
 _MARKER = "kw"
 """Field kilowatch adds to the seed hashes it writes, so the index knows they are ours."""
 _SEP = "\t"
+_HMGET_LUA = """
+local fields = {}
+for name in string.gmatch(ARGV[1], "%S+") do fields[#fields + 1] = name end
+return redis.call('HMGET', KEYS[1], unpack(fields))
+"""
+"""HMGET of a space-separated field list (at most a few thousand fields: Lua's unpack limit)."""
 
 
 class _Ops:
@@ -513,18 +519,21 @@ class RedisStore:
                     base, kind = t - t % _DAY, "s"
                 fields = wanted.setdefault(f"{kind}:{base}", {})
                 fields.setdefault(str((t - base) // level), []).append((key, sign))
+        # one argument per HMGET (a field list that _HMGET_LUA splits): redis-py packs every
+        # argument in Python, and these lists are the same hundreds of fields for every channel
         plans = [
-            (suffix, list(fields.values()), tuple(
-                f.encode() for name in fields for f in (name, name + "e", name + "c")
-            ))
+            (suffix, list(fields.values()), " ".join(
+                f for name in fields for f in (name, name + "e", name + "c")
+            ).encode())
             for suffix, fields in wanted.items()
         ]  # fmt: skip
-        cmds: list[tuple[str, str, tuple[Any, ...]]] = []
+        pipe = self.client.pipeline(transaction=False)
         for device, channel in pairs:
             ch = self._chan(device, channel)
-            cmds += [("hmget", f"{ch}:{suffix}", packed) for suffix, _, packed in plans]
-            cmds.append(("zrangebyscore", f"{ch}:est", (p.start, p.end - 1)))
-        got = await self._call("energy query failed", self._pipeline_read(cmds))
+            for suffix, _, packed in plans:
+                pipe.eval(_HMGET_LUA, 1, f"{ch}:{suffix}", packed)
+            pipe.zrangebyscore(f"{ch}:est", p.start, p.end - 1)
+        got = await self._call("energy query failed", pipe.execute()) if pairs else []
         sums: dict[tuple[str, str, int], list[int]] = {}
         estimated: list[tuple[str, str, list[bytes]]] = []
         i = 0
