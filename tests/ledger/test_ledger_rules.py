@@ -176,6 +176,25 @@ def test_interval_older_than_window_is_rejected_and_memory_bounded() -> None:
     assert len(state["intervals"]["seen"]) == 7 * 24 + 1
 
 
+@pytest.mark.parametrize(
+    ("start", "end", "wh"),
+    [
+        (H, H, 1.0),  # empty
+        (H, H - 3600, 1.0),  # backwards
+        (H, H + 2 * 86400, 1.0),  # longer than a day
+        (H, H + 3600, -5.0),  # negative
+        (H, H + 3600, math.nan),
+        (H, H + 3600, 2_000_000.0),  # 2 MWh in an hour: 2 MW
+        (0, 3600, 1.0),  # an unsynchronised clock
+    ],
+)
+def test_absurd_intervals_are_rejected(start: int, end: int, wh: float) -> None:
+    ledger = Ledger()
+    assert ledger.add_interval(Interval(DEV, "hourly", start, end, wh)) == []
+    assert ledger.rejected == {"interval_invalid": 1}
+    assert ledger.take_dirty_states() == {}
+
+
 # Rule 9: absurd inputs.
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -1.0, 1e13])
 def test_absurd_counters_are_rejected(bad: float) -> None:
@@ -203,6 +222,36 @@ def test_far_future_reading_is_held_and_dropped_when_time_goes_on_normally() -> 
     state = ledger.state(DEV, CH)
     assert state is not None
     assert state["import"]["jump"] == [(H + 10 * 365 * 86400) * 1000, 10100]
+
+
+def test_two_far_readings_confirm_each_other_in_either_order() -> None:
+    ledger = Ledger()
+    read(ledger, H, 10.0)
+    back = H + 3 * 86400
+    assert read(ledger, back + 60, 82.1) == []  # the later one arrives first: held
+    rows = read(ledger, back, 82.0)
+    assert sum(r.import_mwh for r in rows) == 72_100
+
+
+def test_held_jump_becomes_ordinary_when_time_catches_up() -> None:
+    ledger = Ledger()
+    read(ledger, H, 10.0)
+    assert read(ledger, H + 86400 + 600, 10.5) == []  # just over a day ahead: held
+    rows = read(ledger, H + 700, 10.1)  # now the held reading is within a day: taken as well
+    assert sum(r.import_mwh for r in rows) == 500
+    assert ledger.state(DEV, CH) == {
+        "version": 1,
+        "import": {"t": (H + 86400 + 600) * 1000, "hwm": 10500},
+    }
+    assert read(ledger, H + 86400 + 600, 10.5) == []
+
+
+def test_reset_while_a_jump_is_held_is_still_counted() -> None:
+    ledger = Ledger()
+    read(ledger, H, 1000.0)
+    read(ledger, H + 5 * 365 * 86400, 1000.1)  # held jump
+    assert read(ledger, H + 60, 0.3) == []  # a reset: suspect
+    assert imports(read(ledger, H + 120, 0.5)) == {0: 500}
 
 
 def test_long_outage_is_counted_once_confirmed() -> None:

@@ -5,8 +5,10 @@ apply (docs/energy-accounting.md has a worked example of each):
 
 1. A reading no newer than the newest one seen is redundant: ignored (duplicates, replays, late
    messages). The counter is cumulative, so a newer reading already holds all of it.
-2. A reading more than ``MAX_JUMP_MS`` ahead is held as a *jump* until a second reading, newer and
-   within ``MAX_JUMP_MS`` of it, confirms the new time; readings in between are processed normally.
+2. A reading more than ``MAX_JUMP_MS`` ahead is held as a *jump* until a second far reading within
+   ``MAX_JUMP_MS`` of it confirms the new time, or until time catches up with it (the newest
+   reading comes within ``MAX_JUMP_MS``: it is then an ordinary reading). Readings in between are
+   processed normally.
 3. A reading is *plausible* when the counter did not drop by more than ``ROUNDING_TOLERANCE_MWH``
    and did not rise faster than ``MAX_POWER_W``. A plausible reading is accepted: its rise above
    the high-water mark is energy for the span since the previous accepted reading; a small drop
@@ -98,41 +100,44 @@ class Counter:
                     return ((t0, t, rise, span > GAP_MS),)
                 return ()
         newest = self.t if st is None else st
-        if t <= newest:
-            return None  # rule 1
+        if t <= newest or t == self.jt:
+            return None  # rule 1 (the held jump again is a duplicate too)
         if t - newest > MAX_JUMP_MS:
             return self._jump(t, v)
         out: list[Span] = []
-        if st is None:
+        self._step(t, v, out)
+        jt, jv = self.jt, self.jv
+        if jt is not None and jv is not None:
+            newest = self.t if self.st is None else self.st
+            if jt <= newest or jt - newest <= MAX_JUMP_MS:
+                self.jt = self.jv = None
+                if jt > newest:
+                    self._step(jt, jv, out)  # time caught up with it: an ordinary reading now
+        return out
+
+    def _jump(self, t: int, v: int) -> Sequence[Span] | None:
+        jt, jv = self.jt, self.jv
+        if jt is None or jv is None or abs(t - jt) > MAX_JUMP_MS:
+            if jt is None or t > jt:
+                self.jt, self.jv = t, v  # hold it (rule 2)
+                return []
+            return None  # older than the held one and far from it too: nothing to go on
+        # Two far readings within a day of each other confirm the new time, in either order.
+        self.jt = self.jv = None
+        out: list[Span] = []
+        for rt, rv in sorted(((jt, jv), (t, v))):
+            self._step(rt, rv, out)
+        return out
+
+    def _step(self, t: int, v: int, out: list[Span]) -> None:
+        """Rules 3 and 4 for a reading newer than the newest (``t`` > last accepted and suspect)."""
+        if self.st is None:
             if _plausible(self.t, self.hwm, t, v):
                 self._accept(t, v, out)
             else:
                 self.st, self.sv = t, v
         else:
             self._decide(t, v, out)
-        if self.jt is not None and self.jt <= (self.t if self.st is None else self.st):
-            self.jt = self.jv = None  # the held jump is no longer ahead of what we have: redundant
-        return out
-
-    def _jump(self, t: int, v: int) -> Sequence[Span] | None:
-        jt, jv = self.jt, self.jv
-        if jt is None or t - jt > MAX_JUMP_MS:
-            self.jt, self.jv = t, v  # hold it (rule 2)
-            return []
-        if t <= jt:
-            return None  # the held reading again, or an older far one: nothing new
-        assert jv is not None
-        self.jt = self.jv = None
-        out: list[Span] = []
-        for rt, rv in ((jt, jv), (t, v)):
-            if self.st is None:
-                if _plausible(self.t, self.hwm, rt, rv):
-                    self._accept(rt, rv, out)
-                else:
-                    self.st, self.sv = rt, rv
-            else:
-                self._decide(rt, rv, out)
-        return out
 
     def _decide(self, t: int, v: int, out: list[Span]) -> None:
         st, sv = self.st, self.sv
