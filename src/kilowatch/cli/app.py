@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Iterable, Sequence
 
 import typer
 from rich.console import Console
@@ -30,14 +31,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "demo",
 )
 
-app = typer.Typer(
-    name="kilowatch",
-    help="Self-hosted energy monitor and fleet manager for smart power meters.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
 
 def _version(value: bool) -> None:
     if value:
@@ -45,7 +38,6 @@ def _version(value: bool) -> None:
         raise typer.Exit
 
 
-@app.callback()
 def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
@@ -54,17 +46,50 @@ def _root(
     """Self-hosted energy monitor and fleet manager for smart power meters."""
 
 
-def _register_all() -> None:
-    for name in COMMAND_MODULES:
+def build_app(commands: Iterable[str] = COMMAND_MODULES) -> typer.Typer:
+    """The ``kilowatch`` app with ``commands`` (names from COMMAND_MODULES) registered."""
+    app = typer.Typer(
+        name="kilowatch",
+        help="Self-hosted energy monitor and fleet manager for smart power meters.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    app.callback()(_root)
+    for name in commands:
         module = importlib.import_module(f"kilowatch.cli.{name}")
         module.register(app)
+    return app
 
 
-_register_all()
+def commands_for(argv: Sequence[str]) -> tuple[str, ...]:
+    """The command modules a command line needs.
+
+    Commands pull in heavy libraries (FastAPI, aiohttp, V8): importing all of them costs seconds, so
+    ``kilowatch energy ...`` imports only ``energy``. Help listings and unknown commands get all.
+    """
+    positional = [arg for arg in argv if not arg.startswith("-")]
+    if not positional:
+        return () if "--version" in argv else COMMAND_MODULES
+    return (positional[0],) if positional[0] in COMMAND_MODULES else COMMAND_MODULES
+
+
+_full_app: typer.Typer | None = None
+
+
+def __getattr__(name: str) -> typer.Typer:
+    # ``from kilowatch.cli.app import app`` (tests, docs checks) gets every command, built once.
+    global _full_app
+    if name != "app":
+        raise AttributeError(name)
+    if _full_app is None:
+        _full_app = build_app()
+    return _full_app
 
 
 def main() -> None:
     """Console-script entry point."""
+    app = build_app(commands_for(sys.argv[1:]))
     try:
         app(standalone_mode=True)
     except KilowatchError as err:
