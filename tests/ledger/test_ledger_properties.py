@@ -110,17 +110,19 @@ def meter_streams(draw: st.DrawFn) -> tuple[list[Sample], list[int]]:
 
 
 @st.composite
-def wild_streams(draw: st.DrawFn) -> tuple[list[Sample], list[int]]:
+def wild_streams(draw: st.DrawFn, *, far_only: bool = False) -> tuple[list[Sample], list[int]]:
     """A meter stream with absurd readings mixed in: clocks leaping ahead, glitches to zero,
-    impossible counters, NaN. No oracle for these; the ledger must still be replay- and
-    restart-safe."""
+    impossible counters, NaN. No oracle for these; the ledger must still be restart-safe, and
+    replay-safe as long as the leaps stay far ahead (see the doc, rule 4: a replay after time caught
+    up with a discarded far reading may take it as new)."""
     samples, order = draw(meter_streams())
+    least_leap = 30 * 86_400 if far_only else 86_401
     for _ in range(draw(st.integers(1, 6))):
         base = samples[draw(st.integers(0, len(samples) - 1))]
         kind = draw(st.sampled_from(["future", "zero", "huge", "nan", "past"]))
         ts, imp, exp = base.ts + draw(st.floats(0.001, 100.0)), base.imp, base.exp
         if kind == "future":
-            ts = base.ts + draw(st.integers(86_401, 4_000 * 86_400))
+            ts = base.ts + draw(st.integers(least_leap, 4_000 * 86_400))
         elif kind == "zero":
             imp, exp = 0.0, 0.0
         elif kind == "huge":
@@ -182,7 +184,7 @@ def test_stored_energy_is_what_the_counters_prove(stream: tuple[list[Sample], li
 
 
 @STREAMS
-@given(st.one_of(meter_streams(), wild_streams()))
+@given(st.one_of(meter_streams(), wild_streams(far_only=True)))
 def test_replaying_the_stream_changes_nothing(stream: tuple[list[Sample], list[int]]) -> None:
     samples, order = stream
     ledger = Ledger()
