@@ -287,6 +287,13 @@ def test_import_and_export_counters_are_independent() -> None:
     assert [(r.import_mwh, r.export_mwh) for r in rows] == [(0, 200)]
 
 
+def test_reading_without_counters_changes_nothing() -> None:
+    ledger = Ledger()
+    assert ledger.add_reading(Reading(DEV, CH, H, power_w=12.0)) == []
+    assert ledger.take_dirty_states() == {}
+    assert ledger.state(DEV, CH) is None
+
+
 # Rule 11: saved states continue exactly.
 def test_restart_from_saved_states_continues_exactly() -> None:
     stream = [(H + 60 * i, 100.0 + 0.37 * i) for i in range(10)]

@@ -100,6 +100,8 @@ class Ledger:
 
         Returns the energy to add per slot: empty for a first, duplicate or old reading...
         """
+        if reading.energy_wh is None and reading.returned_energy_wh is None:
+            return []  # power, voltage... only: nothing to account
         ts = reading.ts
         if not MIN_TS <= ts < MAX_TS:  # also refuses NaN
             self._reject("timestamp_out_of_range")
