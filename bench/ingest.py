@@ -106,7 +106,7 @@ def role_publish(port: int, n: int, devices: int) -> None:
     client.connect("127.0.0.1", port)
     client.loop_start()
     t0 = time.time()
-    infos = []
+    infos: list[Any] = []
     for k, (topic, payload) in enumerate(payloads):
         if k >= PUBLISH_WINDOW:  # packet ids wrap at 65535: never reuse one still in flight
             infos[k - PUBLISH_WINDOW].wait_for_publish(timeout=IDLE_TIMEOUT_S * 4)
@@ -202,9 +202,9 @@ def role_bare_asyncio(port: int, n: int) -> None:
         client.on_subscribe = on_subscribe
         client.on_message = on_message
         client.on_socket_open = lambda c, u, sock: loop.add_reader(sock, c.loop_read)
-        client.on_socket_close = lambda c, u, sock: loop.remove_reader(sock)
+        client.on_socket_close = lambda c, u, sock: _forget(loop.remove_reader(sock))
         client.on_socket_register_write = lambda c, u, sock: loop.add_writer(sock, c.loop_write)
-        client.on_socket_unregister_write = lambda c, u, sock: loop.remove_writer(sock)
+        client.on_socket_unregister_write = lambda c, u, sock: _forget(loop.remove_writer(sock))
         client.connect("127.0.0.1", port)
 
         async def misc() -> None:
@@ -216,7 +216,7 @@ def role_bare_asyncio(port: int, n: int) -> None:
             await subscribed
             state["cpu0"] = time.process_time()
             print("ready", flush=True)
-            last, since = -1, time.monotonic()
+            last, since = -1.0, time.monotonic()
             while not done.done():
                 await asyncio.wait({done}, timeout=0.5)
                 if state["count"] != last:
@@ -232,6 +232,10 @@ def role_bare_asyncio(port: int, n: int) -> None:
         }
 
     print(json.dumps(asyncio.run(main())))
+
+
+def _forget(_: object) -> None:
+    """Drop a return value (paho's socket callbacks must return None)."""
 
 
 def role_aiomqtt(port: int, n: int) -> None:
