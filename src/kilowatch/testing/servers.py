@@ -139,9 +139,6 @@ class MosquittoServer(_Process):
         if self.users:
             pw = self.dir / "passwd"
             pw.write_text("")
-            # mosquitto started as root drops to the 'mosquitto' user before reading the file
-            self.dir.chmod(0o755)
-            pw.chmod(0o644)
             tool = _binary("mosquitto_passwd")
             for user, password in self.users.items():
                 subprocess.run([tool, "-b", str(pw), user, password], check=True)
