@@ -16,9 +16,13 @@ channel. :func:`rows` then applies the "Names" rules of docs/architecture.md for
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import fields
 from datetime import datetime
-from typing import TypeAlias
+from itertools import repeat
+from operator import truediv
+from typing import Any, TypeAlias
 
 from kilowatch.ledger.slots import SlotEnergy
 from kilowatch.store.base import EnergyQuery, EnergyRow
@@ -33,6 +37,10 @@ Cells: TypeAlias = dict[tuple[str, str, int], Cell]
 Shadow: TypeAlias = dict[tuple[str, int], list[int]]
 """``(device, bucket key) -> [import mWh, export mWh]`` of ``hourly`` energy not to count."""
 
+
+Flat: TypeAlias = tuple[int, str | None, str | None, int, int, int]
+"""One finished row before labelling: ``(bucket key, device, channel, import mWh, export mWh,
+estimated)``, ``device``/``channel`` ``None`` where the grouping merged them."""
 
 Rollup: TypeAlias = dict[tuple[str, str, int], list[int]]
 """``(device, channel, period start) -> [import mWh, export mWh, estimated (0/1), deltas]``."""
@@ -127,29 +135,67 @@ def rows(
         grouped = _grouped(query, cells, shadow or {})
     # keys grow with time, so sorting (key, device, channel) gives the documented row order
     order = sorted(grouped, key=lambda g: (g[2], g[0] or "", g[1] or ""))
-    labels: dict[int, tuple[datetime, datetime]] = {}
-    instants: dict[int, datetime] = {}  # a bucket's end is the next one's start: convert once
-    out: list[EnergyRow] = []
-    for gkey in order:
-        device, channel, key = gkey
-        imp, exp, est = grouped[gkey]
-        label = labels.get(key)
-        if label is None:
-            lo, hi = plan.period(key)
-            start = instants.get(lo) or instants.setdefault(lo, plan.local(lo))
-            end = instants.get(hi) or instants.setdefault(hi, plan.local(hi))
-            label = labels[key] = (start, end)
-        out.append(
-            EnergyRow(
-                device=device,
-                channel=channel,
-                start=label[0],
-                end=label[1],
-                energy_wh=imp / 1000,
-                returned_energy_wh=exp / 1000,
-                estimated=bool(est),
-            )
-        )
+    flat: list[Flat] = []
+    for d, c, k in order:
+        imp, exp, est = grouped[(d, c, k)]
+        flat.append((k, d, c, imp, exp, est))
+    return build_rows(plan, flat)
+
+
+def needs_names_rules(channels: Iterable[str]) -> bool:
+    """Whether the "Names" rules can change a ``device``/``total`` sum of these channels: a part
+    (``p/q``) or the ``hourly`` channel among them. Without either, such a sum is the plain sum of
+    the channels' cells, which a backend may compute in the database."""
+    return any(c == HOURLY or "/" in c for c in channels)
+
+
+def build_rows(plan: Plan, flat: Sequence[Flat]) -> list[EnergyRow]:
+    """:class:`EnergyRow` s of ``flat`` rows already in the documented order (start, device,
+    channel).
+
+    The per-row work is done by C loops (``map``), not Python bytecode: every bucket's local start
+    and end are converted once (an end is the next bucket's start), and the rows are filled column
+    by column. A year of hours is 8 760 rows; building them one ``EnergyRow(...)`` at a time cost
+    more than the database query.
+    """
+    if not flat:
+        return []
+    keys, devices, channels, imps, exps, ests = zip(*flat, strict=True)
+    distinct = sorted(set(keys))
+    spans = plan.periods(distinct)
+    instants = sorted({t for span in spans for t in span})
+    local = dict(zip(instants, map(datetime.fromtimestamp, instants, repeat(plan.tz)), strict=True))
+    starts = {k: local[lo] for k, (lo, _) in zip(distinct, spans, strict=True)}
+    ends = {k: local[hi] for k, (_, hi) in zip(distinct, spans, strict=True)}
+    columns = (
+        devices,
+        channels,
+        map(starts.__getitem__, keys),
+        map(ends.__getitem__, keys),
+        map(truediv, imps, repeat(1000)),
+        map(truediv, exps, repeat(1000)),
+        map(bool, ests),
+    )
+    return _fill(len(keys), columns)
+
+
+_FIELDS = tuple(f.name for f in fields(EnergyRow))
+_SETTERS: tuple[Callable[[Any, Any], None], ...] = tuple(
+    getattr(EnergyRow.__dict__.get(name), "__set__", None)  # type: ignore[misc]
+    for name in _FIELDS
+)
+_FAST_FILL = getattr(EnergyRow, "__slots__", ()) == _FIELDS and all(_SETTERS)
+"""Rows can be filled through their slot descriptors (what the frozen ``__init__`` does through
+``object.__setattr__``, field by field, for each row): true while EnergyRow is a slots dataclass."""
+
+
+def _fill(n: int, columns: Sequence[Iterable[Any]]) -> list[EnergyRow]:
+    if not _FAST_FILL:  # EnergyRow changed shape: the plain constructor is always right
+        return [EnergyRow(*values) for values in zip(*columns, strict=True)]
+    out: list[EnergyRow] = list(map(object.__new__, repeat(EnergyRow, n)))
+    drain = deque[None](maxlen=0).extend
+    for set_, column in zip(_SETTERS, columns, strict=True):
+        drain(map(set_, out, column))
     return out
 
 
@@ -186,10 +232,13 @@ __all__ = [
     "HOURLY",
     "Cell",
     "Cells",
+    "Flat",
     "Rollup",
     "Shadow",
     "add",
+    "build_rows",
     "coarser",
+    "needs_names_rules",
     "parent",
     "rows",
     "selected",

@@ -39,7 +39,18 @@ from kilowatch.store.base import (
     EnergyQuery,
     EnergyRow,
 )
-from kilowatch.store.energy import HOURLY, Cells, Shadow, coarser, rows, shadow_hourly, sum_deltas
+from kilowatch.store.energy import (
+    HOURLY,
+    Cells,
+    Flat,
+    Shadow,
+    build_rows,
+    coarser,
+    needs_names_rules,
+    rows,
+    shadow_hourly,
+    sum_deltas,
+)
 from kilowatch.store.periods import Plan, plan
 
 T = TypeVar("T")
@@ -315,8 +326,16 @@ class SqliteStore:
 
     async def energy(self, query: EnergyQuery) -> list[EnergyRow]:
         p = plan(query.by, query.tz, query.start, query.end)
-        cells, shadow = await self._read(lambda conn: _energy_cells(conn, p, query))
-        return rows(p, query, cells, shadow)
+
+        def run(conn: sqlite3.Connection) -> list[EnergyRow]:
+            # in the reader thread: the rows are built there too, off the event loop
+            flat = _energy_flat(conn, p, query)
+            if flat is not None:
+                return build_rows(p, flat)
+            cells, shadow = _energy_cells(conn, p, query)
+            return rows(p, query, cells, shadow)
+
+        return await self._read(run)
 
     async def devices(self) -> list[DeviceRecord]:
         return await self._read(lambda conn: _devices(conn, None))
@@ -598,6 +617,49 @@ def _channel_filter(query: EnergyQuery) -> tuple[str, list[str]]:
     return (" WHERE " + " AND ".join(sql)) if sql else "", args
 
 
+def _energy_flat(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> list[Flat] | None:
+    """The finished rows, grouped and ordered in SQL; ``None`` when the "Names" rules apply (a
+    ``device``/``total`` grouping over a part or the ``hourly`` channel), which need
+    :func:`_energy_cells` and the general grouping of :mod:`kilowatch.store.energy`."""
+    where, args = _channel_filter(query)
+    if query.group != "channel":
+        names = conn.execute(f"SELECT channel FROM channels{where}", args)
+        if needs_names_rules(c for (c,) in names):
+            return None
+    if p.by in ("day", "month"):
+        return _rollup_flat(conn, p, query)
+    cells = _cells_sql(p, query)
+    if query.group == "channel":
+        sql = f"SELECT k, device, channel, i, e, x FROM ({cells}) ORDER BY k, device, channel"
+    elif query.group == "device":
+        sql = (
+            f"SELECT k, device, NULL, sum(i), sum(e), max(x) FROM ({cells}) "
+            "GROUP BY k, device ORDER BY k, device"
+        )
+    else:
+        sql = f"SELECT k, NULL, NULL, sum(i), sum(e), max(x) FROM ({cells}) GROUP BY k ORDER BY k"
+    return conn.execute(sql, (*args, p.start, p.end)).fetchall()
+
+
+def _cells_sql(p: Plan, query: EnergyQuery) -> str:
+    """SQL of the 15-minute/hour cells ``(device, channel, k, i, e, x)`` (parameters: the channel
+    filter's, then the range)."""
+    table, col = ("hours", "hour") if p.whole_hours else ("slots", "slot")
+    where, _ = _channel_filter(query)
+    key = f"s.{col}" if p.keys_are_starts else _key_sql(p, "s." + col)
+    agg = "" if p.keys_are_starts else "GROUP BY c.device, c.channel, k"
+    cols = (
+        "s.import_mwh AS i, s.export_mwh AS e, s.estimated AS x"
+        if p.keys_are_starts
+        else "sum(s.import_mwh) AS i, sum(s.export_mwh) AS e, max(s.estimated) AS x"
+    )
+    return (
+        f"SELECT c.device AS device, c.channel AS channel, {key} AS k, {cols} "
+        f"FROM (SELECT device, channel FROM channels{where}) c CROSS JOIN {table} s "
+        f"ON s.device = c.device AND s.channel = c.channel AND s.{col} >= ? AND s.{col} < ? {agg}"
+    )
+
+
 def _energy_cells(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> tuple[Cells, Shadow]:
     cells = (
         _rollup_cells(conn, p, query) if p.by in ("day", "month") else _scan_cells(conn, p, query)
@@ -638,12 +700,10 @@ def _scan_cells(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> Cells:
 _LEVELS = ((86400, "days", "day"), (3600, "hours", "hour"), (900, "slots", "slot"))
 
 
-def _rollup_cells(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> Cells:
-    """Day and month buckets: signed day, hour and slot rollups (see ``periods.decompose``).
-
-    A bucket has data when the count of deltas that landed in it (``n``) is positive; ``estimated``
-    comes from the ``estimated`` index, which rollups cannot carry through a subtraction.
-    """
+def _rollup_sql(p: Plan, query: EnergyQuery) -> tuple[str, list[str]]:
+    """SQL of the day/month cells ``(device, channel, k, i, e)`` from signed day, hour and slot
+    rollups (see ``periods.decompose``). A bucket has data when the count of deltas that landed in
+    it (``n``) is positive."""
     terms = p.terms()
     where, args = _channel_filter(query)
     ctes = [f"c(device, channel) AS (SELECT device, channel FROM channels{where})"]
@@ -661,20 +721,60 @@ def _rollup_cells(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> Cell
             f"AND s.{col} >= t.lo AND s.{col} < t.hi"
         )
     sql = (
-        f"WITH {', '.join(ctes)} SELECT device, channel, k, sum(i), sum(e) FROM ("
+        f"WITH {', '.join(ctes)} SELECT device, channel, k, sum(i) AS i, sum(e) AS e FROM ("
         + " UNION ALL ".join(parts)
         + ") GROUP BY device, channel, k HAVING sum(n) > 0"
     )
-    cells: Cells = {(d, c, k): [imp, exp, 0] for d, c, k, imp, exp in conn.execute(sql, args)}
+    return sql, args
+
+
+def _estimated(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> set[tuple[str, str, int]]:
+    """``(device, channel, bucket key)`` of the estimated slots in range: from the ``estimated``
+    index, as rollups cannot carry the flag through a subtraction."""
     est_sql = "SELECT device, channel, slot FROM estimated WHERE slot >= ? AND slot < ?"
     est_where, est_args = _channel_filter(query)
     if est_where:
         est_sql += " AND " + est_where.removeprefix(" WHERE ")
-    for d, c, slot in conn.execute(est_sql, (p.start, p.end, *est_args)):
-        cell = cells.get((d, c, p.key(slot)))
+    return {
+        (d, c, p.key(slot)) for d, c, slot in conn.execute(est_sql, (p.start, p.end, *est_args))
+    }
+
+
+def _rollup_cells(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> Cells:
+    """Day and month buckets per channel (see :func:`_rollup_sql`)."""
+    sql, args = _rollup_sql(p, query)
+    cells: Cells = {(d, c, k): [imp, exp, 0] for d, c, k, imp, exp in conn.execute(sql, args)}
+    for key in _estimated(conn, p, query):
+        cell = cells.get(key)
         if cell is not None:
             cell[2] = 1
     return cells
+
+
+def _rollup_flat(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> list[Flat]:
+    """Day and month rows grouped and ordered in SQL (no part or ``hourly`` channel involved)."""
+    cells, args = _rollup_sql(p, query)
+    if query.group == "channel":
+        sql = f"SELECT k, device, channel, i, e, 0 FROM ({cells}) ORDER BY k, device, channel"
+    elif query.group == "device":
+        sql = (
+            f"SELECT k, device, NULL, sum(i), sum(e), 0 FROM ({cells}) "
+            "GROUP BY k, device ORDER BY k, device"
+        )
+    else:
+        sql = f"SELECT k, NULL, NULL, sum(i), sum(e), 0 FROM ({cells}) GROUP BY k ORDER BY k"
+    flat: list[Flat] = conn.execute(sql, args).fetchall()
+    estimated = _estimated(conn, p, query)
+    if not estimated:
+        return flat
+    # a grouped row is estimated when any of its channels' cells is
+    if query.group == "channel":
+        marks: set[tuple[int, str | None, str | None]] = {(k, d, c) for d, c, k in estimated}
+    elif query.group == "device":
+        marks = {(k, d, None) for d, _, k in estimated}
+    else:
+        marks = {(k, None, None) for _, _, k in estimated}
+    return [(k, d, c, i, e, int((k, d, c) in marks)) for k, d, c, i, e, _ in flat]
 
 
 def _shadow(conn: sqlite3.Connection, p: Plan, cells: Cells) -> Shadow:
