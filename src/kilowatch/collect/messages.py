@@ -7,8 +7,41 @@ RPC frame, else the device part of the topic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, ClassVar, TypeVar
+
+_T = TypeVar("_T")
+
+
+def fast_frozen_init(cls: type[_T]) -> type[_T]:
+    """Give a frozen, slotted dataclass a faster ``__init__`` with the same signature.
+
+    The generated ``__init__`` of a frozen dataclass calls ``object.__setattr__`` once per field;
+    here each field is set through its slot descriptor instead, about twice as fast (decoders and
+    the ledger build one object per reading, so it shows in ingest). Equality, ``repr``,
+    immutability and ``dataclasses.replace`` are untouched. Fields with a ``default_factory``
+    are not supported (the class is returned unchanged).
+    """
+    params: list[str] = []
+    body: list[str] = []
+    namespace: dict[str, Any] = {}
+    for i, f in enumerate(fields(cls)):  # type: ignore[arg-type]
+        if f.default_factory is not MISSING or not f.init:
+            return cls
+        if f.default is MISSING:
+            params.append(f.name)
+        else:
+            namespace[f"_d{i}"] = f.default
+            params.append(f"{f.name}=_d{i}")
+        namespace[f"_s{i}"] = getattr(cls, f.name).__set__
+        body.append(f"    _s{i}(self, {f.name})")
+    source = f"def __init__(self, {', '.join(params)}):\n" + "\n".join(body or ["    pass"])
+    exec(source, namespace)  # code built from the class's own field names, nothing external
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__doc__ = cls.__init__.__doc__
+    setattr(cls, "__init__", init)  # noqa: B010 - mypy refuses assigning to a method
+    return cls
 
 
 class _JsonMixin:
@@ -25,6 +58,7 @@ class _JsonMixin:
         return out
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class Reading(_JsonMixin):
     """Instantaneous metrics and cumulative counters of one channel at one instant."""
@@ -47,6 +81,7 @@ class Reading(_JsonMixin):
     kind: ClassVar[str] = "reading"
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class Interval(_JsonMixin):
     """Energy measured over ``[start, end)`` (unix seconds), e.g. one hour of the metering
@@ -62,6 +97,7 @@ class Interval(_JsonMixin):
     kind: ClassVar[str] = "interval"
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class Availability(_JsonMixin):
     """The device said it is online or offline (``<prefix>/online``, Tasmota ``LWT``...)."""
@@ -87,6 +123,7 @@ class Event(_JsonMixin):
     kind: ClassVar[str] = "event"
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class DeviceInfo(_JsonMixin):
     """What a message tells about the device itself (model, firmware, MAC, name, uptime)."""
@@ -105,6 +142,7 @@ class DeviceInfo(_JsonMixin):
     kind: ClassVar[str] = "device_info"
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class LogLine(_JsonMixin):
     """One debug log line (``<device id> <seq> <unix ts> <level>|<file:line> <message>``)."""
