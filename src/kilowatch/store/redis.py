@@ -30,6 +30,9 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from itertools import repeat
+from operator import add as add_
+from operator import mul
 from types import TracebackType
 from typing import Any, Self
 
@@ -53,8 +56,11 @@ from kilowatch.store.base import (
 from kilowatch.store.energy import (
     HOURLY,
     Cells,
+    Flat,
     add,
+    build_rows,
     coarser,
+    needs_names_rules,
     rows,
     selected,
     shadow_hourly,
@@ -85,6 +91,71 @@ for name in string.gmatch(ARGV[1], "%S+") do fields[#fields + 1] = name end
 return redis.call('HMGET', KEYS[1], unpack(fields))
 """
 """HMGET of a space-separated field list (at most a few thousand fields: Lua's unpack limit)."""
+_SCAN_LUA = """
+local h = redis.call('HGETALL', KEYS[1])
+local lo, hi = tonumber(ARGV[1]), tonumber(ARGV[2])
+local imp, exp, est, seen = {}, {}, {}, {}
+for i = 1, #h, 2 do
+  local name = h[i]
+  local tail = string.sub(name, -1)
+  local n = nil
+  if tail == 'e' or tail == 'x' then n = tonumber(string.sub(name, 1, -2))
+  elseif tail ~= 'c' then n = tonumber(name) end
+  if n and n >= lo and n < hi then
+    seen[n] = true
+    if tail == 'e' then exp[n] = tonumber(h[i + 1])
+    elseif tail == 'x' then est[n] = 1
+    else imp[n] = tonumber(h[i + 1]) end
+  end
+end
+local out = {}
+for n = lo, hi - 1 do
+  if seen[n] then
+    out[#out + 1] = n
+    out[#out + 1] = imp[n] or 0
+    out[#out + 1] = exp[n] or 0
+    out[#out + 1] = est[n] or 0
+  end
+end
+return out
+"""
+"""One slot/hour hash parsed on the server: ``n, import, export, estimated`` (integers) of each
+slot/hour ``n`` in ``[ARGV[1], ARGV[2])`` that has data, in order. Saves a Python loop over every
+field name (a year of hours is 12 hashes of 1 500 fields)."""
+_ROLLUP_LUA = """
+local sums = {}
+for b = 1, 3 * tonumber(ARGV[1]) do sums[b] = 0 end
+for i = 1, #KEYS do
+  local names, uses = {}, {}
+  for field, targets in string.gmatch(ARGV[i + 1], "(%S+):(%S+)") do
+    names[#names + 1] = field
+    names[#names + 1] = field .. 'e'
+    names[#names + 1] = field .. 'c'
+    uses[#uses + 1] = targets
+  end
+  local values = redis.call('HMGET', KEYS[i], unpack(names))
+  for j = 1, #uses do
+    local count = values[3 * j]
+    if count then
+      local imp = tonumber(values[3 * j - 2] or 0)
+      local exp = tonumber(values[3 * j - 1] or 0)
+      local n = tonumber(count)
+      for b, sign in string.gmatch(uses[j], "(%d+)([+-])") do
+        local s = (sign == '+') and 1 or -1
+        local at = 3 * tonumber(b)
+        sums[at + 1] = sums[at + 1] + s * imp
+        sums[at + 2] = sums[at + 2] + s * exp
+        sums[at + 3] = sums[at + 3] + s * n
+      end
+    end
+  end
+end
+return sums
+"""
+"""One channel's day/month buckets summed on the server from its rollup hashes (``KEYS``):
+``ARGV[1]`` the bucket count, ``ARGV[i + 1]`` the fields of ``KEYS[i]`` as ``field:<bucket><sign>
+...`` (e.g. ``5:3+4-``: field 5 adds to bucket 3, is taken from bucket 4). Returns ``import,
+export, deltas`` per bucket (a bucket has data when deltas > 0)."""
 
 
 class _Ops:
@@ -451,6 +522,14 @@ class RedisStore:
         p = plan(query.by, query.tz, query.start, query.end)
         pairs = [pc for pc in await self._pairs("channels") if selected(query, *pc)]
         seed_cmds = await self._seed_reads(query, p)
+        if not seed_cmds and (
+            query.group == "channel" or not needs_names_rules(c for _, c in pairs)
+        ):
+            # no externally written hours and no "Names" rule to apply: sums on the server
+            if p.by in ("day", "month"):
+                return build_rows(p, await self._rollup_flat(p, query, pairs))
+            if p.keys_are_starts and query.group == "channel":
+                return build_rows(p, await self._scan_flat(p, pairs))
         seed_devices = {device for _, (device, _) in seed_cmds}
         if p.by in ("day", "month"):
             cells = await self._rollup_cells(p, pairs)
@@ -480,6 +559,90 @@ class RedisStore:
             add(cells, device, channel, p.key(ts), imp, exp, est)
         shadow = _shadow(p, raw + seed_raw, cells) if query.group != "channel" else {}
         return rows(p, query, cells, shadow)
+
+    async def _scan_flat(self, p: Plan, pairs: Sequence[tuple[str, str]]) -> list[Flat]:
+        """15-minute (or whole-hour) buckets by channel: each stored slot (hour) is a row of its
+        own, parsed on the server by :data:`_SCAN_LUA`."""
+        step = 3600 if p.whole_hours else SLOT_SECONDS
+        kind = "h" if step == 3600 else "s"
+        pipe = self.client.pipeline(transaction=False)
+        jobs: list[tuple[str, str, int]] = []
+        for device, channel in pairs:
+            ch = self._chan(device, channel)
+            for base in _bases(p, step):
+                lo = max(0, -(-(p.start - base) // step))
+                hi = -(-(p.end - base) // step)
+                pipe.eval(_SCAN_LUA, 1, f"{ch}:{kind}:{base}", lo, hi)
+                jobs.append((device, channel, base))
+        got = await self._call("energy query failed", pipe.execute()) if jobs else []
+        flat: list[Flat] = []
+        for (device, channel, base), values in zip(jobs, got, strict=True):
+            if values:
+                starts = map(add_, repeat(base), map(mul, values[0::4], repeat(step)))
+                flat += zip(
+                    starts, repeat(device), repeat(channel), values[1::4], values[2::4],
+                    values[3::4],
+                )  # fmt: skip
+        flat.sort()  # (start, device, channel) are unique: the documented row order
+        return flat
+
+    async def _rollup_flat(
+        self, p: Plan, query: EnergyQuery, pairs: Sequence[tuple[str, str]]
+    ) -> list[Flat]:
+        """Day and month rows, each channel's buckets summed on the server (:data:`_ROLLUP_LUA`)
+        from the same signed rollup fields as :meth:`_rollup_cells`; grouped here."""
+        keys = p.keys()
+        index = {k: i for i, k in enumerate(keys)}
+        wanted: dict[str, dict[str, list[str]]] = {}
+        for key, level, lo, hi, sign in p.terms():
+            for t in range(lo, hi, level):
+                if level == _DAY:
+                    base, kind = _year_start(t), "d"
+                elif level == 3600:
+                    base, kind = _month_start(t), "h"
+                else:
+                    base, kind = t - t % _DAY, "s"
+                fields = wanted.setdefault(f"{kind}:{base}", {})
+                fields.setdefault(str((t - base) // level), []).append(
+                    f"{index[key]}{'+' if sign > 0 else '-'}"
+                )
+        suffixes = list(wanted)
+        packed = [
+            " ".join(f"{name}:{''.join(uses)}" for name, uses in fields.items())
+            for fields in wanted.values()
+        ]
+        pipe = self.client.pipeline(transaction=False)
+        for device, channel in pairs:
+            ch = self._chan(device, channel)
+            pipe.eval(
+                _ROLLUP_LUA, len(suffixes), *[f"{ch}:{x}" for x in suffixes], len(keys), *packed
+            )
+            pipe.zrangebyscore(f"{ch}:est", p.start, p.end - 1)
+        got = await self._call("energy query failed", pipe.execute()) if pairs else []
+        grouped: dict[tuple[int, str | None, str | None], list[int]] = {}
+        for i, (device, channel) in enumerate(pairs):
+            sums, est = got[2 * i], got[2 * i + 1]
+            marked = {p.key(int(raw)) for raw in est}
+            d = device if query.group != "total" else None
+            c = channel if query.group == "channel" else None
+            for b in range(len(keys)):
+                if sums[3 * b + 2] <= 0:
+                    continue
+                key = keys[b]
+                x = int(key in marked)
+                acc = grouped.get((key, d, c))
+                if acc is None:
+                    grouped[(key, d, c)] = [sums[3 * b], sums[3 * b + 1], x]
+                else:
+                    acc[0] += sums[3 * b]
+                    acc[1] += sums[3 * b + 1]
+                    acc[2] |= x
+        order = sorted(grouped, key=lambda g: (g[0], g[1] or "", g[2] or ""))
+        flat: list[Flat] = []
+        for key, d, c in order:
+            imp, exp, x = grouped[(key, d, c)]
+            flat.append((key, d, c, imp, exp, x))
+        return flat
 
     async def _scan_raw(
         self,
