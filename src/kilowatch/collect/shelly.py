@@ -157,26 +157,35 @@ _SPECS: dict[str, tuple[str, tuple[tuple[_ChannelSpec, frozenset[str]], ...]]] =
 
 
 _ChannelsOf = tuple[tuple[str, _ChannelSpec, frozenset[str]], ...]
-_CHANNELS_CACHE: dict[str, _ChannelsOf] = {}
+_CHANNELS_CACHE: dict[str, _ChannelsOf | None] = {}
 _CHANNELS_CACHE_LIMIT = 4096  # component keys are few (pm1:0, em:0...); never let junk grow it
 
 
-def _channels_of(key: str) -> _ChannelsOf:
-    """(channel, spec, instant fields) of metering component ``key`` (``em:0`` → 4 channels)."""
-    found = _CHANNELS_CACHE.get(key)
-    if found is None:
-        ctype, _, cid = key.partition(":")
-        channel_type, specs = _SPECS[ctype]
-        found = tuple(
-            (f"{channel_type}:{cid}{spec.suffix}", spec, fields) for spec, fields in specs
-        )
-        if len(_CHANNELS_CACHE) < _CHANNELS_CACHE_LIMIT:
-            _CHANNELS_CACHE[key] = found
+def _channels_of(key: str) -> _ChannelsOf | None:
+    """(channel, spec, instant fields) of metering component ``key`` (``em:0`` → 4 channels);
+    ``None`` for a key that is no metering component (``ts``, ``sys``, ``script:1``...)."""
+    try:
+        return _CHANNELS_CACHE[key]
+    except KeyError:
+        pass
+    ctype, _, cid = key.partition(":")
+    entry = _SPECS.get(ctype)
+    found = (
+        None
+        if entry is None
+        else tuple((f"{entry[0]}:{cid}{spec.suffix}", spec, fields) for spec, fields in entry[1])
+    )
+    if len(_CHANNELS_CACHE) < _CHANNELS_CACHE_LIMIT:
+        _CHANNELS_CACHE[key] = found
     return found
 
 
 def _add_channels(
-    out: dict[str, dict[str, float]], key: str, delta: dict[str, Any], merged: dict[str, Any]
+    out: dict[str, dict[str, float]],
+    key: str,
+    delta: dict[str, Any],
+    merged: dict[str, Any],
+    channels: _ChannelsOf,
 ) -> None:
     """Add to ``out`` the channels that component ``key`` (``emdata:0``...) has in ``delta``.
 
@@ -184,20 +193,30 @@ def _add_channels(
     (``invalid_payload`` otherwise), one remembered from an earlier message is skipped if it is not.
     Counters are read from ``delta`` only.
     """
-    for channel, spec, instant_fields in _channels_of(key):
+    for channel, spec, instant_fields in channels:
         # counters first: the channel is reported only if the delta carries one of its values
-        counters: list[tuple[str, float]] = []
+        counters: list[tuple[str, float]] | None = None
         for field, sub, attr in spec.counters:
             value = delta.get(field)
-            if sub is None:
-                name = field
-            elif type(value) is dict:
-                value, name = value.get(sub), f"{field}.{sub}"
-            else:
+            if value is None:
                 continue
-            if value is not None:
-                counters.append((attr, number(value, field=f"{key}.{name}")))
-        if not counters and instant_fields.isdisjoint(delta):
+            if sub is not None:
+                if type(value) is not dict:
+                    continue
+                value = value.get(sub)
+                if value is None:
+                    continue
+            kind = type(value)
+            if kind is int:
+                value = float(value)
+            elif kind is not float:
+                name = field if sub is None else f"{field}.{sub}"
+                value = number(value, field=f"{key}.{name}")  # raises: not a number
+            if counters is None:
+                counters = [(attr, value)]
+            else:
+                counters.append((attr, value))
+        if counters is None and instant_fields.isdisjoint(delta):
             continue
         values = out.get(channel)
         if values is None:
@@ -211,7 +230,8 @@ def _add_channels(
                 values[attr] = float(value)  # type: ignore[arg-type]
             elif value is not None and field in delta:
                 values[attr] = number(value, field=f"{key}.{field}")
-        values.update(counters)
+        if counters is not None:
+            values.update(counters)
 
 
 def _readings(device: str, ts: float, channels: dict[str, dict[str, float]]) -> list[Message]:
@@ -341,12 +361,13 @@ def _notify_status(
 ) -> list[Message]:
     channels: dict[str, dict[str, float]] = {}
     for key, delta in params.items():
-        if key.partition(":")[0] not in _SPECS:
+        of_key = _channels_of(key)
+        if of_key is None:
             continue  # ts, sys, wifi, cloud, script:N...: nothing to merge
         if delta is None:
             state.merge(device, key, None)
         elif type(delta) is dict:
-            _add_channels(channels, key, delta, state.merge(device, key, delta))
+            _add_channels(channels, key, delta, state.merge(device, key, delta), of_key)
         else:
             raise DecodeError(INVALID_PAYLOAD, f"NotifyStatus {key} must be an object")
     out = _readings(device, ts, channels)
@@ -362,9 +383,9 @@ def _full_status(
 ) -> list[Message]:
     channels: dict[str, dict[str, float]] = {}
     for key, value in status.items():
-        if type(value) is dict and key.partition(":")[0] in _SPECS:
+        if type(value) is dict and (of_key := _channels_of(key)) is not None:
             clean = state.replace(device, key, value)
-            _add_channels(channels, key, clean, clean)
+            _add_channels(channels, key, clean, clean, of_key)
     out = _readings(device, ts, channels)
     info = _device_info(device, ts, _object(status.get("sys")), _object(status.get("wifi")))
     if info is not None:
