@@ -1,0 +1,56 @@
+"""The MQTT intake driven by the asyncio loop: keep-alive, acks, and a clean close."""
+
+from __future__ import annotations
+
+import asyncio
+
+from svchelpers import TIMEOUT_S, Publisher, forget_session, unique
+
+from kilowatch.service.mqtt import Delivery, MqttIntake, MqttOptions
+from kilowatch.testing import MosquittoServer
+
+
+async def _take(intake: MqttIntake, n: int) -> list[Delivery]:
+    got: list[Delivery] = []
+    async with asyncio.timeout(TIMEOUT_S):
+        while len(got) < n:
+            got.extend(await intake.next_batch(100))
+    return got
+
+
+async def test_keepalive_holds_an_idle_connection_and_acks_reach_the_broker(
+    mosquitto: MosquittoServer,
+) -> None:
+    client_id = unique("kw-loop-")
+    topic = f"{unique('dev')}/events/rpc"
+    # keep-alive 1 s: the broker drops a client silent for 1.5 s, so only our PINGREQs keep it
+    options = MqttOptions(host="127.0.0.1", port=mosquitto.port, client_id=client_id, keepalive=1)
+    publisher = Publisher(mosquitto.port)
+    try:
+        async with MqttIntake(options, [topic]) as intake, asyncio.TaskGroup() as tg:
+            runner = tg.create_task(intake.run())
+            async with asyncio.timeout(TIMEOUT_S):
+                await intake.connected.wait()
+            generation = intake._generation
+            await asyncio.sleep(3.5)  # the duration under test: over twice the broker's limit
+            assert intake.connected.is_set()
+            assert intake._generation == generation, "the broker dropped the idle connection"
+            sent = [(topic, f'{{"n":{i}}}'.encode()) for i in range(50)]
+            await asyncio.to_thread(publisher.publish_many, sent)
+            batch = await _take(intake, 50)
+            intake.ack(batch)
+            assert intake.acked == 50
+            runner.cancel()
+        # every ack was written before DISCONNECT: a new connection gets nothing redelivered
+        async with MqttIntake(options, [topic]) as again, asyncio.TaskGroup() as tg:
+            runner = tg.create_task(again.run())
+            async with asyncio.timeout(TIMEOUT_S):
+                await again.connected.wait()
+            await asyncio.to_thread(publisher.publish, topic, b'{"n":"last"}')
+            first = await _take(again, 1)
+            assert first[0].payload == b'{"n":"last"}', "an acked message came back"
+            assert again.take_pending() == []
+            runner.cancel()
+    finally:
+        publisher.close()
+        forget_session(mosquitto.port, client_id)
