@@ -388,8 +388,8 @@ class MqttIntake:
         """Wait for messages, then return up to ``max_items`` of them (whatever has arrived).
 
         Under load (at least :data:`LINGER_MIN` waiting, fewer than ``max_items``) it first lingers
-        :data:`LINGER_S` so that paho's thread, which then has the interpreter to itself, reads
-        more: bigger batches cost the store far less per message. A trickle is not delayed.
+        :data:`LINGER_S` so that the loop's socket reader takes in more: bigger batches cost the
+        store far less per message. A trickle is not delayed.
         Returns ``[]`` once :meth:`stop_taking` was called.
         """
         lingered = False
