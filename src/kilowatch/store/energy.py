@@ -162,11 +162,11 @@ def build_rows(plan: Plan, flat: Sequence[Flat]) -> list[EnergyRow]:
         return []
     keys, devices, channels, imps, exps, ests = zip(*flat, strict=True)
     distinct = sorted(set(keys))
-    spans = plan.periods(distinct)
-    instants = sorted({t for span in spans for t in span})
+    los, his = zip(*plan.periods(distinct), strict=True)
+    instants = set(los).union(his)
     local = dict(zip(instants, map(datetime.fromtimestamp, instants, repeat(plan.tz)), strict=True))
-    starts = {k: local[lo] for k, (lo, _) in zip(distinct, spans, strict=True)}
-    ends = {k: local[hi] for k, (_, hi) in zip(distinct, spans, strict=True)}
+    starts = dict(zip(distinct, map(local.__getitem__, los), strict=True))
+    ends = dict(zip(distinct, map(local.__getitem__, his), strict=True))
     columns = (
         devices,
         channels,
