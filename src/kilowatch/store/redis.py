@@ -125,27 +125,30 @@ field name (a year of hours is 12 hashes of 1 500 fields)."""
 _ROLLUP_LUA = """
 local sums = {}
 for b = 1, 3 * tonumber(ARGV[1]) do sums[b] = 0 end
-for i = 1, #KEYS do
-  local names, uses = {}, {}
-  for field, targets in string.gmatch(ARGV[i + 1], "(%S+):(%S+)") do
-    names[#names + 1] = field
-    names[#names + 1] = field .. 'e'
-    names[#names + 1] = field .. 'c'
-    uses[#uses + 1] = targets
-  end
+local nkeys = #KEYS
+for i = 1, nkeys do
+  local names = {}
+  for name in string.gmatch(ARGV[i + 1], "%S+") do names[#names + 1] = name end
   local values = redis.call('HMGET', KEYS[i], unpack(names))
-  for j = 1, #uses do
-    local count = values[3 * j]
+  local j = 0
+  for targets in string.gmatch(ARGV[nkeys + i + 1], "%S+") do
+    j = j + 3
+    local count = values[j]
     if count then
-      local imp = tonumber(values[3 * j - 2] or 0)
-      local exp = tonumber(values[3 * j - 1] or 0)
+      local imp = tonumber(values[j - 2] or 0)
+      local exp = tonumber(values[j - 1] or 0)
       local n = tonumber(count)
-      for b, sign in string.gmatch(uses[j], "(%d+)([+-])") do
-        local s = (sign == '+') and 1 or -1
+      for b, sign in string.gmatch(targets, "(%d+)([+-])") do
         local at = 3 * tonumber(b)
-        sums[at + 1] = sums[at + 1] + s * imp
-        sums[at + 2] = sums[at + 2] + s * exp
-        sums[at + 3] = sums[at + 3] + s * n
+        if sign == '+' then
+          sums[at + 1] = sums[at + 1] + imp
+          sums[at + 2] = sums[at + 2] + exp
+          sums[at + 3] = sums[at + 3] + n
+        else
+          sums[at + 1] = sums[at + 1] - imp
+          sums[at + 2] = sums[at + 2] - exp
+          sums[at + 3] = sums[at + 3] - n
+        end
       end
     end
   end
@@ -153,9 +156,10 @@ end
 return sums
 """
 """One channel's day/month buckets summed on the server from its rollup hashes (``KEYS``):
-``ARGV[1]`` the bucket count, ``ARGV[i + 1]`` the fields of ``KEYS[i]`` as ``field:<bucket><sign>
-...`` (e.g. ``5:3+4-``: field 5 adds to bucket 3, is taken from bucket 4). Returns ``import,
-export, deltas`` per bucket (a bucket has data when deltas > 0)."""
+``ARGV[1]`` the bucket count, ``ARGV[i + 1]`` the field names to read from ``KEYS[i]`` (``n ne nc``
+per rollup field ``n``), ``ARGV[#KEYS + i + 1]`` each field's buckets with their signs (e.g.
+``3+4-``: adds to bucket 3, is taken from bucket 4). Returns ``import, export, deltas`` per bucket
+(a bucket has data when deltas > 0)."""
 
 
 class _Ops:
@@ -607,10 +611,13 @@ class RedisStore:
                     f"{index[key]}{'+' if sign > 0 else '-'}"
                 )
         suffixes = list(wanted)
-        packed = [
-            " ".join(f"{name}:{''.join(uses)}" for name, uses in fields.items())
-            for fields in wanted.values()
+        names = [
+            " ".join(f"{name} {name}e {name}c" for name in fields) for fields in wanted.values()
         ]
+        targets = [
+            " ".join("".join(uses) for uses in fields.values()) for fields in wanted.values()
+        ]
+        packed = [*names, *targets]
         pipe = self.client.pipeline(transaction=False)
         for device, channel in pairs:
             ch = self._chan(device, channel)
