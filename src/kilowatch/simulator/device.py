@@ -312,12 +312,12 @@ class Device:
             for key in deltas:
                 self.log("shelly_notification.c:164", f"Status change of {key}")
         self.notify(
-            "NotifyStatus", {"ts": round(ts if ts is not None else self.now(), 2), **deltas}
+            "NotifyStatus", {"ts": round(float(ts if ts is not None else self.now()), 2), **deltas}
         )
 
     def emit_event(self, component: str, event: str, **fields: Any) -> None:
         """NotifyEvent with one event item."""
-        ts = round(self.now(), 2)
+        ts = round(float(self.now()), 2)
         cid = int(component.split(":")[1]) if ":" in component else None
         item: dict[str, Any] = {
             "component": component,

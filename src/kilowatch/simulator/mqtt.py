@@ -197,7 +197,7 @@ class DeviceMqtt:
                 if self.cfg.get("rpc_ntf", True):
                     self._publish_frame(
                         "NotifyFullStatus",
-                        {"ts": round(self.device.now(), 2), **self.device.status()},
+                        {"ts": round(float(self.device.now()), 2), **self.device.status()},
                     )
             except (TimeoutError, ConnectionError, OSError):
                 conn.abort()
