@@ -15,8 +15,10 @@ Key layout (``P`` = the URL's ``?prefix=``, default ``energy``; full table in do
   field
   ``kw``; ``device:<MAC>`` the seed's device hash.
 - ``P:kw:seed`` sorted set indexing hourly hashes written by someone else (an EMQX sink): member
-  ``<device id>\\t<key>``, score = hour start. Refreshed by SCAN at open and every
-  :data:`SEED_REFRESH_S` (never on the query path); queries read them as channel ``hourly``.
+  ``<device id>\\t<key>``, score = hour start. Refreshed by SCAN at open (in the background when
+  the keyspace is large) and every :data:`SEED_REFRESH_S` (never on the query path); each key is
+  classified once per process (see :meth:`RedisStore.refresh_seed_index`); queries read them as
+  channel ``hourly``.
 
 Queries compute the keys they need (one per channel and UTC day or month) and read them with one
 pipelined round trip; buckets are computed in Python with :mod:`kilowatch.store.periods`.
@@ -80,6 +82,15 @@ SOCKET_TIMEOUT_S = 30.0
 SEED_REFRESH_S = 60.0
 """How often externally written seed hashes are re-indexed (SCAN, off the query path)."""
 SCAN_COUNT = 1000
+SEED_CHUNK = 1000
+"""Keys classified (HMGET ``id``, marker) per pipelined round trip: each await stays short, so
+closing the store cancels a refresh promptly (redis-py does not shield a pipeline's execution)."""
+OPEN_INDEX_MAX_KEYS = 20_000
+"""Largest keyspace (DBSIZE; a cluster's nodes summed) indexed before ``__aenter__`` returns;
+above it the first refresh runs in the background (a cold index of ~400 000 hashes takes
+seconds to minutes)."""
+CLOSE_TIMEOUT_S = 5.0
+"""Longest closing waits for the cancelled background refresh to finish."""
 
 _DAY = 86400
 _MARKER = "kw"
@@ -186,6 +197,15 @@ class RedisStore:
         """device -> (mac, fw_ver), for the seed hashes kilowatch writes."""
         self._refresher: asyncio.Task[None] | None = None
         self._tasks: asyncio.TaskGroup | None = None
+        self._known: set[str] = set()
+        """Seed-layout keys already classified (ours, indexed external, or not a seed hash)."""
+        self._next_known: set[str] | None = None
+        """The next generation of ``_known`` while a refresh's SCAN runs (keys it saw)."""
+        self._seed_ids_known: set[str] = set()
+        self._index_lock = asyncio.Lock()
+        self._closing = False
+        self.seed_key_reads = 0
+        """How many keys refreshes have HMGET to classify them (for tests and benchmarks)."""
 
     # -- keys ------------------------------------------------------------------------------------
 
@@ -212,6 +232,7 @@ class RedisStore:
 
     async def __aenter__(self) -> Self:
         t = self.target
+        self._closing = False
         common: dict[str, Any] = {
             "username": t.username,
             "password": t.password,
@@ -231,7 +252,9 @@ class RedisStore:
                     host, port = t.hosts[0]
                     self._client = Redis(host=host, port=port, db=t.db, **common)
                     await self._client.ping()
-            await self.refresh_seed_index()
+                big = await self._keyspace_size() > OPEN_INDEX_MAX_KEYS
+            if not big:
+                await self.refresh_seed_index()
         except TimeoutError as err:
             await self._close()
             raise StoreError(
@@ -242,9 +265,16 @@ class RedisStore:
         except (redis_errors.RedisError, OSError) as err:
             await self._close()
             raise _error(f"cannot open the Redis store at {_safe(self.url)}", err) from err
+        if big:
+            log.info(
+                "more than %d keys in %s: indexing externally written seed hours in the "
+                "background; until it finishes, queries miss external hours not indexed before",
+                OPEN_INDEX_MAX_KEYS,
+                _safe(self.url),
+            )
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
-        self._refresher = self._tasks.create_task(self._refresh_loop())
+        self._refresher = self._tasks.create_task(self._refresh_loop(first=big))
         return self
 
     async def __aexit__(
@@ -253,8 +283,18 @@ class RedisStore:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._closing = True
         if self._refresher is not None:
             self._refresher.cancel()
+            # bounded: every await of a refresh is one short command or chunk, so the
+            # cancellation lands quickly; the timeout only guards against a hung server
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await asyncio.wait([self._refresher])
+            except TimeoutError:
+                log.warning("seed index refresh did not stop; closing its connections")
+                await self._close()  # fails the read it is stuck in
+            self._refresher = None
         if self._tasks is not None:
             await self._tasks.__aexit__(None, None, None)
             self._tasks = None
@@ -266,13 +306,37 @@ class RedisStore:
                 await self._client.aclose()
             self._client = None
 
-    async def _refresh_loop(self) -> None:
-        while True:
+    async def _refresh_loop(self, *, first: bool) -> None:
+        if not first:
             await asyncio.sleep(SEED_REFRESH_S)
+        while True:
             try:
-                await self.refresh_seed_index()
+                started = asyncio.get_running_loop().time()
+                total = await self.refresh_seed_index()
+                took = asyncio.get_running_loop().time() - started
+                if first:
+                    log.info("seed index ready: %d external hours (%.1f s)", total, took)
+                    first = False
             except StoreError as err:
+                self._stop_point()
                 log.warning("seed index refresh failed: %s", err)
+            self._stop_point()
+            await asyncio.sleep(SEED_REFRESH_S)
+
+    def _stop_point(self) -> None:
+        """Raise CancelledError when the store is closing or the task was cancelled.
+
+        Python 3.11's ``asyncio.wait_for`` (which redis-py wraps around every socket write) drops a
+        cancellation that arrives as the write completes, so a refresh checks between chunks too.
+        """
+        task = asyncio.current_task()
+        if self._closing or (task is not None and task.cancelling()):
+            raise asyncio.CancelledError
+
+    async def _keyspace_size(self) -> int:
+        got = await self.client.dbsize()
+        # RedisCluster answers with the sum over primaries, or a per-node mapping
+        return sum(int(v) for v in got.values()) if isinstance(got, dict) else int(got)
 
     # -- the seed index --------------------------------------------------------------------------
 
@@ -280,32 +344,79 @@ class RedisStore:
         """Index hourly hashes an external sink wrote in the seed layout (``P:<MAC>_<hour>``).
 
         SCANs the keyspace; runs at open and every :data:`SEED_REFRESH_S`, never on the query
-        path. Returns how many external hourly hashes are indexed after the refresh.
+        path. Each key is classified once per process: keys kilowatch commits are known at commit
+        time, keys already in the index are loaded from it, and only keys never seen before are
+        read (HMGET ``id`` and the marker, :data:`SEED_CHUNK` per pipelined round trip); only new
+        members are added. Returns how many external hourly hashes are indexed after the refresh.
         """
+        async with self._index_lock:
+            try:
+                return await self._refresh()
+            except (redis_errors.RedisError, OSError) as err:
+                raise _error("cannot index the seed's hourly hashes", err) from err
+            finally:
+                self._next_known = None
+
+    async def _refresh(self) -> int:
         client = self.client
-        try:
-            keys: list[str] = []
-            async for raw in client.scan_iter(
-                match=f"{self.prefix}:*_*", count=SCAN_COUNT, _type="HASH"
-            ):
-                key = raw.decode() if isinstance(raw, bytes) else str(raw)
-                if self._seed_re.match(key):
-                    keys.append(key)
-            found = await self._pipeline_read([("hmget", k, ("id", _MARKER)) for k in keys])
-            members: dict[str, float] = {}
-            for key, (dev, marker) in zip(keys, found, strict=True):
-                if marker is not None or dev is None:
-                    continue  # ours (its energy is in the channel keys) or not a seed hash
+        if not self._known:
+            await self._load_indexed()
+        # a new generation: keys that no longer exist are forgotten when the SCAN completes
+        seen: set[str] = set()
+        self._next_known = seen
+        todo: list[str] = []
+        async for raw in client.scan_iter(
+            match=f"{self.prefix}:*_*", count=SCAN_COUNT, _type="HASH"
+        ):
+            self._stop_point()
+            key = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if key in self._known:
+                seen.add(key)
+            elif self._seed_re.match(key):
+                todo.append(key)
+                if len(todo) >= SEED_CHUNK:
+                    await self._classify(todo)
+                    todo = []
+        await self._classify(todo)
+        self._known = seen
+        return int(await client.zcard(self._k("seed")))
+
+    async def _load_indexed(self) -> None:
+        """Remember the keys a previous run already indexed (ZSCAN: short awaits)."""
+        async for member, _ in self.client.zscan_iter(self._k("seed"), count=SCAN_COUNT):
+            self._stop_point()
+            device, _, key = member.decode().partition(_SEP)
+            self._known.add(key)
+            self._seed_ids_known.add(device)
+
+    async def _classify(self, keys: list[str]) -> None:
+        if not keys:
+            return
+        self.seed_key_reads += len(keys)
+        found = await self._pipeline_read([("hmget", k, ("id", _MARKER)) for k in keys])
+        members: dict[str, float] = {}
+        for key, (dev, marker) in zip(keys, found, strict=True):
+            if marker is None and dev is not None:
                 m = self._seed_re.match(key)
                 assert m is not None
                 members[dev.decode() + _SEP + key] = int(m.group(2))
-            if members:
-                await client.zadd(self._k("seed"), members)
-                ids = {m.split(_SEP, 1)[0] for m in members}
-                await client.sadd(self._k("seed-ids"), *sorted(ids))
-            return int(await client.zcard(self._k("seed")))
-        except (redis_errors.RedisError, OSError) as err:
-            raise _error("cannot index the seed's hourly hashes", err) from err
+            # else ours (its energy is in the channel keys) or not a seed hash: known either way
+        if members:
+            await self.client.zadd(self._k("seed"), members)
+            ids = {m.split(_SEP, 1)[0] for m in members} - self._seed_ids_known
+            if ids:
+                await self.client.sadd(self._k("seed-ids"), *sorted(ids))
+                self._seed_ids_known |= ids
+        self._known.update(keys)
+        if self._next_known is not None:
+            self._next_known.update(keys)
+        self._stop_point()
+
+    def _mark_known(self, keys: Iterable[str]) -> None:
+        """Seed hashes kilowatch just committed (with its marker): never read to classify."""
+        self._known.update(keys)
+        if self._next_known is not None:
+            self._next_known.update(keys)
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -315,6 +426,7 @@ class RedisStore:
             await self._known_macs({s.device for s in batch.slots}, batch)
             ops = self._commit_ops(batch)
             await self._exec(ops)
+            self._mark_known(k for m, k, _ in ops.items if m == "hincrbyfloat")
         except (redis_errors.RedisError, OSError) as err:
             raise _error("commit to Redis failed", err) from err
 
