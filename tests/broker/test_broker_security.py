@@ -3,8 +3,6 @@ packets (which must cost only the offending connection)."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import logging
 import random
 import ssl
@@ -14,10 +12,6 @@ from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from kilowatch.broker import EmbeddedBroker, hash_password
 from kilowatch.broker.packets import (
@@ -29,6 +23,7 @@ from kilowatch.broker.packets import (
     encode_string,
 )
 from kilowatch.errors import BrokerError
+from kilowatch.testing.tls import self_signed_cert
 
 if TYPE_CHECKING:  # helpers live in conftest.py (importlib mode: not importable at run time)
     from conftest import BrokerThread, Client, RawClient
@@ -137,41 +132,10 @@ async def test_port_in_use_is_a_clear_error() -> None:
     )
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_tls_listener(
     start_broker: Callable[..., BrokerThread], clients: Callable[..., Client], tmp_path: Path
 ) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     broker = start_broker(ssl_context=context)
