@@ -29,8 +29,9 @@ async def test_keepalive_holds_an_idle_connection_and_acks_reach_the_broker(
 ) -> None:
     client_id = unique("kw-loop-")
     topic = f"{unique('dev')}/events/rpc"
-    # keep-alive 1 s: the broker drops a client silent for 1.5 s, so only our PINGREQs keep it
-    options = MqttOptions(host="127.0.0.1", port=mosquitto.port, client_id=client_id, keepalive=1)
+    # keep-alive 4 s: the broker drops a client silent for 6 s, so only our PINGREQs keep it (a
+    # shorter keep-alive makes the test flaky on a loaded machine: the intake ticks once a second)
+    options = MqttOptions(host="127.0.0.1", port=mosquitto.port, client_id=client_id, keepalive=4)
     publisher = Publisher(mosquitto.port)
     try:
         async with MqttIntake(options, [topic]) as intake, asyncio.TaskGroup() as tg:
@@ -38,7 +39,7 @@ async def test_keepalive_holds_an_idle_connection_and_acks_reach_the_broker(
             async with asyncio.timeout(TIMEOUT_S):
                 await intake.connected.wait()
             generation = intake._generation
-            await asyncio.sleep(3.5)  # the duration under test: over twice the broker's limit
+            await asyncio.sleep(7.5)  # the duration under test: longer than the broker's limit
             assert intake.connected.is_set()
             assert intake._generation == generation, "the broker dropped the idle connection"
             sent = [(topic, f'{{"n":{i}}}'.encode()) for i in range(50)]
