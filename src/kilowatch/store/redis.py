@@ -712,16 +712,9 @@ class RedisStore:
         wanted: dict[str, dict[str, list[str]]] = {}
         for key, level, lo, hi, sign in p.terms():
             for t in range(lo, hi, level):
-                if level == _DAY:
-                    base, kind = _year_start(t), "d"
-                elif level == 3600:
-                    base, kind = _month_start(t), "h"
-                else:
-                    base, kind = t - t % _DAY, "s"
-                fields = wanted.setdefault(f"{kind}:{base}", {})
-                fields.setdefault(str((t - base) // level), []).append(
-                    f"{index[key]}{'+' if sign > 0 else '-'}"
-                )
+                suffix, field = _rollup_field(t, level)
+                fields = wanted.setdefault(suffix, {})
+                fields.setdefault(field, []).append(f"{index[key]}{'+' if sign > 0 else '-'}")
         suffixes = list(wanted)
         names = [
             " ".join(f"{name} {name}e {name}c" for name in fields) for fields in wanted.values()
@@ -793,14 +786,9 @@ class RedisStore:
         wanted: dict[str, dict[str, list[tuple[int, int]]]] = {}
         for key, level, lo, hi, sign in p.terms():
             for t in range(lo, hi, level):
-                if level == _DAY:
-                    base, kind = _year_start(t), "d"
-                elif level == 3600:
-                    base, kind = _month_start(t), "h"
-                else:
-                    base, kind = t - t % _DAY, "s"
-                fields = wanted.setdefault(f"{kind}:{base}", {})
-                fields.setdefault(str((t - base) // level), []).append((key, sign))
+                suffix, field = _rollup_field(t, level)
+                fields = wanted.setdefault(suffix, {})
+                fields.setdefault(field, []).append((key, sign))
         # one argument per HMGET (a field list that _HMGET_LUA splits): redis-py packs every
         # argument in Python, and these lists are the same hundreds of fields for every channel
         plans = [
@@ -949,6 +937,18 @@ def _add_fields(op: _Ops, key: str, n: str, imp: int, exp: int, est: int, count:
     if est:
         op("hset", key, n + "x", 1)
     op("hincrby", key, n + "c", count)  # deltas that landed here: > 0 means "has data"
+
+
+def _rollup_field(t: int, level: int) -> tuple[str, str]:
+    """The rollup hash (key suffix) and field that hold the ``level``-long bucket starting at ``t``:
+    days in per-year hashes, hours in per-month hashes, slots in per-day hashes."""
+    if level == _DAY:
+        base, kind = _year_start(t), "d"
+    elif level == 3600:
+        base, kind = _month_start(t), "h"
+    else:
+        base, kind = t - t % _DAY, "s"
+    return f"{kind}:{base}", str((t - base) // level)
 
 
 def _year_start(ts: int) -> int:
