@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 
 from kilowatch.collect.messages import Event, LogLine, Reading
@@ -47,7 +48,14 @@ def slots(
 
 
 async def q(store: Store, by: str, tz: str, start: Any, end: Any, **kw: Any) -> list[EnergyRow]:
-    return await store.energy(EnergyQuery(by=by, tz=tz, start=start, end=end, **kw))  # type: ignore[arg-type]
+    """The rows of a query; also checks that the table's own JSON rendering (what the API sends)
+    is byte for byte the JSON of those rows."""
+    query = EnergyQuery(by=by, tz=tz, start=start, end=end, **kw)  # type: ignore[arg-type]
+    rows = await store.energy(query)
+    table = await store.energy_table(query)
+    assert table.rows() == rows
+    assert table.json_rows() == orjson.dumps([r.to_json() for r in rows])
+    return rows
 
 
 # -- commit ----------------------------------------------------------------------------------------

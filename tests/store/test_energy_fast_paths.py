@@ -7,6 +7,7 @@ import random
 from datetime import UTC, date, datetime
 from typing import Any
 
+import orjson
 import pytest
 
 from kilowatch.ledger.slots import SlotEnergy
@@ -84,6 +85,8 @@ async def test_fast_paths_match_the_general_path(store: Store, tz: str) -> None:
         got = await store.energy(query)
         assert got, query
         assert got == reference(query, slots), query
+        json_rows = (await store.energy_table(query)).json_rows()
+        assert json_rows == orjson.dumps([r.to_json() for r in got]), query
         # labels are real local times of the zone, not fixed offsets
         assert all(str(r.start.tzinfo) == tz for r in got)
     # a channel filter, and a device's estimated flag where only some of its days are estimated

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from kilowatch.collect.messages import Reading
-from kilowatch.store.base import DeviceRecord, EnergyQuery, EnergyRow
+from kilowatch.store.base import DeviceRecord, EnergyQuery
+from kilowatch.store.energy import Flat
+from kilowatch.store.periods import plan
+from kilowatch.store.table import EnergyTable
 from kilowatch.web.auth import LoginLimiter
 from kilowatch.web.energy import Report, build_query
 from kilowatch.web.metrics import render
@@ -19,11 +22,10 @@ from kilowatch.web.views import power_now
 BERLIN = ZoneInfo("Europe/Berlin")
 
 
-def row(device: str, channel: str, hour: int, wh: float, day: int = 29) -> EnergyRow:
-    start = datetime.fromtimestamp(
-        datetime(2026, 3, day, tzinfo=BERLIN).timestamp() + 3600 * hour, BERLIN
-    )
-    return EnergyRow(device, channel, start, start + timedelta(hours=1), wh, 0.0, False)
+def row(device: str, channel: str, hour: int, wh: float, day: int = 29) -> Flat:
+    """An hour row as a store returns it: (UTC start, device, channel, mWh in, mWh out, est)."""
+    start = int(datetime(2026, 3, day, tzinfo=BERLIN).timestamp()) + 3600 * hour
+    return (start, device, channel, round(wh * 1000), 0, 0)
 
 
 def test_chart_of_a_dst_day_has_23_hours_and_no_double_counting() -> None:
@@ -42,7 +44,9 @@ def test_chart_of_a_dst_day_has_23_hours_and_no_double_counting() -> None:
         row("plug", "hourly", 1, 5.0),  # the same wire, metered twice: count once
         row("plug", "hourly", 2, 7.0),  # the meter channel is silent this hour: count it
     ]
-    chart = chart_data(Report(query, rows, None, None), {"em": "Meter"})
+    rows.sort()
+    table = EnergyTable.from_flat(plan(query.by, query.tz, query.start, query.end), rows)
+    chart = chart_data(Report(query, table, None, None), {"em": "Meter"})
     assert len(chart["labels"]) == 23
     assert chart["labels"][:4] == ["00:00", "01:00", "03:00", "04:00"]
     assert chart["total_import"][:3] == [60.0, 5.0, 7.0]

@@ -20,6 +20,7 @@ from kilowatch.store.base import (
     Store,
 )
 from kilowatch.store.periods import InvalidQueryError
+from kilowatch.store.table import EnergyTable
 from kilowatch.store.url import scheme_of
 
 
@@ -49,6 +50,7 @@ __all__ = [
     "DeviceUpdate",
     "EnergyQuery",
     "EnergyRow",
+    "EnergyTable",
     "Grouping",
     "InvalidQueryError",
     "Store",

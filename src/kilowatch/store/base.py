@@ -9,10 +9,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal, Protocol, Self
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 
 from kilowatch.collect.messages import Event, LogLine, Reading
 from kilowatch.ledger.slots import SlotEnergy
+
+if TYPE_CHECKING:
+    from kilowatch.store.table import EnergyTable
 
 Bucket = Literal["15min", "hour", "day", "month"]
 Grouping = Literal["channel", "device", "total"]
@@ -151,7 +154,11 @@ class Store(Protocol):
 
     async def energy(self, query: EnergyQuery) -> list[EnergyRow]:
         """Energy per bucket; buckets without data are omitted. Rows sorted by start, device,
-        channel."""
+        channel. (``(await energy_table(query)).rows()``.)"""
+
+    async def energy_table(self, query: EnergyQuery) -> EnergyTable:
+        """The same rows column by column: what the API renders to JSON without building a row
+        object per bucket."""
 
     async def devices(self) -> list[DeviceRecord]: ...
 

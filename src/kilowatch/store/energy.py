@@ -127,6 +127,11 @@ def rows(
     shadow: Shadow | None = None,
 ) -> list[EnergyRow]:
     """Group ``cells`` as the query asks and label the buckets in local time."""
+    return build_rows(plan, grouped_flat(query, cells, shadow))
+
+
+def grouped_flat(query: EnergyQuery, cells: Cells, shadow: Shadow | None = None) -> list[Flat]:
+    """Group ``cells`` as the query asks: the finished rows, in the documented order."""
     if query.group == "channel":
         grouped: dict[tuple[str | None, str | None, int], Cell] = {
             (d, c, k): v for (d, c, k), v in cells.items()
@@ -139,7 +144,7 @@ def rows(
     for d, c, k in order:
         imp, exp, est = grouped[(d, c, k)]
         flat.append((k, d, c, imp, exp, est))
-    return build_rows(plan, flat)
+    return flat
 
 
 def needs_names_rules(channels: Iterable[str]) -> bool:
@@ -238,6 +243,7 @@ __all__ = [
     "add",
     "build_rows",
     "coarser",
+    "grouped_flat",
     "needs_names_rules",
     "parent",
     "rows",

@@ -60,15 +60,15 @@ from kilowatch.store.energy import (
     Cells,
     Flat,
     add,
-    build_rows,
     coarser,
+    grouped_flat,
     needs_names_rules,
-    rows,
     selected,
     shadow_hourly,
     sum_deltas,
 )
 from kilowatch.store.periods import Plan, plan
+from kilowatch.store.table import EnergyTable
 from kilowatch.store.url import RedisTarget, parse_redis
 
 log = logging.getLogger(__name__)
@@ -635,6 +635,9 @@ class RedisStore:
         return {pair: records.loads(raw) for pair, raw in zip(pairs, got, strict=True) if raw}
 
     async def energy(self, query: EnergyQuery) -> list[EnergyRow]:
+        return (await self.energy_table(query)).rows()
+
+    async def energy_table(self, query: EnergyQuery) -> EnergyTable:
         p = plan(query.by, query.tz, query.start, query.end)
         pairs = [pc for pc in await self._pairs("channels") if selected(query, *pc)]
         seed_cmds = await self._seed_reads(query, p)
@@ -643,9 +646,9 @@ class RedisStore:
         ):
             # no externally written hours and no "Names" rule to apply: sums on the server
             if p.by in ("day", "month"):
-                return build_rows(p, await self._rollup_flat(p, query, pairs))
+                return EnergyTable.from_flat(p, await self._rollup_flat(p, query, pairs))
             if p.keys_are_starts and query.group == "channel":
-                return build_rows(p, await self._scan_flat(p, pairs))
+                return EnergyTable.from_flat(p, await self._scan_flat(p, pairs))
         seed_devices = {device for _, (device, _) in seed_cmds}
         if p.by in ("day", "month"):
             cells = await self._rollup_cells(p, pairs)
@@ -674,7 +677,7 @@ class RedisStore:
         for device, channel, ts, imp, exp, est in seed_raw:
             add(cells, device, channel, p.key(ts), imp, exp, est)
         shadow = _shadow(p, raw + seed_raw, cells) if query.group != "channel" else {}
-        return rows(p, query, cells, shadow)
+        return EnergyTable.from_flat(p, grouped_flat(query, cells, shadow))
 
     async def _scan_flat(self, p: Plan, pairs: Sequence[tuple[str, str]]) -> list[Flat]:
         """15-minute (or whole-hour) buckets by channel: each stored slot (hour) is a row of its

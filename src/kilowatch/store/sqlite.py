@@ -44,14 +44,14 @@ from kilowatch.store.energy import (
     Cells,
     Flat,
     Shadow,
-    build_rows,
     coarser,
+    grouped_flat,
     needs_names_rules,
-    rows,
     shadow_hourly,
     sum_deltas,
 )
 from kilowatch.store.periods import Plan, plan
+from kilowatch.store.table import EnergyTable
 
 T = TypeVar("T")
 
@@ -325,15 +325,19 @@ class SqliteStore:
         return await self._read(run)
 
     async def energy(self, query: EnergyQuery) -> list[EnergyRow]:
+        return (await self.energy_table(query)).rows()
+
+    async def energy_table(self, query: EnergyQuery) -> EnergyTable:
         p = plan(query.by, query.tz, query.start, query.end)
 
-        def run(conn: sqlite3.Connection) -> list[EnergyRow]:
-            # in the reader thread: the rows are built there too, off the event loop
+        def run(conn: sqlite3.Connection) -> EnergyTable:
+            if query.group == "channel" and p.keys_are_starts:
+                return _starts_table(conn, p, query)
             flat = _energy_flat(conn, p, query)
-            if flat is not None:
-                return build_rows(p, flat)
-            cells, shadow = _energy_cells(conn, p, query)
-            return rows(p, query, cells, shadow)
+            if flat is None:
+                cells, shadow = _energy_cells(conn, p, query)
+                flat = grouped_flat(query, cells, shadow)
+            return EnergyTable.from_flat(p, flat)
 
         return await self._read(run)
 
@@ -639,6 +643,35 @@ def _energy_flat(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> list[
     else:
         sql = f"SELECT k, NULL, NULL, sum(i), sum(e), max(x) FROM ({cells}) GROUP BY k ORDER BY k"
     return conn.execute(sql, (*args, p.start, p.end)).fetchall()
+
+
+def _starts_table(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> EnergyTable:
+    """Rows by channel where every stored slot (or hour) is a bucket of its own: each channel's
+    range read column by column (one primary-key range scan, no device/channel strings per row),
+    merged in time order."""
+    table, col = ("hours", "hour") if p.whole_hours else ("slots", "slot")
+    where, args = _channel_filter(query)
+    sql = (
+        f"SELECT {col}, import_mwh, export_mwh, estimated FROM {table} "
+        f"WHERE device = ? AND channel = ? AND {col} >= ? AND {col} < ?"
+    )
+    parts = []
+    for device, channel in conn.execute(f"SELECT device, channel FROM channels{where}", args):
+        got = conn.execute(sql, (device, channel, p.start, p.end)).fetchall()
+        if got:
+            parts.append((device, channel, got))
+    if not parts:
+        return EnergyTable(p)
+    if len(parts) == 1:
+        device, channel, got = parts[0]
+        keys, imports, exports, estimated = zip(*got, strict=True)
+        n = len(keys)
+        return EnergyTable(p, keys, [device] * n, [channel] * n, imports, exports, estimated)
+    flat: list[Flat] = []
+    for device, channel, got in parts:
+        flat += ((k, device, channel, i, e, x) for k, i, e, x in got)
+    flat.sort()  # (start, device, channel) is unique: the documented order
+    return EnergyTable.from_flat(p, flat)
 
 
 def _cells_sql(p: Plan, query: EnergyQuery) -> str:

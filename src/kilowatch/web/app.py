@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
 import sys
@@ -87,6 +88,11 @@ def create_app(
         password = await ensure_admin(store, now=clock())
         if password is not None:
             on_admin_created(password)
+        # Everything alive now (modules, the app, the store) lives as long as the process: keep
+        # it out of the cyclic collector's full passes, which otherwise walk all of it every few
+        # big responses (a year of hours allocates ~40 000 objects) and added 50-70 ms to about
+        # one request in six of bench/query.py.
+        gc.freeze()
         yield
         app.state.stopping.set()
 
