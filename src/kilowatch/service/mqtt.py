@@ -56,7 +56,12 @@ READS_PER_WAKEUP = 256
 """Packets read per readable event at most: fewer loop iterations per message under load, yet
 the loop stays responsive (the rest is read on the next iteration)."""
 MISC_INTERVAL_S = 1.0
-"""How often paho's keep-alive bookkeeping (PINGREQ, dead-connection detection) runs."""
+"""How often paho's keep-alive bookkeeping (PINGREQ, dead-connection detection) runs at most
+apart; short keep-alives tick more often (see MqttIntake._misc_interval)."""
+MISC_PER_KEEPALIVE = 8
+"""Ticks per keep-alive period at least. paho sends PINGREQ at the first tick at least a keep-alive
+after the last one and the broker allows 1.5× keep-alive: a tick of keep-alive/8 leaves 3/8 of it
+for a late tick on a loaded machine."""
 DISCONNECT_FLUSH_S = 2.0
 """How long closing waits for the queued acknowledgements and DISCONNECT to be written."""
 
@@ -312,11 +317,18 @@ class MqttIntake:
         if sock is self._sock:
             self._detach()
 
+    def _misc_interval(self) -> float:
+        keepalive = self.options.keepalive
+        if keepalive <= 0:  # keep-alive off: the tick only notices nothing
+            return MISC_INTERVAL_S
+        return min(MISC_INTERVAL_S, keepalive / MISC_PER_KEEPALIVE)
+
     async def _keepalive(self) -> None:
         """paho's periodic work (PINGREQ, noticing a dead broker) until the connection is lost."""
+        interval = self._misc_interval()
         while not self._lost.is_set():
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(MISC_INTERVAL_S):
+                async with asyncio.timeout(interval):
                     await self._lost.wait()
             if self._sock is not None:
                 self._client.loop_misc()
@@ -475,7 +487,12 @@ class MqttIntake:
         connected = asyncio.create_task(self._connack.wait())
         lost = asyncio.create_task(self._lost.wait())
         try:
-            done, _ = await asyncio.wait({connected, lost}, timeout=CONNECT_TIMEOUT_S)
+            # FIRST_COMPLETED: the default (all of them) waited out the whole timeout on every
+            # connection, and with it the keep-alive tick: no PINGREQ for the first 10 s, so a
+            # broker dropped a connection with a keep-alive under ~7 s (1.5× rule) while it idled.
+            done, _ = await asyncio.wait(
+                {connected, lost}, timeout=CONNECT_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             connected.cancel()
             lost.cancel()
