@@ -3,64 +3,18 @@ column) give exactly what the general per-cell path gives, on every backend."""
 
 from __future__ import annotations
 
-import random
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 import orjson
 import pytest
 
-from kilowatch.ledger.slots import SlotEnergy
 from kilowatch.store import Batch, EnergyQuery, EnergyRow, Store
-from kilowatch.store.energy import Cells, Flat, add, build_rows, needs_names_rules, rows
+from kilowatch.store.energy import Flat, build_rows, needs_names_rules
 from kilowatch.store.periods import plan
+from kilowatch.testing.energy import DEVICES, data, reference
 
-DEVICES = ("shellyplugsg3-b0b0b0000001", "shellyplugsg3-b0b0b0000002", "shellypro3em-a0b1c2d3e4f5")
-CHANNELS = {
-    DEVICES[0]: ("switch:0",),
-    DEVICES[1]: ("switch:0",),
-    DEVICES[2]: ("em:0", "em:1"),
-}
-# three days around Europe/Berlin's autumn DST change, and the start of the next month
-T0 = int(datetime(2026, 10, 23, tzinfo=UTC).timestamp())
-SPAN = 10 * 86400
 GROUPS = ("channel", "device", "total")
-
-
-def data(seed: int) -> list[SlotEnergy]:
-    """Random slots (some gaps, some estimated, some export) of every channel."""
-    rng = random.Random(seed)
-    out = []
-    for device, channels in CHANNELS.items():
-        for channel in channels:
-            for t in range(T0, T0 + SPAN, 900):
-                if rng.random() < 0.6:
-                    continue  # a gap: buckets without data are omitted
-                out.append(
-                    SlotEnergy(
-                        device,
-                        channel,
-                        t,
-                        rng.randrange(0, 40_000),
-                        rng.choice((0, 0, rng.randrange(0, 5_000))),
-                        rng.random() < 0.01,
-                    )
-                )
-    return out
-
-
-def reference(query: EnergyQuery, slots: list[SlotEnergy]) -> list[EnergyRow]:
-    """The general path, from the raw slots: cells per channel and bucket, then ``rows``."""
-    p = plan(query.by, query.tz, query.start, query.end)
-    cells: Cells = {}
-    for s in slots:
-        if query.devices and s.device not in query.devices:
-            continue
-        if query.channels and s.channel not in query.channels:
-            continue
-        if p.start <= s.slot < p.end:
-            add(cells, s.device, s.channel, p.key(s.slot), s.import_mwh, s.export_mwh, s.estimated)
-    return rows(p, query, cells)
 
 
 @pytest.mark.parametrize("tz", ["Europe/Berlin", "America/St_Johns"])

@@ -160,6 +160,18 @@ class Store(Protocol):
         """The same rows column by column: what the API renders to JSON without building a row
         object per bucket."""
 
+    async def use_local_zone(self, tz: str, *, wait: bool = False) -> None:
+        """Also keep energy per local day of ``tz`` (the site's zone), so that day and month
+        queries in that zone read one rollup row per channel and day instead of correcting UTC
+        days with hours. The choice is stored; later commits maintain it. Choosing another zone
+        rebuilds the local days from the slots in the background, channel by channel (``wait``:
+        return only when done); until then queries take the general path, with the same answers.
+        :class:`InvalidQueryError` for an unknown zone."""
+
+    async def local_days_zone(self) -> str | None:
+        """The zone whose local days are built and maintained (``None``: none, or still
+        rebuilding)."""
+
     async def devices(self) -> list[DeviceRecord]: ...
 
     async def device(self, device: str) -> DeviceRecord | None: ...

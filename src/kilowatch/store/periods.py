@@ -258,6 +258,44 @@ class Plan:
         return out
 
 
+class LocalDays:
+    """Local day numbers in one zone: ``(ts + utc offset at ts) // 86400``, the key
+    :meth:`Plan.key` gives a slot for ``by="day"``, so rollups kept per local day (see
+    ``Store.use_local_zone``) sum exactly into day and month buckets. Offsets are remembered per
+    slot (bounded): a commit asks for the same few slots over and over."""
+
+    __slots__ = ("_offsets", "name", "tz")
+
+    CACHE = 50_000
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.tz = zone(name)
+        self._offsets: dict[int, int] = {}
+
+    def day(self, ts: int) -> int:
+        """Local day number of the slot starting at ``ts``."""
+        off = self._offsets.get(ts)
+        if off is None:
+            if len(self._offsets) >= self.CACHE:
+                self._offsets.clear()
+            off = self._offsets[ts] = offset_at(self.tz, ts)
+        return (ts + off) // 86400
+
+    def starts_day(self, ts: int) -> bool:
+        """Whether ``ts`` is the first slot of its local day (a range cut there holds whole
+        local days)."""
+        return self.day(ts - SLOT_SECONDS) != self.day(ts)
+
+    def covers(self, p: Plan) -> bool:
+        """Whether local-day rollups of this zone answer ``p``: day or month buckets in this
+        zone, every boundary (range ends, month starts) at a local day's first slot."""
+        if p.by not in ("day", "month") or p.tz.key != self.tz.key:
+            return False
+        cuts = p.bounds if p.by == "month" else (p.start, p.end)
+        return all(self.starts_day(t) for t in cuts)
+
+
 Term = tuple[int, int, int, int, int]
 """``(bucket key, level seconds (86400, 3600 or 900), start, end, sign)``: add (sign 1) or subtract
 (sign -1) every rollup of that level whose start lies in ``[start, end)``."""
@@ -322,6 +360,7 @@ def plan(by: str, tz_name: str, start: datetime | date, end: datetime | date) ->
 __all__ = [
     "BUCKET_SECONDS",
     "InvalidQueryError",
+    "LocalDays",
     "Plan",
     "Segment",
     "Term",

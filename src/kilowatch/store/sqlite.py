@@ -18,18 +18,23 @@ database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from kilowatch.collect.messages import Event, LogLine, Reading
 from kilowatch.errors import StoreError
-from kilowatch.ledger.slots import SlotEnergy
+from kilowatch.ledger.slots import SLOT_SECONDS, SlotEnergy
 from kilowatch.store import records
 from kilowatch.store.base import (
     Batch,
@@ -50,10 +55,11 @@ from kilowatch.store.energy import (
     shadow_hourly,
     sum_deltas,
 )
-from kilowatch.store.periods import Plan, plan
+from kilowatch.store.periods import LocalDays, Plan, plan
 from kilowatch.store.table import EnergyTable
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 READ_THREADS = 2
 """Read connections (one per pool thread); the machine this targets has 2 cores."""
@@ -126,6 +132,15 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     INSERT INTO estimated SELECT device, channel, slot FROM slots WHERE estimated = 1;
     """,
+    # 3: energy per local day of the site's zone (Store.use_local_zone), and which zone that is
+    """
+    CREATE TABLE local_days (
+        device TEXT NOT NULL, channel TEXT NOT NULL, day INTEGER NOT NULL,
+        import_mwh INTEGER NOT NULL, export_mwh INTEGER NOT NULL, n INTEGER NOT NULL,
+        PRIMARY KEY (device, channel, day)
+    ) WITHOUT ROWID;
+    CREATE TABLE local_zone (zone TEXT NOT NULL, ready INTEGER NOT NULL);
+    """,
 )
 """Schema migrations in order; ``schema_version.version`` is how many have been applied."""
 
@@ -145,6 +160,14 @@ ON CONFLICT DO UPDATE SET
     import_mwh = import_mwh + excluded.import_mwh,
     export_mwh = export_mwh + excluded.export_mwh,
     estimated = estimated | excluded.estimated,
+    n = n + excluded.n
+"""
+_ADD_LOCAL_DAY = """
+INSERT INTO local_days (device, channel, day, import_mwh, export_mwh, n)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT DO UPDATE SET
+    import_mwh = import_mwh + excluded.import_mwh,
+    export_mwh = export_mwh + excluded.export_mwh,
     n = n + excluded.n
 """
 _ADD_DAY = """
@@ -194,6 +217,11 @@ class SqliteStore:
         self._read_conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._days: LocalDays | None = None
+        """The local zone commits keep days of (set and read in the writer thread)."""
+        self._days_ready = False
+        """Whether every channel's local days are complete (queries may read them)."""
+        self._rebuild: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -218,6 +246,11 @@ class SqliteStore:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._rebuild is not None:
+            self._rebuild.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rebuild
+            self._rebuild = None
         if self._writer is not None:
             self._jobs.put(None)
             await asyncio.to_thread(self._writer.join)
@@ -236,6 +269,9 @@ class SqliteStore:
         try:
             conn = _connect(self.path)
             _migrate(conn, self.path)
+            found = conn.execute("SELECT zone, ready FROM local_zone").fetchone()
+            if found is not None:
+                self._days, self._days_ready = LocalDays(found[0]), bool(found[1])
         except (sqlite3.Error, StoreError) as err:
             failed = err if isinstance(err, StoreError) else _error(f"cannot open {self.path}", err)
             loop.call_soon_threadsafe(_settle, ready, None, failed)
@@ -288,7 +324,77 @@ class SqliteStore:
 
     async def commit(self, batch: Batch) -> None:
         """Apply ``batch`` in one SQLite transaction."""
-        await self._write(lambda conn: _commit(conn, batch))
+        # the zone is read when the job runs in the writer, in order with zone changes
+        await self._write(lambda conn: _commit(conn, batch, self._days))
+
+    async def use_local_zone(self, tz: str, *, wait: bool = False) -> None:
+        days = LocalDays(tz)  # InvalidQueryError for an unknown zone
+        running = self._rebuild
+        if running is not None and not running.done():
+            if self._days is not None and self._days.name == tz:
+                if wait:
+                    await asyncio.shield(running)
+                return
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+
+        def switch(conn: sqlite3.Connection) -> list[tuple[str, str]] | None:
+            found = conn.execute("SELECT zone, ready FROM local_zone").fetchone()
+            if found is not None and found[0] == tz and found[1]:
+                self._days, self._days_ready = days, True
+                return None
+            # start over: every channel's days are rebuilt; commits keep the new zone's from now
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("DELETE FROM local_zone")
+                conn.execute("INSERT INTO local_zone VALUES (?, 0)", (tz,))
+                conn.execute("DELETE FROM local_days")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            self._days, self._days_ready = days, False
+            return conn.execute("SELECT device, channel FROM channels").fetchall()
+
+        channels = await self._write(switch)
+        if channels is None:
+            return
+        self._rebuild = asyncio.create_task(
+            self._rebuild_days(days, channels), name="kilowatch-sqlite-local-days"
+        )
+        if wait:
+            await asyncio.shield(self._rebuild)
+
+    async def _rebuild_days(self, days: LocalDays, channels: list[tuple[str, str]]) -> None:
+        """Each channel's local days recomputed from its slots, one writer job per channel (so
+        commits go on between them); then the zone is marked ready."""
+        started = time.monotonic()
+        for device, channel in channels:
+            await self._write(functools.partial(_rebuild_channel, days=days, device=device,
+                                                channel=channel))  # fmt: skip
+
+        def ready(conn: sqlite3.Connection) -> None:
+            if self._days is days:
+                conn.execute("UPDATE local_zone SET ready = 1 WHERE zone = ?", (days.name,))
+                self._days_ready = True
+
+        await self._write(ready)
+        log.info(
+            "local days of %s built for %d channels in %.1f s",
+            days.name, len(channels), time.monotonic() - started,
+        )  # fmt: skip
+
+    async def local_days_zone(self) -> str | None:
+        days = self._days
+        return days.name if days is not None and self._days_ready else None
+
+    def _ready_days(self, p: Plan) -> LocalDays | None:
+        """The local days that can answer ``p``, if any."""
+        days = self._days
+        if days is None or not self._days_ready or not days.covers(p):
+            return None
+        return days
 
     async def set_device_label(
         self, device: str, *, label: str | None = None, room: str | None = None
@@ -330,12 +436,14 @@ class SqliteStore:
     async def energy_table(self, query: EnergyQuery) -> EnergyTable:
         p = plan(query.by, query.tz, query.start, query.end)
 
+        days = self._ready_days(p)
+
         def run(conn: sqlite3.Connection) -> EnergyTable:
             if query.group == "channel" and p.keys_are_starts:
                 return _starts_table(conn, p, query)
-            flat = _energy_flat(conn, p, query)
+            flat = _energy_flat(conn, p, query, days)
             if flat is None:
-                cells, shadow = _energy_cells(conn, p, query)
+                cells, shadow = _energy_cells(conn, p, query, days)
                 flat = grouped_flat(query, cells, shadow)
             return EnergyTable.from_flat(p, flat)
 
@@ -439,19 +547,19 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
             raise
 
 
-def _commit(conn: sqlite3.Connection, batch: Batch) -> None:
+def _commit(conn: sqlite3.Connection, batch: Batch, days: LocalDays | None) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
-        _apply(conn, batch)
+        _apply(conn, batch, days)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
 
 
-def _apply(conn: sqlite3.Connection, batch: Batch) -> None:
+def _apply(conn: sqlite3.Connection, batch: Batch, days: LocalDays | None) -> None:
     if batch.slots:
-        _add_energy(conn, batch.slots)
+        _add_energy(conn, batch.slots, days)
     channels = {(s.device, s.channel) for s in batch.slots} | {
         (r.device, r.channel) for r in batch.latest
     }
@@ -528,14 +636,29 @@ def _apply(conn: sqlite3.Connection, batch: Batch) -> None:
         )
 
 
-def _add_energy(conn: sqlite3.Connection, deltas: Sequence[SlotEnergy]) -> None:
-    """Slots, and the hour and day rollups (summed per batch first: fewer upserts)."""
+def _add_energy(
+    conn: sqlite3.Connection, deltas: Sequence[SlotEnergy], days: LocalDays | None
+) -> None:
+    """Slots, the hour and day rollups, and the local days (summed per batch first: fewer
+    upserts)."""
     slots = sum_deltas(deltas)
+    if days is not None:
+        local: dict[tuple[str, str, int], list[int]] = {}
+        for (device, channel, slot), (imp, exp, _, n) in slots.items():
+            key = (device, channel, days.day(slot))
+            acc = local.get(key)
+            if acc is None:
+                local[key] = [imp, exp, n]
+            else:
+                acc[0] += imp
+                acc[1] += exp
+                acc[2] += n
+        conn.executemany(_ADD_LOCAL_DAY, [(*k, *v) for k, v in local.items()])
     conn.executemany(_ADD_SLOT, [(*k, *v) for k, v in slots.items()])
     hours = coarser(slots, 3600)
     conn.executemany(_ADD_HOUR, [(*k, *v) for k, v in hours.items()])
-    days = coarser(hours, 86400)
-    conn.executemany(_ADD_DAY, [(*k, v[0], v[1], v[3]) for k, v in days.items()])
+    utc_days = coarser(hours, 86400)
+    conn.executemany(_ADD_DAY, [(*k, v[0], v[1], v[3]) for k, v in utc_days.items()])
     conn.executemany(
         "INSERT INTO estimated VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
         [k for k, v in slots.items() if v[2]],
@@ -621,7 +744,9 @@ def _channel_filter(query: EnergyQuery) -> tuple[str, list[str]]:
     return (" WHERE " + " AND ".join(sql)) if sql else "", args
 
 
-def _energy_flat(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> list[Flat] | None:
+def _energy_flat(
+    conn: sqlite3.Connection, p: Plan, query: EnergyQuery, days: LocalDays | None
+) -> list[Flat] | None:
     """The finished rows, grouped and ordered in SQL; ``None`` when the "Names" rules apply (a
     ``device``/``total`` grouping over a part or the ``hourly`` channel), which need
     :func:`_energy_cells` and the general grouping of :mod:`kilowatch.store.energy`."""
@@ -631,7 +756,7 @@ def _energy_flat(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> list[
         if needs_names_rules(c for (c,) in names):
             return None
     if p.by in ("day", "month"):
-        return _rollup_flat(conn, p, query)
+        return _rollup_flat(conn, p, query, days)
     cells = _cells_sql(p, query)
     if query.group == "channel":
         sql = f"SELECT k, device, channel, i, e, x FROM ({cells}) ORDER BY k, device, channel"
@@ -674,6 +799,34 @@ def _starts_table(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> Ener
     return EnergyTable.from_flat(p, flat)
 
 
+def _rebuild_channel(conn: sqlite3.Connection, days: LocalDays, device: str, channel: str) -> None:
+    """One channel's local days, recomputed from its slots in one transaction (in the writer:
+    no commit can slip between the delete and the insert)."""
+    lo, hi = conn.execute(
+        "SELECT min(slot), max(slot) FROM slots WHERE device = ? AND channel = ?", (device, channel)
+    ).fetchone()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("DELETE FROM local_days WHERE device = ? AND channel = ?", (device, channel))
+        if lo is not None:
+            span = plan(
+                "day",
+                days.name,
+                datetime.fromtimestamp(lo, UTC),
+                datetime.fromtimestamp(hi + SLOT_SECONDS, UTC),
+            )
+            conn.execute(
+                f"INSERT INTO local_days SELECT device, channel, {_key_sql(span, 'slot')}, "
+                "sum(import_mwh), sum(export_mwh), sum(n) FROM slots "
+                "WHERE device = ? AND channel = ? GROUP BY 3",
+                (device, channel),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def _cells_sql(p: Plan, query: EnergyQuery) -> str:
     """SQL of the 15-minute/hour cells ``(device, channel, k, i, e, x)`` (parameters: the channel
     filter's, then the range)."""
@@ -693,10 +846,13 @@ def _cells_sql(p: Plan, query: EnergyQuery) -> str:
     )
 
 
-def _energy_cells(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> tuple[Cells, Shadow]:
-    cells = (
-        _rollup_cells(conn, p, query) if p.by in ("day", "month") else _scan_cells(conn, p, query)
-    )
+def _energy_cells(
+    conn: sqlite3.Connection, p: Plan, query: EnergyQuery, days: LocalDays | None
+) -> tuple[Cells, Shadow]:
+    if p.by in ("day", "month"):
+        cells = _rollup_cells(conn, p, query, days)
+    else:
+        cells = _scan_cells(conn, p, query)
     shadow: Shadow = {}
     if query.group != "channel":
         shadow = _shadow(conn, p, cells)
@@ -733,12 +889,15 @@ def _scan_cells(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> Cells:
 _LEVELS = ((86400, "days", "day"), (3600, "hours", "hour"), (900, "slots", "slot"))
 
 
-def _rollup_sql(p: Plan, query: EnergyQuery) -> tuple[str, list[str]]:
-    """SQL of the day/month cells ``(device, channel, k, i, e)`` from signed day, hour and slot
-    rollups (see ``periods.decompose``). A bucket has data when the count of deltas that landed in
-    it (``n``) is positive."""
-    terms = p.terms()
+def _rollup_sql(p: Plan, query: EnergyQuery, days: LocalDays | None) -> tuple[str, list[str]]:
+    """SQL of the day/month cells ``(device, channel, k, i, e)``: from the local days when
+    ``days`` (ready, and covering the plan: see ``LocalDays.covers``), else from signed day, hour
+    and slot rollups (see ``periods.decompose``). A bucket has data when the count of deltas that
+    landed in it (``n``) is positive."""
     where, args = _channel_filter(query)
+    if days is not None:
+        return _local_days_sql(p, days, where), args
+    terms = p.terms()
     ctes = [f"c(device, channel) AS (SELECT device, channel FROM channels{where})"]
     parts = []
     for level, table, col in _LEVELS:
@@ -761,6 +920,26 @@ def _rollup_sql(p: Plan, query: EnergyQuery) -> tuple[str, list[str]]:
     return sql, args
 
 
+def _local_days_sql(p: Plan, days: LocalDays, where: str) -> str:
+    """Day/month cells from the local days: per channel one range of its primary key."""
+    first, last = days.day(p.start), days.day(p.end)
+    if p.by == "day":  # a local day number is the day bucket's key
+        key, agg, cols = "s.day", "", "s.import_mwh AS i, s.export_mwh AS e"
+        having = " AND s.n > 0"
+    else:
+        cuts = [days.day(b) for b in p.bounds[1:-1]]
+        whens = " ".join(f"WHEN s.day < {d} THEN {i}" for i, d in enumerate(cuts))
+        key = f"CASE {whens} ELSE {len(cuts)} END" if whens else "0"
+        agg = " GROUP BY c.device, c.channel, k HAVING sum(s.n) > 0"
+        cols, having = "sum(s.import_mwh) AS i, sum(s.export_mwh) AS e", ""
+    return (
+        f"SELECT c.device AS device, c.channel AS channel, {key} AS k, {cols} "
+        f"FROM (SELECT device, channel FROM channels{where}) c CROSS JOIN local_days s "
+        f"ON s.device = c.device AND s.channel = c.channel AND s.day >= {first} "
+        f"AND s.day < {last}{having}{agg}"
+    )
+
+
 def _estimated(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> set[tuple[str, str, int]]:
     """``(device, channel, bucket key)`` of the estimated slots in range: from the ``estimated``
     index, as rollups cannot carry the flag through a subtraction."""
@@ -773,9 +952,11 @@ def _estimated(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> set[tup
     }
 
 
-def _rollup_cells(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> Cells:
+def _rollup_cells(
+    conn: sqlite3.Connection, p: Plan, query: EnergyQuery, days: LocalDays | None
+) -> Cells:
     """Day and month buckets per channel (see :func:`_rollup_sql`)."""
-    sql, args = _rollup_sql(p, query)
+    sql, args = _rollup_sql(p, query, days)
     cells: Cells = {(d, c, k): [imp, exp, 0] for d, c, k, imp, exp in conn.execute(sql, args)}
     for key in _estimated(conn, p, query):
         cell = cells.get(key)
@@ -784,9 +965,11 @@ def _rollup_cells(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> Cell
     return cells
 
 
-def _rollup_flat(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> list[Flat]:
+def _rollup_flat(
+    conn: sqlite3.Connection, p: Plan, query: EnergyQuery, days: LocalDays | None
+) -> list[Flat]:
     """Day and month rows grouped and ordered in SQL (no part or ``hourly`` channel involved)."""
-    cells, args = _rollup_sql(p, query)
+    cells, args = _rollup_sql(p, query, days)
     if query.group == "channel":
         sql = f"SELECT k, device, channel, i, e, 0 FROM ({cells}) ORDER BY k, device, channel"
     elif query.group == "device":
