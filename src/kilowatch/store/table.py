@@ -33,11 +33,12 @@ _ISO_CACHE: dict[str, dict[int, bytes]] = {}
 """Per zone: unix time -> its local ISO 8601 string as a quoted JSON string. Bounded by
 :data:`ISO_CACHE_MAX` per zone (cleared when full: rebuilding is cheap, growing is not)."""
 ISO_CACHE_MAX = 200_000
-_SPANS: OrderedDict[Plan, dict[int, bytes]] = OrderedDict()
-SPAN_PLANS = 16
-"""Plans whose bucket fragments are remembered (a year of hours is ~1 MB of them)."""
+_SPANS: OrderedDict[tuple[Plan, bytes], dict[int, bytes]] = OrderedDict()
+SPAN_PLANS = 32
+"""(Plan, head) pairs whose bucket fragments are remembered (a year of hours is ~1.5 MB)."""
 _EPOCH = date(1970, 1, 1)
 _TAIL = (b',"estimated":false},', b',"estimated":true},')
+_ZERO_TAIL = tuple(b',"returned_energy_wh":0.0' + t for t in _TAIL)
 
 
 class EnergyTable:
@@ -111,54 +112,69 @@ class EnergyTable:
     def json_rows(self) -> bytes:
         """The rows as a JSON array of :meth:`EnergyRow.to_json` objects.
 
-        Every row is a run of byte pieces (constant ones, the JSON of its device and channel, one
-        fragment per bucket with its start and end, its two numbers) joined once: the per-row work
-        is C (``map``, ``zip``, ``bytes.join``), not Python bytecode.
+        Every row is a few byte pieces joined once: its head and bucket (``{"device":…,
+        "channel":…,"start":…,"end":…,"energy_wh":``, remembered per plan), its import, and its
+        tail (export and estimated; one constant piece when nothing was exported). The per-row
+        work is C (``map``, ``zip``, ``bytes.join``), not Python bytecode.
         """
-        if not self.keys:
+        n = len(self.keys)
+        if not n:
             return b"[]"
+        pairs = set(zip(self.devices, self.channels, strict=True))
+        if len(pairs) == 1:  # one channel (or one device, or the total): one head for all rows
+            (pair,) = pairs
+            lead: Iterable[bytes] = self._spans(_head(*pair))
+        else:
+            heads = {pair: _head(*pair) for pair in pairs}
+            lead = map(
+                bytes.__add__,
+                map(heads.__getitem__, zip(self.devices, self.channels, strict=True)),
+                self._spans(b""),
+            )
+        if any(self.exports):
+            tails: Iterable[bytes] = map(
+                b"".join,
+                zip(
+                    repeat(b',"returned_energy_wh":'), _floats(self.exports),
+                    map(_TAIL.__getitem__, map(bool, self.estimated)),
+                ),
+            )  # fmt: skip
+        elif any(self.estimated):
+            tails = map(_ZERO_TAIL.__getitem__, map(bool, self.estimated))
+        else:
+            tails = repeat(_ZERO_TAIL[0], n)
+        body = b"".join(chain.from_iterable(zip(lead, _floats(self.imports), tails, strict=True)))
+        return b"[" + body[:-1] + b"]"  # without the last row's comma
+
+    def _spans(self, head: bytes) -> list[bytes]:
+        """``head`` + the bucket fragment of each row."""
         keys = self.keys
         # keys ascend (rows are in time order): dropping repeats keeps them sorted
         distinct = list(dict.fromkeys(keys))
-        spans = span_fragments(self.plan, distinct)
-        if len(distinct) == len(keys):  # one row per bucket (one channel, or a total)
-            span_column: Iterable[bytes] = spans
-        else:
-            span_column = map(dict(zip(distinct, spans, strict=True)).__getitem__, keys)
-        heads = {
-            pair: b'{"device":%b,"channel":%b,' % (orjson.dumps(pair[0]), orjson.dumps(pair[1]))
-            for pair in set(zip(self.devices, self.channels, strict=True))
-        }
-        if len(heads) == 1:  # one channel (or one device, or the total): the same for every row
-            head_column: Iterable[bytes] = repeat(next(iter(heads.values())), len(keys))
-        else:
-            head_column = map(heads.__getitem__, zip(self.devices, self.channels, strict=True))
-        pieces = zip(
-            head_column,
-            span_column,
-            _floats(self.imports),
-            repeat(b',"returned_energy_wh":'),
-            _floats(self.exports),
-            map(_TAIL.__getitem__, map(bool, self.estimated)),
-        )
-        body = b"".join(chain.from_iterable(pieces))
-        return b"[" + body[:-1] + b"]"  # without the last row's comma
+        spans = span_fragments(self.plan, distinct, head)
+        if len(distinct) == len(keys):  # one row per bucket
+            return spans
+        return list(map(dict(zip(distinct, spans, strict=True)).__getitem__, keys))
 
 
-def span_fragments(plan: Plan, keys: Sequence[int]) -> list[bytes]:
-    """For each bucket key (ascending): ``"start":"<ISO>","end":"<ISO>","energy_wh":``.
+def _head(device: str | None, channel: str | None) -> bytes:
+    return b'{"device":%b,"channel":%b,' % (orjson.dumps(device), orjson.dumps(channel))
 
-    A pure function of the plan and the key, so remembered per plan (the last
-    :data:`SPAN_PLANS` plans): a dashboard asks for the same day, month or year again and again,
+
+def span_fragments(plan: Plan, keys: Sequence[int], head: bytes = b"") -> list[bytes]:
+    """For each bucket key (ascending): ``head`` + ``"start":"<ISO>","end":"<ISO>","energy_wh":``.
+
+    A pure function of its arguments, so remembered (for the last :data:`SPAN_PLANS` plans and
+    heads): a dashboard asks for the same day, month or year of the same meter again and again,
     and a year of hours is 8 760 periods to compute and format.
     """
-    cache = _SPANS.get(plan)
+    cache = _SPANS.get((plan, head))
     if cache is None:
-        cache = _SPANS[plan] = {}
+        cache = _SPANS[(plan, head)] = {}
         while len(_SPANS) > SPAN_PLANS:
             _SPANS.popitem(last=False)
     else:
-        _SPANS.move_to_end(plan)
+        _SPANS.move_to_end((plan, head))
     missing = sorted(set(keys).difference(cache))
     if missing:
         periods = plan.periods(missing)
@@ -169,7 +185,7 @@ def span_fragments(plan: Plan, keys: Sequence[int]) -> list[bytes]:
         fragments = map(
             b"".join,
             zip(
-                repeat(b'"start":'), map(iso.__getitem__, los), repeat(b',"end":'),
+                repeat(head + b'"start":'), map(iso.__getitem__, los), repeat(b',"end":'),
                 map(iso.__getitem__, his), repeat(b',"energy_wh":'),
             ),
         )  # fmt: skip
