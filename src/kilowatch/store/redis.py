@@ -30,13 +30,15 @@ import asyncio
 import contextlib
 import logging
 import re
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from itertools import repeat
 from operator import add as add_
 from operator import mul
 from types import TracebackType
 from typing import Any, Self
+from zoneinfo import ZoneInfo
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis, RedisCluster
@@ -59,6 +61,7 @@ from kilowatch.store.energy import (
     HOURLY,
     Cells,
     Flat,
+    Rollup,
     add,
     coarser,
     grouped_flat,
@@ -67,7 +70,7 @@ from kilowatch.store.energy import (
     shadow_hourly,
     sum_deltas,
 )
-from kilowatch.store.periods import Plan, plan
+from kilowatch.store.periods import Plan, offset_at, plan, segments, zone
 from kilowatch.store.table import EnergyTable
 from kilowatch.store.url import RedisTarget, parse_redis
 
@@ -171,6 +174,48 @@ return sums
 per rollup field ``n``), ``ARGV[#KEYS + i + 1]`` each field's buckets with their signs (e.g.
 ``3+4-``: adds to bucket 3, is taken from bucket 4). Returns ``import, export, deltas`` per bucket
 (a bucket has data when deltas > 0)."""
+_LD_ADD_LUA = """
+local z = redis.call('HGET', KEYS[1], 'z')
+if ARGV[1] == '' or (z and z ~= ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'z', '!')
+  redis.call('HINCRBY', KEYS[1], 'v', 1)
+  return 0
+end
+if not z then redis.call('HSET', KEYS[1], 'z', ARGV[1]) end
+for name, by in string.gmatch(ARGV[2], "(%S+) (%S+)") do
+  redis.call('HINCRBY', KEYS[1], name, by)
+end
+redis.call('HINCRBY', KEYS[1], 'v', 1)
+return 1
+"""
+"""A commit's share of one channel's local-day hash (``KEYS[1]``): ``ARGV[1]`` the zone the
+committing process maintains (empty: none), ``ARGV[2]`` ``field increment`` pairs. The hash's ``z``
+names the zone its days are in; a commit for another zone (a process that has not heard of a zone
+change) or for none cannot add its energy there, so it marks the hash untrusted (``z = !``) and
+queries take the general path for that channel until the next rebuild. Every call bumps ``v``, the
+version a rebuild compares before it replaces the hash."""
+_LD_WRITE_LUA = """
+local v = redis.call('HGET', KEYS[1], 'v')
+if (v or '') ~= ARGV[1] then return 0 end
+redis.call('UNLINK', KEYS[1])
+redis.call('HSET', KEYS[1], 'z', ARGV[2], 'v', (tonumber(v) or 0) + 1)
+for name, value in string.gmatch(ARGV[3], "(%S+) (%S+)") do
+  redis.call('HSET', KEYS[1], name, value)
+end
+return 1
+"""
+"""Replace one channel's local-day hash (``KEYS[1]``) with recomputed days, unless a commit
+changed it since the rebuild read its version ``v`` (``ARGV[1]``, empty for none): then 0, and the
+rebuild reads again. ``ARGV[2]`` the zone, ``ARGV[3]`` ``field value`` pairs. ``v`` keeps growing
+(never reset), so an old read can never match a newer hash."""
+_LD_READY_LUA = """
+if redis.call('HGET', KEYS[1], 'zone') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'ready', '1')
+return 1
+"""
+"""Mark the local days of zone ``ARGV[1]`` complete, unless the zone was changed meanwhile."""
+LD_REBUILD_ATTEMPTS = 20
+"""Re-reads of one channel whose local days commits keep changing under the rebuild."""
 
 
 class _Ops:
@@ -206,6 +251,13 @@ class RedisStore:
         self._closing = False
         self.seed_key_reads = 0
         """How many keys refreshes have HMGET to classify them (for tests and benchmarks)."""
+        self._ld_zone: str | None = None
+        """The zone whose local days this process's commits maintain (ready or being rebuilt)."""
+        self._ld_ready = False
+        """Whether the last look at ``P:kw:localdays`` found :attr:`_ld_zone` complete."""
+        self._ld_task: asyncio.Task[None] | None = None
+        self._ld_task_zone: str | None = None
+        self._ld_error: StoreError | None = None
 
     # -- keys ------------------------------------------------------------------------------------
 
@@ -214,6 +266,10 @@ class RedisStore:
 
     def _chan(self, device: str, channel: str) -> str:
         return self._k("{" + device + "|" + channel + "}")
+
+    def _ld(self, device: str, channel: str) -> str:
+        """The channel's local-day hash (in its hash tag: written in its commit transaction)."""
+        return self._chan(device, channel) + ":ld"
 
     def _dev(self, device: str) -> str:
         return self._k("device", "{" + device + "}")
@@ -253,6 +309,7 @@ class RedisStore:
                     self._client = Redis(host=host, port=port, db=t.db, **common)
                     await self._client.ping()
                 big = await self._keyspace_size() > OPEN_INDEX_MAX_KEYS
+                await self._read_local_state()
             if not big:
                 await self.refresh_seed_index()
         except TimeoutError as err:
@@ -295,6 +352,7 @@ class RedisStore:
                 log.warning("seed index refresh did not stop; closing its connections")
                 await self._close()  # fails the read it is stuck in
             self._refresher = None
+        await self._stop_rebuild()
         if self._tasks is not None:
             await self._tasks.__aexit__(None, None, None)
             self._tasks = None
@@ -469,6 +527,7 @@ class RedisStore:
             year = _year_start(day)
             key = f"{self._chan(device, channel)}:d:{year}"
             _add_fields(op, key, str((day - year) // _DAY), imp, exp, 0, n)
+        self._local_day_ops(op, slots)
         for (device, channel), state in batch.ledger_states.items():
             op("set", f"{self._chan(device, channel)}:ledger", records.dumps(state))
             op("sadd", self._k("ledgers"), device + _SEP + channel)
@@ -513,6 +572,23 @@ class RedisStore:
             for d in batch.dead_letters:
                 op("hincrby", self._k("deadletter-counts"), d.reason, 1)
         return op
+
+    def _local_day_ops(self, op: _Ops, slots: Rollup) -> None:
+        """The batch's energy per channel and local day of the maintained zone, added by
+        :data:`_LD_ADD_LUA` in the channel's transaction (so the local days never disagree with
+        the slots after a crash). Without a zone the script only marks existing days untrusted."""
+        zone_name = self._ld_zone
+        per_channel: dict[tuple[str, str], list[str]] = {}
+        if zone_name is None:
+            for device, channel, _ in slots:
+                per_channel.setdefault((device, channel), [])
+        else:
+            for (device, channel, day), (imp, exp, _, n) in _by_local_day(
+                zone(zone_name), slots
+            ).items():
+                per_channel.setdefault((device, channel), []).append(_ld_pairs(day, imp, exp, n))
+        for (device, channel), pairs in sorted(per_channel.items()):
+            op("eval", self._ld(device, channel), _LD_ADD_LUA, zone_name or "", " ".join(pairs))
 
     def _seed_ops(self, op: _Ops, seed: dict[tuple[str, int], list[int]]) -> None:
         for (device, hour), (imp, exp) in sorted(seed.items()):
@@ -574,6 +650,9 @@ class RedisStore:
         pipe = client.pipeline(transaction=True)
         for method, key, args in items:
             kwargs: dict[str, Any] = {}
+            if method == "eval":  # (script, *argv): the key goes between script and argv
+                pipe.eval(args[0], 1, key, *args[1:])
+                continue
             if args and isinstance(args[-1], dict):
                 kwargs["mapping"], args = args[-1], args[:-1]
             getattr(pipe, method)(key, *args, **kwargs)
@@ -609,6 +688,175 @@ class RedisStore:
             await self.client.hset(self._k("meta"), key, raw)
         except (redis_errors.RedisError, OSError) as err:
             raise _error("cannot save a setting", err) from err
+
+    # -- local days ------------------------------------------------------------------------------
+
+    async def use_local_zone(self, tz: str, *, wait: bool = False) -> None:
+        """Keep energy per local day of ``tz`` (see :meth:`Store.use_local_zone`).
+
+        The choice lives in ``P:kw:localdays`` (``zone``, ``ready``) so every process opening the
+        store maintains the same zone. A new zone is stored not ready; commits maintain its days
+        at once, and a background task rebuilds each channel's days from its slots, then marks
+        the zone ready. ``wait``: return when the rebuild is done (:class:`StoreError` if it
+        failed)."""
+        zone(tz)  # InvalidQueryError for an unknown zone, before anything is stored
+        current, ready = await self._read_local_state()
+        running = self._ld_task is not None and not self._ld_task.done()
+        if current == tz and ready:
+            if running and self._ld_task_zone != tz:
+                await self._stop_rebuild()
+            return
+        if not (running and self._ld_task_zone == tz):
+            await self._stop_rebuild()
+            await self._call(
+                "cannot save the local zone",
+                self.client.hset(self._k("localdays"), mapping={"zone": tz, "ready": "0"}),
+            )
+            self._ld_zone, self._ld_ready, self._ld_error = tz, False, None
+            if self._tasks is None:
+                raise StoreError("the Redis store is not open; use `async with open_store(url)`")
+            self._ld_task_zone = tz
+            self._ld_task = self._tasks.create_task(self._rebuild_local_days(tz))
+        if wait and self._ld_task is not None:
+            await asyncio.wait([self._ld_task])
+            if self._ld_error is not None:
+                raise self._ld_error
+            if self._ld_task.cancelled() or not self._ld_ready:
+                raise StoreError(f"the rebuild of local days in {tz} was stopped before it ended")
+
+    async def local_days_zone(self) -> str | None:
+        """The zone whose local days are complete, as stored in Redis now (another process may
+        have chosen it)."""
+        current, ready = await self._read_local_state()
+        return current if ready else None
+
+    async def _read_local_state(self) -> tuple[str | None, bool]:
+        """Read ``P:kw:localdays`` and adopt it: commits maintain the stored zone."""
+        raw_zone, raw_ready = await self._call(
+            "cannot read the local zone",
+            self.client.hmget(self._k("localdays"), ["zone", "ready"]),
+        )
+        current = raw_zone.decode() if raw_zone else None
+        self._ld_zone, self._ld_ready = current, current is not None and raw_ready == b"1"
+        return current, self._ld_ready
+
+    async def _stop_rebuild(self) -> None:
+        task, self._ld_task = self._ld_task, None
+        if task is None or task.done():
+            return
+        task.cancel()
+        # bounded like the seed refresh: every await of a rebuild is one short round trip
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await asyncio.wait([task])
+        except TimeoutError:
+            log.warning("the local-day rebuild did not stop within %g s", CLOSE_TIMEOUT_S)
+
+    async def _rebuild_local_days(self, tz: str) -> None:
+        """The rebuild task: every channel's local days from its slots, then ``ready``. Errors
+        are kept for a waiting caller and logged, never raised into the store's task group."""
+        try:
+            started = asyncio.get_running_loop().time()
+            pairs = await self._pairs("channels")
+            years = await self._day_hash_years(None)
+            for device, channel in pairs:
+                self._stop_point()
+                await self._rebuild_channel(zone(tz), device, channel, years)
+            marked = await self._call(
+                "cannot mark the local days ready",
+                self.client.eval(_LD_READY_LUA, 1, self._k("localdays"), tz),
+            )
+            self._ld_ready = bool(marked) and self._ld_zone == tz
+            log.info(
+                "local days of %s built for %d channels (%.1f s)",
+                tz, len(pairs), asyncio.get_running_loop().time() - started,
+            )  # fmt: skip
+        except StoreError as err:
+            self._ld_error = err
+            log.warning("rebuilding the local days of %s failed: %s", tz, err)
+        except (redis_errors.RedisError, OSError) as err:
+            self._ld_error = _error(f"rebuilding the local days of {tz} failed", err)
+            log.warning("%s", self._ld_error)
+
+    async def _day_hash_years(self, chan: str | None) -> dict[str, set[int]]:
+        """UTC years of each channel's day hashes (``<channel key>:d:<year start>``), found by one
+        SCAN of the keyspace (``chan``: of that channel's keys only, for a re-read). A rebuild
+        cannot know otherwise which days a channel has data on."""
+        glob = _glob_escape(chan) if chan else _glob_escape(self._k("")) + "*"
+        out: dict[str, set[int]] = {}
+        async for raw in self.client.scan_iter(match=glob + ":d:*", count=SCAN_COUNT):
+            self._stop_point()
+            key = raw.decode() if isinstance(raw, bytes) else str(raw)
+            head, _, year = key.rpartition(":d:")
+            if year.isdigit():
+                out.setdefault(head, set()).add(int(year))
+        return out
+
+    async def _rebuild_channel(
+        self, tz: ZoneInfo, device: str, channel: str, years: dict[str, set[int]]
+    ) -> None:
+        """Replace one channel's local days with sums of its slots, exactly once.
+
+        Read the hash's version, the channel's slots, then write with :data:`_LD_WRITE_LUA`,
+        which refuses if a commit bumped the version meanwhile (a commit's energy would be
+        counted twice, or lost): then read again, SCANning for this channel's day hashes in
+        case the commit started a new year."""
+        ch, ld = self._chan(device, channel), self._ld(device, channel)
+        known = years.get(ch, set())
+        for attempt in range(LD_REBUILD_ATTEMPTS):
+            if attempt:
+                known = (await self._day_hash_years(ch)).get(ch, set())
+            version = await self._call("cannot read local days", self.client.hget(ld, "v"))
+            slots = await self._channel_slots(device, channel, sorted(known))
+            days = _by_local_day(tz, slots)
+            packed = " ".join(_ld_pairs(d, imp, exp, n) for (_, _, d), (imp, exp, _, n) in sorted(
+                days.items()
+            ))  # fmt: skip
+            expect = version.decode() if version is not None else ""
+            done = await self._call(
+                "cannot write local days",
+                self.client.eval(_LD_WRITE_LUA, 1, ld, expect, tz.key, packed),
+            )
+            if done:
+                return
+        raise StoreError(
+            f"local days of {device} {channel} kept changing during {LD_REBUILD_ATTEMPTS} "
+            "rebuild attempts; run use_local_zone again when ingest is quieter"
+        )
+
+    async def _channel_slots(self, device: str, channel: str, years: Sequence[int]) -> Rollup:
+        """Every stored slot of the channel in ``years`` (UTC year starts), as a rollup."""
+        ch = self._chan(device, channel)
+        got = await self._call(
+            "cannot read day rollups",
+            self._pipeline_read([("hgetall", f"{ch}:d:{y}", ()) for y in years]),
+        )
+        days = [
+            y + int(name[:-1]) * _DAY
+            for y, fields in zip(years, got, strict=True)
+            for name, value in fields.items()
+            if name.endswith(b"c") and int(value) > 0
+        ]
+        got = await self._call(
+            "cannot read slots", self._pipeline_read([("hgetall", f"{ch}:s:{d}", ()) for d in days])
+        )
+        out: Rollup = {}
+        for day, fields in zip(days, got, strict=True):
+            per: dict[int, list[int]] = {}
+            for name, value in fields.items():
+                tail = name[-1:]
+                if tail == b"x":
+                    continue
+                if tail in (b"e", b"c"):
+                    per.setdefault(int(name[:-1]), [0, 0, 0, 0])[1 if tail == b"e" else 3] = int(
+                        value
+                    )
+                else:
+                    per.setdefault(int(name), [0, 0, 0, 0])[0] = int(value)
+            for n, cell in per.items():
+                if cell[3] > 0:
+                    out[(device, channel, day + n * SLOT_SECONDS)] = cell
+        return out
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -646,9 +894,12 @@ class RedisStore:
         ):
             # no externally written hours and no "Names" rule to apply: sums on the server
             if p.by in ("day", "month"):
+                table = await self._local_days_table(p, query, pairs)
+                if table is not None:
+                    return table
                 return EnergyTable.from_flat(p, await self._rollup_flat(p, query, pairs))
             if p.keys_are_starts and query.group == "channel":
-                return EnergyTable.from_flat(p, await self._scan_flat(p, pairs))
+                return await self._scan_table(p, pairs)
         seed_devices = {device for _, (device, _) in seed_cmds}
         if p.by in ("day", "month"):
             cells = await self._rollup_cells(p, pairs)
@@ -679,9 +930,95 @@ class RedisStore:
         shadow = _shadow(p, raw + seed_raw, cells) if query.group != "channel" else {}
         return EnergyTable.from_flat(p, grouped_flat(query, cells, shadow))
 
-    async def _scan_flat(self, p: Plan, pairs: Sequence[tuple[str, str]]) -> list[Flat]:
-        """15-minute (or whole-hour) buckets by channel: each stored slot (hour) is a row of its
-        own, parsed on the server by :data:`_SCAN_LUA`."""
+    async def _local_days_table(
+        self, p: Plan, query: EnergyQuery, pairs: Sequence[tuple[str, str]]
+    ) -> EnergyTable | None:
+        """Day and month rows from the channels' local-day hashes: one HMGET per channel of the
+        range's days (``None``: they cannot answer, take another path).
+
+        They answer when the query's zone is the maintained one and complete (checked in the same
+        round trip, so a zone another process changed is noticed), each bucket is made of whole
+        local days, and every channel's hash holds that zone's days (``z``; see
+        :data:`_LD_ADD_LUA`)."""
+        tz = query.tz
+        if tz != self._ld_zone:
+            return None
+        cuts = [p.start, *p.bounds[1:-1], p.end] if p.by == "month" else [p.start, p.end]
+        local = _local_day_bounds(p, cuts)
+        if local is None:
+            return None
+        days = range(local[0], local[-1])
+        # bucket index of each day: the day itself by day, the month (between bounds) by month
+        bucket = [bisect_right(local, d) - 1 for d in days] if p.by == "month" else None
+        packed = ("z " + " ".join(f"{d} {d}e {d}c" for d in days)).encode()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(self._k("localdays"), ["zone", "ready"])
+        for device, channel in pairs:
+            pipe.eval(_HMGET_LUA, 1, self._ld(device, channel), packed)
+            pipe.zrangebyscore(f"{self._chan(device, channel)}:est", p.start, p.end - 1)
+        got = await self._call("energy query failed", pipe.execute())
+        raw_zone, raw_ready = got[0]
+        if raw_zone is None or raw_zone.decode() != tz or raw_ready != b"1":
+            self._ld_zone = raw_zone.decode() if raw_zone else None
+            self._ld_ready = False
+            return None
+        width = len(days) if bucket is None else len(local) - 1
+        # per output group: [imports, exports, counts, estimated], one entry per bucket
+        groups: dict[tuple[str | None, str | None], list[list[int]]] = {}
+        for i, (device, channel) in enumerate(pairs):
+            values, est = got[2 * i + 1], got[2 * i + 2]
+            if values[0] is None:
+                continue  # no local-day hash: the channel never had energy
+            if values[0].decode() != tz:
+                return None  # untrusted or another zone's days: the general path answers
+            g = (
+                device if query.group != "total" else None,
+                channel if query.group == "channel" else None,
+            )
+            acc = groups.get(g)
+            if acc is None:
+                acc = groups[g] = [[0] * width, [0] * width, [0] * width, [0] * width]
+            imps, exps, counts, marks = acc
+            for j in range(len(days)):
+                count = values[3 * j + 3]
+                if count is None:
+                    continue
+                b = j if bucket is None else bucket[j]
+                imps[b] += int(values[3 * j + 1] or 0)
+                exps[b] += int(values[3 * j + 2] or 0)
+                counts[b] += int(count)
+            for raw in est:
+                k = p.key(int(raw))
+                marks[k - local[0] if bucket is None else k] = 1
+        return _bucket_table(p, groups, [*days] if bucket is None else list(range(width)))
+
+    async def _scan_table(self, p: Plan, pairs: Sequence[tuple[str, str]]) -> EnergyTable:
+        """15-minute (or whole-hour) rows by channel, column by column when one channel has data
+        (a year by hour is 8 760 rows: no tuple per row), else merged and sorted."""
+        got = await self._scan_columns(p, pairs)
+        with_data = {(device, channel) for device, channel, _, values in got if values}
+        if len(with_data) > 1:
+            return EnergyTable.from_flat(p, _scan_rows(got))
+        keys: list[int] = []
+        imports: list[int] = []
+        exports: list[int] = []
+        estimated: list[int] = []
+        for _, _, starts, values in got:  # months in order: the keys ascend
+            keys += starts
+            imports += values[1::4]
+            exports += values[2::4]
+            estimated += values[3::4]
+        if not keys:
+            return EnergyTable(p)
+        device, channel = next(iter(with_data))
+        n = len(keys)
+        return EnergyTable(p, keys, [device] * n, [channel] * n, imports, exports, estimated)
+
+    async def _scan_columns(
+        self, p: Plan, pairs: Sequence[tuple[str, str]]
+    ) -> list[tuple[str, str, list[int], list[int]]]:
+        """Per channel and slot-day/hour-month hash: the starts of its slots (hours) in range and
+        :data:`_SCAN_LUA`'s ``n, import, export, estimated`` values, in time order."""
         step = 3600 if p.whole_hours else SLOT_SECONDS
         kind = "h" if step == 3600 else "s"
         pipe = self.client.pipeline(transaction=False)
@@ -694,16 +1031,11 @@ class RedisStore:
                 pipe.eval(_SCAN_LUA, 1, f"{ch}:{kind}:{base}", lo, hi)
                 jobs.append((device, channel, base))
         got = await self._call("energy query failed", pipe.execute()) if jobs else []
-        flat: list[Flat] = []
-        for (device, channel, base), values in zip(jobs, got, strict=True):
-            if values:
-                starts = map(add_, repeat(base), map(mul, values[0::4], repeat(step)))
-                flat += zip(
-                    starts, repeat(device), repeat(channel), values[1::4], values[2::4],
-                    values[3::4],
-                )  # fmt: skip
-        flat.sort()  # (start, device, channel) are unique: the documented row order
-        return flat
+        return [
+            (device, channel, list(map(add_, repeat(base), map(mul, values[0::4], repeat(step)))),
+             values)
+            for (device, channel, base), values in zip(jobs, got, strict=True)
+        ]  # fmt: skip
 
     async def _rollup_flat(
         self, p: Plan, query: EnergyQuery, pairs: Sequence[tuple[str, str]]
@@ -942,6 +1274,97 @@ def _add_fields(op: _Ops, key: str, n: str, imp: int, exp: int, est: int, count:
     op("hincrby", key, n + "c", count)  # deltas that landed here: > 0 means "has data"
 
 
+def _by_local_day(tz: ZoneInfo, slots: Rollup) -> Rollup:
+    """``slots`` (keyed by slot start) summed per local day number of ``tz``: ``(slot +
+    offset) // 86400``, exactly :meth:`Plan.key` for ``by="day"``. Offsets come from the zone's
+    segments over the slots' span (a handful of look-ups), not one look-up per slot."""
+    if not slots:
+        return {}
+    starts = [k[2] for k in slots]
+    segs = segments(tz, min(starts), max(starts) + SLOT_SECONDS)
+    seg_starts = [seg.start for seg in segs]
+    out: Rollup = {}
+    for (device, channel, slot), (imp, exp, est, n) in slots.items():
+        off = segs[bisect_right(seg_starts, slot) - 1].offset
+        key = (device, channel, (slot + off) // _DAY)
+        acc = out.get(key)
+        if acc is None:
+            out[key] = [imp, exp, est, n]
+        else:
+            acc[0] += imp
+            acc[1] += exp
+            acc[3] += n
+    return out
+
+
+def _ld_pairs(day: int, imp: int, exp: int, n: int) -> str:
+    """``field value`` pairs of one local day (import always: a zero day still has data)."""
+    return f"{day} {imp} {day}e {exp} {day}c {n}" if exp else f"{day} {imp} {day}c {n}"
+
+
+def _local_day(tz: ZoneInfo, ts: int) -> int:
+    return (ts + offset_at(tz, ts)) // _DAY
+
+
+def _local_midnight(tz: ZoneInfo, day: int) -> int:
+    d = date(1970, 1, 1) + timedelta(days=day)
+    return int(datetime(d.year, d.month, d.day, tzinfo=tz).timestamp())
+
+
+def _local_day_bounds(p: Plan, instants: Sequence[int]) -> list[int] | None:
+    """The local day number starting at each of ``instants`` (the range's ends, month bounds),
+    or ``None`` when one is not where a local day starts, or the range holds a backward
+    change across midnight (local days not in time order): then local-day sums are not the
+    plan's buckets."""
+    tz = p.tz
+    out = []
+    for t in instants:
+        day = _local_day(tz, t)
+        if _local_midnight(tz, day) != t or _local_day(tz, t - SLOT_SECONDS) >= day:
+            return None
+        out.append(day)
+    for seg in p.segments[1:]:
+        if _local_day(tz, seg.start - SLOT_SECONDS) > _local_day(tz, seg.start):
+            return None
+    return out
+
+
+def _scan_rows(got: Sequence[tuple[str, str, list[int], list[int]]]) -> list[Flat]:
+    flat: list[Flat] = []
+    for device, channel, starts, values in got:
+        if values:
+            flat += zip(
+                starts, repeat(device), repeat(channel), values[1::4], values[2::4], values[3::4]
+            )
+    flat.sort()  # (start, device, channel) are unique: the documented row order
+    return flat
+
+
+def _bucket_table(
+    p: Plan, groups: dict[tuple[str | None, str | None], list[list[int]]], keys: Sequence[int]
+) -> EnergyTable:
+    """Rows of per-group bucket sums (``[imports, exports, counts, estimated]``), in the
+    documented order: by bucket, then device, then channel; buckets with no deltas left out."""
+    order = sorted(groups, key=lambda g: (g[0] or "", g[1] or ""))
+    out_keys: list[int] = []
+    devices: list[str | None] = []
+    channels: list[str | None] = []
+    imports: list[int] = []
+    exports: list[int] = []
+    estimated: list[int] = []
+    columns = [(g, groups[g]) for g in order]
+    for b, key in enumerate(keys):
+        for (device, channel), (imps, exps, counts, marks) in columns:
+            if counts[b] > 0:
+                out_keys.append(key)
+                devices.append(device)
+                channels.append(channel)
+                imports.append(imps[b])
+                exports.append(exps[b])
+                estimated.append(marks[b])
+    return EnergyTable(p, out_keys, devices, channels, imports, exports, estimated)
+
+
 def _rollup_field(t: int, level: int) -> tuple[str, str]:
     """The rollup hash (key suffix) and field that hold the ``level``-long bucket starting at ``t``:
     days in per-year hashes, hours in per-month hashes, slots in per-day hashes."""
@@ -1050,6 +1473,11 @@ def _shadow(
             covered.setdefault(device, set()).add(ts // 3600 * 3600)
     hourly = [(d, ts, imp, exp) for d, c, ts, imp, exp, _ in raw if c == HOURLY and d in covered]
     return shadow_hourly(p, hourly, covered)
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by a SCAN ``MATCH`` pattern (device ids may hold ``[*?``)."""
+    return re.sub(r"([\\*?\[\]])", r"\\\1", text)
 
 
 def _safe(url: str) -> str:
