@@ -27,6 +27,7 @@ from kilowatch.service.config import LogFormat, Settings, parse_broker_url
 from kilowatch.service.live import LiveHub
 from kilowatch.service.mqtt import MqttIntake, MqttOptions
 from kilowatch.service.pipeline import IngestStats, Pipeline
+from kilowatch.service.retention import run_retention
 from kilowatch.store import Store, open_store
 
 log = logging.getLogger("kilowatch.serve")
@@ -217,6 +218,7 @@ async def serve(
             connector = tg.create_task(intake.run(), name="mqtt")
             ingest = tg.create_task(pipeline.run(intake), name="ingest")
             stats = tg.create_task(_log_stats(pipeline.stats), name="stats")
+            retention = tg.create_task(run_retention(store), name="retention")
             if web is not None:
                 await web(tg, running, stop)
             await _wait_connected(intake, stop)
@@ -233,6 +235,7 @@ async def serve(
             await ingest
             connector.cancel()
             stats.cancel()
+            retention.cancel()
         _log_totals(pipeline.stats)
     log.info("stopped")
     return pipeline.stats

@@ -168,6 +168,12 @@ class Store(Protocol):
         return only when done); until then queries take the general path, with the same answers.
         :class:`InvalidQueryError` for an unknown zone."""
 
+    async def drop_slots_before(self, before: int) -> int:
+        """Retention: delete the 15-minute slots that start before ``before`` (unix seconds,
+        rounded down to a whole UTC hour), keeping every hour, day and local-day rollup: hour,
+        day and month answers stay (but hour buckets of a zone with a half-hour offset, which
+        need slots), 15-minute answers end there. Returns how many slots were deleted."""
+
     async def local_days_zone(self) -> str | None:
         """The zone whose local days are built and maintained (``None``: none, or still
         rebuilding)."""

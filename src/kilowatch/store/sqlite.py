@@ -34,7 +34,7 @@ from typing import Any, Self, TypeVar
 
 from kilowatch.collect.messages import Event, LogLine, Reading
 from kilowatch.errors import StoreError
-from kilowatch.ledger.slots import SLOT_SECONDS, SlotEnergy
+from kilowatch.ledger.slots import SlotEnergy
 from kilowatch.store import records
 from kilowatch.store.base import (
     Batch,
@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 
 READ_THREADS = 2
 """Read connections (one per pool thread); the machine this targets has 2 cores."""
+DROP_CHANNELS_PER_JOB = 50
+"""Channels whose old slots one writer job drops (commits go on between jobs)."""
 BUSY_TIMEOUT_MS = 10_000
 """How long a connection waits for a lock held by another process before failing."""
 
@@ -384,6 +386,17 @@ class SqliteStore:
             "local days of %s built for %d channels in %.1f s",
             days.name, len(channels), time.monotonic() - started,
         )  # fmt: skip
+
+    async def drop_slots_before(self, before: int) -> int:
+        cut = before - before % 3600  # whole hours: no hour rollup is left half-covered
+        channels = await self._read(
+            lambda conn: conn.execute("SELECT device, channel FROM channels").fetchall()
+        )
+        dropped = 0
+        for i in range(0, len(channels), DROP_CHANNELS_PER_JOB):
+            chunk = channels[i : i + DROP_CHANNELS_PER_JOB]
+            dropped += await self._write(functools.partial(_drop_slots, channels=chunk, cut=cut))
+        return dropped
 
     async def local_days_zone(self) -> str | None:
         days = self._days
@@ -800,31 +813,70 @@ def _starts_table(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> Ener
 
 
 def _rebuild_channel(conn: sqlite3.Connection, days: LocalDays, device: str, channel: str) -> None:
-    """One channel's local days, recomputed from its slots in one transaction (in the writer:
-    no commit can slip between the delete and the insert)."""
+    """One channel's local days, recomputed in one transaction (in the writer: no commit can slip
+    between the delete and the insert): from its slots, and from its hours before its first slot
+    (the hours whose slots retention dropped: see :meth:`SqliteStore.drop_slots_before`)."""
+    key = (device, channel)
     lo, hi = conn.execute(
-        "SELECT min(slot), max(slot) FROM slots WHERE device = ? AND channel = ?", (device, channel)
+        "SELECT min(slot), max(slot) FROM slots WHERE device = ? AND channel = ?", key
     ).fetchone()
+    first_hour = lo // 3600 * 3600 if lo is not None else None
+    h_lo, h_hi = conn.execute(
+        "SELECT min(hour), max(hour) FROM hours WHERE device = ? AND channel = ? AND hour < ?",
+        (*key, first_hour if first_hour is not None else 2**62),
+    ).fetchone()
+    parts: list[str] = []
+    args: list[Any] = []
+    if lo is not None or h_lo is not None:
+        start = min(t for t in (lo, h_lo) if t is not None)
+        end = max(t for t in (hi, h_hi) if t is not None) + 3600
+        span = plan("day", days.name, datetime.fromtimestamp(start, UTC),
+                    datetime.fromtimestamp(end, UTC))  # fmt: skip
+        if lo is not None:
+            parts.append(
+                f"SELECT {_key_sql(span, 'slot')} AS d, import_mwh AS i, export_mwh AS e, n "
+                "FROM slots WHERE device = ? AND channel = ?"
+            )
+            args += key
+        if h_lo is not None:
+            # an hour goes whole to the local day it starts in: exact wherever the zone's offset
+            # is whole hours (a half-hour zone's dropped hours may straddle two local days)
+            parts.append(
+                f"SELECT {_key_sql(span, 'hour')} AS d, import_mwh AS i, export_mwh AS e, n "
+                "FROM hours WHERE device = ? AND channel = ? AND hour < ?"
+            )
+            args += [*key, first_hour if first_hour is not None else 2**62]
     conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.execute("DELETE FROM local_days WHERE device = ? AND channel = ?", (device, channel))
-        if lo is not None:
-            span = plan(
-                "day",
-                days.name,
-                datetime.fromtimestamp(lo, UTC),
-                datetime.fromtimestamp(hi + SLOT_SECONDS, UTC),
-            )
+        conn.execute("DELETE FROM local_days WHERE device = ? AND channel = ?", key)
+        if parts:
             conn.execute(
-                f"INSERT INTO local_days SELECT device, channel, {_key_sql(span, 'slot')}, "
-                "sum(import_mwh), sum(export_mwh), sum(n) FROM slots "
-                "WHERE device = ? AND channel = ? GROUP BY 3",
-                (device, channel),
+                "INSERT INTO local_days SELECT ?, ?, d, sum(i), sum(e), sum(n) FROM ("
+                + " UNION ALL ".join(parts)
+                + ") GROUP BY d",
+                (*key, *args),
             )
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _drop_slots(conn: sqlite3.Connection, channels: Sequence[tuple[str, str]], cut: int) -> int:
+    """Retention for some channels in one transaction: one primary-key range each."""
+    dropped = 0
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for device, channel in channels:
+            dropped += conn.execute(
+                "DELETE FROM slots WHERE device = ? AND channel = ? AND slot < ?",
+                (device, channel, cut),
+            ).rowcount
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return dropped
 
 
 def _cells_sql(p: Plan, query: EnergyQuery) -> str:

@@ -85,6 +85,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.site = await load_site(store, default_tz=site_tz)
+        await store.use_local_zone(state.site.tz)  # see save_site
         password = await ensure_admin(store, now=clock())
         if password is not None:
             on_admin_created(password)

@@ -235,9 +235,10 @@ class Report:
 async def row_costs(
     store: Store, query: EnergyQuery, rows: Sequence[EnergyRow], tariff: Tariff
 ) -> list[float]:
-    """Cost of each row. Time-of-use prices need energy per slot: one more query fetches it."""
+    """Cost of each row. Time-of-use prices need energy per 15-minute slot: more queries fetch the
+    slots and, for ranges whose slots retention dropped, the hours (priced at their start)."""
+    tz = zone(query.tz)
     if not tariff.periods or query.by == "15min":
-        tz = zone(query.tz)
         return [
             cost(
                 [SlotAmount(int(r.start.timestamp()), r.energy_wh, r.returned_energy_wh)],
@@ -246,36 +247,62 @@ async def row_costs(
             )
             for r in rows
         ]
-    fine = await store.energy(
-        EnergyQuery(
-            by="15min",
-            tz=query.tz,
-            start=query.start,
-            end=query.end,
-            devices=query.devices,
-            channels=query.channels,
-            group=query.group,
+    pieces = await _priced_pieces(store, query)
+    totals = [0.0] * len(rows)
+    for i, piece in _assign(rows, pieces):
+        totals[i] += cost(
+            [SlotAmount(int(piece.start.timestamp()), piece.energy_wh, piece.returned_energy_wh)],
+            tariff,
+            tz,
         )
-    )
-    tz = zone(query.tz)
-    # Each slot belongs to exactly one coarse row of the same (device, channel).
+    return totals
+
+
+async def _priced_pieces(store: Store, query: EnergyQuery) -> list[EnergyRow]:
+    """The 15-minute rows of the query's energy; an hour whose slots do not add up to it (they
+    were dropped by retention) is one piece of its own."""
+
+    def at(by: Bucket) -> EnergyQuery:
+        return EnergyQuery(
+            by=by, tz=query.tz, start=query.start, end=query.end,
+            devices=query.devices, channels=query.channels, group=query.group,
+        )  # fmt: skip
+
+    fine = await store.energy(at("15min"))
+    hours = await store.energy(at("hour"))
+    inside: dict[int, list[EnergyRow]] = defaultdict(list)
+    for i, slot in _assign(hours, fine):
+        inside[i].append(slot)
+    pieces: list[EnergyRow] = []
+    for i, hour in enumerate(hours):
+        slots = inside.get(i, [])
+        whole = abs(sum(s.energy_wh for s in slots) - hour.energy_wh) < 1e-6 and abs(
+            sum(s.returned_energy_wh for s in slots) - hour.returned_energy_wh
+        ) < 1e-6
+        pieces += slots if whole else [hour]
+    return pieces
+
+
+def _assign(
+    rows: Sequence[EnergyRow], parts: Sequence[EnergyRow]
+) -> list[tuple[int, EnergyRow]]:
+    """Each of ``parts`` with the index of the row of the same device and channel whose period
+    holds its start (rows sorted by start; parts outside every row are left out)."""
     starts: dict[tuple[str | None, str | None], list[float]] = defaultdict(list)
     indices: dict[tuple[str | None, str | None], list[int]] = defaultdict(list)
-    for i, r in enumerate(rows):  # rows are sorted by start
+    for i, r in enumerate(rows):
         starts[(r.device, r.channel)].append(r.start.timestamp())
         indices[(r.device, r.channel)].append(i)
-    totals = [0.0] * len(rows)
-    for s in fine:
-        key = (s.device, s.channel)
-        ts = s.start.timestamp()
+    out: list[tuple[int, EnergyRow]] = []
+    for part in parts:
+        key = (part.device, part.channel)
+        ts = part.start.timestamp()
         pos = bisect_right(starts.get(key, []), ts) - 1
         if pos >= 0:
             i = indices[key][pos]
             if ts < rows[i].end.timestamp():
-                totals[i] += cost(
-                    [SlotAmount(int(ts), s.energy_wh, s.returned_energy_wh)], tariff, tz
-                )
-    return totals
+                out.append((i, part))
+    return out
 
 
 async def report(store: Store, query: EnergyQuery, *, tariff: Tariff | None = None) -> Report:

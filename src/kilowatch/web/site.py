@@ -8,10 +8,10 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from kilowatch.errors import ConfigError
+from kilowatch.service.retention import SITE_KEY
 from kilowatch.store.base import Store
 from kilowatch.web.tariff import Tariff
 
-SITE_KEY = "settings.site"
 MAX_RETENTION_DAYS = 100 * 366
 
 
@@ -93,6 +93,9 @@ async def load_site(store: Store, *, default_tz: str) -> SiteSettings:
 
 async def save_site(store: Store, site: SiteSettings) -> None:
     await store.put_meta(SITE_KEY, site.to_json())
+    # day and month answers in the site's zone read the store's local days: a new zone has its
+    # days rebuilt in the background (a no-op when the zone did not change)
+    await store.use_local_zone(site.tz)
 
 
 __all__ = ["SITE_KEY", "SiteSettings", "load_site", "save_site", "zone"]
