@@ -47,6 +47,8 @@ PUBLISH_WINDOW = 20_000
 """Unacknowledged publishes at most (MQTT packet ids are 16 bits)."""
 IDLE_TIMEOUT_S = 30.0
 """A consumer that receives nothing for this long after the publisher finished has lost messages."""
+LOCAL_ZONE = "Europe/Berlin"
+"""The site zone whose local days commits maintain (as `kilowatch serve` does for its site)."""
 
 
 # -- the messages ---------------------------------------------------------------------------------
@@ -295,6 +297,9 @@ def role_kilowatch(port: int, n: int, devices: int, store_url: str, *, drain: bo
 
     async def main() -> None:
         stop = asyncio.Event()
+        # as under `kilowatch serve` with its web app: commits also keep the site zone's local days
+        async with open_store(store_url) as store:
+            await store.use_local_zone(LOCAL_ZONE, wait=True)
 
         async def watch(stats: Any) -> None:
             last, since = -1, time.monotonic()
