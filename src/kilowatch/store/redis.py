@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import re
@@ -38,7 +39,7 @@ from itertools import repeat
 from operator import add as add_
 from operator import mul
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeAlias
 from zoneinfo import ZoneInfo
 
 from redis import exceptions as redis_errors
@@ -106,37 +107,6 @@ for name in string.gmatch(ARGV[1], "%S+") do fields[#fields + 1] = name end
 return redis.call('HMGET', KEYS[1], unpack(fields))
 """
 """HMGET of a space-separated field list (at most a few thousand fields: Lua's unpack limit)."""
-_SCAN_LUA = """
-local h = redis.call('HGETALL', KEYS[1])
-local lo, hi = tonumber(ARGV[1]), tonumber(ARGV[2])
-local imp, exp, est, seen = {}, {}, {}, {}
-for i = 1, #h, 2 do
-  local name = h[i]
-  local tail = string.sub(name, -1)
-  local n = nil
-  if tail == 'e' or tail == 'x' then n = tonumber(string.sub(name, 1, -2))
-  elseif tail ~= 'c' then n = tonumber(name) end
-  if n and n >= lo and n < hi then
-    seen[n] = true
-    if tail == 'e' then exp[n] = tonumber(h[i + 1])
-    elseif tail == 'x' then est[n] = 1
-    else imp[n] = tonumber(h[i + 1]) end
-  end
-end
-local out = {}
-for n = lo, hi - 1 do
-  if seen[n] then
-    out[#out + 1] = n
-    out[#out + 1] = imp[n] or 0
-    out[#out + 1] = exp[n] or 0
-    out[#out + 1] = est[n] or 0
-  end
-end
-return out
-"""
-"""One slot/hour hash parsed on the server: ``n, import, export, estimated`` (integers) of each
-slot/hour ``n`` in ``[ARGV[1], ARGV[2])`` that has data, in order. Saves a Python loop over every
-field name (a year of hours is 12 hashes of 1 500 fields)."""
 _ROLLUP_LUA = """
 local sums = {}
 for b = 1, 3 * tonumber(ARGV[1]) do sums[b] = 0 end
@@ -216,9 +186,6 @@ return 1
 """
 """Mark the local days of zone ``ARGV[1]`` complete, unless the zone was changed meanwhile."""
 _LD_READ_LUA = """
-local z = redis.call('HGET', KEYS[1], 'z')
-if not z then return {-1} end
-if z ~= ARGV[1] then return {0} end
 local first, count = tonumber(ARGV[2]), tonumber(ARGV[3])
 local names = {}
 for d = first, first + count - 1 do
@@ -227,19 +194,59 @@ for d = first, first + count - 1 do
   names[#names + 1] = n .. 'e'
   names[#names + 1] = n .. 'c'
 end
-local values = redis.call('HMGET', KEYS[1], unpack(names))
-local est = redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[4], ARGV[5])
-local out = {1, #est}
-for i = 1, #est do out[#out + 1] = tonumber(est[i]) end
-for i = 1, #values do out[#out + 1] = tonumber(values[i] or 0) end
+local out = {}
+for k = 1, #KEYS, 2 do
+  local z = redis.call('HGET', KEYS[k], 'z')
+  if not z then
+    out[#out + 1] = -1
+  elseif z ~= ARGV[1] then
+    out[#out + 1] = 0
+  else
+    local values = redis.call('HMGET', KEYS[k], unpack(names))
+    local est = redis.call('ZRANGEBYSCORE', KEYS[k + 1], ARGV[4], ARGV[5])
+    out[#out + 1] = 1
+    out[#out + 1] = #est
+    for i = 1, #est do out[#out + 1] = tonumber(est[i]) end
+    for i = 1, #values do out[#out + 1] = tonumber(values[i] or 0) end
+  end
+end
 return out
 """
-"""One channel's local days ``[ARGV[2], ARGV[2] + ARGV[3])`` of zone ``ARGV[1]`` from its hash
-(``KEYS[1]``), with its estimated slots in ``[ARGV[4], ARGV[5]]`` (``KEYS[2]``), as integers:
-``1, e, <e estimated slots>, import, export, deltas`` per day (0 where none). ``{-1}``: no hash
-(the channel never had energy); ``{0}``: the hash holds another zone's days or is untrusted. Names
-are made on the server and values parsed there: no field list to pack per channel, no ``int()``
-per value in Python (hiredis reads integers in C)."""
+"""Channels' local days ``[ARGV[2], ARGV[2] + ARGV[3])`` of zone ``ARGV[1]`` from their hashes,
+with their estimated slots in ``[ARGV[4], ARGV[5]]`` (``KEYS``: hash and estimated set of each
+channel), as integers. Per channel: ``1, e, <e estimated slots>, import, export, deltas`` per day
+(0 where none); ``-1`` alone: no hash (the channel never had energy); ``0`` alone: the hash holds
+another zone's days or is untrusted. Names are made once on the server and values parsed there:
+no field list to pack per channel, no ``int()`` per value in Python (hiredis reads integers in C).
+"""
+LD_READ_CHUNK = 250
+"""Channels per read script on one server (a cluster needs one per channel: one slot each).
+redis-py packs every command in Python, so 500 channels in one script cost far less than 500
+commands; the chunk bounds how long one script holds the server."""
+_DROP_LUA = """
+local limit = tonumber(ARGV[1])
+local names = redis.call('HKEYS', KEYS[1])
+local doomed, slots = {}, 0
+for _, name in ipairs(names) do
+  local tail = string.sub(name, -1)
+  local n = tonumber(name)
+  if not n then n = tonumber(string.sub(name, 1, -2)) end
+  if n and n < limit then
+    doomed[#doomed + 1] = name
+    if tail == 'c' then slots = slots + 1 end
+  end
+end
+if #doomed == #names then
+  redis.call('UNLINK', KEYS[1])
+else
+  for i = 1, #doomed, 1000 do
+    redis.call('HDEL', KEYS[1], unpack(doomed, i, math.min(i + 999, #doomed)))
+  end
+end
+return slots
+"""
+"""Retention of one slot-day hash (``KEYS[1]``): delete slots ``0 .. ARGV[1] - 1`` (all their
+fields); returns how many slots with data went."""
 LD_REBUILD_ATTEMPTS = 20
 """Re-reads of one channel whose local days commits keep changing under the rebuild."""
 
@@ -851,38 +858,70 @@ class RedisStore:
         )
 
     async def _channel_slots(self, device: str, channel: str, years: Sequence[int]) -> Rollup:
-        """Every stored slot of the channel in ``years`` (UTC year starts), as a rollup."""
+        """Every stored slot of the channel in ``years`` (UTC year starts), as a rollup; before
+        its first slot, its hours (whose slots retention dropped, see :meth:`drop_slots_before`)
+        keyed by the hour's start, so each goes whole to the local day it starts in (exact
+        where the zone's offsets are whole hours, as on SQLite)."""
         ch = self._chan(device, channel)
         got = await self._call(
             "cannot read day rollups",
             self._pipeline_read([("hgetall", f"{ch}:d:{y}", ()) for y in years]),
         )
-        days = [
+        days = sorted(
             y + int(name[:-1]) * _DAY
             for y, fields in zip(years, got, strict=True)
             for name, value in fields.items()
             if name.endswith(b"c") and int(value) > 0
-        ]
+        )
         got = await self._call(
             "cannot read slots", self._pipeline_read([("hgetall", f"{ch}:s:{d}", ()) for d in days])
         )
         out: Rollup = {}
         for day, fields in zip(days, got, strict=True):
-            per: dict[int, list[int]] = {}
-            for name, value in fields.items():
-                tail = name[-1:]
-                if tail == b"x":
-                    continue
-                if tail in (b"e", b"c"):
-                    per.setdefault(int(name[:-1]), [0, 0, 0, 0])[1 if tail == b"e" else 3] = int(
-                        value
-                    )
-                else:
-                    per.setdefault(int(name), [0, 0, 0, 0])[0] = int(value)
-            for n, cell in per.items():
-                if cell[3] > 0:
-                    out[(device, channel, day + n * SLOT_SECONDS)] = cell
+            for n, cell in _parse_counted(fields).items():
+                out[(device, channel, day + n * SLOT_SECONDS)] = cell
+        first_hour = min((k[2] for k in out), default=2**62) // 3600 * 3600
+        months = sorted({_month_start(d) for d in days if d < first_hour})
+        got = await self._call(
+            "cannot read hour rollups",
+            self._pipeline_read([("hgetall", f"{ch}:h:{m}", ()) for m in months]),
+        )
+        for month, fields in zip(months, got, strict=True):
+            for n, cell in _parse_counted(fields).items():
+                if month + n * 3600 < first_hour:
+                    out[(device, channel, month + n * 3600)] = cell
         return out
+
+    async def drop_slots_before(self, before: int) -> int:
+        """Retention: delete the slots before ``before`` (rounded down to a whole UTC hour);
+        hours, days, local days and the estimated index stay. One SCAN finds the slot-day hashes
+        (``P:kw:{D|C}:s:<day>``); each is cut by :data:`_DROP_LUA`, atomically, and the count of
+        slots it held before the cut is returned."""
+        cut = before - before % 3600
+        pattern = _glob_escape(self._k("")) + "*:s:*"
+        dropped = 0
+        todo: list[tuple[str, int]] = []
+        try:
+            async for raw in self.client.scan_iter(match=pattern, count=SCAN_COUNT):
+                key = raw.decode() if isinstance(raw, bytes) else str(raw)
+                _, _, day = key.rpartition(":s:")
+                if day.isdigit() and int(day) < cut:
+                    todo.append((key, min(96, (cut - int(day)) // SLOT_SECONDS)))
+                if len(todo) >= SEED_CHUNK:
+                    dropped += await self._drop(todo)
+                    todo = []
+            dropped += await self._drop(todo)
+        except (redis_errors.RedisError, OSError) as err:
+            raise _error("cannot drop old slots", err) from err
+        return dropped
+
+    async def _drop(self, todo: Sequence[tuple[str, int]]) -> int:
+        if not todo:
+            return 0
+        pipe = self.client.pipeline(transaction=False)
+        for key, limit in todo:
+            pipe.eval(_DROP_LUA, 1, key, limit)
+        return sum(int(n) for n in await pipe.execute())
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -976,12 +1015,14 @@ class RedisStore:
         first, width = local[0], local[-1] - local[0]
         pipe = self.client.pipeline(transaction=False)
         pipe.hmget(self._k("localdays"), ["zone", "ready"])
-        for device, channel in pairs:
-            ch = self._chan(device, channel)
-            pipe.eval(
-                _LD_READ_LUA, 2, ch + ":ld", ch + ":est", tz, first, width, p.start,
-                p.end - 1,
-            )  # fmt: skip
+        chunk = 1 if isinstance(self.client, RedisCluster) else LD_READ_CHUNK
+        for at in range(0, len(pairs), chunk):
+            keys = [
+                f"{self._chan(d, c)}:{kind}"
+                for d, c in pairs[at : at + chunk]
+                for kind in ("ld", "est")
+            ]
+            pipe.eval(_LD_READ_LUA, len(keys), *keys, tz, first, width, p.start, p.end - 1)
         got = await self._call("energy query failed", pipe.execute())
         raw_zone, raw_ready = got[0]
         if raw_zone is None or raw_zone.decode() != tz or raw_ready != b"1":
@@ -990,13 +1031,19 @@ class RedisStore:
             return None
         # per output group: [imports, exports, counts, estimated], one entry per local day
         groups: dict[tuple[str | None, str | None], list[list[int]]] = {}
-        for (device, channel), values in zip(pairs, got[1:], strict=True):
-            if values[0] != 1:
-                if values[0] == -1:
+        values = list(itertools.chain.from_iterable(got[1:]))
+        i = 0
+        for device, channel in pairs:
+            status = values[i]
+            if status != 1:
+                if status == -1:
+                    i += 1
                     continue  # no local-day hash: the channel never had energy
                 return None  # untrusted or another zone's days: the general path answers
-            e = values[1]
-            body = values[2 + e :]
+            e = values[i + 1]
+            estimated = values[i + 2 : i + 2 + e]
+            i += 2 + e + 3 * width
+            body = values[i - 3 * width : i]
             g = (
                 device if query.group != "total" else None,
                 channel if query.group == "channel" else None,
@@ -1007,7 +1054,7 @@ class RedisStore:
             else:
                 for k in range(3):
                     acc[k] = list(map(add_, acc[k], body[k::3]))
-            for slot in values[2 : 2 + e]:  # few: one offset look-up each
+            for slot in estimated:  # few: one offset look-up each
                 acc[3][_local_day(p.tz, slot) - first] = 1
         if p.by == "day":
             return _bucket_table(p, groups, range(first, first + width))
@@ -1022,46 +1069,66 @@ class RedisStore:
         """15-minute (or whole-hour) rows by channel, column by column when one channel has data
         (a year by hour is 8 760 rows: no tuple per row), else merged and sorted."""
         got = await self._scan_columns(p, pairs)
-        with_data = {(device, channel) for device, channel, _, values in got if values}
+        with_data = {(device, channel) for device, channel, *_ in got}
         if len(with_data) > 1:
             return EnergyTable.from_flat(p, _scan_rows(got))
+        if not with_data:
+            return EnergyTable(p)
         keys: list[int] = []
         imports: list[int] = []
         exports: list[int] = []
         estimated: list[int] = []
-        for _, _, starts, values in got:  # months in order: the keys ascend
+        for _, _, starts, imps, exps, ests in got:  # hashes in time order: the keys ascend
             keys += starts
-            imports += values[1::4]
-            exports += values[2::4]
-            estimated += values[3::4]
-        if not keys:
-            return EnergyTable(p)
+            imports += imps
+            exports += exps
+            estimated += ests
         device, channel = next(iter(with_data))
         n = len(keys)
         return EnergyTable(p, keys, [device] * n, [channel] * n, imports, exports, estimated)
 
-    async def _scan_columns(
-        self, p: Plan, pairs: Sequence[tuple[str, str]]
-    ) -> list[tuple[str, str, list[int], list[int]]]:
-        """Per channel and slot-day/hour-month hash: the starts of its slots (hours) in range and
-        :data:`_SCAN_LUA`'s ``n, import, export, estimated`` values, in time order."""
+    async def _scan_columns(self, p: Plan, pairs: Sequence[tuple[str, str]]) -> list[Columns]:
+        """Per channel and slot-day/hour-month hash: its slots (hours) in range as columns
+        (starts, imports, exports, estimated), in time order.
+
+        Each hash is read whole (``HGETALL``: hiredis parses it and redis-py pairs it into a dict
+        in C) and picked apart by ``map``/``compress`` over remembered field names. A Lua script
+        parsing the names on the server cost more: a year of hours is ~26 000 fields, and the
+        server's string work per field was most of the query."""
         step = 3600 if p.whole_hours else SLOT_SECONDS
         kind = "h" if step == 3600 else "s"
+        names = _field_names(kind)
         pipe = self.client.pipeline(transaction=False)
-        jobs: list[tuple[str, str, int]] = []
+        jobs: list[tuple[str, str, int, int, int]] = []
         for device, channel in pairs:
             ch = self._chan(device, channel)
             for base in _bases(p, step):
                 lo = max(0, -(-(p.start - base) // step))
-                hi = -(-(p.end - base) // step)
-                pipe.eval(_SCAN_LUA, 1, f"{ch}:{kind}:{base}", lo, hi)
-                jobs.append((device, channel, base))
+                hi = min(len(names[0]), -(-(p.end - base) // step))
+                pipe.hgetall(f"{ch}:{kind}:{base}")
+                jobs.append((device, channel, base, lo, hi))
         got = await self._call("energy query failed", pipe.execute()) if jobs else []
-        return [
-            (device, channel, list(map(add_, repeat(base), map(mul, values[0::4], repeat(step)))),
-             values)
-            for (device, channel, base), values in zip(jobs, got, strict=True)
-        ]  # fmt: skip
+        out: list[Columns] = []
+        imp_names, exp_names, count_names, est_names = names
+        compress = itertools.compress
+        for (device, channel, base, lo, hi), fields in zip(jobs, got, strict=True):
+            if not fields:
+                continue
+            get = fields.get
+            present = list(map(get, count_names[lo:hi]))  # None where the slot has no data
+            at = list(compress(range(lo, hi), present))
+            if not at:
+                continue
+            zero = repeat(b"0")
+            out.append((
+                device,
+                channel,
+                list(map(add_, repeat(base), map(mul, at, repeat(step)))),
+                list(map(int, map(get, compress(imp_names[lo:hi], present), zero))),
+                list(map(int, map(get, compress(exp_names[lo:hi], present), zero))),
+                list(map(int, map(fields.__contains__, compress(est_names[lo:hi], present)))),
+            ))  # fmt: skip
+        return out
 
     async def _rollup_flat(
         self, p: Plan, query: EnergyQuery, pairs: Sequence[tuple[str, str]]
@@ -1355,13 +1422,27 @@ def _local_day_bounds(p: Plan, instants: Sequence[int]) -> list[int] | None:
     return out
 
 
-def _scan_rows(got: Sequence[tuple[str, str, list[int], list[int]]]) -> list[Flat]:
+Columns: TypeAlias = tuple[str, str, list[int], list[int], list[int], list[int]]
+"""One hash's rows of one channel: ``(device, channel, starts, imports, exports, estimated)``."""
+
+
+@functools.cache
+def _field_names(kind: str) -> tuple[list[bytes], list[bytes], list[bytes], list[bytes]]:
+    """Field names ``n``, ``ne``, ``nc``, ``nx`` of every slot of a day (``s``) or hour of a
+    month (``h``) hash, as bytes (the keys of a hash as redis-py returns it)."""
+    size = 96 if kind == "s" else 31 * 24
+    return (
+        [b"%d" % n for n in range(size)],
+        [b"%de" % n for n in range(size)],
+        [b"%dc" % n for n in range(size)],
+        [b"%dx" % n for n in range(size)],
+    )
+
+
+def _scan_rows(got: Sequence[Columns]) -> list[Flat]:
     flat: list[Flat] = []
-    for device, channel, starts, values in got:
-        if values:
-            flat += zip(
-                starts, repeat(device), repeat(channel), values[1::4], values[2::4], values[3::4]
-            )
+    for device, channel, starts, imps, exps, ests in got:
+        flat += zip(starts, repeat(device), repeat(channel), imps, exps, ests)
     flat.sort()  # (start, device, channel) are unique: the documented row order
     return flat
 
@@ -1394,6 +1475,20 @@ def _bucket_table(
         list(pick(exports, keep)),
         list(pick(estimated, keep)),
     )
+
+
+def _parse_counted(fields: dict[bytes, bytes]) -> dict[int, list[int]]:
+    """A slot or hour hash as ``n -> [import, export, 0, deltas]`` of the entries with data."""
+    per: dict[int, list[int]] = {}
+    for name, value in fields.items():
+        tail = name[-1:]
+        if tail == b"x":
+            continue
+        if tail in (b"e", b"c"):
+            per.setdefault(int(name[:-1]), [0, 0, 0, 0])[1 if tail == b"e" else 3] = int(value)
+        else:
+            per.setdefault(int(name), [0, 0, 0, 0])[0] = int(value)
+    return {n: cell for n, cell in per.items() if cell[3] > 0}
 
 
 def _rollup_field(t: int, level: int) -> tuple[str, str]:
