@@ -63,9 +63,14 @@ def sum_deltas(deltas: Iterable[SlotEnergy]) -> Rollup:
 
 def coarser(rollup: Rollup, width: int) -> Rollup:
     """``rollup`` summed into periods of ``width`` seconds (UTC-aligned: hours, days)."""
+    return regroup(rollup, lambda start: start - start % width)
+
+
+def regroup(rollup: Rollup, period: Callable[[int], int]) -> Rollup:
+    """``rollup`` summed per ``period(start)`` (e.g. ``LocalDays.day``: local day numbers)."""
     out: Rollup = {}
     for (device, channel, start), (imp, exp, est, n) in rollup.items():
-        key = (device, channel, start - start % width)
+        key = (device, channel, period(start))
         acc = out.get(key)
         if acc is None:
             out[key] = [imp, exp, est, n]
@@ -246,6 +251,7 @@ __all__ = [
     "grouped_flat",
     "needs_names_rules",
     "parent",
+    "regroup",
     "rows",
     "selected",
     "shadow_hourly",

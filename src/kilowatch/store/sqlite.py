@@ -52,6 +52,7 @@ from kilowatch.store.energy import (
     coarser,
     grouped_flat,
     needs_names_rules,
+    regroup,
     shadow_hourly,
     sum_deltas,
 )
@@ -164,22 +165,22 @@ ON CONFLICT DO UPDATE SET
     estimated = estimated | excluded.estimated,
     n = n + excluded.n
 """
-_ADD_LOCAL_DAY = """
-INSERT INTO local_days (device, channel, day, import_mwh, export_mwh, n)
+
+
+def _add_day_sql(table: str) -> str:
+    """Upsert of a day rollup row (UTC ``days`` or ``local_days``): amounts add up."""
+    return f"""
+INSERT INTO {table} (device, channel, day, import_mwh, export_mwh, n)
 VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT DO UPDATE SET
     import_mwh = import_mwh + excluded.import_mwh,
     export_mwh = export_mwh + excluded.export_mwh,
     n = n + excluded.n
 """
-_ADD_DAY = """
-INSERT INTO days (device, channel, day, import_mwh, export_mwh, n)
-VALUES (?, ?, ?, ?, ?, ?)
-ON CONFLICT DO UPDATE SET
-    import_mwh = import_mwh + excluded.import_mwh,
-    export_mwh = export_mwh + excluded.export_mwh,
-    n = n + excluded.n
-"""
+
+
+_ADD_DAY = _add_day_sql("days")
+_ADD_LOCAL_DAY = _add_day_sql("local_days")
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -656,17 +657,8 @@ def _add_energy(
     upserts)."""
     slots = sum_deltas(deltas)
     if days is not None:
-        local: dict[tuple[str, str, int], list[int]] = {}
-        for (device, channel, slot), (imp, exp, _, n) in slots.items():
-            key = (device, channel, days.day(slot))
-            acc = local.get(key)
-            if acc is None:
-                local[key] = [imp, exp, n]
-            else:
-                acc[0] += imp
-                acc[1] += exp
-                acc[2] += n
-        conn.executemany(_ADD_LOCAL_DAY, [(*k, *v) for k, v in local.items()])
+        local = regroup(slots, days.day)
+        conn.executemany(_ADD_LOCAL_DAY, [(*k, v[0], v[1], v[3]) for k, v in local.items()])
     conn.executemany(_ADD_SLOT, [(*k, *v) for k, v in slots.items()])
     hours = coarser(slots, 3600)
     conn.executemany(_ADD_HOUR, [(*k, *v) for k, v in hours.items()])
