@@ -194,20 +194,26 @@ for d = first, first + count - 1 do
   names[#names + 1] = n .. 'e'
   names[#names + 1] = n .. 'c'
 end
-local out = {}
+local out, m = {}, 0
+local width = #names
 for k = 1, #KEYS, 2 do
   local z = redis.call('HGET', KEYS[k], 'z')
   if not z then
-    out[#out + 1] = -1
+    m = m + 1
+    out[m] = -1
   elseif z ~= ARGV[1] then
-    out[#out + 1] = 0
+    m = m + 1
+    out[m] = 0
   else
     local values = redis.call('HMGET', KEYS[k], unpack(names))
     local est = redis.call('ZRANGEBYSCORE', KEYS[k + 1], ARGV[4], ARGV[5])
-    out[#out + 1] = 1
-    out[#out + 1] = #est
-    for i = 1, #est do out[#out + 1] = tonumber(est[i]) end
-    for i = 1, #values do out[#out + 1] = tonumber(values[i] or 0) end
+    out[m + 1] = 1
+    out[m + 2] = #est
+    m = m + 2
+    for i = 1, #est do out[m + i] = tonumber(est[i]) end
+    m = m + #est
+    for i = 1, width do out[m + i] = tonumber(values[i]) or 0 end
+    m = m + width
   end
 end
 return out
@@ -733,6 +739,8 @@ class RedisStore:
         the zone ready. ``wait``: return when the rebuild is done (:class:`StoreError` if it
         failed)."""
         zone(tz)  # InvalidQueryError for an unknown zone, before anything is stored
+        if self._tasks is None:
+            raise StoreError("the Redis store is not open; use `async with open_store(url)`")
         current, ready = await self._read_local_state()
         running = self._ld_task is not None and not self._ld_task.done()
         if current == tz and ready:
@@ -746,15 +754,14 @@ class RedisStore:
                 self.client.hset(self._k("localdays"), mapping={"zone": tz, "ready": "0"}),
             )
             self._ld_zone, self._ld_ready, self._ld_error = tz, False, None
-            if self._tasks is None:
-                raise StoreError("the Redis store is not open; use `async with open_store(url)`")
             self._ld_task_zone = tz
             self._ld_task = self._tasks.create_task(self._rebuild_local_days(tz))
-        if wait and self._ld_task is not None:
-            await asyncio.wait([self._ld_task])
-            if self._ld_error is not None:
+        task = self._ld_task
+        if wait and task is not None:
+            await asyncio.wait([task])
+            if self._ld_error is not None and self._ld_task is task:
                 raise self._ld_error
-            if self._ld_task.cancelled() or not self._ld_ready:
+            if task.cancelled() or not (self._ld_ready and self._ld_zone == tz):
                 raise StoreError(f"the rebuild of local days in {tz} was stopped before it ended")
 
     async def local_days_zone(self) -> str | None:
