@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -122,7 +122,9 @@ async def test_a_commit_racing_the_rebuild_counts_once(store: RedisStore) -> Non
 async def test_a_process_that_missed_the_zone_cannot_make_days_lie(url: str) -> None:
     slots = data(24)
     # "other" is opened before any zone is chosen: it never hears of one
-    async with open_store(url) as other, open_store(url) as store:
+    async with open_store(url) as other, open_store(url) as opened:
+        store = opened
+        assert isinstance(store, RedisStore)
         await store.commit(Batch(slots=slots))
         await store.use_local_zone(BERLIN, wait=True)
         late = [
@@ -132,9 +134,35 @@ async def test_a_process_that_missed_the_zone_cannot_make_days_lie(url: str) -> 
         for group in ("channel", "total"):
             query = days_query(group=group)
             assert await store.energy(query) == reference(query, slots + late)
+        # the query that found them untrusted had them rebuilt in the background
+        key = f"{store.prefix}:kw:{{{DEVICES[1]}|switch:0}}:ld"
+        async with asyncio.timeout(10):
+            while await store.client.hget(key, "z") != BERLIN.encode():
+                await asyncio.sleep(0.02)
+        assert await store.energy(days_query()) == reference(days_query(), slots + late)
         # another zone: rebuilt from the slots, the other process's energy included
         await store.use_local_zone("Asia/Kathmandu", wait=True)
         stale = [SlotEnergy(DEVICES[0], "switch:0", T0 + 2 * 86400, 3_000, 0)]
         await other.commit(Batch(slots=stale))
         query = days_query("Asia/Kathmandu", "device")
         assert await store.energy(query) == reference(query, slots + late + stale)
+
+
+async def test_short_and_long_ranges_read_the_same_days(store: RedisStore) -> None:
+    """A one-day query reads a channel's hash by name (HMGET: the hash is long for the range),
+    a ten-day one walks it whole (HGETALL): both give the reference rows."""
+    slots = data(25)
+    await store.commit(Batch(slots=slots))
+    await store.use_local_zone(BERLIN, wait=True)
+    for day in range(10):
+        for group in ("channel", "device"):
+            query = EnergyQuery(
+                by="day",
+                tz=BERLIN,
+                start=WHOLE[0] + timedelta(days=day),
+                end=WHOLE[0] + timedelta(days=day + 1),
+                group=group,  # type: ignore[arg-type]
+            )
+            got = await store.energy(query)
+            assert got and got == reference(query, slots), query
+    assert await store.energy(days_query()) == reference(days_query(), slots)

@@ -8,8 +8,14 @@ Key layout (``P`` = the URL's ``?prefix=``, default ``energy``; full table in do
 - ``P:kw:{D|C}:h:<utc month start>`` hash per channel and UTC month: the same per UTC hour (``n`` =
   hour of the month), kept in the same transaction, read by queries whose buckets are whole UTC
   hours.
+- ``P:kw:{D|C}:ld`` hash per channel: energy per local day ``L`` of the site's zone (``L``,
+  ``Le``, ``Lc``), ``z`` the zone of its days, ``v`` a version every commit bumps; with
+  ``P:kw:localdays`` (``zone``, ``ready``) naming the zone for every process. Day and month
+  queries in that zone over whole local days read one script per channel (or per 250 channels
+  on one server) instead of UTC day rows corrected by hours. See :meth:`RedisStore.use_local_zone`.
 - ``P:kw:{D|C}:ledger`` the channel's ledger state (JSON). ``{D|C}`` is a hash tag: on a cluster one
-  channel's energy and ledger state live in one slot and are committed in one MULTI/EXEC.
+  channel's energy, local days and ledger state live in one slot and are committed in one
+  MULTI/EXEC.
 - ``P:<MAC>_<hour start>`` the seed's hourly hash (``fw_ver``, ``hourly_energy_usage``,
   ``hourly_ret_energy_usage``, ``id``, ``mac``, ``operational``, ``timestamp``) plus our marker
   field
@@ -187,15 +193,10 @@ return 1
 """Mark the local days of zone ``ARGV[1]`` complete, unless the zone was changed meanwhile."""
 _LD_READ_LUA = """
 local first, count = tonumber(ARGV[2]), tonumber(ARGV[3])
-local names = {}
-for d = first, first + count - 1 do
-  local n = tostring(d)
-  names[#names + 1] = n
-  names[#names + 1] = n .. 'e'
-  names[#names + 1] = n .. 'c'
-end
+local last, width = first + count - 1, 3 * count
+local byte, sub = string.byte, string.sub
+local names = nil
 local out, m = {}, 0
-local width = #names
 for k = 1, #KEYS, 2 do
   local z = redis.call('HGET', KEYS[k], 'z')
   if not z then
@@ -205,14 +206,41 @@ for k = 1, #KEYS, 2 do
     m = m + 1
     out[m] = 0
   else
-    local values = redis.call('HMGET', KEYS[k], unpack(names))
     local est = redis.call('ZRANGEBYSCORE', KEYS[k + 1], ARGV[4], ARGV[5])
     out[m + 1] = 1
     out[m + 2] = #est
     m = m + 2
     for i = 1, #est do out[m + i] = tonumber(est[i]) end
     m = m + #est
-    for i = 1, width do out[m + i] = tonumber(values[i]) or 0 end
+    for i = m + 1, m + width do out[i] = 0 end
+    if redis.call('HLEN', KEYS[k]) <= 2 * width + 8 then
+      -- a small hash (a listpack: HMGET would scan it once per name): walk it once
+      local h = redis.call('HGETALL', KEYS[k])
+      for i = 1, #h, 2 do
+        local name = h[i]
+        local tail = byte(name, -1)
+        local d, at
+        if tail == 101 then d, at = tonumber(sub(name, 1, -2)), 2
+        elseif tail == 99 then d, at = tonumber(sub(name, 1, -2)), 3
+        elseif tail >= 48 and tail <= 57 then d, at = tonumber(name), 1
+        end
+        if d and d >= first and d <= last then
+          out[m + 3 * (d - first) + at] = tonumber(h[i + 1])
+        end
+      end
+    else
+      if not names then
+        names = {}
+        for d = first, last do
+          local n = tostring(d)
+          names[#names + 1] = n
+          names[#names + 1] = n .. 'e'
+          names[#names + 1] = n .. 'c'
+        end
+      end
+      local values = redis.call('HMGET', KEYS[k], unpack(names))
+      for i = 1, width do out[m + i] = tonumber(values[i]) or 0 end
+    end
     m = m + width
   end
 end
@@ -222,8 +250,10 @@ return out
 with their estimated slots in ``[ARGV[4], ARGV[5]]`` (``KEYS``: hash and estimated set of each
 channel), as integers. Per channel: ``1, e, <e estimated slots>, import, export, deltas`` per day
 (0 where none); ``-1`` alone: no hash (the channel never had energy); ``0`` alone: the hash holds
-another zone's days or is untrusted. Names are made once on the server and values parsed there:
-no field list to pack per channel, no ``int()`` per value in Python (hiredis reads integers in C).
+another zone's days or is untrusted. Values are parsed on the server: no field list to pack per
+channel, no ``int()`` per value in Python (hiredis reads integers in C). A hash of a few weeks is
+a listpack, where HMGET scans the whole hash for each name (90 names: ~3x slower than one HGETALL
+walked once); a long one is a hash table, where HMGET of the range's names is cheaper.
 """
 LD_READ_CHUNK = 250
 """Channels per read script on one server (a cluster needs one per channel: one slot each).
@@ -296,6 +326,8 @@ class RedisStore:
         """Whether the last look at ``P:kw:localdays`` found :attr:`_ld_zone` complete."""
         self._ld_task: asyncio.Task[None] | None = None
         self._ld_task_zone: str | None = None
+        self._ld_task_full = False
+        """Whether :attr:`_ld_task` rebuilds every channel (else it repairs a few)."""
         self._ld_error: StoreError | None = None
 
     # -- keys ------------------------------------------------------------------------------------
@@ -747,14 +779,14 @@ class RedisStore:
             if running and self._ld_task_zone != tz:
                 await self._stop_rebuild()
             return
-        if not (running and self._ld_task_zone == tz):
+        if not (running and self._ld_task_zone == tz and self._ld_task_full):
             await self._stop_rebuild()
             await self._call(
                 "cannot save the local zone",
                 self.client.hset(self._k("localdays"), mapping={"zone": tz, "ready": "0"}),
             )
             self._ld_zone, self._ld_ready, self._ld_error = tz, False, None
-            self._ld_task_zone = tz
+            self._ld_task_zone, self._ld_task_full = tz, True
             self._ld_task = self._tasks.create_task(self._rebuild_local_days(tz))
         task = self._ld_task
         if wait and task is not None:
@@ -817,6 +849,25 @@ class RedisStore:
         except (redis_errors.RedisError, OSError) as err:
             self._ld_error = _error(f"rebuilding the local days of {tz} failed", err)
             log.warning("%s", self._ld_error)
+
+    def _repair_local_days(self, tz: str, pairs: Sequence[tuple[str, str]]) -> None:
+        """Rebuild, in the background, channels whose local days a query found untrusted (a
+        process that did not know the zone committed to them): without this nothing would, as
+        choosing the ready zone again does nothing. Not while another rebuild runs."""
+        if self._tasks is None or (self._ld_task is not None and not self._ld_task.done()):
+            return
+        log.info("rebuilding the local days of %d channels in %s", len(pairs), tz)
+        self._ld_task_zone, self._ld_task_full = tz, False
+        self._ld_task = self._tasks.create_task(self._rebuild_some(tz, list(pairs)))
+
+    async def _rebuild_some(self, tz: str, pairs: list[tuple[str, str]]) -> None:
+        try:
+            years = await self._day_hash_years(None)
+            for device, channel in pairs:
+                self._stop_point()
+                await self._rebuild_channel(zone(tz), device, channel, years)
+        except (StoreError, redis_errors.RedisError, OSError) as err:
+            log.warning("rebuilding the local days of %d channels failed: %s", len(pairs), err)
 
     async def _day_hash_years(self, chan: str | None) -> dict[str, set[int]]:
         """UTC years of each channel's day hashes (``<channel key>:d:<year start>``), found by one
@@ -1040,13 +1091,14 @@ class RedisStore:
         groups: dict[tuple[str | None, str | None], list[list[int]]] = {}
         values = list(itertools.chain.from_iterable(got[1:]))
         i = 0
+        stale: list[tuple[str, str]] = []
         for device, channel in pairs:
             status = values[i]
             if status != 1:
-                if status == -1:
-                    i += 1
-                    continue  # no local-day hash: the channel never had energy
-                return None  # untrusted or another zone's days: the general path answers
+                i += 1
+                if status == 0:  # untrusted or another zone's days
+                    stale.append((device, channel))
+                continue  # (-1: no local-day hash: the channel never had energy)
             e = values[i + 1]
             estimated = values[i + 2 : i + 2 + e]
             i += 2 + e + 3 * width
@@ -1063,6 +1115,9 @@ class RedisStore:
                     acc[k] = list(map(add_, acc[k], body[k::3]))
             for slot in estimated:  # few: one offset look-up each
                 acc[3][_local_day(p.tz, slot) - first] = 1
+        if stale:
+            self._repair_local_days(tz, stale)
+            return None  # the general path answers meanwhile
         if p.by == "day":
             return _bucket_table(p, groups, range(first, first + width))
         # months: sum each group's days between the month bounds
