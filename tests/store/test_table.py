@@ -10,7 +10,7 @@ import pytest
 from kilowatch.store import table as table_module
 from kilowatch.store.energy import Flat
 from kilowatch.store.periods import plan
-from kilowatch.store.table import EnergyTable, iso_instants
+from kilowatch.store.table import EnergyTable, iso_instants, span_fragments
 
 
 def _table(by: str, tz: str, start: date | datetime, end: date | datetime) -> EnergyTable:
@@ -69,3 +69,16 @@ def test_iso_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert first == again
     assert first[0] == b'"2026-03-28T00:00:00+01:00"'
     assert b'"2026-03-29T03:00:00+02:00"' in first
+
+
+def test_span_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(table_module, "SPAN_FRAGMENTS", 100)
+    monkeypatch.setattr(table_module, "_SPANS", table_module.OrderedDict())
+    days = [plan("hour", "Europe/Paris", date(2026, 3, d), date(2026, 3, d + 1)) for d in (1, 2)]
+    for p in days * 3:  # each day is 24 fragments: never more than ~100 + one plan kept
+        for head in (b"", b"{"):
+            assert span_fragments(p, p.keys(), head)[0].startswith(head + b'"start":"2026-03-')
+            assert sum(map(len, table_module._SPANS.values())) <= 100 + 24
+    year = plan("hour", "UTC", date(2025, 1, 1), date(2026, 1, 1))
+    assert len(span_fragments(year, year.keys())) == 8760  # one plan alone may exceed the bound
+    assert list(table_module._SPANS) == [(year, b"")]

@@ -35,7 +35,9 @@ _ISO_CACHE: dict[str, dict[int, bytes]] = {}
 ISO_CACHE_MAX = 200_000
 _SPANS: OrderedDict[tuple[Plan, bytes], dict[int, bytes]] = OrderedDict()
 SPAN_PLANS = 32
-"""(Plan, head) pairs whose bucket fragments are remembered (a year of hours is ~1.5 MB)."""
+"""(Plan, head) pairs whose bucket fragments are remembered, at most ..."""
+SPAN_FRAGMENTS = 60_000
+"""... and fragments in all (~150 bytes each: about 10 MB; a year of hours is 8 760)."""
 _EPOCH = date(1970, 1, 1)
 _TAIL = (b',"estimated":false},', b',"estimated":true},')
 _ZERO_TAIL = tuple(b',"returned_energy_wh":0.0' + t for t in _TAIL)
@@ -168,13 +170,8 @@ def span_fragments(plan: Plan, keys: Sequence[int], head: bytes = b"") -> list[b
     heads): a dashboard asks for the same day, month or year of the same meter again and again,
     and a year of hours is 8 760 periods to compute and format.
     """
-    cache = _SPANS.get((plan, head))
-    if cache is None:
-        cache = _SPANS[(plan, head)] = {}
-        while len(_SPANS) > SPAN_PLANS:
-            _SPANS.popitem(last=False)
-    else:
-        _SPANS.move_to_end((plan, head))
+    cache = _SPANS.setdefault((plan, head), {})
+    _SPANS.move_to_end((plan, head))
     missing = sorted(set(keys).difference(cache))
     if missing:
         periods = plan.periods(missing)
@@ -190,6 +187,11 @@ def span_fragments(plan: Plan, keys: Sequence[int], head: bytes = b"") -> list[b
             ),
         )  # fmt: skip
         cache.update(zip(missing, fragments, strict=True))
+        # forget the least recently used others while over a bound (never the one in use)
+        while len(_SPANS) > 1 and (
+            len(_SPANS) > SPAN_PLANS or sum(map(len, _SPANS.values())) > SPAN_FRAGMENTS
+        ):
+            _SPANS.popitem(last=False)
     return list(map(cache.__getitem__, keys))
 
 
@@ -251,4 +253,11 @@ def _offset(seconds: int) -> str:
     return f"{sign}{h:02d}:{m:02d}" + (f":{s:02d}" if s else "")
 
 
-__all__ = ["ISO_CACHE_MAX", "SPAN_PLANS", "EnergyTable", "iso_instants", "span_fragments"]
+__all__ = [
+    "ISO_CACHE_MAX",
+    "SPAN_FRAGMENTS",
+    "SPAN_PLANS",
+    "EnergyTable",
+    "iso_instants",
+    "span_fragments",
+]
