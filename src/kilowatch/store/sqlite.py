@@ -28,9 +28,12 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from itertools import repeat
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
+
+import orjson
 
 from kilowatch.collect.messages import Event, LogLine, Reading
 from kilowatch.errors import StoreError
@@ -777,29 +780,35 @@ def _energy_flat(
 
 def _starts_table(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> EnergyTable:
     """Rows by channel where every stored slot (or hour) is a bucket of its own: each channel's
-    range read column by column (one primary-key range scan, no device/channel strings per row),
-    merged in time order."""
+    range read column by column (one primary-key range scan), merged in time order.
+
+    Each column comes back as one JSON array built by SQLite (``json_group_array``) and parsed by
+    orjson: both C, where fetching 8 760 rows as Python tuples and transposing them took twice as
+    long. (The subquery's ORDER BY is the primary key's order: no sort, and the arrays are in it.)
+    """
     table, col = ("hours", "hour") if p.whole_hours else ("slots", "slot")
     where, args = _channel_filter(query)
     sql = (
+        f"SELECT json_group_array({col}), json_group_array(import_mwh), "
+        "json_group_array(export_mwh), json_group_array(estimated) FROM ("
         f"SELECT {col}, import_mwh, export_mwh, estimated FROM {table} "
-        f"WHERE device = ? AND channel = ? AND {col} >= ? AND {col} < ?"
+        f"WHERE device = ? AND channel = ? AND {col} >= ? AND {col} < ? ORDER BY {col})"
     )
     parts = []
     for device, channel in conn.execute(f"SELECT device, channel FROM channels{where}", args):
-        got = conn.execute(sql, (device, channel, p.start, p.end)).fetchall()
-        if got:
-            parts.append((device, channel, got))
+        columns = [orjson.loads(c) for c in conn.execute(sql, (device, channel, p.start, p.end))
+                   .fetchone()]  # fmt: skip
+        if columns[0]:
+            parts.append((device, channel, columns))
     if not parts:
         return EnergyTable(p)
     if len(parts) == 1:
-        device, channel, got = parts[0]
-        keys, imports, exports, estimated = zip(*got, strict=True)
+        device, channel, (keys, imports, exports, estimated) = parts[0]
         n = len(keys)
         return EnergyTable(p, keys, [device] * n, [channel] * n, imports, exports, estimated)
     flat: list[Flat] = []
-    for device, channel, got in parts:
-        flat += ((k, device, channel, i, e, x) for k, i, e, x in got)
+    for device, channel, (keys, imports, exports, estimated) in parts:
+        flat += zip(keys, repeat(device), repeat(channel), imports, exports, estimated)
     flat.sort()  # (start, device, channel) is unique: the documented order
     return EnergyTable.from_flat(p, flat)
 
