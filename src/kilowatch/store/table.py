@@ -122,17 +122,15 @@ class EnergyTable:
         n = len(self.keys)
         if not n:
             return b"[]"
-        pairs = set(zip(self.devices, self.channels, strict=True))
-        if len(pairs) == 1:  # one channel (or one device, or the total): one head for all rows
-            (pair,) = pairs
-            lead: Iterable[bytes] = self._spans(_head(*pair))
+        lead: tuple[Iterable[bytes], ...]
+        if len(set(self.devices)) == 1 and len(set(self.channels)) == 1:
+            # one channel (or one device, or the total): one head for all rows, remembered with
+            # the bucket fragments
+            lead = (self._spans(_head(self.devices[0], self.channels[0])),)
         else:
-            heads = {pair: _head(*pair) for pair in pairs}
-            lead = map(
-                bytes.__add__,
-                map(heads.__getitem__, zip(self.devices, self.channels, strict=True)),
-                self._spans(b""),
-            )
+            pairs = list(zip(self.devices, self.channels, strict=True))
+            heads = {pair: _head(*pair) for pair in set(pairs)}
+            lead = (map(heads.__getitem__, pairs), self._spans(b""))
         if any(self.exports):
             tails: Iterable[bytes] = map(
                 b"".join,
@@ -145,7 +143,8 @@ class EnergyTable:
             tails = map(_ZERO_TAIL.__getitem__, map(bool, self.estimated))
         else:
             tails = repeat(_ZERO_TAIL[0], n)
-        body = b"".join(chain.from_iterable(zip(lead, _floats(self.imports), tails, strict=True)))
+        pieces = zip(*lead, _floats(self.imports), tails, strict=True)
+        body = b"".join(chain.from_iterable(pieces))
         return b"[" + body[:-1] + b"]"  # without the last row's comma
 
     def _spans(self, head: bytes) -> list[bytes]:
