@@ -94,8 +94,11 @@ def create_app(
         # big responses (a year of hours allocates ~40 000 objects) and added 50-70 ms to about
         # one request in six of bench/query.py.
         gc.freeze()
-        yield
-        app.state.stopping.set()
+        try:
+            yield
+        finally:
+            app.state.stopping.set()
+            gc.unfreeze()  # back to the collector: another app may start in this process (tests)
 
     app = FastAPI(
         title="kilowatch",
