@@ -6,8 +6,13 @@ Key layout (``P`` = the URL's ``?prefix=``, default ``energy``; full table in do
 - ``P:kw:{D|C}:s:<utc day start>`` hash per channel and UTC day: field ``<n>`` = import mWh of the
   day's slot ``n`` (0..95), ``<n>e`` = export mWh, ``<n>x`` = ``1`` when estimated.
 - ``P:kw:{D|C}:h:<utc month start>`` hash per channel and UTC month: the same per UTC hour (``n`` =
-  hour of the month), kept in the same transaction, read by queries whose buckets are whole UTC
-  hours.
+  hour of the month), kept in the same transaction; read by day/month decompositions and
+  local-day rebuilds.
+- ``P:kw:{D|C}:hb:<utc month start>`` string per channel and UTC month: the same hours packed as
+  signed 64-bit big-endian integers, four per hour ``n`` (``#4n`` import, ``#4n+1`` export,
+  ``#4n+2`` deltas, ``#4n+3`` 1 when estimated), written by ``BITFIELD`` in the same transaction
+  as the hour hash; read by queries whose buckets are whole UTC hours (see :meth:`RedisStore.
+  build_hour_columns` for stores written before they existed, and ``P:kw:format``).
 - ``P:kw:{D|C}:ld`` hash per channel: energy per local day ``L`` of the site's zone (``L``,
   ``Le``, ``Lc``), ``z`` the zone of its days, ``v`` a version every commit bumps; with
   ``P:kw:localdays`` (``zone``, ``ready``) naming the zone for every process. Day and month
@@ -32,12 +37,14 @@ pipelined round trip; buckets are computed in Python with :mod:`kilowatch.store.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import functools
 import itertools
 import logging
 import re
+import sys
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -285,6 +292,46 @@ return slots
 fields); returns how many slots with data went."""
 LD_REBUILD_ATTEMPTS = 20
 """Re-reads of one channel whose local days commits keep changing under the rebuild."""
+FORMAT = 2
+"""``P:kw:format``: 2 = every hour-month hash has its packed columns (``…:hb:<month>``)."""
+_HB_WIDTH = 4
+"""Packed integers per hour: import, export, deltas, estimated."""
+_HB_BUILD_LUA = """
+local h = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[2])
+local args, m = {}, 0
+local byte, sub = string.byte, string.sub
+for i = 1, #h, 2 do
+  local name = h[i]
+  local tail = byte(name, -1)
+  local n, at
+  if tail == 101 then n, at = tonumber(sub(name, 1, -2)), 1
+  elseif tail == 99 then n, at = tonumber(sub(name, 1, -2)), 2
+  elseif tail == 120 then n, at = tonumber(sub(name, 1, -2)), 3
+  else n, at = tonumber(name), 0
+  end
+  if n then
+    args[m + 1] = 'SET'
+    args[m + 2] = 'i64'
+    args[m + 3] = '#' .. (4 * n + at)
+    args[m + 4] = h[i + 1]
+    m = m + 4
+    if m >= 4000 then
+      redis.call('BITFIELD', KEYS[2], unpack(args, 1, m))
+      m = 0
+    end
+  end
+end
+if m > 0 then redis.call('BITFIELD', KEYS[2], unpack(args, 1, m)) end
+return 1
+"""
+"""Rebuild one channel-month's packed hour columns (``KEYS[2]``) from its hour hash (``KEYS[1]``),
+atomically: a commit (which adds to both in one transaction) lands wholly before or after, so it
+counts once however the build and ingest interleave. Chunks of 1 000 ``SET``s stay under Lua's
+``unpack`` limit."""
+HB_BUILD_CHUNK = 200
+"""Hour-month hashes packed per pipelined round trip of :meth:`RedisStore.build_hour_columns`."""
+_LITTLE = sys.byteorder == "little"
 
 
 class _Ops:
@@ -329,6 +376,12 @@ class RedisStore:
         self._ld_task_full = False
         """Whether :attr:`_ld_task` rebuilds every channel (else it repairs a few)."""
         self._ld_error: StoreError | None = None
+        self._hb_ready = False
+        """Whether every hour hash is known to have its packed columns (``P:kw:format``)."""
+        self._hb_task: asyncio.Task[None] | None = None
+        self.build_hour_columns_at_open = True
+        """Start :meth:`build_hour_columns` in the background when opening a store written by an
+        earlier kilowatch (tests turn it off to look at the store before the build)."""
 
     # -- keys ------------------------------------------------------------------------------------
 
@@ -381,6 +434,7 @@ class RedisStore:
                     await self._client.ping()
                 big = await self._keyspace_size() > OPEN_INDEX_MAX_KEYS
                 await self._read_local_state()
+                needs_build = await self._read_format()
             if not big:
                 await self.refresh_seed_index()
         except TimeoutError as err:
@@ -403,6 +457,8 @@ class RedisStore:
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         self._refresher = self._tasks.create_task(self._refresh_loop(first=big))
+        if needs_build and self.build_hour_columns_at_open:
+            self._hb_task = self._tasks.create_task(self._build_in_background())
         return self
 
     async def __aexit__(
@@ -424,6 +480,8 @@ class RedisStore:
                 await self._close()  # fails the read it is stuck in
             self._refresher = None
         await self._stop_rebuild()
+        await self._stop_task(self._hb_task, "the hour-column build")
+        self._hb_task = None
         if self._tasks is not None:
             await self._tasks.__aexit__(None, None, None)
             self._tasks = None
@@ -449,6 +507,9 @@ class RedisStore:
             except StoreError as err:
                 self._stop_point()
                 log.warning("seed index refresh failed: %s", err)
+            if not self._hb_ready:  # another process may have finished the build
+                with contextlib.suppress(StoreError):
+                    await self._read_format()
             self._stop_point()
             await asyncio.sleep(SEED_REFRESH_S)
 
@@ -466,6 +527,92 @@ class RedisStore:
         got = await self.client.dbsize()
         # RedisCluster answers with the sum over primaries, or a per-node mapping
         return sum(int(v) for v in got.values()) if isinstance(got, dict) else int(got)
+
+    # -- packed hour columns ---------------------------------------------------------------------
+
+    async def _read_format(self) -> bool:
+        """Read ``P:kw:format`` and adopt it; ``True``: the store has energy written by an earlier
+        kilowatch (hour hashes without packed columns), which :meth:`build_hour_columns` must
+        pack before whole-hour queries may read them. A store without energy (no channel) is
+        marked at once: every commit from now on writes both."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self._k("format"))
+        pipe.scard(self._k("channels"))
+        raw, channels = await self._call("cannot read the store format", pipe.execute())
+        if raw is not None and raw.isdigit() and int(raw) >= FORMAT:
+            self._hb_ready = True
+            return False
+        if not channels:
+            await self._call("cannot mark the store format", self.client.set(
+                self._k("format"), FORMAT
+            ))  # fmt: skip
+            self._hb_ready = True
+            return False
+        self._hb_ready = False
+        return True
+
+    async def build_hour_columns(self) -> int:
+        """Pack every hour-month hash into its ``…:hb:<month>`` columns, then mark the store
+        (``P:kw:format`` = :data:`FORMAT`) so whole-hour queries read the columns; until then
+        they read the hashes (``HGETALL``). Returns how many hashes were packed.
+
+        Needed once for a store written by an earlier kilowatch; runs in the background at open
+        when the marker is missing (:attr:`build_hour_columns_at_open`). One SCAN finds the hour
+        hashes; each is packed by :data:`_HB_BUILD_LUA`, atomic per hash, so commits racing the
+        build count once: a hash created after the SCAN passed it was written only by commits
+        that wrote its columns too. Running it twice (two processes) is harmless."""
+        pattern = _glob_escape(self._k("")) + "*:h:*"
+        packed = 0
+        todo: list[str] = []
+        try:
+            async for raw in self.client.scan_iter(match=pattern, count=SCAN_COUNT, _type="HASH"):
+                self._stop_point()
+                key = raw.decode() if isinstance(raw, bytes) else str(raw)
+                if key.rpartition(":h:")[2].isdigit():
+                    todo.append(key)
+                if len(todo) >= HB_BUILD_CHUNK:
+                    packed += await self._pack_hours(todo)
+                    todo = []
+            packed += await self._pack_hours(todo)
+            await self.client.set(self._k("format"), FORMAT)
+        except (redis_errors.RedisError, OSError) as err:
+            raise _error("cannot build the packed hour columns", err) from err
+        self._hb_ready = True
+        return packed
+
+    async def _pack_hours(self, keys: Sequence[str]) -> int:
+        if not keys:
+            return 0
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            head, _, month = key.rpartition(":h:")
+            pipe.eval(_HB_BUILD_LUA, 2, key, f"{head}:hb:{month}")
+        await pipe.execute()
+        self._stop_point()
+        return len(keys)
+
+    async def _build_in_background(self) -> None:
+        """:meth:`build_hour_columns` as a task: errors are logged (queries keep reading the
+        hashes; the next open tries again), never raised into the store's task group."""
+        try:
+            started = asyncio.get_running_loop().time()
+            n = await self.build_hour_columns()
+            log.info(
+                "packed hour columns built from %d hour hashes (%.1f s)",
+                n, asyncio.get_running_loop().time() - started,
+            )  # fmt: skip
+        except StoreError as err:
+            log.warning("%s; whole-hour queries keep reading the hour hashes", err)
+
+    async def _stop_task(self, task: asyncio.Task[None] | None, what: str) -> None:
+        if task is None or task.done():
+            return
+        task.cancel()
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await asyncio.wait([task])
+        except TimeoutError:
+            log.warning("%s did not stop within %g s", what, CLOSE_TIMEOUT_S)
 
     # -- the seed index --------------------------------------------------------------------------
 
@@ -586,14 +733,19 @@ class RedisStore:
             if est:
                 op("zadd", f"{ch}:est", {str(slot): slot})
         hours = coarser(slots, 3600)
+        columns: dict[str, list[Any]] = {}
         for (device, channel, hour), (imp, exp, est, n) in hours.items():
             month = _month_start(hour)
-            key = f"{self._chan(device, channel)}:h:{month}"
-            _add_fields(op, key, str((hour - month) // 3600), imp, exp, est, n)
+            ch = self._chan(device, channel)
+            at = (hour - month) // 3600
+            _add_fields(op, f"{ch}:h:{month}", str(at), imp, exp, est, n)
+            _add_columns(columns.setdefault(f"{ch}:hb:{month}", []), at, imp, exp, est, n)
             if "/" not in channel and channel != HOURLY:
                 acc = seed.setdefault((device, hour), [0, 0])
                 acc[0] += imp
                 acc[1] += exp
+        for key, args in columns.items():  # one BITFIELD per channel-month
+            op("bitfield", key, *args)
         for (device, channel, day), (imp, exp, _, n) in coarser(hours, _DAY).items():
             year = _year_start(day)
             key = f"{self._chan(device, channel)}:d:{year}"
@@ -723,6 +875,9 @@ class RedisStore:
             kwargs: dict[str, Any] = {}
             if method == "eval":  # (script, *argv): the key goes between script and argv
                 pipe.eval(args[0], 1, key, *args[1:])
+                continue
+            if method == "bitfield":  # redis-py's bitfield() is a builder: send it raw
+                pipe.execute_command("BITFIELD", key, *args)
                 continue
             if args and isinstance(args[-1], dict):
                 kwargs["mapping"], args = args[-1], args[:-1]
@@ -1159,6 +1314,8 @@ class RedisStore:
         server's string work per field was most of the query."""
         step = 3600 if p.whole_hours else SLOT_SECONDS
         kind = "h" if step == 3600 else "s"
+        if kind == "h" and self._hb_ready:
+            return await self._packed_columns(p, pairs)
         names = _field_names(kind)
         pipe = self.client.pipeline(transaction=False)
         jobs: list[tuple[str, str, int, int, int]] = []
@@ -1189,6 +1346,48 @@ class RedisStore:
                 list(map(int, map(get, compress(imp_names[lo:hi], present), zero))),
                 list(map(int, map(get, compress(exp_names[lo:hi], present), zero))),
                 list(map(int, map(fields.__contains__, compress(est_names[lo:hi], present)))),
+            ))  # fmt: skip
+        return out
+
+    async def _packed_columns(self, p: Plan, pairs: Sequence[tuple[str, str]]) -> list[Columns]:
+        """:meth:`_scan_columns` for whole hours from the packed columns (``…:hb:<month>``): one
+        ``GET`` per channel and month (a year is ~290 KB instead of ~26 000 hash fields the server
+        must send and hiredis parse), decoded by ``array.frombytes`` and picked by slices and
+        ``compress`` over the deltas column (an hour has data when its deltas are > 0, as its
+        ``nc`` field exists in the hash) -- all C loops."""
+        width, size = _HB_WIDTH, 31 * 24
+        pipe = self.client.pipeline(transaction=False)
+        jobs: list[tuple[str, str, int, int, int]] = []
+        for device, channel in pairs:
+            ch = self._chan(device, channel)
+            for base in _bases(p, 3600):
+                lo = max(0, -(-(p.start - base) // 3600))
+                hi = min(size, -(-(p.end - base) // 3600))
+                pipe.get(f"{ch}:hb:{base}")
+                jobs.append((device, channel, base, lo, hi))
+        got = await self._call("energy query failed", pipe.execute()) if jobs else []
+        out: list[Columns] = []
+        compress = itertools.compress
+        for (device, channel, base, lo, hi), raw in zip(jobs, got, strict=True):
+            if not raw or hi <= lo:
+                continue
+            values = array.array("q")
+            values.frombytes(raw[: len(raw) - len(raw) % 8])
+            if _LITTLE:
+                values.byteswap()  # BITFIELD's integers are big-endian
+            values.extend(repeat(0, -len(values) % width))
+            a, b = lo * width, hi * width
+            counts = values[a + 2 : b : width]
+            at = list(compress(range(lo, hi), counts))
+            if not at:
+                continue
+            out.append((
+                device,
+                channel,
+                list(map(add_, repeat(base), map(mul, at, repeat(3600)))),
+                list(compress(values[a:b:width], counts)),
+                list(compress(values[a + 1 : b : width], counts)),
+                list(compress(values[a + 3 : b : width], counts)),
             ))  # fmt: skip
         return out
 
@@ -1427,6 +1626,20 @@ def _add_fields(op: _Ops, key: str, n: str, imp: int, exp: int, est: int, count:
     if est:
         op("hset", key, n + "x", 1)
     op("hincrby", key, n + "c", count)  # deltas that landed here: > 0 means "has data"
+
+
+def _add_columns(args: list[Any], at: int, imp: int, exp: int, est: int, count: int) -> None:
+    """``BITFIELD`` subcommands adding one hour to its packed columns (hour ``at`` of the month;
+    layout in the module docstring). The deltas are always added: they mark the hour as having
+    data, as ``nc`` does in the hash."""
+    i = _HB_WIDTH * at
+    if imp:
+        args += ("INCRBY", "i64", f"#{i}", imp)
+    if exp:
+        args += ("INCRBY", "i64", f"#{i + 1}", exp)
+    args += ("INCRBY", "i64", f"#{i + 2}", count)
+    if est:
+        args += ("SET", "i64", f"#{i + 3}", 1)
 
 
 def _by_local_day(tz: ZoneInfo, slots: Rollup) -> Rollup:
