@@ -143,19 +143,13 @@ class EnergyTable:
             tails = map(_ZERO_TAIL.__getitem__, map(bool, self.estimated))
         else:
             tails = repeat(_ZERO_TAIL[0], n)
-        pieces = zip(*lead, _floats(self.imports), tails, strict=True)
-        body = b"".join(chain.from_iterable(pieces))
-        return b"[" + body[:-1] + b"]"  # without the last row's comma
+        parts = [b"[", *chain.from_iterable(zip(*lead, _floats(self.imports), tails, strict=True))]
+        parts[-1] = parts[-1][:-1] + b"]"  # the last row's tail, without its comma
+        return b"".join(parts)
 
     def _spans(self, head: bytes) -> list[bytes]:
         """``head`` + the bucket fragment of each row."""
-        keys = self.keys
-        # keys ascend (rows are in time order): dropping repeats keeps them sorted
-        distinct = list(dict.fromkeys(keys))
-        spans = span_fragments(self.plan, distinct, head)
-        if len(distinct) == len(keys):  # one row per bucket
-            return spans
-        return list(map(dict(zip(distinct, spans, strict=True)).__getitem__, keys))
+        return span_fragments(self.plan, self.keys, head)
 
 
 def _head(device: str | None, channel: str | None) -> bytes:
@@ -163,7 +157,7 @@ def _head(device: str | None, channel: str | None) -> bytes:
 
 
 def span_fragments(plan: Plan, keys: Sequence[int], head: bytes = b"") -> list[bytes]:
-    """For each bucket key (ascending): ``head`` + ``"start":"<ISO>","end":"<ISO>","energy_wh":``.
+    """For each bucket key: ``head`` + ``"start":"<ISO>","end":"<ISO>","energy_wh":``.
 
     A pure function of its arguments, so remembered (for the last :data:`SPAN_PLANS` plans and
     heads): a dashboard asks for the same day, month or year of the same meter again and again,
@@ -171,6 +165,10 @@ def span_fragments(plan: Plan, keys: Sequence[int], head: bytes = b"") -> list[b
     """
     cache = _SPANS.setdefault((plan, head), {})
     _SPANS.move_to_end((plan, head))
+    try:  # the usual case: every bucket known (no set of the keys built to find out)
+        return list(map(cache.__getitem__, keys))
+    except KeyError:
+        pass
     missing = sorted(set(keys).difference(cache))
     if missing:
         periods = plan.periods(missing)
