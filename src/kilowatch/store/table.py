@@ -123,10 +123,15 @@ class EnergyTable:
         if not n:
             return b"[]"
         lead: tuple[Iterable[bytes], ...]
-        if len(set(self.devices)) == 1 and len(set(self.channels)) == 1:
+        one_device, one_channel = len(set(self.devices)) == 1, len(set(self.channels)) == 1
+        if one_device and one_channel:
             # one channel (or one device, or the total): one head for all rows, remembered with
             # the bucket fragments
             lead = (self._spans(_head(self.devices[0], self.channels[0])),)
+        elif one_channel:  # by device (channel None): heads looked up by device, no pair tuples
+            c = self.channels[0]
+            by_device = {d: _head(d, c) for d in set(self.devices)}
+            lead = (map(by_device.__getitem__, self.devices), self._spans(b""))
         else:
             pairs = list(zip(self.devices, self.channels, strict=True))
             heads = {pair: _head(*pair) for pair in set(pairs)}
