@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from kilowatch.store import Store, open_store
+from kilowatch.store.redis import RedisStore
 from kilowatch.testing import RedisClusterServer
 
 BACKENDS = ("sqlite", "redis", "cluster")
@@ -43,4 +44,19 @@ def cluster_url(redis_cluster: RedisClusterServer) -> str:
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[Store]:
     async with open_store(store_url) as s:
+        yield s
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def redis_store_url(request: pytest.FixtureRequest) -> str:
+    """URL of an empty Redis server, then of an empty Redis Cluster (Redis-only tests)."""
+    name = "redis_url" if request.param == "redis" else "cluster_url"
+    value: str = request.getfixturevalue(name)
+    return value
+
+
+@pytest.fixture
+async def redis_store(redis_store_url: str) -> AsyncIterator[RedisStore]:
+    async with open_store(redis_store_url) as s:
+        assert isinstance(s, RedisStore)
         yield s

@@ -5,7 +5,6 @@ before they existed is answered right before, during and after the build that pa
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import date
 
 import pytest
@@ -20,18 +19,14 @@ from kilowatch.testing.energy import DEVICES, T0, data, reference
 WHOLE = (date(2026, 10, 23), date(2026, 11, 2))
 
 
-@pytest.fixture(params=["redis", "cluster"])
-def url(request: pytest.FixtureRequest) -> str:
-    name = "redis_url" if request.param == "redis" else "cluster_url"
-    value: str = request.getfixturevalue(name)
-    return value
+@pytest.fixture
+def url(redis_store_url: str) -> str:
+    return redis_store_url
 
 
 @pytest.fixture
-async def store(url: str) -> AsyncIterator[RedisStore]:
-    async with open_store(url) as s:
-        assert isinstance(s, RedisStore)
-        yield s
+def store(redis_store: RedisStore) -> RedisStore:
+    return redis_store
 
 
 def queries() -> list[EnergyQuery]:

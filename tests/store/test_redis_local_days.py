@@ -6,7 +6,6 @@ lie."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -22,18 +21,14 @@ WHOLE = (date(2026, 10, 23), date(2026, 11, 2))
 BERLIN = "Europe/Berlin"
 
 
-@pytest.fixture(params=["redis", "cluster"])
-def url(request: pytest.FixtureRequest) -> str:
-    name = "redis_url" if request.param == "redis" else "cluster_url"
-    value: str = request.getfixturevalue(name)
-    return value
+@pytest.fixture
+def url(redis_store_url: str) -> str:
+    return redis_store_url
 
 
 @pytest.fixture
-async def store(url: str) -> AsyncIterator[RedisStore]:
-    async with open_store(url) as s:
-        assert isinstance(s, RedisStore)
-        yield s
+def store(redis_store: RedisStore) -> RedisStore:
+    return redis_store
 
 
 def local_day(slot: int, tz: str) -> int:

@@ -81,6 +81,7 @@ from kilowatch.store.energy import (
     coarser,
     grouped_flat,
     needs_names_rules,
+    regroup,
     selected,
     shadow_hourly,
     sum_deltas,
@@ -968,16 +969,9 @@ class RedisStore:
         return current, self._ld_ready
 
     async def _stop_rebuild(self) -> None:
-        task, self._ld_task = self._ld_task, None
-        if task is None or task.done():
-            return
-        task.cancel()
         # bounded like the seed refresh: every await of a rebuild is one short round trip
-        try:
-            async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await asyncio.wait([task])
-        except TimeoutError:
-            log.warning("the local-day rebuild did not stop within %g s", CLOSE_TIMEOUT_S)
+        task, self._ld_task = self._ld_task, None
+        await self._stop_task(task, "the local-day rebuild")
 
     async def _rebuild_local_days(self, tz: str) -> None:
         """The rebuild task: every channel's local days from its slots, then ``ready``. Errors
@@ -1651,18 +1645,11 @@ def _by_local_day(tz: ZoneInfo, slots: Rollup) -> Rollup:
     starts = [k[2] for k in slots]
     segs = segments(tz, min(starts), max(starts) + SLOT_SECONDS)
     seg_starts = [seg.start for seg in segs]
-    out: Rollup = {}
-    for (device, channel, slot), (imp, exp, est, n) in slots.items():
-        off = segs[bisect_right(seg_starts, slot) - 1].offset
-        key = (device, channel, (slot + off) // _DAY)
-        acc = out.get(key)
-        if acc is None:
-            out[key] = [imp, exp, est, n]
-        else:
-            acc[0] += imp
-            acc[1] += exp
-            acc[3] += n
-    return out
+
+    def local_day(slot: int) -> int:
+        return (slot + segs[bisect_right(seg_starts, slot) - 1].offset) // _DAY
+
+    return regroup(slots, local_day)
 
 
 def _ld_pairs(day: int, imp: int, exp: int, n: int) -> str:
