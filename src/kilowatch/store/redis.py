@@ -100,6 +100,8 @@ SOCKET_TIMEOUT_S = 30.0
 """Longest a single Redis command (or pipeline) may take before the call fails."""
 SEED_REFRESH_S = 60.0
 """How often externally written seed hashes are re-indexed (SCAN, off the query path)."""
+SEED_REFRESH_SPACING = 20.0
+"""The pause after a seed refresh is at least this many times as long as the refresh took."""
 SCAN_COUNT = 1000
 SEED_CHUNK = 1000
 """Keys classified (HMGET ``id``, marker) per pipelined round trip: each await stays short, so
@@ -498,6 +500,7 @@ class RedisStore:
         if not first:
             await asyncio.sleep(SEED_REFRESH_S)
         while True:
+            took = 0.0
             try:
                 started = asyncio.get_running_loop().time()
                 total = await self.refresh_seed_index()
@@ -512,7 +515,9 @@ class RedisStore:
                 with contextlib.suppress(StoreError):
                     await self._read_format()
             self._stop_point()
-            await asyncio.sleep(SEED_REFRESH_S)
+            # a SCAN of a big keyspace takes seconds of the server's (and our) time: keep it to
+            # a small share (a refresh that took 2 s waits 60 s; one that took 10 s, 200 s)
+            await asyncio.sleep(max(SEED_REFRESH_S, SEED_REFRESH_SPACING * took))
 
     def _stop_point(self) -> None:
         """Raise CancelledError when the store is closing or the task was cancelled.
