@@ -280,6 +280,32 @@ async def test_settings_change_the_site_time_zone(admin: tuple[httpx.AsyncClient
     assert body["from"] == "2026-03-14T23:00:00+00:00"
 
 
+async def test_the_site_zone_is_the_stores_local_zone(
+    admin: tuple[httpx.AsyncClient, str], store: Store
+) -> None:
+    """The web app keeps the store's local days in the site's zone (day and month answers read
+    them): from start-up, and rebuilt in the background when the setting changes."""
+    c, csrf = admin
+    for _ in range(200):
+        if await store.local_days_zone() == TZ:
+            break
+        await asyncio.sleep(0.02)
+    assert await store.local_days_zone() == TZ
+    days = {"by": "day", "from": "2026-03-01", "to": "2026-04-01", "tz": "America/St_Johns"}
+    before = (await c.get("/api/v1/energy", params=days)).json()["rows"]
+    assert {r["start"][:10] for r in before} == {"2026-03-14", "2026-03-15"}  # St. John's time
+    r = await c.patch(
+        "/api/v1/settings", json={"tz": "America/St_Johns"}, headers={"x-csrf-token": csrf}
+    )
+    assert r.status_code == 200
+    for _ in range(200):
+        if await store.local_days_zone() == "America/St_Johns":
+            break
+        await asyncio.sleep(0.02)
+    assert await store.local_days_zone() == "America/St_Johns"
+    assert (await c.get("/api/v1/energy", params=days)).json()["rows"] == before
+
+
 BAD_ENERGY = [
     {"by": "week"},
     {"by": ""},
