@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import re
 from pathlib import Path
 
 import httpx
@@ -406,6 +407,38 @@ async def test_overview(viewer: tuple[httpx.AsyncClient, str]) -> None:
     assert [d["device"] for d in body["offline"]] == ["shellypmminig3-000000000001"]
 
 
+async def test_grid_meters_are_the_site_total(admin: tuple[httpx.AsyncClient, str]) -> None:
+    """With the Pro 3EM marked as the grid meter, the site's energy and power are its alone (the
+    plug behind it is not added again); it is not listed among the consumers."""
+    c, csrf = admin
+    r = await c.patch(
+        "/api/v1/settings", json={"grid_meters": [EM, EM]}, headers={"x-csrf-token": csrf}
+    )
+    assert r.status_code == 200 and r.json()["grid_meters"] == [EM]
+    body = (await c.get("/api/v1/overview")).json()
+    periods = {p["label"]: p for p in body["periods"]}
+    assert periods["Today"]["energy_wh"] == 720.0  # em:0's 60 Wh × 12 hours; the plug's 1 860 not
+    assert periods["Today"]["returned_energy_wh"] == 84.0
+    assert body["power_w"] == pytest.approx(600.0)
+    assert [x["device"] for x in body["consumers"]] == [PLUG]
+    devices = {d["device"]: d for d in (await c.get("/api/v1/devices")).json()["devices"]}
+    assert devices[EM]["grid_meter"] is True and devices[PLUG]["grid_meter"] is False
+    # the Energy page's total view follows it; the device view still shows every device
+    page = await c.get("/energy", params={"by": "hour", "date": "2026-03-15", "view": "total"})
+    hours = re.findall(r'data-start="[^"]+" data-import-wh="([0-9.]+)"', page.text)
+    assert sum(map(float, hours)) == 720.0
+    for bad in ("not a list", 3, ["a b"], [f"d{i}" for i in range(21)], ["x" * 201]):
+        r = await c.patch(
+            "/api/v1/settings", json={"grid_meters": bad}, headers={"x-csrf-token": csrf}
+        )
+        assert r.status_code == 400, bad
+    assert (await c.get("/api/v1/settings")).json()["grid_meters"] == [EM]
+    r = await c.patch("/api/v1/settings", json={"grid_meters": []}, headers={"x-csrf-token": csrf})
+    assert r.json()["grid_meters"] == []
+    body = (await c.get("/api/v1/overview")).json()
+    assert body["periods"][0]["energy_wh"] == 2580.0
+
+
 async def test_metrics(viewer: tuple[httpx.AsyncClient, str]) -> None:
     c, _ = viewer
     r = await c.get("/metrics")
@@ -529,6 +562,7 @@ async def test_settings_and_rename_forms(admin: tuple[httpx.AsyncClient, str]) -
         "export_price": "0.05",
         "periods": "22:00-06:00 0.2\n17:00-20:00 0.4 mon,tue",
         "retention_days": "365",
+        "grid_meters": f" {EM},\n{EM} ",
     }
     r = await c.post("/settings", data={**form, "csrf_token": "wrong"})
     assert r.status_code == 403
@@ -537,6 +571,7 @@ async def test_settings_and_rename_forms(admin: tuple[httpx.AsyncClient, str]) -
     site = (await c.get("/api/v1/settings")).json()
     assert site["tz"] == "Europe/Vienna"
     assert site["retention_days"] == 365
+    assert site["grid_meters"] == [EM]
     assert site["tariff"]["periods"][1] == {
         "start": "17:00",
         "end": "20:00",

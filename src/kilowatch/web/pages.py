@@ -235,12 +235,15 @@ async def _energy_view(
     anchor = parse_instant("date", day, tz) if day else now_local
     start = period_start(bucket, anchor.astimezone(tz))
     end = shift_period(bucket, start, 1)
+    chosen = tuple(d for d in devices if d)
+    if not chosen and VIEW_GROUP[view] == "total":
+        chosen = state.site.grid_meters  # the site's total is its grid meters' (when it has any)
     query = EnergyQuery(
         by=bucket,
         tz=state.site.tz,
         start=start,
         end=end,
-        devices=tuple(d for d in devices if d),
+        devices=chosen,
         channels=tuple(c for c in channels if c),
         group=VIEW_GROUP[view],  # type: ignore[arg-type]
     )
@@ -368,6 +371,7 @@ async def settings_save(
     export_price: Annotated[str, Form(max_length=32)] = "0",
     periods: Annotated[str, Form(max_length=10_000)] = "",
     retention_days: Annotated[str, Form(max_length=16)] = "",
+    grid_meters: Annotated[str, Form(max_length=5_000)] = "",
 ) -> Response:
     try:
         site = state.site.updated(
@@ -380,6 +384,7 @@ async def settings_save(
                     "periods": parse_periods_text(periods),
                 },
                 "retention_days": retention_days.strip() or None,
+                "grid_meters": grid_meters,
             }
         )
     except ConfigError as err:

@@ -13,6 +13,8 @@ from kilowatch.store.base import Store
 from kilowatch.web.tariff import Tariff
 
 MAX_RETENTION_DAYS = 100 * 366
+MAX_GRID_METERS = 20
+MAX_DEVICE_ID = 200
 
 
 def zone(name: str) -> ZoneInfo:
@@ -34,6 +36,10 @@ class SiteSettings:
     tariff: Tariff = field(default_factory=Tariff)
     retention_days: int | None = None
     """Keep slot energy this many days (``None``: forever). The store's retention job reads it."""
+    grid_meters: tuple[str, ...] = ()
+    """Devices that meter the whole site at the grid connection (a Pro 3EM on the mains). When
+    set, site totals (the overview, the Energy page's total) are theirs alone: adding them to
+    the sub-meters behind them would count the same energy twice."""
 
     @property
     def zone(self) -> ZoneInfo:
@@ -44,13 +50,14 @@ class SiteSettings:
             "tz": self.tz,
             "tariff": self.tariff.to_json(),
             "retention_days": self.retention_days,
+            "grid_meters": list(self.grid_meters),
         }
 
     def updated(self, data: Mapping[str, Any]) -> SiteSettings:
         """A copy with the fields present in ``data`` validated and replaced (a PATCH)."""
         if not isinstance(data, Mapping):
             raise ConfigError("settings must be a JSON object")
-        unknown = set(data) - {"tz", "tariff", "retention_days"}
+        unknown = set(data) - {"tz", "tariff", "retention_days", "grid_meters"}
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         out = self
@@ -62,7 +69,26 @@ class SiteSettings:
             out = replace(out, tariff=Tariff.from_json(data["tariff"]))
         if "retention_days" in data:
             out = replace(out, retention_days=_retention(data["retention_days"]))
+        if "grid_meters" in data:
+            out = replace(out, grid_meters=_grid_meters(data["grid_meters"]))
         return out
+
+
+def _grid_meters(value: Any) -> tuple[str, ...]:
+    """A list of device ids (or one string of them, comma- or line-separated: the form)."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = value.replace("\n", ",").split(",")
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError("grid_meters must be a list of device ids")
+    ids = tuple(dict.fromkeys(v.strip() for v in value if v.strip()))
+    if len(ids) > MAX_GRID_METERS:
+        raise ConfigError(f"grid_meters: at most {MAX_GRID_METERS} devices")
+    for device in ids:
+        if len(device) > MAX_DEVICE_ID or any(c.isspace() for c in device):
+            raise ConfigError(f"grid_meters: {device[:40]!r} is not a device id")
+    return ids
 
 
 def _retention(value: Any) -> int | None:

@@ -77,10 +77,13 @@ async def devices_table(store: Store, site: SiteSettings, now: float) -> list[di
     for r in latest:
         by_device[r.device].append(r)
     today = await energy_by_device(store, site, "day", now)
-    return [
+    out = [
         device_json(rec, by_device.get(rec.device, []), today.get(rec.device), now)
         for rec in records
     ]
+    for d in out:
+        d["grid_meter"] = d["device"] in site.grid_meters
+    return out
 
 
 async def energy_by_device(
@@ -117,7 +120,11 @@ class PeriodTotal:
 async def period_total(
     store: Store, site: SiteSettings, label: str, start: datetime, end: datetime
 ) -> PeriodTotal:
-    query = EnergyQuery(by="day", tz=site.tz, start=start, end=end, group="total")
+    """The site's energy in ``[start, end)``: its grid meters' when it has any (the sub-meters
+    behind them measure the same energy again), else every device's."""
+    query = EnergyQuery(
+        by="day", tz=site.tz, start=start, end=end, devices=site.grid_meters, group="total"
+    )
     rows = await store.energy(query)
     costs = await row_costs(store, query, rows, site.tariff)
     return PeriodTotal(
@@ -145,10 +152,17 @@ async def overview(store: Store, site: SiteSettings, now: float) -> dict[str, An
     devices = await devices_table(store, site, now)
     month_by_device = await energy_by_device(store, site, "month", now)
     names = {d["device"]: d["display_name"] for d in devices}
+    grid = set(site.grid_meters)
     consumers = sorted(
-        ((dev, wh) for dev, wh in month_by_device.items() if wh > 0), key=lambda kv: -kv[1]
+        ((dev, wh) for dev, wh in month_by_device.items() if wh > 0 and dev not in grid),
+        key=lambda kv: -kv[1],
     )[:10]
-    powers = [d["power_w"] for d in devices if d["power_w"] is not None and d["online"]]
+    # the site's power: its grid meters' when it has any (as for energy)
+    powers = [
+        d["power_w"]
+        for d in devices
+        if d["power_w"] is not None and d["online"] and (not grid or d["device"] in grid)
+    ]
     return {
         "tz": site.tz,
         "currency": site.tariff.currency,
