@@ -34,6 +34,8 @@ HOURLY = "hourly"
 Cell: TypeAlias = list[int]
 """``[import mWh, export mWh, estimated (0/1)]``."""
 Cells: TypeAlias = dict[tuple[str, str, int], Cell]
+Grouped: TypeAlias = dict[tuple[int, str | None, str | None], Cell]
+"""``(bucket key, device, channel) -> [import mWh, export mWh, estimated]`` of finished rows."""
 Shadow: TypeAlias = dict[tuple[str, int], list[int]]
 """``(device, bucket key) -> [import mWh, export mWh]`` of ``hourly`` energy not to count."""
 
@@ -138,16 +140,18 @@ def rows(
 def grouped_flat(query: EnergyQuery, cells: Cells, shadow: Shadow | None = None) -> list[Flat]:
     """Group ``cells`` as the query asks: the finished rows, in the documented order."""
     if query.group == "channel":
-        grouped: dict[tuple[str | None, str | None, int], Cell] = {
-            (d, c, k): v for (d, c, k), v in cells.items()
-        }
+        grouped: Grouped = {(k, d, c): v for (d, c, k), v in cells.items()}
     else:
         grouped = _grouped(query, cells, shadow or {})
-    # keys grow with time, so sorting (key, device, channel) gives the documented row order
-    order = sorted(grouped, key=lambda g: (g[2], g[0] or "", g[1] or ""))
+    return in_order(grouped)
+
+
+def in_order(grouped: Grouped) -> list[Flat]:
+    """Finished rows in the documented order: keys grow with time, so (key, device, channel)."""
+    order = sorted(grouped, key=lambda g: (g[0], g[1] or "", g[2] or ""))
     flat: list[Flat] = []
-    for d, c, k in order:
-        imp, exp, est = grouped[(d, c, k)]
+    for k, d, c in order:
+        imp, exp, est = grouped[(k, d, c)]
         flat.append((k, d, c, imp, exp, est))
     return flat
 
@@ -209,13 +213,11 @@ def _fill(n: int, columns: Sequence[Iterable[Any]]) -> list[EnergyRow]:
     return out
 
 
-def _grouped(
-    query: EnergyQuery, cells: Cells, shadow: Shadow
-) -> dict[tuple[str | None, str | None, int], Cell]:
+def _grouped(query: EnergyQuery, cells: Cells, shadow: Shadow) -> Grouped:
     per_device: dict[str, set[str]] = {}
     for device, channel, _ in cells:
         per_device.setdefault(device, set()).add(channel)
-    out: dict[tuple[str | None, str | None, int], Cell] = {}
+    out: Grouped = {}
     by_device = query.group == "device"
     for (device, channel, key), (imp, exp, est) in cells.items():
         p = parent(channel)
@@ -227,7 +229,7 @@ def _grouped(
                 if cut[0] == imp and cut[1] == exp:
                     continue  # entirely measured by the device's other channels
                 imp, exp = imp - cut[0], exp - cut[1]
-        gkey = (device if by_device else None, None, key)
+        gkey = (key, device if by_device else None, None)
         acc = out.get(gkey)
         if acc is None:
             out[gkey] = [imp, exp, est]
@@ -243,12 +245,14 @@ __all__ = [
     "Cell",
     "Cells",
     "Flat",
+    "Grouped",
     "Rollup",
     "Shadow",
     "add",
     "build_rows",
     "coarser",
     "grouped_flat",
+    "in_order",
     "needs_names_rules",
     "parent",
     "regroup",

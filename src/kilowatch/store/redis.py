@@ -76,10 +76,12 @@ from kilowatch.store.energy import (
     HOURLY,
     Cells,
     Flat,
+    Grouped,
     Rollup,
     add,
     coarser,
     grouped_flat,
+    in_order,
     needs_names_rules,
     regroup,
     selected,
@@ -1419,7 +1421,7 @@ class RedisStore:
             )
             pipe.zrangebyscore(f"{ch}:est", p.start, p.end - 1)
         got = await self._call("energy query failed", pipe.execute()) if pairs else []
-        grouped: dict[tuple[int, str | None, str | None], list[int]] = {}
+        grouped: Grouped = {}
         for i, (device, channel) in enumerate(pairs):
             sums, est = got[2 * i], got[2 * i + 1]
             marked = {p.key(int(raw)) for raw in est}
@@ -1437,12 +1439,7 @@ class RedisStore:
                     acc[0] += sums[3 * b]
                     acc[1] += sums[3 * b + 1]
                     acc[2] |= x
-        order = sorted(grouped, key=lambda g: (g[0], g[1] or "", g[2] or ""))
-        flat: list[Flat] = []
-        for key, d, c in order:
-            imp, exp, x = grouped[(key, d, c)]
-            flat.append((key, d, c, imp, exp, x))
-        return flat
+        return in_order(grouped)
 
     async def _scan_raw(
         self,

@@ -913,29 +913,12 @@ def _energy_cells(
 
 
 def _scan_cells(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> Cells:
-    """15-minute and hour buckets: every slot (or hour) row, bucketed in SQL."""
-    table, col = ("hours", "hour") if p.whole_hours else ("slots", "slot")
-    where, args = _channel_filter(query)
-    if p.keys_are_starts:  # each row is a bucket of its own: no bucketing, no GROUP BY sort
-        sql = (
-            f"SELECT c.device, c.channel, s.{col}, s.import_mwh, s.export_mwh, s.estimated "
-            f"FROM (SELECT device, channel FROM channels{where}) c CROSS JOIN {table} s "
-            f"ON s.device = c.device AND s.channel = c.channel AND s.{col} >= ? AND s.{col} < ?"
-        )
-        return {
-            (d, c, k): [imp, exp, est]
-            for d, c, k, imp, exp, est in conn.execute(sql, (*args, p.start, p.end))
-        }
-    # channels drive the join (CROSS JOIN keeps that order), so each channel's range is one PK seek
-    sql = (
-        f"SELECT c.device, c.channel, {_key_sql(p, 's.' + col)} AS k, sum(s.import_mwh), "
-        f"sum(s.export_mwh), max(s.estimated) FROM (SELECT device, channel FROM channels{where}) c "
-        f"CROSS JOIN {table} s ON s.device = c.device AND s.channel = c.channel "
-        f"AND s.{col} >= ? AND s.{col} < ? GROUP BY c.device, c.channel, k"
-    )
+    """15-minute and hour buckets: every slot (or hour) row, bucketed in SQL
+    (:func:`_cells_sql`)."""
+    _, args = _channel_filter(query)
     return {
         (d, c, k): [imp, exp, est]
-        for d, c, k, imp, exp, est in conn.execute(sql, (*args, p.start, p.end))
+        for d, c, k, imp, exp, est in conn.execute(_cells_sql(p, query), (*args, p.start, p.end))
     }
 
 
