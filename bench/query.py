@@ -256,6 +256,9 @@ async def main() -> None:
         "--stores", default="sqlite,redis", help="which stores (the naive scan needs redis)"
     )
     args = parser.parse_args()
+    unknown = set(args.stores.split(",")) - {"sqlite", "redis"}
+    if unknown:
+        parser.error(f"--stores: unknown {', '.join(sorted(unknown))}; use sqlite, redis or both")
     figures: dict[str, Any] = {"devices": args.devices, "slots_one_channel": len(slot_range(YEAR)),
                                "slots_devices": args.devices * len(slot_range(MONTH))}  # fmt: skip
     figures["calibration_ms_start"] = calibrate()
