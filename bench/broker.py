@@ -35,7 +35,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
-from kilowatch.broker.packets import FrameReader, encode_connect, encode_publish  # noqa: E402
+from kilowatch.mqtt.packets import FrameReader, encode_connect, encode_publish  # noqa: E402
 from kilowatch.testing import MosquittoServer, free_port, wait_for_port  # noqa: E402
 
 WAIT_S = 300.0

@@ -16,7 +16,7 @@ import time
 
 import orjson
 
-from kilowatch.collect import DecoderState, default_registry
+from kilowatch.decode import DecoderState, default_registry
 
 
 def frames(devices: int, messages: int) -> list[tuple[str, bytes]]:

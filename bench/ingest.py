@@ -280,9 +280,10 @@ def role_kilowatch(port: int, n: int, devices: int, store_url: str, *, drain: bo
 
     ``drain``: start once to create the session, stop, wait for "go" on stdin, start again.
     """
+    from kilowatch.query.energy import EnergyQuery
     from kilowatch.service.config import load_settings
     from kilowatch.service.server import serve
-    from kilowatch.store import EnergyQuery, open_store
+    from kilowatch.store import open_store
 
     settings = load_settings(
         {

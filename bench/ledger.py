@@ -13,8 +13,9 @@ import argparse
 import json
 import time
 
-from kilowatch.collect.messages import Reading
-from kilowatch.ledger import Ledger, merge_slot_energy
+from kilowatch.ledger import Ledger
+from kilowatch.model.messages import Reading
+from kilowatch.model.slots import merge_slot_energy
 
 H = 1720717200
 

@@ -41,12 +41,14 @@ from zoneinfo import ZoneInfo
 import httpx
 import redis.asyncio as aioredis
 
-from kilowatch.ledger.slots import SLOT_SECONDS, SlotEnergy
-from kilowatch.service.live import LiveHub
-from kilowatch.store import Batch, DeviceUpdate, EnergyQuery, Store, open_store
+from kilowatch.accounts.tokens import create_token
+from kilowatch.accounts.users import Role, add_user, users
+from kilowatch.intake.live import LiveHub
+from kilowatch.model.slots import SLOT_SECONDS, SlotEnergy
+from kilowatch.query.energy import EnergyQuery
+from kilowatch.store import Batch, DeviceUpdate, Store, open_store
 from kilowatch.testing import RedisServer
 from kilowatch.web import create_app
-from kilowatch.web.auth import Role, add_user, create_token, users
 
 TZ = "Europe/Berlin"
 ZONE = ZoneInfo(TZ)

@@ -25,14 +25,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from kilowatch.collect.messages import Event, Reading
-from kilowatch.ledger.slots import SLOT_SECONDS, SlotEnergy, slot_of
-from kilowatch.service.live import LiveHub
+from kilowatch.accounts.users import Role, add_user
+from kilowatch.intake.live import LiveHub
+from kilowatch.model.messages import Event, Reading
+from kilowatch.model.slots import SLOT_SECONDS, SlotEnergy, slot_of
+from kilowatch.query.tariff import Tariff
 from kilowatch.store import Batch, DeviceUpdate, Store, open_store
 from kilowatch.web import create_app, serve_web
-from kilowatch.web.auth import Role, add_user
 from kilowatch.web.site import SiteSettings, save_site
-from kilowatch.web.tariff import Tariff
 
 TZ = "Europe/Berlin"
 USER, PASSWORD = "admin", "screenshot-pass"

@@ -23,8 +23,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from kilowatch.simulator import Fleet
 from kilowatch.testing import MosquittoServer
+from shellysim import Fleet
 
 
 def rss_mb() -> float:

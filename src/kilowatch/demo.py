@@ -2,7 +2,7 @@
 
 One lifespan owns everything: :func:`kilowatch.service.server.serve` (store, embedded broker, MQTT
 intake, ledger pipeline, web app) runs as a task of the demo's :class:`asyncio.TaskGroup`; once
-it is ready, the simulated home (a :class:`~kilowatch.simulator.Fleet`) connects to the embedded
+it is ready, the simulated home (a :class:`~shellysim.Fleet`) connects to the embedded
 broker like real meters would.
 
 History is back-filled through the simulator's accelerated clock. The :class:`CatchUpClock` starts
@@ -32,9 +32,10 @@ from pydantic import ValidationError
 
 from kilowatch.errors import ConfigError
 from kilowatch.service.config import Settings, default_data_dir, default_timezone
-from kilowatch.service.server import Running, ingest_metrics, serve
-from kilowatch.simulator import Fleet, LoadKind, SimClock
+from kilowatch.service.server import Running, serve
 from kilowatch.store import Store
+from kilowatch.web.app import start_web
+from shellysim import Fleet, LoadKind, SimClock
 
 log = logging.getLogger("kilowatch.demo")
 
@@ -213,7 +214,7 @@ async def check_store_is_free(store: Store, fleet: Fleet) -> None:
 async def ensure_demo_login(store: Store) -> tuple[str, str] | None:
     """``(user, password)`` to show: the demo user, created when the store has no users; ``None``
     when the store has users of its own (they are left alone)."""
-    from kilowatch.web.auth import Role, add_user, users, verify_password
+    from kilowatch.accounts.users import Role, add_user, users, verify_password
 
     existing = await users(store)
     if not existing:
@@ -249,33 +250,18 @@ async def run_demo(
     ready: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
     service_stop = asyncio.Event()
 
-    async def start_web(tg: asyncio.TaskGroup, running: Running, web_stop: asyncio.Event) -> None:
-        from kilowatch.web.app import bind, create_app, serve_web
-
-        sock = bind(settings.http_host, settings.http_port)
-        state.http_port = sock.getsockname()[1]
+    async def start_demo_web(
+        tg: asyncio.TaskGroup, running: Running, web_stop: asyncio.Event
+    ) -> None:
         state.login = await ensure_demo_login(running.store)
-        stats = running.stats
-        app = create_app(
-            running.store,
-            live=running.hub,
-            site_tz=settings.tz,
-            ingest_stats=lambda: ingest_metrics(stats),
-        )
-        web = tg.create_task(serve_web(app, settings.http_host, state.http_port, sock=sock))
-
-        async def stop_web() -> None:
-            await web_stop.wait()
-            web.cancel()
-
-        tg.create_task(stop_web())
+        state.http_port = await start_web(tg, running, web_stop)
 
     def on_ready(running: Running) -> None:
         if not ready.done():
             ready.set_result(running)
 
     async with asyncio.TaskGroup() as tg:
-        tg.create_task(serve(settings, service_stop, on_ready=on_ready, web=start_web))
+        tg.create_task(serve(settings, service_stop, on_ready=on_ready, web=start_demo_web))
         try:
             async with asyncio.timeout(READY_TIMEOUT_S):
                 running = await ready

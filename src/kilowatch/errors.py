@@ -1,11 +1,27 @@
 """The one error hierarchy of kilowatch.
 
-Every package translates foreign exceptions (paho, redis-py, sqlite3, httpx, aiohttp) into one of
+Every package translates foreign exceptions (paho, redis-py, sqlite3, argon2, uvicorn) into one of
 these at its boundary, with ``raise ... from err``. Errors carry structured attributes, not just
-text, and their message says what happened, with the evidence, and what to do.
+text, and their message says what happened, with the evidence, and what to do. The tree::
+
+    KilowatchError
+    ├── ConfigError            a setting (flag, KILOWATCH_* variable, TOML) is missing or invalid
+    ├── DecodeError            a message could not be turned into readings (``reason`` slug)
+    ├── LedgerStateError       a saved ledger state cannot be read (``key``, ``detail``)
+    ├── StoreError             the store could not be opened, read or written
+    │   └── InvalidQueryError  an energy query is malformed (zone, range, bucket)
+    ├── BrokerError            the MQTT broker could not be started or reached
+    │   └── ProtocolError      a client broke MQTT's rules (``reason`` slug)
+    │       └── PacketTooLargeError
+    └── Problem                an HTTP answer of the web API that is not a success (RFC 9457)
+
+No other module of kilowatch defines an exception class (tests/test_architecture.py checks it).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 
 class KilowatchError(Exception):
@@ -28,50 +44,105 @@ class DecodeError(KilowatchError):
         self.reason = reason
 
 
+class LedgerStateError(KilowatchError):
+    """A saved ledger state cannot be read (corrupt, or written by a newer kilowatch)."""
+
+    def __init__(self, key: tuple[str, str], detail: str) -> None:
+        super().__init__(
+            f"saved ledger state of {key[0]} {key[1]} is unreadable ({detail}); upgrade "
+            "kilowatch if a newer version wrote it, or delete that channel's state to restart it "
+            "from its next reading (its stored energy is kept)"
+        )
+        self.key = key
+        self.detail = detail
+
+
 class StoreError(KilowatchError):
     """The store could not be opened, read or written."""
+
+
+class InvalidQueryError(StoreError):
+    """An energy query is malformed: unknown time zone, empty or reversed range, unknown bucket."""
 
 
 class BrokerError(KilowatchError):
     """The MQTT broker (embedded or external) could not be started or reached."""
 
 
-class DeviceError(KilowatchError):
-    """Talking to a device failed."""
+class ProtocolError(BrokerError):
+    """A client sent something MQTT 3.1.1 forbids; the broker closes that client's connection.
+
+    ``reason`` is a short, stable slug (``malformed``, ``packet_too_large``) for counters and logs.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
-class DeviceConnectionError(DeviceError):
-    """The device could not be reached (refused, reset, DNS, TLS)."""
+class PacketTooLargeError(ProtocolError):
+    """The client announced a packet larger than the broker's ``max_packet_size``."""
 
 
-class DeviceTimeoutError(DeviceError):
-    """The device did not answer within the allowed time."""
+PROBLEM_TYPE_BASE = "https://kilowatch.dev/problems/"
+"""Problem ``type`` URIs are identifiers (RFC 9457 §3.1.1), not fetched; docs/api.md lists them."""
+
+_TITLES = {
+    400: "Bad request",
+    401: "Login required",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    422: "Invalid parameters",
+    429: "Too many requests",
+    503: "Store unavailable",
+}
 
 
-class InvalidAuthError(DeviceError):
-    """The device refused our credentials (HTTP 401 / RPC error 401)."""
+class Problem(KilowatchError):  # noqa: N818 - RFC 9457 calls it a problem
+    """An answer of the web API that is not a success: raised anywhere in a route, rendered by
+    ``kilowatch.web.problems`` as an RFC 9457 problem body (``application/problem+json``)."""
 
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        slug: str | None = None,
+        title: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.slug = slug or _TITLES.get(status, "error").lower().replace(" ", "-")
+        self.title = title or _TITLES.get(status, "Error")
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
 
-class RpcCallError(DeviceError):
-    """The device answered an RPC call with an error frame ``{"code": .., "message": ..}``."""
-
-    def __init__(self, code: int, message: str, *, method: str | None = None) -> None:
-        where = f"{method}: " if method else ""
-        super().__init__(f"{where}RPC error {code}: {message}")
-        self.code = code
-        self.message = message
-        self.method = method
+    def body(self, instance: str) -> dict[str, Any]:
+        return {
+            "type": PROBLEM_TYPE_BASE + self.slug,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "instance": instance,
+            **self.extra,
+        }
 
 
 __all__ = [
+    "PROBLEM_TYPE_BASE",
     "BrokerError",
     "ConfigError",
     "DecodeError",
-    "DeviceConnectionError",
-    "DeviceError",
-    "DeviceTimeoutError",
-    "InvalidAuthError",
+    "InvalidQueryError",
     "KilowatchError",
-    "RpcCallError",
+    "LedgerStateError",
+    "PacketTooLargeError",
+    "Problem",
+    "ProtocolError",
     "StoreError",
 ]

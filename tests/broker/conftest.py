@@ -18,7 +18,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from kilowatch.broker import BrokerStats, EmbeddedBroker
-from kilowatch.broker.packets import (
+from kilowatch.mqtt.packets import (
     FrameReader,
     PacketType,
     Will,

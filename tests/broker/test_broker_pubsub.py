@@ -7,7 +7,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from kilowatch.broker.packets import PacketType, parse_publish
+from kilowatch.mqtt.packets import PacketType, parse_publish
 
 if TYPE_CHECKING:  # helpers live in conftest.py (importlib mode: not importable at run time)
     from conftest import BrokerThread, Client, RawClient

@@ -14,7 +14,8 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from kilowatch.broker import EmbeddedBroker, hash_password
-from kilowatch.broker.packets import (
+from kilowatch.errors import BrokerError
+from kilowatch.mqtt.packets import (
     PacketType,
     Will,
     encode_connect,
@@ -22,7 +23,6 @@ from kilowatch.broker.packets import (
     encode_publish,
     encode_string,
 )
-from kilowatch.errors import BrokerError
 from kilowatch.testing.tls import self_signed_cert
 
 if TYPE_CHECKING:  # helpers live in conftest.py (importlib mode: not importable at run time)

@@ -22,11 +22,10 @@ from kilowatch.broker import (
     topic_matches,
     verify_password,
 )
-from kilowatch.broker.packets import (
+from kilowatch.errors import BrokerError, PacketTooLargeError, ProtocolError
+from kilowatch.mqtt.packets import (
     FrameReader,
-    PacketTooLargeError,
     PacketType,
-    ProtocolError,
     check_flags,
     encode_publish,
     parse_connect,
@@ -35,7 +34,6 @@ from kilowatch.broker.packets import (
     parse_subscribe,
     parse_unsubscribe,
 )
-from kilowatch.errors import BrokerError
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 
 from kilowatch.demo import HOME, CatchUpClock
-from kilowatch.store import EnergyQuery, open_store
+from kilowatch.query.energy import EnergyQuery
+from kilowatch.store import open_store
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 DAYS = 0.25

@@ -35,11 +35,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from kilowatch.ledger.rules import ROUNDING_TOLERANCE_MWH
+from kilowatch.query.energy import EnergyQuery
 from kilowatch.service.config import load_settings
 from kilowatch.service.server import Running, serve
-from kilowatch.simulator import Device, Fleet
-from kilowatch.store import EnergyQuery, open_store
+from kilowatch.store import open_store
 from kilowatch.testing import MosquittoServer
+from shellysim import Device, Fleet
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 DAY = datetime(2026, 3, 10, tzinfo=UTC)

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kilowatch.collect.messages import Interval, Reading
-from kilowatch.ledger import Ledger, SlotEnergy, spread
+from kilowatch.ledger import Ledger, spread
 from kilowatch.ledger.rules import ROUNDING_TOLERANCE_MWH, SLOT_MS
+from kilowatch.model.messages import Interval, Reading
+from kilowatch.model.slots import SlotEnergy
 
 H = 1720717200
 DEV, CH = "dev", "em1:0"

@@ -7,14 +7,10 @@ import math
 
 import pytest
 
-from kilowatch.collect.messages import Interval, Reading
-from kilowatch.ledger import (
-    Ledger,
-    LedgerStateError,
-    SlotEnergy,
-    merge_slot_energy,
-    spread,
-)
+from kilowatch.errors import LedgerStateError
+from kilowatch.ledger import Ledger, spread
+from kilowatch.model.messages import Interval, Reading
+from kilowatch.model.slots import SlotEnergy, merge_slot_energy
 
 H = 1720717200  # 2024-07-11T17:00:00Z, the hour of the BRIEF's hourly-script example
 DEV = "shellypmminig3-ecda3bc4ddb0"

@@ -13,7 +13,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from svchelpers import TIMEOUT_S, Publisher, forget_session, poll, unique
 
 from kilowatch.broker import EmbeddedBroker
-from kilowatch.service.mqtt import CONNECT_TIMEOUT_S, Delivery, MqttIntake, MqttOptions
+from kilowatch.intake.client import CONNECT_TIMEOUT_S, Delivery, MqttIntake, MqttOptions
 from kilowatch.testing import MosquittoServer
 from kilowatch.testing.tls import self_signed_cert
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from svchelpers import TIMEOUT_S, unique
 
-from kilowatch.service.mqtt import MqttIntake, MqttOptions
+from kilowatch.intake.client import MqttIntake, MqttOptions
 from kilowatch.testing import MosquittoServer
 
 KEEPALIVE_S = 4

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from kilowatch.ledger.slots import SlotEnergy
+from kilowatch.model.slots import SlotEnergy
+from kilowatch.query.energy import EnergyQuery
+from kilowatch.query.tariff import Tariff
 from kilowatch.service.retention import prune_once, retention_days, run_retention
-from kilowatch.store import Batch, EnergyQuery, open_store
+from kilowatch.store import Batch, open_store
 from kilowatch.web.energy import report
 from kilowatch.web.site import SiteSettings, save_site
-from kilowatch.web.tariff import Tariff
 
 DAY = 86400
 NOW = 1_790_000_000 - 1_790_000_000 % DAY  # a UTC midnight in 2026

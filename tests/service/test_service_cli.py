@@ -12,7 +12,7 @@ from typing import Any
 
 from svchelpers import Publisher, ServeProcess, forget_session, poll, run_cli, unique
 
-from kilowatch.collect.messages import Reading
+from kilowatch.model.messages import Reading
 from kilowatch.store import Batch, DeadLetter, open_store
 from kilowatch.testing import MosquittoServer
 
@@ -60,7 +60,7 @@ def energy_rows(tmp_path: Path, store: str, *extra: str) -> list[dict[str, Any]]
 async def stored_wh(store_url: str, device: str) -> float:
     from datetime import UTC, datetime
 
-    from kilowatch.store import EnergyQuery
+    from kilowatch.query.energy import EnergyQuery
 
     query = EnergyQuery(
         by="day", tz="UTC", start=datetime(2025, 12, 31, tzinfo=UTC),
@@ -178,7 +178,7 @@ async def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(
 async def hourly_wh(store_url: str, device: str) -> list[float]:
     from datetime import UTC, datetime
 
-    from kilowatch.store import EnergyQuery
+    from kilowatch.query.energy import EnergyQuery
 
     query = EnergyQuery(
         by="hour", tz="UTC", start=datetime(2026, 1, 1, tzinfo=UTC),

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from svchelpers import Publisher, forget_session, poll, running_service, unique
 
-from kilowatch.ledger.slots import slot_of
+from kilowatch.model.slots import slot_of
+from kilowatch.query.energy import EnergyQuery, EnergyRow
 from kilowatch.service.config import Settings
-from kilowatch.store import EnergyQuery, EnergyRow, Store
+from kilowatch.store import Store
 from kilowatch.testing import MosquittoServer
 
 T0 = 1_767_258_000  # 2026-01-01T09:00:00Z, the start of an hour
@@ -413,7 +414,7 @@ async def test_reconnects_after_the_broker_restarts(
 def test_backoff_is_jittered_capped_and_exponential() -> None:
     import random
 
-    from kilowatch.service.mqtt import backoff_delays
+    from kilowatch.intake.client import backoff_delays
 
     delays = backoff_delays(minimum=0.5, maximum=8.0, rng=random.Random(7))
     got = [next(delays) for _ in range(10)]

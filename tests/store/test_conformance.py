@@ -8,20 +8,11 @@ from typing import Any
 import orjson
 import pytest
 
-from kilowatch.collect.messages import Event, LogLine, Reading
-from kilowatch.errors import StoreError
-from kilowatch.ledger.slots import SlotEnergy
-from kilowatch.store import (
-    Batch,
-    DeadLetter,
-    DeviceUpdate,
-    EnergyQuery,
-    EnergyRow,
-    InvalidQueryError,
-    Store,
-    open_store,
-    records,
-)
+from kilowatch.errors import InvalidQueryError, StoreError
+from kilowatch.model.messages import Event, LogLine, Reading
+from kilowatch.model.slots import SlotEnergy
+from kilowatch.query.energy import EnergyQuery, EnergyRow
+from kilowatch.store import Batch, DeadLetter, DeviceUpdate, Store, open_store, records
 
 DEV = "shellypmminig3-ecda3bc4ddb0"
 PRO = "shellypro3em-a0b1c2d3e4f5"

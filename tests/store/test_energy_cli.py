@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kilowatch.ledger.slots import SlotEnergy
+from kilowatch.model.slots import SlotEnergy
 from kilowatch.store import Batch, DeviceUpdate, open_store
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")

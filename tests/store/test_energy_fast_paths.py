@@ -9,9 +9,10 @@ from typing import Any
 import orjson
 import pytest
 
-from kilowatch.store import Batch, EnergyQuery, EnergyRow, Store
-from kilowatch.store.energy import Flat, build_rows, needs_names_rules
-from kilowatch.store.periods import plan
+from kilowatch.query.energy import EnergyQuery, EnergyRow
+from kilowatch.query.grouping import Flat, build_rows, needs_names_rules
+from kilowatch.query.periods import plan
+from kilowatch.store import Batch, Store
 from kilowatch.testing.energy import DEVICES, data, reference
 
 GROUPS = ("channel", "device", "total")

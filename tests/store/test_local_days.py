@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
-from kilowatch.ledger.slots import SlotEnergy
-from kilowatch.store import Batch, EnergyQuery, InvalidQueryError, Store, open_store
+from kilowatch.errors import InvalidQueryError
+from kilowatch.model.slots import SlotEnergy
+from kilowatch.query.energy import EnergyQuery
+from kilowatch.store import Batch, Store, open_store
 from kilowatch.testing.energy import DEVICES, T0, data, reference
 
 WHOLE = (date(2026, 10, 23), date(2026, 11, 2))

@@ -12,8 +12,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from redis.crc import key_slot
 
-from kilowatch.ledger.slots import SlotEnergy
-from kilowatch.store import Batch, EnergyQuery, open_store
+from kilowatch.model.slots import SlotEnergy
+from kilowatch.query.energy import EnergyQuery
+from kilowatch.store import Batch, open_store
 from kilowatch.store.redis import RedisStore
 from kilowatch.testing.energy import DEVICES, T0, data, reference
 

@@ -9,8 +9,9 @@ from datetime import UTC, date, datetime
 import pytest
 import redis
 
-from kilowatch.ledger.slots import SlotEnergy
-from kilowatch.store import Batch, DeviceUpdate, EnergyQuery, open_store
+from kilowatch.model.slots import SlotEnergy
+from kilowatch.query.energy import EnergyQuery
+from kilowatch.store import Batch, DeviceUpdate, open_store
 from kilowatch.store.redis import RedisStore
 
 DEV = "shellypmminig3-ecda3bc4ddb0"

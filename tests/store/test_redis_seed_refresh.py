@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 import pytest
 import redis
 
-from kilowatch.ledger.slots import SlotEnergy
-from kilowatch.store import Batch, DeviceUpdate, EnergyQuery, open_store
+from kilowatch.model.slots import SlotEnergy
+from kilowatch.query.energy import EnergyQuery
+from kilowatch.store import Batch, DeviceUpdate, open_store
 from kilowatch.store import redis as redis_store
 from kilowatch.store.redis import RedisStore
 

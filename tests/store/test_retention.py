@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
-from kilowatch.store import Batch, EnergyQuery, Store
+from kilowatch.query.energy import EnergyQuery
+from kilowatch.store import Batch, Store
 from kilowatch.testing.energy import SPAN, T0, data, reference
 
 WHOLE = (date(2026, 10, 23), date(2026, 11, 2))

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from kilowatch.errors import StoreError
-from kilowatch.ledger.slots import SlotEnergy
-from kilowatch.store import Batch, EnergyQuery, open_store
+from kilowatch.model.slots import SlotEnergy
+from kilowatch.query.energy import EnergyQuery
+from kilowatch.store import Batch, open_store
 from kilowatch.store.sqlite import MIGRATIONS
 from kilowatch.store.url import parse_redis
 from kilowatch.testing import free_port

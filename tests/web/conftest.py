@@ -15,10 +15,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from webseed import ADMIN, NOW, TZ, VIEWER, client_for, known_batch, login, users_meta
 
-from kilowatch.service.live import LiveHub
+from kilowatch.accounts.users import USERS_KEY
+from kilowatch.intake.live import LiveHub
 from kilowatch.store import Store, open_store
 from kilowatch.web import create_app
-from kilowatch.web.auth import USERS_KEY
 
 
 @pytest.fixture(params=["sqlite", "redis"])

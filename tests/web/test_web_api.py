@@ -22,11 +22,12 @@ from webseed import (
     client_for,
 )
 
-from kilowatch.collect.messages import Reading
-from kilowatch.service.live import LiveHub
+from kilowatch.accounts.tokens import create_token
+from kilowatch.accounts.users import Role
+from kilowatch.intake.live import LiveHub
+from kilowatch.model.messages import Reading
 from kilowatch.store import Store
 from kilowatch.web import create_app, serve_web
-from kilowatch.web.auth import Role, create_token
 
 PROTECTED_GETS = [
     "/api/v1/me",

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from webseed import ADMIN, EM, NOW, PLUG, TZ, known_batch, users_meta
 
-from kilowatch.collect.messages import Reading
-from kilowatch.service.live import LiveHub
+from kilowatch.accounts.users import USERS_KEY
+from kilowatch.intake.live import LiveHub
+from kilowatch.model.messages import Reading
 from kilowatch.store import open_store
 from kilowatch.web import create_app, serve_web
-from kilowatch.web.auth import USERS_KEY
 
 pytestmark = pytest.mark.browser
 

@@ -10,10 +10,11 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from kilowatch.accounts.tokens import verify_token
+from kilowatch.accounts.users import Principal, Role, verify_password
 from kilowatch.cli.app import app
 from kilowatch.errors import ConfigError
 from kilowatch.store import open_store
-from kilowatch.web.auth import Principal, Role, verify_password, verify_token
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 runner = CliRunner()

@@ -7,16 +7,17 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from kilowatch.collect.messages import Reading
-from kilowatch.store.base import DeviceRecord, EnergyQuery
-from kilowatch.store.energy import Flat
-from kilowatch.store.periods import plan
-from kilowatch.store.table import EnergyTable
-from kilowatch.web.auth import LoginLimiter
+from kilowatch.accounts.sessions import LoginLimiter
+from kilowatch.errors import Problem
+from kilowatch.model.messages import Reading
+from kilowatch.query.energy import EnergyQuery
+from kilowatch.query.grouping import Flat
+from kilowatch.query.periods import plan
+from kilowatch.query.table import EnergyTable
+from kilowatch.store.protocol import DeviceRecord
 from kilowatch.web.energy import Report, build_query
 from kilowatch.web.metrics import render
 from kilowatch.web.pages import chart_data
-from kilowatch.web.problems import Problem
 from kilowatch.web.views import power_now
 
 BERLIN = ZoneInfo("Europe/Berlin")

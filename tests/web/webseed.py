@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 import httpx
 from fastapi import FastAPI
 
-from kilowatch.collect.messages import Event, Reading
-from kilowatch.ledger.slots import SlotEnergy
+from kilowatch.model.messages import Event, Reading
+from kilowatch.model.slots import SlotEnergy
 from kilowatch.store import Batch, DeviceUpdate
 
 TZ = "Europe/Berlin"

@@ -13,7 +13,7 @@ from kilowatch.broker.server import (
     BrokerStats,
     EmbeddedBroker,
 )
-from kilowatch.broker.topics import SubscriptionTree, is_valid_filter, topic_matches
+from kilowatch.mqtt.topics import SubscriptionTree, is_valid_filter, topic_matches
 
 __all__ = [
     "DEFAULT_MAX_INFLIGHT_MESSAGES",

@@ -15,7 +15,8 @@ from enum import Enum
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from kilowatch.broker.packets import (
+from kilowatch.errors import ProtocolError
+from kilowatch.mqtt.packets import (
     PINGRESP,
     PROTOCOLS,
     SUBACK_FAILURE,
@@ -23,7 +24,6 @@ from kilowatch.broker.packets import (
     ConnectReturnCode,
     FrameReader,
     PacketType,
-    ProtocolError,
     Will,
     check_flags,
     encode_ack,
@@ -35,7 +35,7 @@ from kilowatch.broker.packets import (
     parse_subscribe,
     parse_unsubscribe,
 )
-from kilowatch.broker.topics import check_topic_name, is_valid_filter
+from kilowatch.mqtt.topics import check_topic_name, is_valid_filter
 
 if TYPE_CHECKING:
     from kilowatch.broker.server import EmbeddedBroker

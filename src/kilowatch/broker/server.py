@@ -23,10 +23,10 @@ from typing import Any, Self
 
 from kilowatch.broker.auth import Authenticator
 from kilowatch.broker.connection import Connection, State
-from kilowatch.broker.packets import ConnectReturnCode, encode_connack
 from kilowatch.broker.session import BrokerCounters, Message, Session
-from kilowatch.broker.topics import SubscriptionTree, topic_matches
 from kilowatch.errors import BrokerError
+from kilowatch.mqtt.packets import ConnectReturnCode, encode_connack
+from kilowatch.mqtt.topics import SubscriptionTree, topic_matches
 
 log = logging.getLogger("kilowatch.broker")
 

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from kilowatch.broker.packets import PacketType, encode_ack, encode_length, encode_string
+from kilowatch.mqtt.packets import PacketType, encode_ack, encode_length, encode_string
 
 if TYPE_CHECKING:
     from kilowatch.broker.connection import Connection

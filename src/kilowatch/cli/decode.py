@@ -9,8 +9,8 @@ from pathlib import Path
 import orjson
 import typer
 
-from kilowatch.collect.registry import AUTO, DecoderRegistry, default_registry
-from kilowatch.collect.state import DecoderState
+from kilowatch.decode.registry import AUTO, DecoderRegistry, default_registry
+from kilowatch.decode.state import DecoderState
 from kilowatch.errors import DecodeError, KilowatchError
 
 SOURCES = ("auto", "shelly", "shelly-gen1", "tasmota", "zigbee2mqtt", "hourly")

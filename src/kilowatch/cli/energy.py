@@ -15,9 +15,10 @@ from rich.console import Console
 from rich.table import Table
 
 from kilowatch.errors import KilowatchError
+from kilowatch.query.energy import EnergyQuery, EnergyRow
+from kilowatch.query.periods import zone
 from kilowatch.service.config import load_settings, resolve_store_url
-from kilowatch.store import EnergyQuery, EnergyRow, open_store
-from kilowatch.store.periods import zone
+from kilowatch.store import open_store
 
 HELP = (
     "Energy per bucket of local time (15min, hour, day or month) in a time zone, per channel, "

@@ -106,11 +106,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         flags = {k: v for k, v in locals().items() if k != "config"}
         from kilowatch.service.server import run_until_signalled, setup_logging
+        from kilowatch.web.app import start_web
 
         settings = load_settings(flags, config_file=Path(config) if config else None)
         setup_logging(settings)
         try:
-            asyncio.run(run_until_signalled(settings))
+            asyncio.run(run_until_signalled(settings, web=start_web))
         except BaseExceptionGroup as group:
             raise unwrap(group) from None
         except asyncio.CancelledError:

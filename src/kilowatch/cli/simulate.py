@@ -11,10 +11,10 @@ from pathlib import Path
 import typer
 
 from kilowatch.errors import ConfigError
-from kilowatch.simulator.faults import chaos_plan
-from kilowatch.simulator.fleet import Fleet
-from kilowatch.simulator.models import MODELS
-from kilowatch.simulator.vendors import VENDORS
+from shellysim.faults import chaos_plan
+from shellysim.fleet import Fleet
+from shellysim.models import MODELS
+from shellysim.vendors import VENDORS
 
 CHAOS_HORIZON_S = 30 * 86400
 """How far ahead --chaos plans faults when the run has no --duration."""

@@ -9,10 +9,11 @@ from typing import Any
 
 import typer
 
+from kilowatch.accounts.tokens import create_token, list_tokens, revoke_token
+from kilowatch.accounts.users import parse_role
 from kilowatch.errors import ConfigError
 from kilowatch.service.config import resolve_store_url
 from kilowatch.store import open_store
-from kilowatch.web.auth import create_token, list_tokens, parse_role, revoke_token
 
 CREATE_HELP = (
     "Create an API token for USER and print it (it is shown only this once; kilowatch keeps only "
@@ -34,7 +35,7 @@ REVOKE_HELP = (
 
 async def _create(url: str, user: str, role: str | None, name: str) -> str:
     async with open_store(url) as store:
-        from kilowatch.web.auth import users
+        from kilowatch.accounts.users import users
 
         record = (await users(store)).get(user)
         if record is None:

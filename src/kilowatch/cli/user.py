@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 
 import typer
 
+from kilowatch.accounts.users import add_user, parse_role, users
 from kilowatch.service.config import resolve_store_url
 from kilowatch.store import open_store
-from kilowatch.web.auth import add_user, parse_role, users
 
 ADD_HELP = (
     "Create a web user, or set an existing user's password and role. The password is asked for "

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from kilowatch.errors import KilowatchError
+from kilowatch.errors import LedgerStateError
 from kilowatch.ledger.counter import Counter, Span
 from kilowatch.ledger.intervals import IntervalMemory
 from kilowatch.ledger.rules import (
@@ -21,27 +21,13 @@ from kilowatch.ledger.rules import (
     ROUNDING_TOLERANCE_MWH,
     SLOT_MS,
 )
-from kilowatch.ledger.slots import SLOT_SECONDS, SlotEnergy
 from kilowatch.ledger.spread import spread
+from kilowatch.model.slots import SLOT_SECONDS, ChannelKey, SlotEnergy
 
 if TYPE_CHECKING:
-    from kilowatch.collect.messages import Interval, Reading
+    from kilowatch.model.messages import Interval, Reading
 
-ChannelKey = tuple[str, str]
 STATE_VERSION = 1
-
-
-class LedgerStateError(KilowatchError):
-    """A saved ledger state cannot be read (corrupt, or written by a newer kilowatch)."""
-
-    def __init__(self, key: ChannelKey, detail: str) -> None:
-        super().__init__(
-            f"saved ledger state of {key[0]} {key[1]} is unreadable ({detail}); upgrade "
-            "kilowatch if a newer version wrote it, or delete that channel's state to restart it "
-            "from its next reading (its stored energy is kept)"
-        )
-        self.key = key
-        self.detail = detail
 
 
 class _Channel:
@@ -225,4 +211,4 @@ def _rows(
     ]
 
 
-__all__ = ["ChannelKey", "Ledger", "LedgerStateError"]
+__all__ = ["Ledger"]

@@ -6,7 +6,7 @@ exact integer arithmetic and a restarted ledger computes bit-for-bit what the ol
 
 from __future__ import annotations
 
-from kilowatch.ledger.slots import SLOT_SECONDS
+from kilowatch.model.slots import SLOT_SECONDS
 
 SLOT_MS = SLOT_SECONDS * 1000
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kilowatch.ledger.rules import SLOT_MS
-from kilowatch.ledger.slots import SLOT_SECONDS
+from kilowatch.model.slots import SLOT_SECONDS
 
 
 def spread(mwh: int, start_ms: int, end_ms: int) -> list[tuple[int, int]]:

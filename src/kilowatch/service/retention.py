@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 from kilowatch.errors import StoreError
-from kilowatch.store.base import Store
+from kilowatch.store.protocol import Store
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kilowatch.collect.registry import DecoderOptions, default_registry
+from kilowatch.decode.registry import DecoderOptions, default_registry
+from kilowatch.intake.client import MqttIntake, MqttOptions
+from kilowatch.intake.live import LiveHub
+from kilowatch.intake.pipeline import IngestStats, Pipeline
 from kilowatch.ledger import Ledger
 from kilowatch.service.config import LogFormat, Settings, parse_broker_url
-from kilowatch.service.live import LiveHub
-from kilowatch.service.mqtt import MqttIntake, MqttOptions
-from kilowatch.service.pipeline import IngestStats, Pipeline
 from kilowatch.service.retention import run_retention
 from kilowatch.store import Store, open_store
 
@@ -94,7 +94,8 @@ class Running:
     mqtt_port: int
 
 
-WebStarter = Callable[[asyncio.TaskGroup, Running, asyncio.Event], Awaitable[None]]
+WebStarter = Callable[[asyncio.TaskGroup, Running, asyncio.Event], Awaitable[object]]
+"""Starts the web app as tasks of the service's task group; cancels them when the event is set."""
 
 
 def decoder_options(settings: Settings) -> DecoderOptions:
@@ -136,35 +137,6 @@ def mqtt_options(settings: Settings, *, embedded_port: int | None = None) -> Mqt
     )
 
 
-async def start_web(tg: asyncio.TaskGroup, running: Running, stop: asyncio.Event) -> None:
-    """THE WEB APP HOOK: serve ``kilowatch.web`` on ``http_host:http_port`` as a task of ``tg``.
-
-    The web app gets the open store, the LiveHub, the site time zone and the ingest counters; it is
-    cancelled when ``stop`` is set, before the store closes. A port in use raises ``ConfigError``.
-    """
-    from kilowatch.web.app import bind, create_app, serve_web
-
-    settings = running.settings
-    sock = bind(settings.http_host, settings.http_port)
-    stats = running.stats
-    app = create_app(
-        running.store,
-        live=running.hub,
-        site_tz=settings.tz,
-        ingest_stats=lambda: ingest_metrics(stats),
-    )
-    web = tg.create_task(
-        serve_web(app, settings.http_host, settings.http_port, sock=sock), name="web"
-    )
-
-    async def stop_web() -> None:
-        await stop.wait()
-        web.cancel()
-
-    tg.create_task(stop_web(), name="web-stop")
-    log.info("web app listening url=http://%s:%d", settings.http_host, sock.getsockname()[1])
-
-
 def ingest_metrics(stats: IngestStats) -> dict[str, float]:
     """Ingest counters for the web app's ``/metrics``."""
     return {
@@ -181,9 +153,12 @@ async def serve(
     stop: asyncio.Event,
     *,
     on_ready: Callable[[Running], None] | None = None,
-    web: WebStarter | None = start_web,
+    web: WebStarter | None = None,
 ) -> IngestStats:
     """Run the whole service until ``stop`` is set, then shut down gracefully.
+
+    ``web`` starts the web app inside the service's task group (``kilowatch.web.app.start_web``);
+    the service itself never imports the web app, which sits above it.
 
     Returns the ingest counters.
     """
@@ -282,7 +257,9 @@ def _redact(url: str) -> str:
     return f"{scheme}://{user + ':***@' if user else '***@'}{host}"
 
 
-async def run_until_signalled(settings: Settings) -> IngestStats:
+async def run_until_signalled(
+    settings: Settings, *, web: WebStarter | None = None
+) -> IngestStats:
     """:func:`serve` until SIGINT or SIGTERM (a second signal stops without flushing)."""
     import signal
 
@@ -301,7 +278,7 @@ async def run_until_signalled(settings: Settings) -> IngestStats:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        return await serve(settings, stop)
+        return await serve(settings, stop, web=web)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
@@ -309,11 +286,11 @@ async def run_until_signalled(settings: Settings) -> IngestStats:
 
 __all__ = [
     "Running",
+    "WebStarter",
     "decoder_options",
     "ingest_metrics",
     "mqtt_options",
     "run_until_signalled",
     "serve",
     "setup_logging",
-    "start_web",
 ]

@@ -1,26 +1,13 @@
 """kilowatch.store: where energy, devices and everything else kilowatch keeps live.
 
-``async with open_store(url) as store`` gives a :class:`Store`: SQLite (``sqlite:///file.db``),
-Redis
-(``redis://``, ``rediss://``) or Redis Cluster (several hosts in the URL). See docs/storage.md.
+``async with open_store(url) as store`` gives a :class:`Store` (``store.protocol``): SQLite
+(``sqlite:///file.db``), Redis (``redis://``, ``rediss://``) or Redis Cluster (several hosts in the
+URL). What is asked of it is :mod:`kilowatch.query`'s vocabulary. See docs/storage.md.
 """
 
 from __future__ import annotations
 
-from kilowatch.store.base import (
-    Batch,
-    Bucket,
-    ChannelKey,
-    DeadLetter,
-    DeviceRecord,
-    DeviceUpdate,
-    EnergyQuery,
-    EnergyRow,
-    Grouping,
-    Store,
-)
-from kilowatch.store.periods import InvalidQueryError
-from kilowatch.store.table import EnergyTable
+from kilowatch.store.protocol import Batch, DeadLetter, DeviceRecord, DeviceUpdate, Store
 from kilowatch.store.url import scheme_of
 
 
@@ -28,8 +15,7 @@ def open_store(url: str) -> Store:
     """The store at ``url``, to be used as ``async with open_store(url) as store``.
 
     Raises :class:`~kilowatch.errors.StoreError` for an unknown scheme or a malformed URL;
-    connection
-    errors surface when the context is entered.
+    connection errors surface when the context is entered.
     """
     scheme = scheme_of(url)
     if scheme == "sqlite":
@@ -41,18 +27,4 @@ def open_store(url: str) -> Store:
     return RedisStore(url)
 
 
-__all__ = [
-    "Batch",
-    "Bucket",
-    "ChannelKey",
-    "DeadLetter",
-    "DeviceRecord",
-    "DeviceUpdate",
-    "EnergyQuery",
-    "EnergyRow",
-    "EnergyTable",
-    "Grouping",
-    "InvalidQueryError",
-    "Store",
-    "open_store",
-]
+__all__ = ["Batch", "DeadLetter", "DeviceRecord", "DeviceUpdate", "Store", "open_store"]

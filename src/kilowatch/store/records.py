@@ -8,9 +8,9 @@ from typing import Any
 
 import orjson
 
-from kilowatch.collect.messages import Event, LogLine, Reading
 from kilowatch.errors import StoreError
-from kilowatch.store.base import DeadLetter, DeviceRecord, DeviceUpdate
+from kilowatch.model.messages import Event, LogLine, Reading
+from kilowatch.store.protocol import DeadLetter, DeviceRecord, DeviceUpdate
 
 EVENTS_PER_DEVICE = 1000
 """Events kept per device (older ones are dropped)."""

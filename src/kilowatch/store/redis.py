@@ -32,7 +32,7 @@ Key layout (``P`` = the URL's ``?prefix=``, default ``energy``; full table in do
   channel ``hourly``.
 
 Queries compute the keys they need (one per channel and UTC day or month) and read them with one
-pipelined round trip; buckets are computed in Python with :mod:`kilowatch.store.periods`.
+pipelined round trip; buckets are computed in Python with :mod:`kilowatch.query.periods`.
 """
 
 from __future__ import annotations
@@ -60,19 +60,11 @@ from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.crc import key_slot
 
-from kilowatch.collect.messages import Event, LogLine, Reading
 from kilowatch.errors import StoreError
-from kilowatch.ledger.slots import SLOT_SECONDS
-from kilowatch.store import records
-from kilowatch.store.base import (
-    Batch,
-    ChannelKey,
-    DeadLetter,
-    DeviceRecord,
-    EnergyQuery,
-    EnergyRow,
-)
-from kilowatch.store.energy import (
+from kilowatch.model.messages import Event, LogLine, Reading
+from kilowatch.model.slots import SLOT_SECONDS, ChannelKey
+from kilowatch.query.energy import EnergyQuery, EnergyRow
+from kilowatch.query.grouping import (
     HOURLY,
     Cells,
     Flat,
@@ -88,8 +80,10 @@ from kilowatch.store.energy import (
     shadow_hourly,
     sum_deltas,
 )
-from kilowatch.store.periods import Plan, offset_at, plan, segments, zone
-from kilowatch.store.table import EnergyTable
+from kilowatch.query.periods import Plan, offset_at, plan, segments, zone
+from kilowatch.query.table import EnergyTable
+from kilowatch.store import records
+from kilowatch.store.protocol import Batch, DeadLetter, DeviceRecord
 from kilowatch.store.url import RedisTarget, parse_redis
 
 log = logging.getLogger(__name__)
@@ -350,7 +344,7 @@ class _Ops:
 
 
 class RedisStore:
-    """The Redis :class:`~kilowatch.store.base.Store`; open with ``open_store("redis://...")``."""
+    """The Redis :class:`~kilowatch.store.protocol.Store`; open with ``open_store("redis://...")``."""
 
     def __init__(self, url: str) -> None:
         self.url = url

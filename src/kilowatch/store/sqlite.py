@@ -11,7 +11,7 @@ Energy is kept twice in the same transaction: per 15-minute slot (``slots``) and
 (``hours``). Queries whose buckets are whole UTC hours (every zone with a whole-hour offset, for
 hour,
 day and month buckets) read the hour table: 4x fewer rows. Buckets are computed in SQL from the
-query's offset segments (see :mod:`kilowatch.store.periods`), so only bucket sums leave the
+query's offset segments (see :mod:`kilowatch.query.periods`), so only bucket sums leave the
 database.
 """
 
@@ -35,19 +35,11 @@ from typing import Any, Self, TypeVar
 
 import orjson
 
-from kilowatch.collect.messages import Event, LogLine, Reading
 from kilowatch.errors import StoreError
-from kilowatch.ledger.slots import SlotEnergy
-from kilowatch.store import records
-from kilowatch.store.base import (
-    Batch,
-    ChannelKey,
-    DeadLetter,
-    DeviceRecord,
-    EnergyQuery,
-    EnergyRow,
-)
-from kilowatch.store.energy import (
+from kilowatch.model.messages import Event, LogLine, Reading
+from kilowatch.model.slots import ChannelKey, SlotEnergy
+from kilowatch.query.energy import EnergyQuery, EnergyRow
+from kilowatch.query.grouping import (
     HOURLY,
     Cells,
     Flat,
@@ -59,8 +51,10 @@ from kilowatch.store.energy import (
     shadow_hourly,
     sum_deltas,
 )
-from kilowatch.store.periods import LocalDays, Plan, plan
-from kilowatch.store.table import EnergyTable
+from kilowatch.query.periods import LocalDays, Plan, plan
+from kilowatch.query.table import EnergyTable
+from kilowatch.store import records
+from kilowatch.store.protocol import Batch, DeadLetter, DeviceRecord
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -209,7 +203,7 @@ def path_of(url: str) -> Path:
 
 
 class SqliteStore:
-    """The SQLite :class:`~kilowatch.store.base.Store`; open with ``open_store("sqlite:///file.db")``."""
+    """The SQLite :class:`~kilowatch.store.protocol.Store`; open with ``open_store("sqlite:///file.db")``."""
 
     def __init__(self, url: str, *, path: Path | None = None) -> None:
         self.url = url
@@ -757,7 +751,7 @@ def _energy_flat(
 ) -> list[Flat] | None:
     """The finished rows, grouped and ordered in SQL; ``None`` when the "Names" rules apply (a
     ``device``/``total`` grouping over a part or the ``hourly`` channel), which need
-    :func:`_energy_cells` and the general grouping of :mod:`kilowatch.store.energy`."""
+    :func:`_energy_cells` and the general grouping of :mod:`kilowatch.query.grouping`."""
     where, args = _channel_filter(query)
     if query.group != "channel":
         names = conn.execute(f"SELECT channel FROM channels{where}", args)

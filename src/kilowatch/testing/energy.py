@@ -6,10 +6,10 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime
 
-from kilowatch.ledger.slots import SlotEnergy
-from kilowatch.store.base import EnergyQuery, EnergyRow
-from kilowatch.store.energy import Cells, add, rows
-from kilowatch.store.periods import plan
+from kilowatch.model.slots import SlotEnergy
+from kilowatch.query.energy import EnergyQuery, EnergyRow
+from kilowatch.query.grouping import Cells, add, rows
+from kilowatch.query.periods import plan
 
 DEVICES = ("shellyplugsg3-b0b0b0000001", "shellyplugsg3-b0b0b0000002", "shellypro3em-a0b1c2d3e4f5")
 CHANNELS = {

@@ -12,11 +12,11 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from kilowatch import __version__
-from kilowatch.collect.messages import Reading
-from kilowatch.errors import ConfigError
+from kilowatch.errors import ConfigError, Problem
+from kilowatch.model.messages import Reading
 from kilowatch.web.deps import Admin, State, Viewer
 from kilowatch.web.energy import build_query, report
-from kilowatch.web.problems import Problem, bad_param
+from kilowatch.web.problems import bad_param
 from kilowatch.web.site import save_site
 from kilowatch.web.views import device_json, devices_table, overview
 

@@ -19,11 +19,13 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from kilowatch import __version__
+from kilowatch.accounts.sessions import LoginLimiter, SessionManager
+from kilowatch.accounts.users import ensure_admin
 from kilowatch.errors import ConfigError
-from kilowatch.service.live import LiveHub
-from kilowatch.store.base import Store
+from kilowatch.intake.live import LiveHub
+from kilowatch.service.server import Running, ingest_metrics
+from kilowatch.store.protocol import Store
 from kilowatch.web import api, pages, problems
-from kilowatch.web.auth import LoginLimiter, SessionManager, ensure_admin
 from kilowatch.web.deps import WebState, require_viewer
 from kilowatch.web.metrics import CONTENT_TYPE, render
 from kilowatch.web.site import load_site, zone
@@ -236,4 +238,36 @@ async def serve_web(
         raise ConfigError("the web app did not start (see the log above: its startup failed)")
 
 
-__all__ = ["create_app", "serve_web"]
+async def start_web(tg: asyncio.TaskGroup, running: Running, stop: asyncio.Event) -> int:
+    """Serve ``kilowatch.web`` on ``http_host:http_port`` as a task of ``tg``: the web starter that
+    ``kilowatch serve`` hands to :func:`kilowatch.service.server.serve`.
+
+    The web app gets the open store, the LiveHub, the site time zone and the ingest counters; it is
+    cancelled when ``stop`` is set, before the store closes. A port in use raises ``ConfigError``.
+    Returns the port it listens on.
+    """
+    settings = running.settings
+    sock = bind(settings.http_host, settings.http_port)
+    stats = running.stats
+    app = create_app(
+        running.store,
+        live=running.hub,
+        site_tz=settings.tz,
+        ingest_stats=lambda: ingest_metrics(stats),
+    )
+    web = tg.create_task(
+        serve_web(app, settings.http_host, settings.http_port, sock=sock), name="web"
+    )
+
+    async def stop_web() -> None:
+        await stop.wait()
+        web.cancel()
+
+    tg.create_task(stop_web(), name="web-stop")
+    port: int = sock.getsockname()[1]
+    log.info("web app listening url=http://%s:%d", settings.http_host, port)
+    return port
+
+
+
+__all__ = ["bind", "create_app", "serve_web", "start_web"]

@@ -11,10 +11,12 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.templating import Jinja2Templates
 
-from kilowatch.service.live import LiveHub
-from kilowatch.store.base import Store
-from kilowatch.web.auth import LoginLimiter, Principal, SessionManager, verify_token
-from kilowatch.web.problems import Problem
+from kilowatch.accounts.sessions import LoginLimiter, SessionManager
+from kilowatch.accounts.tokens import verify_token
+from kilowatch.accounts.users import Principal
+from kilowatch.errors import Problem
+from kilowatch.intake.live import LiveHub
+from kilowatch.store.protocol import Store
 from kilowatch.web.site import SiteSettings
 
 SESSION_COOKIE = "kilowatch_session"

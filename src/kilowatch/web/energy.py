@@ -22,11 +22,12 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from kilowatch.errors import ConfigError
-from kilowatch.store.base import Bucket, EnergyQuery, EnergyRow, Grouping, Store
-from kilowatch.store.table import EnergyTable
+from kilowatch.query.energy import Bucket, EnergyQuery, EnergyRow, Grouping
+from kilowatch.query.table import EnergyTable
+from kilowatch.query.tariff import SlotAmount, Tariff, cost
+from kilowatch.store.protocol import Store
 from kilowatch.web.problems import bad_param
 from kilowatch.web.site import zone
-from kilowatch.web.tariff import SlotAmount, Tariff, cost
 
 MAX_SPAN = {
     "15min": timedelta(days=62),
@@ -174,7 +175,7 @@ class Report:
         rows: Any
         if self.costs is None:
             # rendered from the table's columns, without a row object per bucket (see
-            # kilowatch.store.table): for a year of hours several times faster
+            # kilowatch.query.table): for a year of hours several times faster
             rows = orjson.Fragment(self.table.json_rows())
         else:
             rows = [r.to_json() for r in self.rows]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-from kilowatch.collect.messages import Reading
-from kilowatch.store.base import DeviceRecord
+from kilowatch.model.messages import Reading
+from kilowatch.store.protocol import DeviceRecord
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

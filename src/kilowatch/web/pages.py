@@ -10,9 +10,10 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from kilowatch.errors import ConfigError
-from kilowatch.store.base import Bucket, EnergyQuery
-from kilowatch.web.auth import verify_password
+from kilowatch.accounts.users import verify_password
+from kilowatch.errors import ConfigError, Problem
+from kilowatch.query.energy import Bucket, EnergyQuery
+from kilowatch.query.tariff import parse_periods_text, periods_text
 from kilowatch.web.deps import (
     SESSION_COOKIE,
     Admin,
@@ -23,9 +24,7 @@ from kilowatch.web.deps import (
     require_writer,
 )
 from kilowatch.web.energy import Report, parse_instant, parse_tz, period_start, report, shift_period
-from kilowatch.web.problems import Problem
 from kilowatch.web.site import save_site
-from kilowatch.web.tariff import parse_periods_text, periods_text
 from kilowatch.web.views import device_json, devices_table, display_name, overview, top_level
 
 router = APIRouter(include_in_schema=False)

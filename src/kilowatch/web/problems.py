@@ -2,64 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import RedirectResponse, Response
 
-from kilowatch.errors import ConfigError, StoreError
-from kilowatch.store.periods import InvalidQueryError
-
-PROBLEM_TYPE_BASE = "https://kilowatch.dev/problems/"
-"""Problem ``type`` URIs are identifiers (RFC 9457 §3.1.1), not fetched; docs/api.md lists them."""
-
-_TITLES = {
-    400: "Bad request",
-    401: "Login required",
-    403: "Forbidden",
-    404: "Not found",
-    405: "Method not allowed",
-    409: "Conflict",
-    422: "Invalid parameters",
-    429: "Too many requests",
-    503: "Store unavailable",
-}
-
-
-class Problem(Exception):  # noqa: N818 - RFC 9457 calls it a problem
-    """Raise anywhere in a route to answer with a problem body."""
-
-    def __init__(
-        self,
-        status: int,
-        detail: str,
-        *,
-        slug: str | None = None,
-        title: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        extra: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.slug = slug or _TITLES.get(status, "error").lower().replace(" ", "-")
-        self.title = title or _TITLES.get(status, "Error")
-        self.headers = dict(headers or {})
-        self.extra = dict(extra or {})
-
-    def body(self, instance: str) -> dict[str, Any]:
-        return {
-            "type": PROBLEM_TYPE_BASE + self.slug,
-            "title": self.title,
-            "status": self.status,
-            "detail": self.detail,
-            "instance": instance,
-            **self.extra,
-        }
+from kilowatch.errors import ConfigError, InvalidQueryError, Problem, StoreError
 
 
 def bad_param(name: str, detail: str) -> Problem:
@@ -144,4 +93,4 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StoreError, on_store)
 
 
-__all__ = ["Problem", "bad_param", "install", "problem_response"]
+__all__ = ["bad_param", "install", "problem_response"]

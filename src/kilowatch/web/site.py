@@ -8,9 +8,9 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from kilowatch.errors import ConfigError
+from kilowatch.query.tariff import Tariff
 from kilowatch.service.retention import SITE_KEY
-from kilowatch.store.base import Store
-from kilowatch.web.tariff import Tariff
+from kilowatch.store.protocol import Store
 
 MAX_RETENTION_DAYS = 100 * 366
 MAX_GRID_METERS = 20

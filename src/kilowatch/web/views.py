@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kilowatch.collect.messages import Reading
-from kilowatch.store.base import DeviceRecord, EnergyQuery, Store
+from kilowatch.model.messages import Reading
+from kilowatch.query.energy import EnergyQuery
+from kilowatch.store.protocol import DeviceRecord, Store
 from kilowatch.web.energy import period_start, row_costs, shift_period
 from kilowatch.web.site import SiteSettings
 

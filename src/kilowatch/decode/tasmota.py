@@ -1,0 +1,219 @@
+"""Tasmota energy monitoring over MQTT (shelly-api.md §20).
+
+Topics follow the device's ``FullTopic`` (default ``%prefix%/%topic%/``); other layouts are
+configured as patterns with the same tokens: ``%prefix%`` (``tele``/``stat``), and ``%topic%``,
+``%hostname%`` or ``%id%`` for the device part, each a whole topic level.
+
+- ``tele/<topic>/SENSOR`` and ``stat/<topic>/STATUS8`` (``{"StatusSNS": ...}``): the
+  ``ENERGY`` object. ``Total``/``ExportActive`` kWh → ``energy_wh``/``returned_energy_wh``;
+  ``Power`` W, ``ApparentPower`` VA, ``ReactivePower`` var, ``Factor``, ``Voltage`` V,
+  ``Current`` A, ``Frequency`` Hz. A field given as an array (multi-channel meters) goes to
+  channels ``ENERGY/1``, ``ENERGY/2``...; scalar fields to ``ENERGY``. ``Time`` is local time
+  without a zone, so ``ts`` is ``received_at``.
+- ``tele/<topic>/LWT``: ``Online``/``Offline``.
+- ``tele/<topic>/STATE`` (uptime), ``tele/<topic>/INFO1`` (module, version), ``INFO2`` (IP address).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kilowatch.decode.payload import (
+    MISSING_TOPIC,
+    kwh_to_wh,
+    load_json,
+    load_object,
+    number,
+    text_bool,
+)
+from kilowatch.decode.state import DecoderState
+from kilowatch.errors import ConfigError, DecodeError
+from kilowatch.model.messages import Availability, DeviceInfo, Message, Reading
+
+NAME = "tasmota"
+CHANNEL = "ENERGY"
+DEFAULT_FULL_TOPIC = "%prefix%/%topic%/"
+
+_PREFIX_TOKEN = "%prefix%"
+_DEVICE_TOKENS = ("%topic%", "%hostname%", "%id%")
+_DEVICE = object()
+_PREFIX = object()
+
+# leaf → the %prefix% Tasmota publishes it under
+_LEAVES: dict[str, str] = {
+    "SENSOR": "tele",
+    "LWT": "tele",
+    "STATE": "tele",
+    "INFO1": "tele",
+    "INFO2": "tele",
+    "STATUS8": "stat",
+}
+
+# ENERGY field → (Reading attribute, converts kWh)
+_ENERGY_FIELDS: tuple[tuple[str, str, bool], ...] = (
+    ("Power", "power_w", False),
+    ("Voltage", "voltage_v", False),
+    ("Current", "current_a", False),
+    ("Frequency", "frequency_hz", False),
+    ("Total", "energy_wh", True),
+    ("ExportActive", "returned_energy_wh", True),
+    ("ApparentPower", "apparent_power_va", False),
+    ("ReactivePower", "reactive_power_var", False),
+    ("Factor", "power_factor", False),
+)
+
+
+def _compile(full_topic: str) -> tuple[object, ...]:
+    levels = full_topic.strip("/").split("/")
+    out: list[object] = []
+    for level in levels:
+        if level == _PREFIX_TOKEN:
+            out.append(_PREFIX)
+        elif level in _DEVICE_TOKENS:
+            out.append(_DEVICE)
+        elif "%" in level or not level or "+" in level or "#" in level:
+            raise ConfigError(
+                f"Tasmota full topic {full_topic!r}: level {level!r} must be a literal or "
+                f"exactly one of {_PREFIX_TOKEN}, {', '.join(_DEVICE_TOKENS)}"
+            )
+        else:
+            out.append(level)
+    if out.count(_PREFIX) != 1 or out.count(_DEVICE) != 1:
+        raise ConfigError(
+            f"Tasmota full topic {full_topic!r} needs one {_PREFIX_TOKEN} and one device token "
+            f"({', '.join(_DEVICE_TOKENS)}), e.g. {DEFAULT_FULL_TOPIC!r}"
+        )
+    return tuple(out)
+
+
+class TasmotaDecoder:
+    """Decoder for Tasmota ``SENSOR``, ``STATUS8``, ``LWT``, ``STATE``, ``INFO1``, ``INFO2``."""
+
+    name = NAME
+
+    def __init__(self, *, full_topics: tuple[str, ...] = (DEFAULT_FULL_TOPIC,)) -> None:
+        self._patterns = tuple(_compile(full_topic) for full_topic in full_topics)
+        subscriptions: list[str] = []
+        for pattern in self._patterns:
+            for leaf, prefix in _LEAVES.items():
+                levels = [
+                    prefix if p is _PREFIX else "+" if p is _DEVICE else str(p) for p in pattern
+                ]
+                subscriptions.append("/".join([*levels, leaf]))
+        self.subscriptions: tuple[str, ...] = tuple(subscriptions)
+
+    def _parse(self, topic: str) -> tuple[str, str] | None:
+        """(device, leaf) when ``topic`` fits one of the full topics, else ``None``."""
+        levels = topic.split("/")
+        leaf = levels[-1]
+        prefix = _LEAVES.get(leaf)
+        if prefix is None:
+            return None
+        for pattern in self._patterns:
+            if len(pattern) + 1 != len(levels):
+                continue
+            device = None
+            for want, got in zip(pattern, levels, strict=False):
+                if want is _DEVICE:
+                    device = got
+                elif (want is _PREFIX and got != prefix) or (want is not _PREFIX and want != got):
+                    break
+            else:
+                if device:
+                    return device, leaf
+        return None
+
+    def matches(self, topic: str) -> bool:
+        """``tele/<topic>/SENSOR`` etc., in any of the configured full-topic layouts."""
+        return self._parse(topic) is not None
+
+    def decode(
+        self, topic: str, payload: bytes, *, received_at: float, state: DecoderState
+    ) -> list[Message]:
+        """Readings, availability or device info of one Tasmota message."""
+        parsed = self._parse(topic)
+        if parsed is None:
+            return []
+        device, leaf = parsed
+        if leaf == "LWT":
+            online = text_bool(payload, true=b"Online", false=b"Offline", field=topic)
+            return [Availability(device, online, received_at)]
+        doc = load_object(payload, what=f"Tasmota {leaf}")
+        if leaf == "SENSOR":
+            return _energy(device, doc.get("ENERGY"), received_at)
+        if leaf == "STATUS8":
+            sns = doc.get("StatusSNS")
+            return _energy(device, sns.get("ENERGY") if type(sns) is dict else None, received_at)
+        return _info(device, leaf, doc, received_at)
+
+    def guess_topic(self, payload: bytes, *, device: str | None) -> str | None:
+        """A JSON object with ``ENERGY`` or ``StatusSNS`` is a Tasmota sensor message."""
+        if b"ENERGY" not in payload and b"StatusSNS" not in payload:
+            return None
+        try:
+            doc = load_json(payload, what="payload")
+        except DecodeError:
+            return None
+        if type(doc) is not dict:
+            return None
+        leaf = "STATUS8" if "StatusSNS" in doc else "SENSOR" if "ENERGY" in doc else None
+        if leaf is None:
+            return None
+        if not device:
+            raise DecodeError(
+                MISSING_TOPIC,
+                f"this looks like a Tasmota {leaf} payload, which does not name its device; "
+                f"pass --device <tasmota topic> or --topic {_LEAVES[leaf]}/<tasmota topic>/{leaf}",
+            )
+        return f"{_LEAVES[leaf]}/{device}/{leaf}"
+
+
+def _energy(device: str, energy: object, received_at: float) -> list[Message]:
+    if type(energy) is not dict:
+        return []
+    channels: dict[str, dict[str, float]] = {}
+    for field, attr, kwh in _ENERGY_FIELDS:
+        value = energy.get(field)
+        if value is None:
+            continue
+        if type(value) is list:
+            for i, item in enumerate(value, start=1):
+                if item is not None:
+                    converted = _convert(item, f"ENERGY.{field}[{i - 1}]", kwh)
+                    channels.setdefault(f"{CHANNEL}/{i}", {})[attr] = converted
+        else:
+            channels.setdefault(CHANNEL, {})[attr] = _convert(value, f"ENERGY.{field}", kwh)
+    # scalar (whole-device) channel first, then its parts
+    order = sorted(channels, key=lambda name: (name != CHANNEL, len(name), name))
+    return [Reading(device, name, received_at, **channels[name]) for name in order]
+
+
+def _convert(value: object, field: str, kwh: bool) -> float:
+    number_ = number(value, field=field)
+    return kwh_to_wh(number_) if kwh else number_
+
+
+def _info(device: str, leaf: str, doc: dict[str, Any], received_at: float) -> list[Message]:
+    if leaf == "STATE":
+        uptime = doc.get("UptimeSec")
+        if type(uptime) is not int:
+            return []
+        return [DeviceInfo(device, received_at, uptime_s=uptime)]
+    # Tasmota ≥ 9 nests INFO payloads as {"Info1": {...}}; older versions publish the object flat.
+    body = doc.get("Info1" if leaf == "INFO1" else "Info2", doc)
+    if type(body) is not dict:
+        return []
+    if leaf == "INFO1":
+        module, version = body.get("Module"), body.get("Version")
+        if type(module) is not str and type(version) is not str:
+            return []
+        return [
+            DeviceInfo(
+                device,
+                received_at,
+                model=module if type(module) is str else None,
+                fw_ver=version if type(version) is str else None,
+            )
+        ]
+    ip = body.get("IPAddress")
+    return [DeviceInfo(device, received_at, ip=ip)] if type(ip) is str else []

@@ -1,0 +1,340 @@
+"""The ingest pipeline: batches of MQTT messages → decode → ledger → one ``Batch`` → store → acks.
+
+Two stages run concurrently so that decoding the next batch overlaps committing the previous one:
+
+- :meth:`Pipeline.build` (on the event loop, pure CPU): decodes every message with the decoder
+  registry, feeds counters and intervals to the ledger, gathers device updates, latest readings,
+  events, logs and dead letters into one :class:`~kilowatch.store.protocol.Batch`;
+- the commit stage commits batches *in order* and only then acknowledges their MQTT messages. A
+  commit that fails is retried (with backoff) until it succeeds: nothing unstored is acknowledged.
+
+A message that cannot be decoded never stops ingestion: it becomes a dead letter (topic, payload,
+reason), counted per reason and logged at most once per :data:`DEAD_LETTER_LOG_INTERVAL_S` and
+reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kilowatch.decode.registry import DecoderRegistry
+from kilowatch.decode.state import DecoderState
+from kilowatch.errors import DecodeError, KilowatchError
+from kilowatch.intake.client import Delivery
+from kilowatch.intake.live import LiveHub
+from kilowatch.model.messages import (
+    Availability,
+    DeviceInfo,
+    Event,
+    Interval,
+    LogLine,
+    Message,
+    Reading,
+)
+from kilowatch.model.slots import ChannelKey, SlotEnergy, merge_slot_energy
+from kilowatch.store.protocol import Batch, DeadLetter, DeviceUpdate, Store
+
+log = logging.getLogger("kilowatch.ingest")
+
+MAX_BATCH = 5000
+"""Messages per committed batch at most (larger batches amortise per-channel store writes)."""
+DEVICE_WRITE_INTERVAL_S = 30.0
+"""A device's ``last_seen`` is written at most this often (other device changes at once)."""
+LATEST_WRITE_INTERVAL_S = 1.0
+"""A channel's latest reading is written at most this often (live views get every reading)."""
+DEAD_LETTER_LOG_INTERVAL_S = 10.0
+COMMIT_RETRY_MIN_S = 0.2
+COMMIT_RETRY_MAX_S = 10.0
+PAYLOAD_LOG_EXCERPT = 120
+"""Bytes of a dead letter's payload shown in the log line."""
+DECODER_CRASH = "decoder_crash"
+"""Dead-letter reason for an exception a decoder did not translate (a bug: report it)."""
+LEDGER_ERROR = "ledger_error"
+
+
+class DeliverySource(Protocol):
+    """Where deliveries come from and go back to when committed (:class:`MqttIntake`)."""
+
+    async def next_batch(self, max_items: int) -> list[Delivery]:
+        """Up to ``max_items`` deliveries, waiting for at least one; ``[]`` once stopped."""
+        ...
+
+    def take_pending(self) -> list[Delivery]: ...
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None: ...
+
+
+class LedgerLike(Protocol):
+    """What the pipeline needs of :class:`kilowatch.ledger.Ledger`."""
+
+    def add_reading(self, reading: Reading) -> list[SlotEnergy]: ...
+
+    def add_interval(self, interval: Interval) -> list[SlotEnergy]: ...
+
+    def take_dirty_states(self) -> dict[ChannelKey, dict[str, Any]]: ...
+
+
+_Staged = tuple[Batch, list[Reading], Sequence[Delivery]]
+
+
+@dataclass
+class IngestStats:
+    """Counters since start (the web app's metrics page may show them)."""
+
+    received: int = 0
+    committed: int = 0
+    batches: int = 0
+    readings: int = 0
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    commit_failures: int = 0
+
+
+class _RateLimitedLog:
+    """One log line per reason per interval; the lines in between are counted, then reported."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: Counter[str] = Counter()
+
+    def dead_letter(self, letter: DeadLetter) -> None:
+        now = self.clock()
+        last = self._last.get(letter.reason)
+        if last is not None and now - last < self.interval:
+            self._suppressed[letter.reason] += 1
+            return
+        self._last[letter.reason] = now
+        suppressed = self._suppressed.pop(letter.reason, 0)
+        log.warning(
+            "dead letter reason=%s topic=%r detail=%r payload=%r suppressed_since_last=%d",
+            letter.reason,
+            letter.topic,
+            letter.detail,
+            letter.payload[:PAYLOAD_LOG_EXCERPT],
+            suppressed,
+        )
+
+
+class Pipeline:
+    """Turns deliveries into committed batches. Owns the decoder state and the ledger."""
+
+    def __init__(
+        self,
+        *,
+        registry: DecoderRegistry,
+        ledger: LedgerLike,
+        store: Store,
+        hub: LiveHub | None = None,
+        state: DecoderState | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.ledger = ledger
+        self.store = store
+        self.hub = hub
+        self.state = state or DecoderState()
+        self.stats = IngestStats()
+        self.clock = clock
+        self._dead_log = _RateLimitedLog(DEAD_LETTER_LOG_INTERVAL_S)
+        self._sources: dict[str, str | None] = {}
+        self._devices_pending: dict[str, dict[str, Any]] = {}
+        self._devices_written: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._latest_pending: dict[ChannelKey, Reading] = {}
+        self._latest_written: dict[ChannelKey, float] = {}
+
+    # -- stage 1: decode + account ---------------------------------------------------------------
+
+    def build(
+        self, deliveries: Sequence[Delivery], *, final: bool = False
+    ) -> tuple[Batch, list[Reading]]:
+        """Decode ``deliveries`` and account their energy; the batch to commit and its readings.
+
+        Energy, ledger states, events, logs and dead letters are always in the batch. Device
+        ``last_seen`` and latest readings are written at most every :data:`DEVICE_WRITE_INTERVAL_S`
+        / :data:`LATEST_WRITE_INTERVAL_S` (any other device change at once): a fleet reporting
+        every second must not rewrite every device row in every batch. ``final`` writes
+        everything still pending (shutdown).
+        """
+        decode = self.registry.decode
+        state = self.state
+        sources = self._sources
+        devices = self._devices_pending
+        latest = self._latest_pending
+        fresh: dict[ChannelKey, Reading] = {}
+        slots: list[SlotEnergy] = []
+        events: list[Event] = []
+        logs: list[LogLine] = []
+        dead: list[DeadLetter] = []
+        for topic, payload, received_at, _mid, _gen in deliveries:
+            try:
+                messages = decode(topic, payload, received_at=received_at, state=state)
+            except DecodeError as err:
+                dead.append(DeadLetter(received_at, topic, payload, err.reason, str(err)))
+                continue
+            except Exception as err:  # a decoder bug must not stop ingestion
+                dead.append(DeadLetter(received_at, topic, payload, DECODER_CRASH, repr(err)))
+                continue
+            if not messages:
+                continue
+            try:
+                source = sources[topic]
+            except KeyError:
+                decoder = self.registry.decoder_for(topic)
+                source = sources[topic] = decoder.name if decoder is not None else None
+            for m in messages:
+                try:
+                    self._account(m, received_at, source, slots, devices, fresh, events, logs)
+                except Exception as err:  # the ledger refusing one value must not stop the others
+                    log.exception("ledger failed on %r", m)
+                    dead.append(DeadLetter(received_at, topic, payload, LEDGER_ERROR, repr(err)))
+        for letter in dead:
+            self.stats.dead_letters[letter.reason] += 1
+            self._dead_log.dead_letter(letter)
+        latest.update(fresh)
+        now = self.clock()
+        batch = Batch(
+            slots=merge_slot_energy(slots),
+            ledger_states=self.ledger.take_dirty_states(),
+            devices=self._due_devices(now, final),
+            latest=self._due_latest(now, final),
+            events=events,
+            logs=logs,
+            dead_letters=dead,
+        )
+        self.stats.received += len(deliveries)
+        self.stats.readings += len(fresh)
+        return batch, list(fresh.values())
+
+    def _due_devices(self, now: float, final: bool) -> list[DeviceUpdate]:
+        out: list[DeviceUpdate] = []
+        written = self._devices_written
+        for device, fields in list(self._devices_pending.items()):
+            before = written.get(device)
+            due = final or before is None or now - before[0] >= DEVICE_WRITE_INTERVAL_S
+            if not due and before is not None:
+                old = before[1]
+                due = any(k != "last_seen" and old.get(k) != v for k, v in fields.items())
+            if due:
+                out.append(DeviceUpdate(device=device, **fields))
+                merged = dict(before[1]) if before is not None else {}
+                merged.update(fields)
+                written[device] = (now, merged)
+                del self._devices_pending[device]
+        return out
+
+    def _due_latest(self, now: float, final: bool) -> list[Reading]:
+        out: list[Reading] = []
+        written = self._latest_written
+        for key, reading in list(self._latest_pending.items()):
+            if final or now - written.get(key, -LATEST_WRITE_INTERVAL_S) >= LATEST_WRITE_INTERVAL_S:
+                out.append(reading)
+                written[key] = now
+                del self._latest_pending[key]
+        return out
+
+    def _account(
+        self,
+        m: Message,
+        received_at: float,
+        source: str | None,
+        slots: list[SlotEnergy],
+        devices: dict[str, dict[str, Any]],
+        latest: dict[ChannelKey, Reading],
+        events: list[Event],
+        logs: list[LogLine],
+    ) -> None:
+        device = devices.get(m.device)
+        if device is None:
+            device = devices[m.device] = {"last_seen": received_at, "source": source}
+        else:
+            device["last_seen"] = received_at
+            device["source"] = source
+        if isinstance(m, Reading):
+            if m.energy_wh is not None or m.returned_energy_wh is not None:
+                slots.extend(self.ledger.add_reading(m))
+            key = (m.device, m.channel)
+            old = latest.get(key)
+            if old is None or m.ts >= old.ts:
+                latest[key] = m
+            device["online"] = True
+        elif isinstance(m, Interval):
+            slots.extend(self.ledger.add_interval(m))
+        elif isinstance(m, Availability):
+            device["online"] = m.online
+        elif isinstance(m, DeviceInfo):
+            for name in ("mac", "model", "gen", "fw_ver", "name", "ip", "available_update"):
+                value = getattr(m, name)
+                if value is not None:
+                    device[name] = value
+        elif isinstance(m, Event):
+            events.append(m)
+        else:
+            logs.append(m)
+
+    # -- stage 2: commit + ack -------------------------------------------------------------------
+
+    async def commit(self, batch: Batch, readings: Sequence[Reading]) -> None:
+        """Commit ``batch``, retrying with capped backoff until the store takes it."""
+        delay = COMMIT_RETRY_MIN_S
+        while True:
+            try:
+                await self.store.commit(batch)
+            except KilowatchError as err:
+                self.stats.commit_failures += 1
+                log.error("store commit failed error=%r retry_in_s=%.1f", str(err), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, COMMIT_RETRY_MAX_S)
+                continue
+            break
+        self.stats.batches += 1
+        if self.hub is not None:
+            self.hub.publish(readings)
+
+    async def run(self, source: DeliverySource, *, max_batch: int = MAX_BATCH) -> None:
+        """Ingest until ``source`` stops giving deliveries (``next_batch`` returns ``[]``), then
+        commit what is in flight and what ``source.take_pending()`` holds, acknowledge, return.
+
+        Cancelling it instead is a hard stop: what was not committed is simply redelivered later.
+        """
+        queue: asyncio.Queue[_Staged | None] = asyncio.Queue(2)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._commit_stage(queue, source))
+            while True:
+                try:
+                    deliveries = await asyncio.wait_for(
+                        source.next_batch(max_batch), timeout=LATEST_WRITE_INTERVAL_S
+                    )
+                except TimeoutError:
+                    # Quiet: write what the throttles still hold (a device's last reading).
+                    if self._devices_pending or self._latest_pending:
+                        batch, readings = self.build([])
+                        if batch.devices or batch.latest:
+                            await queue.put((batch, readings, []))
+                    continue
+                if not deliveries:
+                    break
+                batch, readings = self.build(deliveries)
+                await queue.put((batch, readings, deliveries))
+            pending = source.take_pending()
+            batch, readings = self.build(pending, final=True)
+            await queue.put((batch, readings, pending))
+            await queue.put(None)
+
+    async def _commit_stage(
+        self, queue: asyncio.Queue[_Staged | None], source: DeliverySource
+    ) -> None:
+        while (staged := await queue.get()) is not None:
+            batch, readings, deliveries = staged
+            await self.commit(batch, readings)
+            source.ack(deliveries)
+            self.stats.committed += len(deliveries)
+
+
+__all__ = ["MAX_BATCH", "DeliverySource", "IngestStats", "LedgerLike", "Pipeline"]

@@ -1,0 +1,9 @@
+"""kilowatch.mqtt: the MQTT 3.1.1 wire format, once: packet codec (``packets``) and topic names,
+filters and matching (``topics``). Pure: the embedded broker and the simulator's client frame
+their bytes with it; kilowatch's own intake uses paho-mqtt.
+"""
+
+from kilowatch.mqtt.packets import FrameReader, PacketType
+from kilowatch.mqtt.topics import SubscriptionTree, topic_matches
+
+__all__ = ["FrameReader", "PacketType", "SubscriptionTree", "topic_matches"]

@@ -1,0 +1,170 @@
+"""The one store interface. Backends: SQLite (``sqlite:///file.db``), Redis (``redis://``, ``rediss://``)
+and Redis Cluster. Every backend passes the same conformance suite
+(``tests/store/test_conformance.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, Self
+
+from kilowatch.model.messages import Event, LogLine, Reading
+from kilowatch.model.slots import ChannelKey, SlotEnergy
+from kilowatch.query.energy import EnergyQuery, EnergyRow
+
+if TYPE_CHECKING:
+    from kilowatch.query.table import EnergyTable
+
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceUpdate:
+    """A partial update of a device record: ``None`` fields are left as they are."""
+
+    device: str
+    last_seen: float | None = None
+    online: bool | None = None
+    mac: str | None = None
+    model: str | None = None
+    gen: int | None = None
+    fw_ver: str | None = None
+    available_update: str | None = None
+    name: str | None = None
+    ip: str | None = None
+    source: str | None = None
+    """Which decoder family saw it: ``shelly``, ``shelly-gen1``, ``tasmota``, ``zigbee2mqtt``,
+    ``hourly``."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    device: str
+    first_seen: float | None = None
+    last_seen: float | None = None
+    online: bool | None = None
+    mac: str | None = None
+    model: str | None = None
+    gen: int | None = None
+    fw_ver: str | None = None
+    available_update: str | None = None
+    name: str | None = None
+    """The name the device reports about itself."""
+    label: str | None = None
+    """The name a user gave it in kilowatch (rename); shown instead of ``name`` when set."""
+    room: str | None = None
+    ip: str | None = None
+    source: str | None = None
+    channels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that could not be decoded: kept (bounded) so a user can see what and why."""
+
+    ts: float
+    topic: str
+    payload: bytes
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Everything one ingest step changes, committed atomically by :meth:`Store.commit`.
+
+    ``slots`` are added to what is stored; ``ledger_states`` replace the saved ledger state of their
+    channels (opaque JSON-able dicts owned by ``kilowatch.ledger``), so that after a crash the
+    stored energy and the ledger state always agree.
+    """
+
+    slots: Sequence[SlotEnergy] = ()
+    ledger_states: Mapping[ChannelKey, dict[str, Any]] = field(default_factory=dict)
+    devices: Sequence[DeviceUpdate] = ()
+    latest: Sequence[Reading] = ()
+    events: Sequence[Event] = ()
+    logs: Sequence[LogLine] = ()
+    dead_letters: Sequence[DeadLetter] = ()
+
+
+class Store(Protocol):
+    """What the rest of kilowatch needs from storage. Use as ``async with open_store(url) as
+    store``."""
+
+    url: str
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def commit(self, batch: Batch) -> None:
+        """Apply ``batch`` atomically: all of it is stored, or none of it."""
+
+    async def load_ledger_states(self) -> dict[ChannelKey, dict[str, Any]]:
+        """Every saved ledger state, to resume exactly where the last run stopped."""
+
+    async def energy(self, query: EnergyQuery) -> list[EnergyRow]:
+        """Energy per bucket; buckets without data are omitted. Rows sorted by start, device,
+        channel. (``(await energy_table(query)).rows()``.)"""
+
+    async def energy_table(self, query: EnergyQuery) -> EnergyTable:
+        """The same rows column by column: what the API renders to JSON without building a row
+        object per bucket."""
+
+    async def use_local_zone(self, tz: str, *, wait: bool = False) -> None:
+        """Also keep energy per local day of ``tz`` (the site's zone), so that day and month
+        queries in that zone read one rollup row per channel and day instead of correcting UTC
+        days with hours. The choice is stored; later commits maintain it. Choosing another zone
+        rebuilds the local days from the slots in the background, channel by channel (``wait``:
+        return only when done); until then queries take the general path, with the same answers.
+        :class:`InvalidQueryError` for an unknown zone."""
+
+    async def drop_slots_before(self, before: int) -> int:
+        """Retention: delete the 15-minute slots that start before ``before`` (unix seconds,
+        rounded down to a whole UTC hour), keeping every hour, day and local-day rollup: hour,
+        day and month answers stay (but hour buckets of a zone with a half-hour offset, which
+        need slots), 15-minute answers end there. Returns how many slots were deleted."""
+
+    async def local_days_zone(self) -> str | None:
+        """The zone whose local days are built and maintained (``None``: none, or still
+        rebuilding)."""
+
+    async def devices(self) -> list[DeviceRecord]: ...
+
+    async def device(self, device: str) -> DeviceRecord | None: ...
+
+    async def set_device_label(
+        self, device: str, *, label: str | None = None, room: str | None = None
+    ) -> None:
+        """User's rename / room assignment (``None`` leaves a field as it is, ``""`` clears it)."""
+
+    async def latest(self, device: str | None = None) -> list[Reading]:
+        """Last reading of each channel (of one device, or all)."""
+
+    async def events(self, device: str | None = None, limit: int = 100) -> list[Event]: ...
+
+    async def logs(self, device: str | None = None, limit: int = 100) -> list[LogLine]: ...
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]: ...
+
+    async def dead_letter_counts(self) -> dict[str, int]:
+        """Count of dead letters ever seen, by reason."""
+
+    async def get_meta(self, key: str) -> Any | None:
+        """A JSON value kept by other parts of kilowatch (settings, users, tokens)."""
+
+    async def put_meta(self, key: str, value: Any) -> None: ...
+
+
+__all__ = [
+    "Batch",
+    "DeadLetter",
+    "DeviceRecord",
+    "DeviceUpdate",
+    "Store",
+]
