@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from enum import Enum
 from time import monotonic
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
+from kilowatch.broker.session import BrokerCounters, Session
 from kilowatch.errors import ProtocolError
 from kilowatch.mqtt.packets import (
     PINGRESP,
@@ -37,10 +39,6 @@ from kilowatch.mqtt.packets import (
 )
 from kilowatch.mqtt.topics import check_topic_name, is_valid_filter
 
-if TYPE_CHECKING:
-    from kilowatch.broker.server import EmbeddedBroker
-    from kilowatch.broker.session import Session
-
 log = logging.getLogger("kilowatch.broker")
 
 _PUBACK = PacketType.PUBACK << 4
@@ -59,10 +57,32 @@ class State(Enum):
     CLOSED = "closed"
 
 
+class Hub(Protocol):
+    """What a connection needs of its broker (:class:`~kilowatch.broker.server.EmbeddedBroker`):
+    declared here so that the connection does not import the server that creates it."""
+
+    max_packet_size: int
+    counters: BrokerCounters
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
+    def want_flush(self, conn: Connection) -> None: ...
+    def connection_opened(self, conn: Connection) -> None: ...
+    def connection_closed(self, conn: Connection, *, publish_will: bool) -> None: ...
+    def new_client_id(self) -> str: ...
+    async def check_credentials(
+        self, username: str | None, password: bytes | None
+    ) -> ConnectReturnCode: ...
+    def attach(self, conn: Connection, *, clean: bool) -> None: ...
+    def subscribe(self, session: Session, topic_filter: str, qos: int) -> None: ...
+    def unsubscribe(self, session: Session, topic_filter: str) -> None: ...
+    def send_retained(self, session: Session, topic_filter: str, qos: int) -> None: ...
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None: ...
+
+
 class Connection(asyncio.Protocol):
     """The MQTT side of one TCP connection. Created by the broker's listener."""
 
-    def __init__(self, broker: EmbeddedBroker) -> None:
+    def __init__(self, broker: Hub) -> None:
         self.broker = broker
         self.state = State.NEW
         self.transport: asyncio.Transport | None = None

@@ -11,12 +11,21 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from kilowatch.mqtt.packets import PacketType, encode_ack, encode_length, encode_string
 
-if TYPE_CHECKING:
-    from kilowatch.broker.connection import Connection
+
+class Outlet(Protocol):
+    """What a session needs of the connection it is attached to
+    (:class:`~kilowatch.broker.connection.Connection`): declared here so that the session does not
+    import the connection, which imports it."""
+
+    paused: bool
+
+    def write(self, data: bytes) -> None: ...
+    def write_parts(self, parts: tuple[bytes, ...]) -> None: ...
+    def close(self, reason: str, *, will: bool) -> None: ...
 
 log = logging.getLogger("kilowatch.broker")
 
@@ -127,7 +136,7 @@ class Session:
         self.max_inflight = max_inflight
         self.max_queued = max_queued
         self.counters = counters
-        self.conn: Connection | None = None
+        self.conn: Outlet | None = None
         self.subscriptions: dict[str, int] = {}
         # packet id -> message sent and not yet acknowledged (PUBACK, or PUBREC for QoS 2), in send
         # order (dicts keep insertion order), for redelivery with DUP.
@@ -158,7 +167,7 @@ class Session:
             return
         self._send(conn, message, qos)
 
-    def _send(self, conn: Connection, message: Message, qos: int) -> None:
+    def _send(self, conn: Outlet, message: Message, qos: int) -> None:
         self.counters.messages_out += 1
         if not qos:
             conn.write(message.packet_qos0())
@@ -241,7 +250,7 @@ class Session:
         if self.released.pop(packet_id, 0) is None and self.queue:
             self.drain()
 
-    def resume(self, conn: Connection) -> None:
+    def resume(self, conn: Outlet) -> None:
         """Attach a new connection: resend PUBRELs, then unacknowledged PUBLISHes with DUP (§4.4),
         then the queue."""
         self.conn = conn
