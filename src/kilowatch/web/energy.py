@@ -2,9 +2,9 @@
 
 Parameters are the CLI's: ``by`` (15min, hour, day, month), ``tz``, ``from`` (inclusive), ``to``
 (exclusive), ``device``, ``channel``, ``group``. ``from``/``to`` are dates (local midnight in
-``tz``) or ISO datetimes (naive ones are local time in ``tz``). Missing ``from`` is the start of
-the current day (by 15min/hour), month (by day) or year (by month); missing ``to`` is one such
-period later.
+``tz``) or ISO datetimes (naive ones are local time in ``tz``). Missing ones get the range
+:func:`kilowatch.query.ranges.query_range` gives the CLI too: the current day (by 15min/hour),
+month (by day) or year (by month), or one such period from ``from``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, cast, get_args
 from zoneinfo import ZoneInfo
 
@@ -23,6 +23,7 @@ import orjson
 
 from kilowatch.errors import ConfigError
 from kilowatch.query.energy import Bucket, EnergyQuery, EnergyRow, Grouping
+from kilowatch.query.ranges import period_start, query_range, shift_period
 from kilowatch.query.table import EnergyTable
 from kilowatch.query.tariff import SlotAmount, Tariff, cost
 from kilowatch.store.protocol import Store
@@ -77,28 +78,6 @@ def parse_instant(name: str, value: str, tz: ZoneInfo) -> datetime:
     return dt if dt.tzinfo is not None else dt.replace(tzinfo=tz)
 
 
-def period_start(by: Bucket, anchor: datetime) -> datetime:
-    """Start of the day/month/year (by the bucket size) that holds local ``anchor``."""
-    tz = anchor.tzinfo
-    if by in ("15min", "hour"):
-        return datetime(anchor.year, anchor.month, anchor.day, tzinfo=tz)
-    if by == "day":
-        return datetime(anchor.year, anchor.month, 1, tzinfo=tz)
-    return datetime(anchor.year, 1, 1, tzinfo=tz)
-
-
-def shift_period(by: Bucket, start: datetime, steps: int) -> datetime:
-    """The local day/month/year ``steps`` periods after ``start`` (calendar steps, DST-safe)."""
-    tz = start.tzinfo
-    if by in ("15min", "hour"):
-        d = start.date() + timedelta(days=steps)
-        return datetime(d.year, d.month, d.day, tzinfo=tz)
-    if by == "day":
-        months = start.year * 12 + start.month - 1 + steps
-        return datetime(months // 12, months % 12 + 1, 1, tzinfo=tz)
-    return datetime(start.year + steps, 1, 1, tzinfo=tz)
-
-
 def _split(values: Sequence[str], name: str) -> tuple[str, ...]:
     out: list[str] = []
     for v in values:
@@ -123,14 +102,13 @@ def build_query(
     bucket = parse_by(by)
     grouping = parse_group(group)
     zone_ = parse_tz(tz)
-    if start is not None:
-        begin = parse_instant("from", start, zone_)
-    else:
-        begin = period_start(bucket, datetime.fromtimestamp(now, UTC).astimezone(zone_))
-    if end is not None:
-        finish = parse_instant("to", end, zone_)
-    else:
-        finish = shift_period(bucket, period_start(bucket, begin.astimezone(zone_)), 1)
+    begin, finish = query_range(
+        bucket,
+        zone_,
+        now=now,
+        start=None if start is None else parse_instant("from", start, zone_),
+        end=None if end is None else parse_instant("to", end, zone_),
+    )
     if finish <= begin:
         raise bad_param("to", f"{finish.isoformat()} is not after from ({begin.isoformat()})")
     if finish - begin > MAX_SPAN[bucket]:
