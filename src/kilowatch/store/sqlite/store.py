@@ -55,6 +55,8 @@ from kilowatch.query.periods import LocalDays, Plan, plan
 from kilowatch.query.table import EnergyTable
 from kilowatch.store import records
 from kilowatch.store.protocol import Batch, DeadLetter, DeviceRecord
+from kilowatch.store.sqlite.connection import connect, path_of, store_error
+from kilowatch.store.sqlite.schema import MIGRATIONS, migrate
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -63,87 +65,6 @@ READ_THREADS = 2
 """Read connections (one per pool thread); the machine this targets has 2 cores."""
 DROP_CHANNELS_PER_JOB = 50
 """Channels whose old slots one writer job drops (commits go on between jobs)."""
-BUSY_TIMEOUT_MS = 10_000
-"""How long a connection waits for a lock held by another process before failing."""
-
-MIGRATIONS: tuple[str, ...] = (
-    # 1: the initial schema
-    """
-    CREATE TABLE slots (
-        device TEXT NOT NULL, channel TEXT NOT NULL, slot INTEGER NOT NULL,
-        import_mwh INTEGER NOT NULL, export_mwh INTEGER NOT NULL, estimated INTEGER NOT NULL,
-        PRIMARY KEY (device, channel, slot)
-    ) WITHOUT ROWID;
-    CREATE TABLE hours (
-        device TEXT NOT NULL, channel TEXT NOT NULL, hour INTEGER NOT NULL,
-        import_mwh INTEGER NOT NULL, export_mwh INTEGER NOT NULL, estimated INTEGER NOT NULL,
-        PRIMARY KEY (device, channel, hour)
-    ) WITHOUT ROWID;
-    CREATE TABLE channels (
-        device TEXT NOT NULL, channel TEXT NOT NULL, PRIMARY KEY (device, channel)
-    ) WITHOUT ROWID;
-    CREATE TABLE ledger_states (
-        device TEXT NOT NULL, channel TEXT NOT NULL, state TEXT NOT NULL,
-        PRIMARY KEY (device, channel)
-    ) WITHOUT ROWID;
-    CREATE TABLE devices (
-        device TEXT PRIMARY KEY, first_seen REAL, last_seen REAL, online INTEGER, mac TEXT,
-        model TEXT, gen INTEGER, fw_ver TEXT, available_update TEXT, name TEXT, label TEXT,
-        room TEXT, ip TEXT, source TEXT
-    );
-    CREATE TABLE latest (
-        device TEXT NOT NULL, channel TEXT NOT NULL, ts REAL NOT NULL, reading TEXT NOT NULL,
-        PRIMARY KEY (device, channel)
-    ) WITHOUT ROWID;
-    CREATE TABLE events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL, event TEXT NOT NULL
-    );
-    CREATE INDEX events_device ON events (device, id);
-    CREATE TABLE logs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL, line TEXT NOT NULL
-    );
-    CREATE INDEX logs_device ON logs (device, id);
-    CREATE TABLE dead_letters (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, topic TEXT NOT NULL,
-        payload BLOB NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL
-    );
-    CREATE TABLE dead_letter_counts (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    """,
-    # 2: day rollups and delta counts, so a local day is ~5 rollup rows instead of 24 hour rows;
-    # estimated slots indexed on their own (rollups cannot carry a flag through a subtraction)
-    """
-    ALTER TABLE slots ADD COLUMN n INTEGER NOT NULL DEFAULT 1;
-    ALTER TABLE hours ADD COLUMN n INTEGER NOT NULL DEFAULT 0;
-    UPDATE hours SET n = (
-        SELECT count(*) FROM slots s WHERE s.device = hours.device AND s.channel = hours.channel
-        AND s.slot >= hours.hour AND s.slot < hours.hour + 3600
-    );
-    CREATE TABLE days (
-        device TEXT NOT NULL, channel TEXT NOT NULL, day INTEGER NOT NULL,
-        import_mwh INTEGER NOT NULL, export_mwh INTEGER NOT NULL, n INTEGER NOT NULL,
-        PRIMARY KEY (device, channel, day)
-    ) WITHOUT ROWID;
-    INSERT INTO days SELECT device, channel, hour - hour % 86400, sum(import_mwh),
-        sum(export_mwh), sum(n) FROM hours GROUP BY device, channel, hour - hour % 86400;
-    CREATE TABLE estimated (
-        device TEXT NOT NULL, channel TEXT NOT NULL, slot INTEGER NOT NULL,
-        PRIMARY KEY (device, channel, slot)
-    ) WITHOUT ROWID;
-    INSERT INTO estimated SELECT device, channel, slot FROM slots WHERE estimated = 1;
-    """,
-    # 3: energy per local day of the site's zone (Store.use_local_zone), and which zone that is
-    """
-    CREATE TABLE local_days (
-        device TEXT NOT NULL, channel TEXT NOT NULL, day INTEGER NOT NULL,
-        import_mwh INTEGER NOT NULL, export_mwh INTEGER NOT NULL, n INTEGER NOT NULL,
-        PRIMARY KEY (device, channel, day)
-    ) WITHOUT ROWID;
-    CREATE TABLE local_zone (zone TEXT NOT NULL, ready INTEGER NOT NULL);
-    """,
-)
-"""Schema migrations in order; ``schema_version.version`` is how many have been applied."""
-
 _ADD_SLOT = """
 INSERT INTO slots (device, channel, slot, import_mwh, export_mwh, estimated, n)
 VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -178,28 +99,6 @@ ON CONFLICT DO UPDATE SET
 
 _ADD_DAY = _add_day_sql("days")
 _ADD_LOCAL_DAY = _add_day_sql("local_days")
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode = WAL")
-    # NORMAL is durable across application crashes in WAL mode (only power loss can lose the tail)
-    conn.execute("PRAGMA synchronous = NORMAL")
-    return conn
-
-
-def path_of(url: str) -> Path:
-    """The file of a ``sqlite:///relative.db`` or ``sqlite:////abs/path.db`` URL."""
-    rest = url[len("sqlite://") :]
-    if not rest.startswith("/") or rest == "/":
-        raise StoreError(
-            f"bad SQLite URL {url!r}: use sqlite:///relative/file.db or sqlite:////absolute/file.db"
-        )
-    rest = rest[1:]
-    if rest.startswith("~"):
-        return Path(rest).expanduser()
-    return Path(rest)
 
 
 class SqliteStore:
@@ -267,13 +166,15 @@ class SqliteStore:
         assert self._loop is not None
         loop = self._loop
         try:
-            conn = _connect(self.path)
-            _migrate(conn, self.path)
+            conn = connect(self.path)
+            migrate(conn, self.path)
             found = conn.execute("SELECT zone, ready FROM local_zone").fetchone()
             if found is not None:
                 self._days, self._days_ready = LocalDays(found[0]), bool(found[1])
         except (sqlite3.Error, StoreError) as err:
-            failed = err if isinstance(err, StoreError) else _error(f"cannot open {self.path}", err)
+            failed = (
+                err if isinstance(err, StoreError) else store_error(f"cannot open {self.path}", err)
+            )
             loop.call_soon_threadsafe(_settle, ready, None, failed)
             return
         loop.call_soon_threadsafe(_settle, ready, None, None)
@@ -284,7 +185,7 @@ class SqliteStore:
                 try:
                     result: Any = fn(conn)
                 except sqlite3.Error as err:
-                    result, error = None, _error(f"write to {self.path} failed", err)
+                    result, error = None, store_error(f"write to {self.path} failed", err)
                 except Exception as err:  # any other failure is handed to the awaiting coroutine
                     result, error = None, err
                 loop.call_soon_threadsafe(_settle, fut, result, error)
@@ -301,7 +202,7 @@ class SqliteStore:
     def _read_conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = _connect(self.path)
+            conn = connect(self.path)
             conn.execute("PRAGMA query_only = ON")
             self._local.conn = conn
             with self._conns_lock:
@@ -316,7 +217,7 @@ class SqliteStore:
             try:
                 return fn(self._read_conn())
             except sqlite3.Error as err:
-                raise _error(f"read from {self.path} failed", err) from err
+                raise store_error(f"read from {self.path} failed", err) from err
 
         return await self._loop.run_in_executor(self._readers, run)
 
@@ -521,41 +422,6 @@ def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) 
         fut.set_exception(error)
     else:
         fut.set_result(result)
-
-
-def _error(what: str, err: sqlite3.Error) -> StoreError:
-    hint = ""
-    if isinstance(err, sqlite3.OperationalError) and "locked" in str(err):
-        hint = "; another process holds the database; stop it or use another file"
-    elif isinstance(err, sqlite3.DatabaseError) and "not a database" in str(err):
-        hint = "; the file is not a SQLite database: point --store at another file"
-    out = StoreError(f"{what}: {err}{hint}")
-    out.__cause__ = err
-    return out
-
-
-def _migrate(conn: sqlite3.Connection, path: Path) -> None:
-    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    row = conn.execute("SELECT version FROM schema_version").fetchone()
-    version = 0 if row is None else int(row[0])
-    if version > len(MIGRATIONS):
-        raise StoreError(
-            f"{path} has schema version {version}, newer than this kilowatch knows "
-            f"({len(MIGRATIONS)}); upgrade kilowatch"
-        )
-    for number in range(version, len(MIGRATIONS)):
-        # executescript commits on its own, so run each migration's statements in one transaction
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in MIGRATIONS[number].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute("DELETE FROM schema_version")
-            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (number + 1,))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
 
 def _commit(conn: sqlite3.Connection, batch: Batch, days: LocalDays | None) -> None:

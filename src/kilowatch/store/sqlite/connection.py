@@ -1,0 +1,49 @@
+"""Where the SQLite file is, how every connection to it is opened, and what its errors become."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from kilowatch.errors import StoreError
+
+BUSY_TIMEOUT_MS = 10_000
+"""How long a connection waits for a lock held by another process before failing."""
+
+
+def path_of(url: str) -> Path:
+    """The file of a ``sqlite:///relative.db`` or ``sqlite:////abs/path.db`` URL."""
+    rest = url[len("sqlite://") :]
+    if not rest.startswith("/") or rest == "/":
+        raise StoreError(
+            f"bad SQLite URL {url!r}: use sqlite:///relative/file.db or sqlite:////absolute/file.db"
+        )
+    rest = rest[1:]
+    if rest.startswith("~"):
+        return Path(rest).expanduser()
+    return Path(rest)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, waiting out locks."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    # NORMAL is durable across application crashes in WAL mode (only power loss can lose the tail)
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+def store_error(what: str, err: sqlite3.Error) -> StoreError:
+    """``err`` as a :class:`StoreError` that says ``what`` failed, with a hint when one helps."""
+    hint = ""
+    if isinstance(err, sqlite3.OperationalError) and "locked" in str(err):
+        hint = "; another process holds the database; stop it or use another file"
+    elif isinstance(err, sqlite3.DatabaseError) and "not a database" in str(err):
+        hint = "; the file is not a SQLite database: point --store at another file"
+    out = StoreError(f"{what}: {err}{hint}")
+    out.__cause__ = err
+    return out
+
+
+__all__ = ["BUSY_TIMEOUT_MS", "connect", "path_of", "store_error"]
