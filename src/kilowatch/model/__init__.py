@@ -3,7 +3,7 @@
 ``messages``: what a decoder makes of one MQTT message (``Reading``, ``Interval``,
 ``Availability``, ``Event``, ``DeviceInfo``, ``LogLine``). ``slots``: the unit of accounting, energy
 per UTC-aligned 15-minute slot in integer mWh (``SlotEnergy``, ``SLOT_SECONDS``). Every other room
-speaks these; this room imports nothing of kilowatch but ``errors``.
+speaks these; this room imports nothing else of kilowatch.
 """
 
 from kilowatch.model.messages import (
