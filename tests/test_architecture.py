@@ -318,10 +318,11 @@ def test_architecture_doc_names_the_real_dependencies() -> None:
     real = room_deps()
     rooms = set(LEVELS) - {"kilowatch", "kilowatch.__main__"}
     assert set(documented) == rooms, "docs/architecture.md must have one row per room"
+    code = {room: real.get(room, set()) - {"kilowatch"} for room in rooms}
     wrong = {
-        room: {"doc": sorted(documented[room]), "code": sorted(real.get(room, set()) - {"kilowatch"})}
+        room: {"doc": sorted(documented[room]), "code": sorted(code[room])}
         for room in rooms
-        if documented[room] != real.get(room, set()) - {"kilowatch"}
+        if documented[room] != code[room]
     }
     assert wrong == {}
 
@@ -334,6 +335,33 @@ def test_pure_rooms_import_without_io_libraries(room: str) -> None:
     probe = (
         f"import sys, {room}; "
         f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {sorted(IO_LIBRARIES)!r}); "
+        "print(','.join(bad))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize(
+    ("module", "forbidden"),
+    [
+        ("kilowatch.cli.user", {"fastapi", "starlette", "uvicorn", "paho", "shellysim"}),
+        ("kilowatch.cli.token", {"fastapi", "starlette", "uvicorn", "paho", "shellysim"}),
+        ("kilowatch.cli.energy", {"fastapi", "starlette", "uvicorn", "paho", "shellysim"}),
+        ("kilowatch.accounts", {"fastapi", "starlette", "uvicorn"}),
+        ("kilowatch.service.server", {"fastapi", "starlette", "uvicorn", "shellysim"}),
+    ],
+)
+def test_commands_load_only_what_they_use(module: str, forbidden: set[str]) -> None:
+    """``kilowatch user`` and ``token`` manage accounts without the web framework; ``serve`` loads
+    the web app only through the starter it is given."""
+    import subprocess
+
+    probe = (
+        f"import sys, {module}; "
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {sorted(forbidden)!r}); "
         "print(','.join(bad))"
     )
     out = subprocess.run(
