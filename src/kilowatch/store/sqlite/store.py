@@ -21,17 +21,14 @@ import asyncio
 import contextlib
 import functools
 import logging
-import queue
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from itertools import repeat
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 import orjson
 
@@ -55,14 +52,13 @@ from kilowatch.query.periods import LocalDays, Plan, plan
 from kilowatch.query.table import EnergyTable
 from kilowatch.store import records
 from kilowatch.store.protocol import Batch, DeadLetter, DeviceRecord
-from kilowatch.store.sqlite.connection import connect, path_of, store_error
+from kilowatch.store.sqlite.connection import path_of
+from kilowatch.store.sqlite.readers import Readers
 from kilowatch.store.sqlite.schema import MIGRATIONS, migrate
+from kilowatch.store.sqlite.writer import Writer
 
-T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-READ_THREADS = 2
-"""Read connections (one per pool thread); the machine this targets has 2 cores."""
 DROP_CHANNELS_PER_JOB = 50
 """Channels whose old slots one writer job drops (commits go on between jobs)."""
 _ADD_SLOT = """
@@ -107,15 +103,8 @@ class SqliteStore:
     def __init__(self, url: str, *, path: Path | None = None) -> None:
         self.url = url
         self.path = path if path is not None else path_of(url)
-        self._jobs: queue.Queue[tuple[Callable[[sqlite3.Connection], Any], Any] | None] = (
-            queue.Queue()
-        )
-        self._writer: threading.Thread | None = None
-        self._readers: ThreadPoolExecutor | None = None
-        self._local = threading.local()
-        self._read_conns: list[sqlite3.Connection] = []
-        self._conns_lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._writer = Writer(self.path)
+        self._readers = Readers(self.path)
         self._days: LocalDays | None = None
         """The local zone commits keep days of (set and read in the writer thread)."""
         self._days_ready = False
@@ -125,18 +114,12 @@ class SqliteStore:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        self._loop = asyncio.get_running_loop()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise StoreError(f"cannot create the directory of {self.path}: {err}") from err
-        ready: asyncio.Future[None] = self._loop.create_future()
-        self._writer = threading.Thread(
-            target=self._write_loop, args=(ready,), name="kilowatch-sqlite-writer", daemon=True
-        )
-        self._writer.start()
-        await ready
-        self._readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="kilowatch-sqlite-read")
+        await self._writer.start(self._setup)
+        self._readers.start()
         return self
 
     async def __aexit__(
@@ -150,83 +133,22 @@ class SqliteStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._rebuild
             self._rebuild = None
-        if self._writer is not None:
-            self._jobs.put(None)
-            await asyncio.to_thread(self._writer.join)
-            self._writer = None
-        if self._readers is not None:
-            self._readers.shutdown(wait=True)
-            self._readers = None
-        with self._conns_lock:
-            for conn in self._read_conns:
-                conn.close()
-            self._read_conns.clear()
+        await self._writer.stop()
+        self._readers.stop()
 
-    def _write_loop(self, ready: asyncio.Future[None]) -> None:
-        assert self._loop is not None
-        loop = self._loop
-        try:
-            conn = connect(self.path)
-            migrate(conn, self.path)
-            found = conn.execute("SELECT zone, ready FROM local_zone").fetchone()
-            if found is not None:
-                self._days, self._days_ready = LocalDays(found[0]), bool(found[1])
-        except (sqlite3.Error, StoreError) as err:
-            failed = (
-                err if isinstance(err, StoreError) else store_error(f"cannot open {self.path}", err)
-            )
-            loop.call_soon_threadsafe(_settle, ready, None, failed)
-            return
-        loop.call_soon_threadsafe(_settle, ready, None, None)
-        try:
-            while (job := self._jobs.get()) is not None:
-                fn, fut = job
-                error: BaseException | None = None
-                try:
-                    result: Any = fn(conn)
-                except sqlite3.Error as err:
-                    result, error = None, store_error(f"write to {self.path} failed", err)
-                except Exception as err:  # any other failure is handed to the awaiting coroutine
-                    result, error = None, err
-                loop.call_soon_threadsafe(_settle, fut, result, error)
-        finally:
-            conn.close()
-
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._writer is None or self._loop is None:
-            raise StoreError("the SQLite store is not open; use `async with open_store(url)`")
-        fut: asyncio.Future[T] = self._loop.create_future()
-        self._jobs.put((fn, fut))
-        return await fut
-
-    def _read_conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = connect(self.path)
-            conn.execute("PRAGMA query_only = ON")
-            self._local.conn = conn
-            with self._conns_lock:
-                self._read_conns.append(conn)
-        return conn
-
-    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._readers is None or self._loop is None:
-            raise StoreError("the SQLite store is not open; use `async with open_store(url)`")
-
-        def run() -> T:
-            try:
-                return fn(self._read_conn())
-            except sqlite3.Error as err:
-                raise store_error(f"read from {self.path} failed", err) from err
-
-        return await self._loop.run_in_executor(self._readers, run)
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        """In the writer thread, before any write: the schema brought up to date, the zone read."""
+        migrate(conn, self.path)
+        found = conn.execute("SELECT zone, ready FROM local_zone").fetchone()
+        if found is not None:
+            self._days, self._days_ready = LocalDays(found[0]), bool(found[1])
 
     # -- writes ----------------------------------------------------------------------------------
 
     async def commit(self, batch: Batch) -> None:
         """Apply ``batch`` in one SQLite transaction."""
         # the zone is read when the job runs in the writer, in order with zone changes
-        await self._write(lambda conn: _commit(conn, batch, self._days))
+        await self._writer.run(lambda conn: _commit(conn, batch, self._days))
 
     async def use_local_zone(self, tz: str, *, wait: bool = False) -> None:
         days = LocalDays(tz)  # InvalidQueryError for an unknown zone
@@ -258,7 +180,7 @@ class SqliteStore:
             self._days, self._days_ready = days, False
             return conn.execute("SELECT device, channel FROM channels").fetchall()
 
-        channels = await self._write(switch)
+        channels = await self._writer.run(switch)
         if channels is None:
             return
         self._rebuild = asyncio.create_task(
@@ -272,7 +194,7 @@ class SqliteStore:
         commits go on between them); then the zone is marked ready."""
         started = time.monotonic()
         for device, channel in channels:
-            await self._write(functools.partial(_rebuild_channel, days=days, device=device,
+            await self._writer.run(functools.partial(_rebuild_channel, days=days, device=device,
                                                 channel=channel))  # fmt: skip
 
         def ready(conn: sqlite3.Connection) -> None:
@@ -280,7 +202,7 @@ class SqliteStore:
                 conn.execute("UPDATE local_zone SET ready = 1 WHERE zone = ?", (days.name,))
                 self._days_ready = True
 
-        await self._write(ready)
+        await self._writer.run(ready)
         log.info(
             "local days of %s built for %d channels in %.1f s",
             days.name, len(channels), time.monotonic() - started,
@@ -288,13 +210,14 @@ class SqliteStore:
 
     async def drop_slots_before(self, before: int) -> int:
         cut = before - before % 3600  # whole hours: no hour rollup is left half-covered
-        channels = await self._read(
+        channels = await self._readers.run(
             lambda conn: conn.execute("SELECT device, channel FROM channels").fetchall()
         )
         dropped = 0
         for i in range(0, len(channels), DROP_CHANNELS_PER_JOB):
             chunk = channels[i : i + DROP_CHANNELS_PER_JOB]
-            dropped += await self._write(functools.partial(_drop_slots, channels=chunk, cut=cut))
+            job = functools.partial(_drop_slots, channels=chunk, cut=cut)
+            dropped += await self._writer.run(job)
         return dropped
 
     async def local_days_zone(self) -> str | None:
@@ -321,11 +244,11 @@ class SqliteStore:
                         f"UPDATE devices SET {col} = ? WHERE device = ?", (value or None, device)
                     )
 
-        await self._write(run)
+        await self._writer.run(run)
 
     async def put_meta(self, key: str, value: Any) -> None:
         raw = records.dumps(value).decode()
-        await self._write(
+        await self._writer.run(
             lambda conn: conn.execute(
                 "INSERT INTO meta (key, value) VALUES (?, ?) "
                 "ON CONFLICT DO UPDATE SET value = excluded.value",
@@ -340,7 +263,7 @@ class SqliteStore:
             cur = conn.execute("SELECT device, channel, state FROM ledger_states")
             return {(d, c): records.loads(s) for d, c, s in cur}
 
-        return await self._read(run)
+        return await self._readers.run(run)
 
     async def energy(self, query: EnergyQuery) -> list[EnergyRow]:
         return (await self.energy_table(query)).rows()
@@ -359,13 +282,13 @@ class SqliteStore:
                 flat = grouped_flat(query, cells, shadow)
             return EnergyTable.from_flat(p, flat)
 
-        return await self._read(run)
+        return await self._readers.run(run)
 
     async def devices(self) -> list[DeviceRecord]:
-        return await self._read(lambda conn: _devices(conn, None))
+        return await self._readers.run(lambda conn: _devices(conn, None))
 
     async def device(self, device: str) -> DeviceRecord | None:
-        found = await self._read(lambda conn: _devices(conn, device))
+        found = await self._readers.run(lambda conn: _devices(conn, device))
         return found[0] if found else None
 
     async def latest(self, device: str | None = None) -> list[Reading]:
@@ -377,14 +300,16 @@ class SqliteStore:
             cur = conn.execute(sql + " ORDER BY device, channel", args)
             return [records.reading_loads(r) for (r,) in cur]
 
-        return await self._read(run)
+        return await self._readers.run(run)
 
     async def events(self, device: str | None = None, limit: int = 100) -> list[Event]:
-        rows_ = await self._read(lambda conn: _newest(conn, "events", "event", device, limit))
+        rows_ = await self._readers.run(
+            lambda conn: _newest(conn, "events", "event", device, limit)
+        )
         return [records.event_loads(r) for r in rows_]
 
     async def logs(self, device: str | None = None, limit: int = 100) -> list[LogLine]:
-        rows_ = await self._read(lambda conn: _newest(conn, "logs", "line", device, limit))
+        rows_ = await self._readers.run(lambda conn: _newest(conn, "logs", "line", device, limit))
         return [records.log_loads(r) for r in rows_]
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
@@ -399,29 +324,20 @@ class SqliteStore:
                 for ts, topic, payload, reason, detail in cur
             ]
 
-        return await self._read(run)
+        return await self._readers.run(run)
 
     async def dead_letter_counts(self) -> dict[str, int]:
         def run(conn: sqlite3.Connection) -> dict[str, int]:
             return dict(conn.execute("SELECT reason, count FROM dead_letter_counts"))
 
-        return await self._read(run)
+        return await self._readers.run(run)
 
     async def get_meta(self, key: str) -> Any | None:
         def run(conn: sqlite3.Connection) -> Any | None:
             row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
             return None if row is None else records.loads(row[0])
 
-        return await self._read(run)
-
-
-def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if fut.done():  # the awaiting coroutine was cancelled; the write still happened (or not)
-        return
-    if error is not None:
-        fut.set_exception(error)
-    else:
-        fut.set_result(result)
+        return await self._readers.run(run)
 
 
 def _commit(conn: sqlite3.Connection, batch: Batch, days: LocalDays | None) -> None:
