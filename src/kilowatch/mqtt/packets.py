@@ -7,6 +7,7 @@ Pure code, no I/O: the connection feeds received bytes to :class:`FrameReader` a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
@@ -298,7 +299,7 @@ def _nonzero(packet_id: int) -> int:
 
 
 def parse_packet_id(body: bytes) -> int:
-    """The packet identifier of PUBACK/PUBREC/PUBREL/PUBCOMP."""
+    """The packet identifier of PUBACK/PUBREC/PUBREL/PUBCOMP/UNSUBACK."""
     if len(body) != 2:
         raise ProtocolError("malformed", f"acknowledgement of {len(body)} bytes, expected 2")
     return int.from_bytes(body, "big")
@@ -330,6 +331,21 @@ def parse_unsubscribe(body: bytes) -> tuple[int, list[str]]:
     if not filters:
         raise ProtocolError("malformed", "UNSUBSCRIBE without a topic filter")  # §3.10.3-2
     return packet_id, filters
+
+
+def parse_connack(body: bytes) -> tuple[bool, int]:
+    """Parse a CONNACK (§3.2): session present and the return code (0 accepted; see
+    :class:`ConnectReturnCode`; a broker may send codes this standard does not name)."""
+    if len(body) != 2:
+        raise ProtocolError("malformed", f"CONNACK of {len(body)} bytes, expected 2")
+    return bool(body[0] & 1), body[1]
+
+
+def parse_suback(body: bytes) -> tuple[int, list[int]]:
+    """Parse a SUBACK (§3.9): packet id and one granted QoS (or 0x80, refused) per filter."""
+    if len(body) < 3:
+        raise ProtocolError("malformed", "SUBACK without a return code")  # §3.9.3
+    return int.from_bytes(body[:2], "big"), list(body[2:])
 
 
 def encode_length(n: int) -> bytes:
@@ -381,7 +397,7 @@ def encode_connect(
     protocol_name: str = "MQTT",
     protocol_level: int = 4,
 ) -> bytes:
-    """CONNECT (§3.1): what a client sends. Used by tests and tools that speak raw MQTT."""
+    """CONNECT (§3.1): what a client sends (the simulator's client; tests and raw-MQTT tools)."""
     flags = 0x02 if clean_session else 0
     payload = encode_string(client_id)
     if will is not None:
@@ -415,3 +431,28 @@ def encode_publish(
     first = PacketType.PUBLISH << 4 | dup << 3 | qos << 1 | retain
     body = encode_string(topic) + (packet_id.to_bytes(2, "big") if qos else b"") + payload
     return bytes((first,)) + encode_length(len(body)) + body
+
+
+def encode_subscribe(packet_id: int, filters: Sequence[tuple[str, int]]) -> bytes:
+    """SUBSCRIBE (§3.8): a client's ``(filter, requested qos)`` pairs (flags 2, §3.8.1)."""
+    body = packet_id.to_bytes(2, "big") + b"".join(
+        encode_string(topic_filter) + bytes((qos,)) for topic_filter, qos in filters
+    )
+    return bytes((PacketType.SUBSCRIBE << 4 | 2,)) + encode_length(len(body)) + body
+
+
+def encode_unsubscribe(packet_id: int, filters: Sequence[str]) -> bytes:
+    """UNSUBSCRIBE (§3.10): a client's filters (flags 2, §3.10.1)."""
+    body = packet_id.to_bytes(2, "big") + b"".join(encode_string(f) for f in filters)
+    return bytes((PacketType.UNSUBSCRIBE << 4 | 2,)) + encode_length(len(body)) + body
+
+
+# Packets that are a fixed header alone: no variable header, no payload (§3.12-3.14).
+_BARE = frozenset((PacketType.PINGREQ, PacketType.PINGRESP, PacketType.DISCONNECT))
+
+
+def encode_packet(kind: PacketType) -> bytes:
+    """A packet that is a fixed header alone: PINGREQ, PINGRESP or DISCONNECT."""
+    if kind not in _BARE:
+        raise ValueError(f"{kind.name} has a body; use its own encode_* function")
+    return bytes((kind << 4, 0))
