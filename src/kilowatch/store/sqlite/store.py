@@ -34,24 +34,23 @@ import orjson
 
 from kilowatch.errors import StoreError
 from kilowatch.model.messages import Event, LogLine, Reading
-from kilowatch.model.slots import ChannelKey, SlotEnergy
+from kilowatch.model.slots import ChannelKey
 from kilowatch.query.energy import EnergyQuery, EnergyRow
 from kilowatch.query.grouping import (
     HOURLY,
     Cells,
     Flat,
     Shadow,
-    coarser,
     grouped_flat,
     needs_names_rules,
-    regroup,
     shadow_hourly,
-    sum_deltas,
 )
 from kilowatch.query.periods import LocalDays, Plan, plan
 from kilowatch.query.table import EnergyTable
 from kilowatch.store import records
 from kilowatch.store.protocol import Batch, DeadLetter, DeviceRecord
+from kilowatch.store.sqlite import devices, journal, meta
+from kilowatch.store.sqlite.commit import commit
 from kilowatch.store.sqlite.connection import path_of
 from kilowatch.store.sqlite.readers import Readers
 from kilowatch.store.sqlite.schema import MIGRATIONS, migrate
@@ -61,40 +60,6 @@ log = logging.getLogger(__name__)
 
 DROP_CHANNELS_PER_JOB = 50
 """Channels whose old slots one writer job drops (commits go on between jobs)."""
-_ADD_SLOT = """
-INSERT INTO slots (device, channel, slot, import_mwh, export_mwh, estimated, n)
-VALUES (?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT DO UPDATE SET
-    import_mwh = import_mwh + excluded.import_mwh,
-    export_mwh = export_mwh + excluded.export_mwh,
-    estimated = estimated | excluded.estimated,
-    n = n + excluded.n
-"""
-_ADD_HOUR = """
-INSERT INTO hours (device, channel, hour, import_mwh, export_mwh, estimated, n)
-VALUES (?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT DO UPDATE SET
-    import_mwh = import_mwh + excluded.import_mwh,
-    export_mwh = export_mwh + excluded.export_mwh,
-    estimated = estimated | excluded.estimated,
-    n = n + excluded.n
-"""
-
-
-def _add_day_sql(table: str) -> str:
-    """Upsert of a day rollup row (UTC ``days`` or ``local_days``): amounts add up."""
-    return f"""
-INSERT INTO {table} (device, channel, day, import_mwh, export_mwh, n)
-VALUES (?, ?, ?, ?, ?, ?)
-ON CONFLICT DO UPDATE SET
-    import_mwh = import_mwh + excluded.import_mwh,
-    export_mwh = export_mwh + excluded.export_mwh,
-    n = n + excluded.n
-"""
-
-
-_ADD_DAY = _add_day_sql("days")
-_ADD_LOCAL_DAY = _add_day_sql("local_days")
 
 
 class SqliteStore:
@@ -148,7 +113,7 @@ class SqliteStore:
     async def commit(self, batch: Batch) -> None:
         """Apply ``batch`` in one SQLite transaction."""
         # the zone is read when the job runs in the writer, in order with zone changes
-        await self._writer.run(lambda conn: _commit(conn, batch, self._days))
+        await self._writer.run(lambda conn: commit(conn, batch, self._days))
 
     async def use_local_zone(self, tz: str, *, wait: bool = False) -> None:
         days = LocalDays(tz)  # InvalidQueryError for an unknown zone
@@ -234,36 +199,16 @@ class SqliteStore:
     async def set_device_label(
         self, device: str, *, label: str | None = None, room: str | None = None
     ) -> None:
-        def run(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO devices (device) VALUES (?) ON CONFLICT DO NOTHING", (device,)
-            )
-            for col, value in (("label", label), ("room", room)):
-                if value is not None:
-                    conn.execute(
-                        f"UPDATE devices SET {col} = ? WHERE device = ?", (value or None, device)
-                    )
-
-        await self._writer.run(run)
+        await self._writer.run(lambda conn: devices.set_label(conn, device, label, room))
 
     async def put_meta(self, key: str, value: Any) -> None:
         raw = records.dumps(value).decode()
-        await self._writer.run(
-            lambda conn: conn.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?) "
-                "ON CONFLICT DO UPDATE SET value = excluded.value",
-                (key, raw),
-            )
-        )
+        await self._writer.run(lambda conn: meta.put_meta(conn, key, raw))
 
     # -- reads -----------------------------------------------------------------------------------
 
     async def load_ledger_states(self) -> dict[ChannelKey, dict[str, Any]]:
-        def run(conn: sqlite3.Connection) -> dict[ChannelKey, dict[str, Any]]:
-            cur = conn.execute("SELECT device, channel, state FROM ledger_states")
-            return {(d, c): records.loads(s) for d, c, s in cur}
-
-        return await self._readers.run(run)
+        return await self._readers.run(meta.ledger_states)
 
     async def energy(self, query: EnergyQuery) -> list[EnergyRow]:
         return (await self.energy_table(query)).rows()
@@ -285,213 +230,35 @@ class SqliteStore:
         return await self._readers.run(run)
 
     async def devices(self) -> list[DeviceRecord]:
-        return await self._readers.run(lambda conn: _devices(conn, None))
+        return await self._readers.run(lambda conn: devices.devices(conn, None))
 
     async def device(self, device: str) -> DeviceRecord | None:
-        found = await self._readers.run(lambda conn: _devices(conn, device))
+        found = await self._readers.run(lambda conn: devices.devices(conn, device))
         return found[0] if found else None
 
     async def latest(self, device: str | None = None) -> list[Reading]:
-        def run(conn: sqlite3.Connection) -> list[Reading]:
-            sql = "SELECT reading FROM latest"
-            args: tuple[str, ...] = ()
-            if device is not None:
-                sql, args = sql + " WHERE device = ?", (device,)
-            cur = conn.execute(sql + " ORDER BY device, channel", args)
-            return [records.reading_loads(r) for (r,) in cur]
-
-        return await self._readers.run(run)
+        return await self._readers.run(lambda conn: devices.latest(conn, device))
 
     async def events(self, device: str | None = None, limit: int = 100) -> list[Event]:
         rows_ = await self._readers.run(
-            lambda conn: _newest(conn, "events", "event", device, limit)
+            lambda conn: journal.newest(conn, "events", "event", device, limit)
         )
         return [records.event_loads(r) for r in rows_]
 
     async def logs(self, device: str | None = None, limit: int = 100) -> list[LogLine]:
-        rows_ = await self._readers.run(lambda conn: _newest(conn, "logs", "line", device, limit))
+        rows_ = await self._readers.run(
+            lambda conn: journal.newest(conn, "logs", "line", device, limit)
+        )
         return [records.log_loads(r) for r in rows_]
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        def run(conn: sqlite3.Connection) -> list[DeadLetter]:
-            cur = conn.execute(
-                "SELECT ts, topic, payload, reason, detail FROM dead_letters "
-                "ORDER BY id DESC LIMIT ?",
-                (limit,),
-            )
-            return [
-                DeadLetter(ts, topic, bytes(payload), reason, detail)
-                for ts, topic, payload, reason, detail in cur
-            ]
-
-        return await self._readers.run(run)
+        return await self._readers.run(lambda conn: journal.dead_letters(conn, limit))
 
     async def dead_letter_counts(self) -> dict[str, int]:
-        def run(conn: sqlite3.Connection) -> dict[str, int]:
-            return dict(conn.execute("SELECT reason, count FROM dead_letter_counts"))
-
-        return await self._readers.run(run)
+        return await self._readers.run(journal.dead_letter_counts)
 
     async def get_meta(self, key: str) -> Any | None:
-        def run(conn: sqlite3.Connection) -> Any | None:
-            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-            return None if row is None else records.loads(row[0])
-
-        return await self._readers.run(run)
-
-
-def _commit(conn: sqlite3.Connection, batch: Batch, days: LocalDays | None) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        _apply(conn, batch, days)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-
-
-def _apply(conn: sqlite3.Connection, batch: Batch, days: LocalDays | None) -> None:
-    if batch.slots:
-        _add_energy(conn, batch.slots, days)
-    channels = {(s.device, s.channel) for s in batch.slots} | {
-        (r.device, r.channel) for r in batch.latest
-    }
-    devices = (
-        {d for d, _ in channels}
-        | {e.device for e in batch.events}
-        | {line.device for line in batch.logs}
-    )
-    conn.executemany("INSERT INTO channels VALUES (?, ?) ON CONFLICT DO NOTHING", sorted(channels))
-    conn.executemany(
-        "INSERT INTO ledger_states VALUES (?, ?, ?) "
-        "ON CONFLICT DO UPDATE SET state = excluded.state",
-        [(d, c, records.dumps(state).decode()) for (d, c), state in batch.ledger_states.items()],
-    )
-    for update in batch.devices:
-        values = records.update_values(update)
-        first = update.last_seen
-        conn.execute(
-            "INSERT INTO devices (device, first_seen) VALUES (?, ?) ON CONFLICT DO NOTHING",
-            (update.device, first),
-        )
-        if first is not None:
-            conn.execute(
-                "UPDATE devices SET first_seen = ? WHERE device = ? "
-                "AND (first_seen IS NULL OR first_seen > ?)",
-                (first, update.device, first),
-            )
-        if values:
-            sets = ", ".join(f"{k} = ?" for k in values)
-            conn.execute(
-                f"UPDATE devices SET {sets} WHERE device = ?", (*values.values(), update.device)
-            )
-    conn.executemany(
-        "INSERT INTO devices (device) VALUES (?) ON CONFLICT DO NOTHING", [(d,) for d in devices]
-    )
-    newest: dict[ChannelKey, Reading] = {}
-    for r in batch.latest:
-        old = newest.get((r.device, r.channel))
-        if old is None or r.ts >= old.ts:
-            newest[(r.device, r.channel)] = r
-    conn.executemany(
-        "INSERT INTO latest VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET ts = excluded.ts, "
-        "reading = excluded.reading WHERE excluded.ts >= latest.ts",
-        [(r.device, r.channel, r.ts, records.reading_dumps(r).decode()) for r in newest.values()],
-    )
-    _append(
-        conn,
-        "events",
-        "event",
-        [(e.device, records.event_dumps(e).decode()) for e in batch.events],
-        records.EVENTS_PER_DEVICE,
-    )
-    _append(
-        conn,
-        "logs",
-        "line",
-        [(x.device, records.log_dumps(x).decode()) for x in batch.logs],
-        records.LOGS_PER_DEVICE,
-    )
-    if batch.dead_letters:
-        conn.executemany(
-            "INSERT INTO dead_letters (ts, topic, payload, reason, detail) VALUES (?, ?, ?, ?, ?)",
-            [(d.ts, d.topic, d.payload, d.reason, d.detail) for d in batch.dead_letters],
-        )
-        conn.executemany(
-            "INSERT INTO dead_letter_counts VALUES (?, 1) "
-            "ON CONFLICT DO UPDATE SET count = count + 1",
-            [(d.reason,) for d in batch.dead_letters],
-        )
-        conn.execute(
-            "DELETE FROM dead_letters WHERE id <= "
-            "(SELECT id FROM dead_letters ORDER BY id DESC LIMIT 1 OFFSET ?)",
-            (records.DEAD_LETTERS,),
-        )
-
-
-def _add_energy(
-    conn: sqlite3.Connection, deltas: Sequence[SlotEnergy], days: LocalDays | None
-) -> None:
-    """Slots, the hour and day rollups, and the local days (summed per batch first: fewer
-    upserts)."""
-    slots = sum_deltas(deltas)
-    if days is not None:
-        local = regroup(slots, days.day)
-        conn.executemany(_ADD_LOCAL_DAY, [(*k, v[0], v[1], v[3]) for k, v in local.items()])
-    conn.executemany(_ADD_SLOT, [(*k, *v) for k, v in slots.items()])
-    hours = coarser(slots, 3600)
-    conn.executemany(_ADD_HOUR, [(*k, *v) for k, v in hours.items()])
-    utc_days = coarser(hours, 86400)
-    conn.executemany(_ADD_DAY, [(*k, v[0], v[1], v[3]) for k, v in utc_days.items()])
-    conn.executemany(
-        "INSERT INTO estimated VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-        [k for k, v in slots.items() if v[2]],
-    )
-
-
-def _append(
-    conn: sqlite3.Connection, table: str, col: str, items: Sequence[tuple[str, str]], keep: int
-) -> None:
-    if not items:
-        return
-    conn.executemany(f"INSERT INTO {table} (device, {col}) VALUES (?, ?)", items)
-    for device in {d for d, _ in items}:
-        conn.execute(
-            f"DELETE FROM {table} WHERE device = ?1 AND id <= (SELECT id FROM {table} "
-            "WHERE device = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
-            (device, keep),
-        )
-
-
-def _newest(
-    conn: sqlite3.Connection, table: str, col: str, device: str | None, limit: int
-) -> list[str]:
-    if device is None:
-        cur = conn.execute(f"SELECT {col} FROM {table} ORDER BY id DESC LIMIT ?", (limit,))
-    else:
-        cur = conn.execute(
-            f"SELECT {col} FROM {table} WHERE device = ? ORDER BY id DESC LIMIT ?", (device, limit)
-        )
-    return [r for (r,) in cur]
-
-
-_DEVICE_COLUMNS = (
-    "first_seen", "last_seen", "online", "mac", "model", "gen", "fw_ver", "available_update",
-    "name", "label", "room", "ip", "source",
-)  # fmt: skip
-
-
-def _devices(conn: sqlite3.Connection, device: str | None) -> list[DeviceRecord]:
-    where, args = ("WHERE device = ?", (device,)) if device is not None else ("", ())
-    channels: dict[str, list[str]] = {}
-    for d, c in conn.execute(f"SELECT device, channel FROM channels {where}", args):
-        channels.setdefault(d, []).append(c)
-    cols = ", ".join(_DEVICE_COLUMNS)
-    out = []
-    for row in conn.execute(f"SELECT device, {cols} FROM devices {where} ORDER BY device", args):
-        values = dict(zip(_DEVICE_COLUMNS, row[1:], strict=True))
-        out.append(records.device_record(row[0], values, channels.get(row[0], [])))
-    return out
+        return await self._readers.run(lambda conn: meta.get_meta(conn, key))
 
 
 # -- energy queries --------------------------------------------------------------------------------
