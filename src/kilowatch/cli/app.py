@@ -3,20 +3,26 @@
 Each command lives in its own module under ``kilowatch.cli`` and exposes ``register(app)``; this
 module only assembles them. A command parses its options, opens the same services the server
 uses, calls one function and renders the result. Errors derived from :class:`KilowatchError`
-become one line on stderr and a non-zero exit code.
+(and the simulator's own errors) become one line on stderr and a non-zero exit code.
+
+``kilowatch demo`` and ``kilowatch simulate`` run the simulator (package ``shellysim``), whose
+dependencies come with the ``sim`` extra. :func:`require_simulator` is the one check that they are
+installed; those commands import the simulator only after it, so ``--help`` works without them.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from collections.abc import Iterable, Sequence
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from kilowatch import __version__
-from kilowatch.errors import KilowatchError
+from kilowatch.errors import ConfigError, KilowatchError
 
 COMMAND_MODULES: tuple[str, ...] = (
     # one module per command (or command group); each defines ``register(app: typer.Typer) -> None``
@@ -74,6 +80,44 @@ def commands_for(argv: Sequence[str]) -> tuple[str, ...]:
     return (positional[0],) if positional[0] in COMMAND_MODULES else COMMAND_MODULES
 
 
+def missing_simulator() -> str | None:
+    """The first dependency of the simulator that is missing (a name for pip), or ``None``.
+
+    ``shellysim`` imports aiohttp and cryptography; scripts on simulated devices run in mini-racer's
+    V8 (module ``py_mini_racer``), looked up without loading it. All three are the ``sim`` extra.
+    """
+    try:
+        importlib.import_module("shellysim")
+    except ModuleNotFoundError as err:
+        if err.name is None or err.name.startswith("shellysim."):
+            raise  # a module of the simulator itself is missing: a broken install, not an extra
+        return err.name
+    try:
+        engine = importlib.util.find_spec("py_mini_racer")
+    except ModuleNotFoundError:
+        engine = None
+    return None if engine is not None else "mini-racer"
+
+
+def require_simulator(command: str) -> None:
+    """Stop ``kilowatch COMMAND`` with one line on how to install the simulator if it is missing."""
+    missing = missing_simulator()
+    if missing is not None:
+        raise ConfigError(
+            f"kilowatch {command} needs the simulator's dependencies ({missing} is not installed): "
+            f"pip install 'kilowatch[sim]', or in a checkout: bash scripts/run.sh {command}"
+        )
+
+
+def one_line_errors() -> tuple[type[Exception], ...]:
+    """The errors :func:`main` prints as one line: kilowatch's, and the simulator's once it is
+    loaded (naming its base class must not import shellysim, which needs the ``sim`` extra)."""
+    sim_errors = sys.modules.get("shellysim.errors")
+    if sim_errors is None:
+        return (KilowatchError,)
+    return (KilowatchError, sim_errors.SimulatorError)
+
+
 _full_app: typer.Typer | None = None
 
 
@@ -92,6 +136,10 @@ def main() -> None:
     app = build_app(commands_for(sys.argv[1:]))
     try:
         app(standalone_mode=True)
-    except KilowatchError as err:
-        Console(stderr=True).print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+    except Exception as err:
+        if not isinstance(err, one_line_errors()):
+            raise
+        # escaped: a message may hold brackets ("kilowatch[sim]", "[::1]") that are not markup
+        message = escape(str(err))
+        Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
         sys.exit(1)

@@ -1,17 +1,27 @@
-"""``kilowatch demo``: kilowatch plus a simulated home, with days of history, in one command."""
+"""``kilowatch demo``: kilowatch plus a simulated home, with days of history, in one command.
+
+The demo (:mod:`kilowatch.demo`) runs the simulator, which needs the ``sim`` extra: it is imported
+only when the command runs, after :func:`~kilowatch.cli.app.require_simulator`, so ``--help`` works
+on a base install.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import errno
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import typer
 
-from kilowatch.cli.serve import unwrap
-from kilowatch.demo import DEFAULT_DAYS, DEFAULT_SPEED, DemoOptions, run_demo
+from kilowatch.cli.app import one_line_errors, require_simulator
 from kilowatch.errors import BrokerError
+
+DEFAULT_DAYS = 3.0
+DEFAULT_SPEED = 14_400.0
+"""--days and --speed by default: kilowatch.demo.DemoOptions' defaults (a test checks they agree),
+repeated here so that ``kilowatch demo --help`` needs no simulator."""
 
 HELP = (
     "Run kilowatch on its embedded defaults (embedded MQTT broker, SQLite store, web dashboard) "
@@ -71,6 +81,8 @@ def register(app: typer.Typer) -> None:
             "WARNING", "--log-level", help="Log level on stderr: DEBUG, INFO, WARNING, ERROR."
         ),
     ) -> None:
+        require_simulator("demo")  # before importing the demo, which needs the sim extra
+        from kilowatch.demo import DemoOptions, demo_settings, run_demo
         from kilowatch.service.server import setup_logging
 
         options = DemoOptions(
@@ -86,18 +98,25 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             log_level=log_level,
         )
-        from kilowatch.demo import demo_settings
-
         setup_logging(demo_settings(options))
         try:
-            asyncio.run(_main(options))
+            asyncio.run(_until_signalled(lambda stop: run_demo(options, stop, echo=typer.echo)))
         except BaseExceptionGroup as group:
-            raise _for_demo(unwrap(group), options) from None
+            raise _for_demo(_reportable(group), mqtt_port) from None
         except asyncio.CancelledError:
             raise typer.Exit(130) from None
 
 
-def _for_demo(err: BaseException, options: DemoOptions) -> BaseException:
+def _reportable(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first error in ``group`` that the CLI prints as one line (kilowatch's or the
+    simulator's), else the group itself."""
+    found: BaseException | None = group.subgroup(one_line_errors())
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    return found or group
+
+
+def _for_demo(err: BaseException, mqtt_port: int) -> BaseException:
     """The broker's "port in use" advice names serve's --broker; the demo only has --mqtt-port."""
     cause = err.__cause__
     if (
@@ -106,13 +125,14 @@ def _for_demo(err: BaseException, options: DemoOptions) -> BaseException:
         and cause.errno == errno.EADDRINUSE
     ):
         return BrokerError(
-            f"port {options.mqtt_port} is in use (another MQTT broker?); pass --mqtt-port 0 "
+            f"port {mqtt_port} is in use (another MQTT broker?); pass --mqtt-port 0 "
             "to run the demo's embedded broker on any free port, or --mqtt-port N"
         )
     return err
 
 
-async def _main(options: DemoOptions) -> None:
+async def _until_signalled(run: Callable[[asyncio.Event], Awaitable[object]]) -> None:
+    """Run ``run(stop)``; the first Ctrl-C (or SIGTERM) sets ``stop``, a second one cancels."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
@@ -126,7 +146,7 @@ async def _main(options: DemoOptions) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal)
     try:
-        await run_demo(options, stop, echo=lambda line: typer.echo(line))
+        await run(stop)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)

@@ -1,20 +1,24 @@
-"""``kilowatch simulate``: run a fleet of simulated Shelly devices (and Gen1/Tasmota plugs)."""
+"""``kilowatch simulate``: run a fleet of simulated Shelly devices (and Gen1/Tasmota plugs).
+
+The simulator (``shellysim``) needs the ``sim`` extra, so it is imported only when the command runs,
+after :func:`~kilowatch.cli.app.require_simulator`: ``--help`` works on a base install.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
+from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import typer
 
+from kilowatch.cli.app import missing_simulator, require_simulator
 from kilowatch.errors import ConfigError
-from shellysim.faults import chaos_plan
-from shellysim.fleet import Fleet
-from shellysim.models import MODELS
-from shellysim.vendors import VENDORS
 
 CHAOS_HORIZON_S = 30 * 86400
 """How far ahead --chaos plans faults when the run has no --duration."""
@@ -50,43 +54,52 @@ def _start(value: str | None) -> float | None:
     return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
-async def run_fleet(fleet: Fleet, duration: float | None, echo: bool = True) -> None:
-    """Run ``fleet`` for ``duration`` real seconds (forever when ``None``; Ctrl-C stops it)."""
+async def _run_until_stopped(
+    resource: AbstractAsyncContextManager[Any],
+    duration: float | None,
+    started: Callable[[], Iterable[str]],
+) -> None:
+    """Hold ``resource`` (a fleet) open for ``duration`` real seconds (forever when ``None``; Ctrl-C
+    or SIGTERM stops it earlier), echoing ``started()`` once it is open."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    async with fleet:
-        if echo:
-            for line in describe(fleet):
-                typer.echo(line)
+    async with resource:
+        for line in started():
+            typer.echo(line)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(duration):
                 await stop.wait()
 
 
-def describe(fleet: Fleet) -> list[str]:
-    """Human summary of a running fleet."""
-    lines = [f"simulating {len(fleet.devices)} device(s) at {fleet.clock.speed:g}x real time"]
-    if fleet.faults:
-        lines.append(f"fault plan: {len(fleet.faults)} fault(s)")
-    for dev in fleet.devices[:10]:
-        where = fleet.url(dev) if fleet.http else "(no HTTP)"
-        lines.append(f"  {dev.id}  {dev.spec.model}  {where}")
-    if len(fleet.devices) > 10:
-        lines.append(f"  ... and {len(fleet.devices) - 10} more")
-    for pub in fleet.publishers:
-        lines.append(f"  {pub.id}  (MQTT only)")
-    if fleet.broker_config and not fleet.unprovisioned:
-        lines.append(f"MQTT: {fleet.broker_config['server']}")
-    if fleet.truth_path:
-        lines.append(f"truth: {fleet.truth_path}")
-    return lines
+def _choices() -> tuple[str, str]:
+    """The simulator's model and vendor names for --help (": pm1, switch, ..."); where to read them
+    when the simulator cannot be imported (no ``sim`` extra): help must work all the same."""
+    try:
+        if missing_simulator() is None:
+            from shellysim.models import MODELS
+            from shellysim.vendors import VENDORS
+
+            return f": {', '.join(MODELS)}", f": {', '.join(VENDORS)}"
+    except ImportError:
+        pass  # a broken simulator: running the command reports it
+    return " (see docs/simulator.md)", " (see docs/simulator.md)"
+
+
+def _read_script(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read --script {path}: {err.strerror}") from err
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``simulate`` command to ``app``."""
+    model_names, vendor_names = _choices()
 
     @app.command("simulate", help=HELP)
     def simulate(
@@ -94,7 +107,7 @@ def register(app: typer.Typer) -> None:
         models: str = typer.Option(
             "pm1",
             "--models",
-            help=f"Comma-separated models, assigned round-robin: {', '.join(MODELS)}.",
+            help=f"Comma-separated models, assigned round-robin{model_names}.",
         ),
         broker: str | None = typer.Option(
             None, "--broker", help="MQTT broker URL the devices connect to (mqtt:// or mqtts://)."
@@ -131,7 +144,7 @@ def register(app: typer.Typer) -> None:
             None, "--start", help="Simulated start time (unix seconds or ISO 8601; default: now)."
         ),
         vendors: str = typer.Option(
-            "", "--vendors", help=f"Also run MQTT-only plugs: comma-separated {', '.join(VENDORS)}."
+            "", "--vendors", help=f"Also run MQTT-only plugs, comma-separated{vendor_names}."
         ),
         chaos: bool = typer.Option(
             False,
@@ -145,16 +158,14 @@ def register(app: typer.Typer) -> None:
             help="JavaScript file installed and enabled on every provisioned device.",
         ),
     ) -> None:
+        require_simulator("simulate")  # before importing the simulator, which needs the sim extra
+        from shellysim.faults import chaos_plan
+        from shellysim.fleet import Fleet
+
         if http_port_base is not None and http_port_base + devices - 1 > 65535:
             raise ConfigError(
                 f"--http-port-base {http_port_base} leaves no room for {devices} ports"
             )
-        code = None
-        if script is not None:
-            try:
-                code = Path(script).read_text()
-            except OSError as err:
-                raise ConfigError(f"cannot read --script {script}: {err.strerror}") from err
         fleet = Fleet(
             devices=devices,
             models=_split(models),
@@ -166,7 +177,7 @@ def register(app: typer.Typer) -> None:
             http_port_base=http_port_base,
             unprovisioned=unprovisioned,
             truth_path=Path(truth) if truth else None,
-            script=code,
+            script=_read_script(script),
             vendors=_split(vendors),
         )
         if chaos:
@@ -174,4 +185,23 @@ def register(app: typer.Typer) -> None:
             span = duration * speed if duration is not None else CHAOS_HORIZON_S
             ids = [d.id for d in fleet.devices]
             fleet.faults = chaos_plan(ids, start=begin, end=begin + span, seed=seed)
-        asyncio.run(run_fleet(fleet, duration))
+
+        def describe() -> list[str]:
+            """Human summary of the running fleet."""
+            count = len(fleet.devices)
+            lines = [f"simulating {count} device(s) at {fleet.clock.speed:g}x real time"]
+            if fleet.faults:
+                lines.append(f"fault plan: {len(fleet.faults)} fault(s)")
+            for dev in fleet.devices[:10]:
+                where = fleet.url(dev) if fleet.http else "(no HTTP)"
+                lines.append(f"  {dev.id}  {dev.spec.model}  {where}")
+            if count > 10:
+                lines.append(f"  ... and {count - 10} more")
+            lines += [f"  {pub.id}  (MQTT only)" for pub in fleet.publishers]
+            if fleet.broker_config and not fleet.unprovisioned:
+                lines.append(f"MQTT: {fleet.broker_config['server']}")
+            if fleet.truth_path:
+                lines.append(f"truth: {fleet.truth_path}")
+            return lines
+
+        asyncio.run(_run_until_stopped(fleet, duration, describe))
