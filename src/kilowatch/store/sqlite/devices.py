@@ -45,6 +45,11 @@ def update_devices(
     )
 
 
+def channels(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    """Every ``(device, channel)`` that has energy or a latest reading."""
+    return conn.execute("SELECT device, channel FROM channels").fetchall()
+
+
 def set_label(conn: sqlite3.Connection, device: str, label: str | None, room: str | None) -> None:
     """The user's label and room of ``device`` (``None``: leave as is; ``""``: clear)."""
     conn.execute("INSERT INTO devices (device) VALUES (?) ON CONFLICT DO NOTHING", (device,))
@@ -53,7 +58,7 @@ def set_label(conn: sqlite3.Connection, device: str, label: str | None, room: st
             conn.execute(f"UPDATE devices SET {col} = ? WHERE device = ?", (value or None, device))
 
 
-def devices(conn: sqlite3.Connection, device: str | None) -> list[DeviceRecord]:
+def device_records(conn: sqlite3.Connection, device: str | None) -> list[DeviceRecord]:
     """Every device's record (or only ``device``'s), with its channels, by device id."""
     where, args = ("WHERE device = ?", (device,)) if device is not None else ("", ())
     channels: dict[str, list[str]] = {}
@@ -91,4 +96,12 @@ def latest(conn: sqlite3.Connection, device: str | None) -> list[Reading]:
     return [records.reading_loads(r) for (r,) in cur]
 
 
-__all__ = ["DEVICE_COLUMNS", "devices", "latest", "put_latest", "set_label", "update_devices"]
+__all__ = [
+    "DEVICE_COLUMNS",
+    "channels",
+    "device_records",
+    "latest",
+    "put_latest",
+    "set_label",
+    "update_devices",
+]
