@@ -191,12 +191,12 @@ def test_errors_exit_1_with_one_line_from_the_real_command(tmp_path: Path) -> No
 
 
 def test_default_store_is_in_the_data_dir(tmp_path: Path) -> None:
-    done = kilowatch(
-        "devices",
-        "--format",
-        "json",
-        env={"KILOWATCH_DATA_DIR": str(tmp_path / "data"), "KILOWATCH_STORE": ""},
-    )
+    env = {"KILOWATCH_DATA_DIR": str(tmp_path / "data"), "KILOWATCH_STORE": ""}
+    missing = kilowatch("devices", "--format", "json", env=env)
+    assert missing.returncode == 1
+    assert f"no store at {tmp_path / 'data' / 'kilowatch.db'}" in missing.stderr
+    assert not (tmp_path / "data").exists(), "reading commands create no store"
+    asyncio.run(commit(f"sqlite:///{tmp_path / 'data' / 'kilowatch.db'}", Batch()))
+    done = kilowatch("devices", "--format", "json", env=env)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == []
-    assert (tmp_path / "data" / "kilowatch.db").is_file()

@@ -12,9 +12,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from kilowatch.cli.stores import open_existing
 from kilowatch.errors import KilowatchError
 from kilowatch.service.config import resolve_store_url
-from kilowatch.store import DeadLetter, open_store
+from kilowatch.store import DeadLetter
 
 HELP = (
     "List the dead letters kilowatch kept (messages it could not decode: time, topic, reason, "
@@ -44,7 +45,7 @@ def letter_json(letter: DeadLetter) -> dict[str, Any]:
 
 async def fetch(url: str, limit: int) -> tuple[list[DeadLetter], dict[str, int]]:
     """The newest ``limit`` dead letters and the counts by reason."""
-    async with open_store(url) as store:
+    async with open_existing(url) as store:
         return await store.dead_letters(limit), await store.dead_letter_counts()
 
 

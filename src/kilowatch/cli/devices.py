@@ -15,9 +15,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from kilowatch.cli.stores import open_existing
 from kilowatch.errors import KilowatchError
 from kilowatch.service.config import resolve_store_url
-from kilowatch.store import DeviceRecord, open_store
+from kilowatch.store import DeviceRecord
 
 HELP = (
     "List the devices kilowatch has seen: id, label or name, room, model, firmware, online state, "
@@ -36,7 +37,7 @@ def device_json(d: DeviceRecord) -> dict[str, Any]:
 
 
 async def fetch(url: str) -> list[DeviceRecord]:
-    async with open_store(url) as store:
+    async with open_existing(url) as store:
         return await store.devices()
 
 

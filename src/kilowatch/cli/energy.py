@@ -5,28 +5,34 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import time
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
 import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from kilowatch.cli.stores import check_devices, open_existing
 from kilowatch.errors import KilowatchError
-from kilowatch.query.energy import EnergyQuery, EnergyRow
-from kilowatch.query.periods import zone
+from kilowatch.query.energy import Bucket, EnergyQuery, EnergyRow
+from kilowatch.query.periods import plan, zone
+from kilowatch.query.ranges import query_range
 from kilowatch.service.config import load_settings, resolve_store_url
-from kilowatch.store import open_store
 
 HELP = (
     "Energy per bucket of local time (15min, hour, day or month) in a time zone, per channel, "
     "device or in total, imported and exported. --from is inclusive, --to is EXCLUSIVE; both take "
-    "a date (local midnight) or a date and time (local, or with an offset). Buckets without data "
-    "are left out. JSON rows: device, channel, start, end (ISO 8601 local time with offset), "
-    "energy_wh, returned_energy_wh, estimated.\n\n"
+    "a date (local midnight) or a date and time (local, or with an offset). Without --from: the "
+    "current day (by 15min or hour), month (by day) or year (by month), as in the web API; "
+    "without --to: one such period from --from. Buckets without data are left out. JSON rows: "
+    "device, channel, start, end (ISO 8601 local time with offset), energy_wh, "
+    "returned_energy_wh, estimated.\n\n"
     "Examples:\n\n"
+    "kilowatch energy --by day\n\n"
     "kilowatch energy --by hour --tz Europe/Sofia --from 2026-03-28 --to 2026-03-30\n\n"
     "kilowatch energy --by day --from 2026-03-01 --to 2026-04-01 --group total --format csv\n\n"
     "kilowatch energy --by month --from 2026-01-01 --to 2027-01-01 "
@@ -38,16 +44,54 @@ FORMATS = ("table", "json", "csv")
 COLUMNS = ("device", "channel", "start", "end", "energy_wh", "returned_energy_wh", "estimated")
 
 
-def parse_when(text: str, flag: str) -> date | datetime:
-    """A ``--from``/``--to`` value: ``2026-03-28`` or ``2026-03-28T10:00[:00][+02:00]``."""
+def parse_when(text: str, flag: str, tz: ZoneInfo) -> datetime:
+    """A ``--from``/``--to`` value, ``2026-03-28`` (local midnight) or
+    ``2026-03-28T10:00[:00][+02:00]`` (naive: local time in ``tz``), as an aware datetime."""
     try:
         if len(text) == 10:
-            return date.fromisoformat(text)
-        return datetime.fromisoformat(text)
+            d = date.fromisoformat(text)
+            return datetime(d.year, d.month, d.day, tzinfo=tz)
+        when = datetime.fromisoformat(text)
     except ValueError:
         raise KilowatchError(
             f"bad {flag} {text!r}: use a date (2026-03-28) or a date and time (2026-03-28T10:00)"
         ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=tz)
+
+
+def build_query(
+    *,
+    by: str,
+    tz: str,
+    start: str | None,
+    end: str | None,
+    devices: list[str],
+    channels: list[str],
+    group: str,
+    now: float,
+) -> EnergyQuery:
+    """The store query of the command's options; a missing ``--from``/``--to`` gets the range
+    the web API gives (:func:`kilowatch.query.ranges.query_range`)."""
+    bucket: Bucket = choice(by, BUCKETS, "--by")  # type: ignore[assignment]
+    local = zone(tz)
+    begin, finish = query_range(
+        bucket,
+        local,
+        now=now,
+        start=None if start is None else parse_when(start, "--from", local),
+        end=None if end is None else parse_when(end, "--to", local),
+    )
+    query = EnergyQuery(
+        by=bucket,
+        tz=local.key,
+        start=begin,
+        end=finish,
+        devices=tuple(devices),
+        channels=tuple(channels),
+        group=choice(group, GROUPS, "--group"),  # type: ignore[arg-type]
+    )
+    plan(query.by, query.tz, query.start, query.end)  # an empty range is told before any I/O
+    return query
 
 
 def choice(value: str, allowed: tuple[str, ...], flag: str) -> str:
@@ -57,7 +101,11 @@ def choice(value: str, allowed: tuple[str, ...], flag: str) -> str:
 
 
 async def fetch(url: str, query: EnergyQuery) -> list[EnergyRow]:
-    async with open_store(url) as store:
+    """The rows of ``query`` from the store at ``url``, which must exist; unknown devices in
+    the query are an error, not an empty answer."""
+    async with open_existing(url) as store:
+        if query.devices:
+            check_devices(query.devices, {d.device for d in await store.devices()})
         return await store.energy(query)
 
 
@@ -110,8 +158,17 @@ def register(app: typer.Typer) -> None:
 
     @app.command("energy", help=HELP)
     def energy(
-        start: str = typer.Option(..., "--from", help="Start (inclusive): date or date-time."),
-        end: str = typer.Option(..., "--to", help="End (EXCLUSIVE): date or date-time."),
+        start: str | None = typer.Option(
+            None,
+            "--from",
+            help="Start (inclusive): date or date-time "
+            "(default: the start of the current day, month or year, by --by).",
+        ),
+        end: str | None = typer.Option(
+            None,
+            "--to",
+            help="End (EXCLUSIVE): date or date-time (default: one day, month or year on).",
+        ),
         by: str = typer.Option("hour", "--by", help="Bucket: 15min, hour, day or month."),
         tz: str | None = typer.Option(
             None, "--tz", help="IANA time zone (default: settings, else the system's zone)."
@@ -129,14 +186,15 @@ def register(app: typer.Typer) -> None:
         config: str | None = typer.Option(None, "--config", help="TOML settings file."),
     ) -> None:
         config_file = Path(config) if config else None
-        query = EnergyQuery(
-            by=choice(by, BUCKETS, "--by"),  # type: ignore[arg-type]
-            tz=zone(tz).key if tz else load_settings(config_file=config_file).tz,
-            start=parse_when(start, "--from"),  # type: ignore[arg-type]
-            end=parse_when(end, "--to"),  # type: ignore[arg-type]
-            devices=tuple(device or ()),
-            channels=tuple(channel or ()),
-            group=choice(group, GROUPS, "--group"),  # type: ignore[arg-type]
+        query = build_query(
+            by=by,
+            tz=tz or load_settings(config_file=config_file).tz,
+            start=start,
+            end=end,
+            devices=device or [],
+            channels=channel or [],
+            group=group,
+            now=time.time(),
         )
         choice(fmt, FORMATS, "--format")
         url = resolve_store_url(store, config_file=config_file)
@@ -146,5 +204,6 @@ def register(app: typer.Typer) -> None:
         elif fmt == "csv":
             typer.echo(render_csv(rows))
         else:
-            title = f"Energy by {query.by} ({query.tz}), {start} to {end} (exclusive)"
+            first, last = (t.isoformat(timespec="minutes") for t in (query.start, query.end))
+            title = f"Energy by {query.by} ({query.tz}), {first} to {last} (exclusive)"
             render_table(rows, title, Console(width=160))

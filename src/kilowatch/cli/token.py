@@ -11,6 +11,7 @@ import typer
 
 from kilowatch.accounts.tokens import create_token, list_tokens, revoke_token
 from kilowatch.accounts.users import parse_role
+from kilowatch.cli.stores import open_existing
 from kilowatch.errors import ConfigError
 from kilowatch.service.config import resolve_store_url
 from kilowatch.store import open_store
@@ -45,12 +46,13 @@ async def _create(url: str, user: str, role: str | None, name: str) -> str:
 
 
 async def _list(url: str) -> list[dict[str, Any]]:
-    async with open_store(url) as store:
+    async with open_existing(url) as store:
         return await list_tokens(store)
 
 
 async def _revoke(url: str, token_id: str) -> bool:
-    async with open_store(url) as store:
+    # a store that is not there holds no token to revoke: say so rather than create it
+    async with open_existing(url) as store:
         return await revoke_token(store, token_id)
 
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import typer
 
 from kilowatch.accounts.users import add_user, parse_role, users
+from kilowatch.cli.stores import open_existing
 from kilowatch.service.config import resolve_store_url
 from kilowatch.store import open_store
 
@@ -34,7 +35,7 @@ async def _add(url: str, name: str, password: str, role: str) -> bool:
 
 
 async def _list(url: str) -> dict[str, dict[str, object]]:
-    async with open_store(url) as store:
+    async with open_existing(url) as store:
         return await users(store)
 
 
