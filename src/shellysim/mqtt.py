@@ -24,10 +24,11 @@ from typing import Any
 
 import orjson
 
+from kilowatch.mqtt.topics import topic_matches
 from shellysim.device import Device
 from shellysim.errors import MqttError
 from shellysim.host import MqttMessageCallback
-from shellysim.mqttwire import MqttConnection, Will, topic_matches
+from shellysim.mqttwire import MqttConnection, Will
 
 log = logging.getLogger(__name__)
 

@@ -4,74 +4,56 @@ One connection is one :class:`MqttConnection`: CONNECT with will, user/pass and 
 PUBLISH with PUBACK tracking; SUBSCRIBE/UNSUBSCRIBE; incoming QoS 0/1 PUBLISH (acknowledged);
 keepalive with PINGREQ. It has no threads: a fleet of 500 devices is 500 sockets on one event loop.
 Reconnecting is the caller's job (the device decides when it is allowed to be online).
+Packets are framed, parsed and built by kilowatch's MQTT codec (:mod:`kilowatch.mqtt.packets`),
+the same one the embedded broker uses.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
-import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from kilowatch.mqtt import ProtocolError
+from kilowatch.mqtt.packets import (
+    MAX_REMAINING_LENGTH,
+    ConnectReturnCode,
+    FrameReader,
+    PacketType,
+    Will,
+    encode_ack,
+    encode_connect,
+    encode_packet,
+    encode_publish,
+    encode_subscribe,
+    encode_unsubscribe,
+    parse_connack,
+    parse_packet_id,
+    parse_publish,
+    parse_suback,
+)
 from shellysim.errors import MqttError
 
+log = logging.getLogger(__name__)
+
 CONNECT_TIMEOUT_S = 10.0
+READ_CHUNK = 65536
+# §2.2.3: the largest packet MQTT can express (type byte, four length bytes, body); the
+# firmware's own receive limit is not documented, so the simulator accepts any.
+MAX_PACKET_SIZE = 1 + 4 + MAX_REMAINING_LENGTH
 
-CONNECT, CONNACK, PUBLISH, PUBACK = 1, 2, 3, 4
-SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK = 8, 9, 10, 11
-PINGREQ, PINGRESP, DISCONNECT = 12, 13, 14
-
-_CONNACK_REASONS = {
-    1: "unacceptable protocol version",
-    2: "client identifier rejected",
-    3: "server unavailable",
-    4: "bad user name or password",
-    5: "not authorised",
+_CONNACK_REASONS: dict[int, str] = {
+    ConnectReturnCode.UNACCEPTABLE_PROTOCOL_VERSION: "unacceptable protocol version",
+    ConnectReturnCode.IDENTIFIER_REJECTED: "client identifier rejected",
+    ConnectReturnCode.SERVER_UNAVAILABLE: "server unavailable",
+    ConnectReturnCode.BAD_USERNAME_OR_PASSWORD: "bad user name or password",
+    ConnectReturnCode.NOT_AUTHORIZED: "not authorised",
 }
 
 MessageHandler = Callable[[str, bytes, int, bool], None]
 """``(topic, payload, qos, retain)`` of an incoming PUBLISH."""
-
-
-@dataclass(frozen=True, slots=True)
-class Will:
-    """Last will: published by the broker when the connection drops without DISCONNECT."""
-
-    topic: str
-    payload: bytes
-    qos: int = 0
-    retain: bool = False
-
-
-def _str(s: str) -> bytes:
-    raw = s.encode()
-    return struct.pack("!H", len(raw)) + raw
-
-
-def _packet(ptype: int, flags: int, body: bytes) -> bytes:
-    length = len(body)
-    out = bytearray([(ptype << 4) | flags])
-    while True:
-        byte = length % 128
-        length //= 128
-        out.append(byte | (0x80 if length else 0))
-        if not length:
-            break
-    return bytes(out) + body
-
-
-def topic_matches(topic_filter: str, topic: str) -> bool:
-    """MQTT wildcard matching (``+`` one level, ``#`` the rest)."""
-    fparts = topic_filter.split("/")
-    tparts = topic.split("/")
-    for i, f in enumerate(fparts):
-        if f == "#":
-            return True
-        if i >= len(tparts) or (f != "+" and f != tparts[i]):
-            return False
-    return len(fparts) == len(tparts)
 
 
 class MqttConnection:
@@ -89,9 +71,11 @@ class MqttConnection:
         self._writer = writer
         self._keepalive = keepalive
         self._on_message = on_message
+        self._frames = FrameReader(MAX_PACKET_SIZE)
+        self._early: list[tuple[int, bytes]] = []  # frames that arrived with the CONNACK
         self._next_id = 0
         self._inflight: dict[int, asyncio.Future[None]] = {}
-        self._acks: dict[int, asyncio.Future[bytes]] = {}
+        self._acks: dict[int, asyncio.Future[list[int]]] = {}
         self.closed = asyncio.Event()
         self.published = 0
         self.acked = 0
@@ -113,40 +97,45 @@ class MqttConnection:
         on_message: MessageHandler,
         timeout: float = CONNECT_TIMEOUT_S,
     ) -> MqttConnection:
-        """Open the socket, send CONNECT, wait for CONNACK (raises :class:`MqttError`)."""
+        """Open the socket, send CONNECT, wait for CONNACK (raises :class:`MqttError`).
+
+        A password is sent only with a user name (MQTT 3.1.1 §3.1.2.9).
+        """
+        packet = encode_connect(
+            client_id,
+            keepalive=keepalive,
+            will=will,
+            username=username,
+            password=password.encode() if username is not None and password is not None else None,
+        )
+        conn: MqttConnection | None = None
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_connection(
                     host, port, ssl=tls, server_hostname=host if tls else None
                 )
                 conn = cls(reader, writer, keepalive=keepalive, on_message=on_message)
-                writer.write(conn._connect_packet(client_id, username, password, will))
-                ptype, _, body = await conn._read_packet()
-        except (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError) as err:
+                writer.write(packet)
+                code = await conn._connack()
+        except (OSError, ssl.SSLError, TimeoutError, ProtocolError) as err:
+            if conn is not None:
+                conn._writer.close()
             raise MqttError(f"MQTT connect to {host}:{port} failed: {err!r}") from err
-        if ptype != CONNACK or len(body) < 2 or body[1] != 0:
-            code = body[1] if len(body) > 1 else -1
-            writer.close()
+        if code != ConnectReturnCode.ACCEPTED:
+            conn._writer.close()
             reason = _CONNACK_REASONS.get(code, f"CONNACK code {code}")
             raise MqttError(f"MQTT broker {host}:{port} refused {client_id}: {reason}")
         return conn
 
-    def _connect_packet(
-        self, client_id: str, username: str | None, password: str | None, will: Will | None
-    ) -> bytes:
-        flags = 0x02  # clean session
-        payload = _str(client_id)
-        if will is not None:
-            flags |= 0x04 | (will.qos << 3) | (0x20 if will.retain else 0)
-            payload += _str(will.topic) + struct.pack("!H", len(will.payload)) + will.payload
-        if username is not None:
-            flags |= 0x80
-            payload += _str(username)
-            if password is not None:
-                flags |= 0x40
-                payload += _str(password)
-        body = _str("MQTT") + bytes([4, flags]) + struct.pack("!H", self._keepalive) + payload
-        return _packet(CONNECT, 0, body)
+    async def _connack(self) -> int:
+        """The return code of the CONNACK that must be the broker's first packet."""
+        frames: list[tuple[int, bytes]] = []
+        while not frames:
+            frames = await self._read_frames()
+        (first, body), *self._early = frames
+        if first >> 4 != PacketType.CONNACK:
+            raise ProtocolError("malformed", f"expected CONNACK, got packet type {first >> 4}")
+        return parse_connack(body)[1]
 
     # ------------------------------------------------------------------ running
 
@@ -159,56 +148,57 @@ class MqttConnection:
                     await self._read_loop()
                 finally:
                     pinger.cancel()
-        except* (OSError, asyncio.IncompleteReadError, ssl.SSLError, TimeoutError):
+        except* ProtocolError as group:
+            # a broker that breaks the protocol loses the connection, as a client would
+            log.warning("closing MQTT connection to %s: %s", self._peer(), group.exceptions[0])
+        except* (OSError, ssl.SSLError, TimeoutError):
             pass
         finally:
             self._teardown()
 
-    async def _read_packet(self) -> tuple[int, int, bytes]:
-        head = await self._reader.readexactly(1)
-        mult, length = 1, 0
-        while True:
-            b = (await self._reader.readexactly(1))[0]
-            length += (b & 0x7F) * mult
-            if not b & 0x80:
-                break
-            mult *= 128
-        body = await self._reader.readexactly(length) if length else b""
-        return head[0] >> 4, head[0] & 0x0F, body
+    async def _read_frames(self) -> list[tuple[int, bytes]]:
+        """The frames completed by the next bytes from the socket (maybe none)."""
+        data = await self._reader.read(READ_CHUNK)
+        if not data:
+            raise ConnectionResetError("the MQTT broker closed the connection")
+        return self._frames.feed(data)
 
     async def _read_loop(self) -> None:
+        frames, self._early = self._early, []
         while True:
-            ptype, flags, body = await self._read_packet()
-            if ptype == PUBLISH:
-                self._incoming(flags, body)
-            elif ptype == PUBACK:
-                (pid,) = struct.unpack("!H", body[:2])
-                fut = self._inflight.pop(pid, None)
-                if fut is not None and not fut.done():
-                    self.acked += 1
-                    fut.set_result(None)
-            elif ptype in (SUBACK, UNSUBACK):
-                (pid,) = struct.unpack("!H", body[:2])
-                ack = self._acks.pop(pid, None)
-                if ack is not None and not ack.done():
-                    ack.set_result(body[2:])
+            for first, body in frames:
+                self._dispatch(first, body)
+            frames = await self._read_frames()
 
-    def _incoming(self, flags: int, body: bytes) -> None:
-        qos = (flags >> 1) & 0x03
-        (tlen,) = struct.unpack("!H", body[:2])
-        topic = body[2 : 2 + tlen].decode(errors="replace")
-        pos = 2 + tlen
-        if qos:
-            (pid,) = struct.unpack("!H", body[pos : pos + 2])
-            pos += 2
-            self._write(_packet(PUBACK, 0, struct.pack("!H", pid)))
-        self._on_message(topic, body[pos:], qos, bool(flags & 0x01))
+    def _dispatch(self, first: int, body: bytes) -> None:
+        kind = first >> 4
+        if kind == PacketType.PUBLISH:
+            msg = parse_publish(first, body)
+            if msg.qos:
+                self._write(encode_ack(PacketType.PUBACK, msg.packet_id))
+            self._on_message(msg.topic, msg.payload, msg.qos, msg.retain)
+        elif kind == PacketType.PUBACK:
+            fut = self._inflight.pop(parse_packet_id(body), None)
+            if fut is not None and not fut.done():
+                self.acked += 1
+                fut.set_result(None)
+        elif kind == PacketType.SUBACK:
+            packet_id, codes = parse_suback(body)
+            self._resolve_ack(packet_id, codes)
+        elif kind == PacketType.UNSUBACK:
+            self._resolve_ack(parse_packet_id(body), [])
+
+    def _resolve_ack(self, packet_id: int, codes: list[int]) -> None:
+        ack = self._acks.pop(packet_id, None)
+        if ack is not None and not ack.done():
+            ack.set_result(codes)
 
     async def _pinger(self) -> None:
         interval = max(1.0, self._keepalive / 2)
+        ping = encode_packet(PacketType.PINGREQ)
         while True:
             await asyncio.sleep(interval)
-            self._write(_packet(PINGREQ, 0, b""))
+            self._write(ping)
 
     def _write(self, data: bytes) -> None:
         if self._writer.is_closing():
@@ -219,8 +209,12 @@ class MqttConnection:
         self._next_id = self._next_id % 65535 + 1
         return self._next_id
 
+    def _peer(self) -> str:
+        peer = self._writer.get_extra_info("peername")
+        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "the broker"
+
     def _teardown(self) -> None:
-        futures: list[asyncio.Future[None] | asyncio.Future[bytes]] = [
+        futures: list[asyncio.Future[None] | asyncio.Future[list[int]]] = [
             *self._inflight.values(),
             *self._acks.values(),
         ]
@@ -249,42 +243,41 @@ class MqttConnection:
         self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False
     ) -> asyncio.Future[None] | None:
         """Queue a PUBLISH; for QoS 1 returns a future that resolves on PUBACK."""
-        flags = (qos << 1) | (1 if retain else 0)
-        body = _str(topic)
         fut: asyncio.Future[None] | None = None
+        packet_id = 0
         if qos:
-            pid = self._pid()
-            body += struct.pack("!H", pid)
+            packet_id = self._pid()
             fut = asyncio.get_running_loop().create_future()
-            self._inflight[pid] = fut
-        self._write(_packet(PUBLISH, flags, body + payload))
+            self._inflight[packet_id] = fut
+        self._write(encode_publish(topic, payload, qos=qos, retain=retain, packet_id=packet_id))
         self.published += 1
         return fut
 
     async def subscribe(self, topics: list[tuple[str, int]], timeout: float = 10.0) -> list[int]:
         """SUBSCRIBE and wait for SUBACK; returns the granted QoS per topic (0x80 = refused)."""
-        pid = self._pid()
-        body = struct.pack("!H", pid) + b"".join(_str(t) + bytes([q]) for t, q in topics)
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._acks[pid] = fut
-        self._write(_packet(SUBSCRIBE, 0x02, body))
+        packet_id = self._pid()
+        fut = self._expect_ack(packet_id)
+        self._write(encode_subscribe(packet_id, topics))
         async with asyncio.timeout(timeout):
-            return list(await fut)
+            return await fut
 
     async def unsubscribe(self, topics: list[str], timeout: float = 10.0) -> None:
         """UNSUBSCRIBE and wait for UNSUBACK."""
-        pid = self._pid()
-        body = struct.pack("!H", pid) + b"".join(_str(t) for t in topics)
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._acks[pid] = fut
-        self._write(_packet(UNSUBSCRIBE, 0x02, body))
+        packet_id = self._pid()
+        fut = self._expect_ack(packet_id)
+        self._write(encode_unsubscribe(packet_id, topics))
         async with asyncio.timeout(timeout):
             await fut
+
+    def _expect_ack(self, packet_id: int) -> asyncio.Future[list[int]]:
+        fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._acks[packet_id] = fut
+        return fut
 
     async def disconnect(self) -> None:
         """Clean close: DISCONNECT, so the broker discards the will."""
         with contextlib.suppress(ConnectionError, RuntimeError):
-            self._write(_packet(DISCONNECT, 0, b""))
+            self._write(encode_packet(PacketType.DISCONNECT))
             await self._writer.drain()
         self._writer.close()
         self.closed.set()
@@ -296,4 +289,4 @@ class MqttConnection:
         self.closed.set()
 
 
-__all__ = ["MessageHandler", "MqttConnection", "Will", "topic_matches"]
+__all__ = ["MessageHandler", "MqttConnection", "Will"]

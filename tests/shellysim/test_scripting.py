@@ -19,23 +19,13 @@ from typing import Any
 import pytest
 
 from kilowatch.fleet.scripts import HOURLY_ENERGY, read_script
+from kilowatch.mqtt.topics import topic_matches
 from shellysim.errors import RpcCallError
 from shellysim.kvs import Kvs
 from shellysim.scripting import DEVICE_SCRIPT_HEAP, ScriptEngine, ScriptRuntime
 
 HOUR = 3600.0
 T0 = 1_720_717_200.0  # 2024-07-11 17:00:00 UTC, a full hour
-
-
-def topic_matches(topic_filter: str, topic: str) -> bool:
-    """MQTT filter matching (``+`` one level, ``#`` the rest)."""
-    f_parts, t_parts = topic_filter.split("/"), topic.split("/")
-    for i, part in enumerate(f_parts):
-        if part == "#":
-            return True
-        if i >= len(t_parts) or (part != "+" and part != t_parts[i]):
-            return False
-    return len(f_parts) == len(t_parts)
 
 
 @dataclass(order=True)
