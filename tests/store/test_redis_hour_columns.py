@@ -13,8 +13,8 @@ from redis.crc import key_slot
 from kilowatch.model.slots import SlotEnergy
 from kilowatch.query.energy import EnergyQuery
 from kilowatch.store import Batch, open_store
-from kilowatch.store import redis as redis_store
 from kilowatch.store.redis import RedisStore
+from kilowatch.store.redis import columns as redis_columns
 from kilowatch.testing.energy import DEVICES, T0, data, reference
 
 WHOLE = (date(2026, 10, 23), date(2026, 11, 2))
@@ -166,7 +166,7 @@ async def test_opening_an_old_store_builds_in_the_background(url: str) -> None:
 async def test_a_commit_racing_the_build_counts_once(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(redis_store, "HB_BUILD_CHUNK", 1)  # one hash per round trip: interleave
+    monkeypatch.setattr(redis_columns, "HB_BUILD_CHUNK", 1)  # one hash per round trip: interleave
     slots = data(45)
     async with open_store(url) as first:
         assert isinstance(first, RedisStore)

@@ -13,8 +13,8 @@ import redis
 from kilowatch.model.slots import SlotEnergy
 from kilowatch.query.energy import EnergyQuery
 from kilowatch.store import Batch, DeviceUpdate, open_store
-from kilowatch.store import redis as redis_store
 from kilowatch.store.redis import RedisStore
+from kilowatch.store.redis import store as redis_store
 
 DEV = "shellypmminig3-ecda3bc4ddb0"
 MAC = "ECDA3BC4DDB0"

@@ -170,7 +170,7 @@ async def test_rediss_to_a_plain_server_is_a_store_error(
 ) -> None:
     """TLS is really used for rediss:// (a plain server cannot complete the handshake), and the
     open is bounded in time."""
-    from kilowatch.store import redis as redis_store
+    from kilowatch.store.redis import store as redis_store
 
     monkeypatch.setattr(redis_store, "OPEN_TIMEOUT_S", 1.0)
     tls_url = redis_url.replace("redis://", "rediss://") + "?verify=none"

@@ -1,0 +1,118 @@
+"""Key names and layout of the Redis store; the full table is in docs/storage.md.
+
+``P`` is the URL's ``?prefix=`` (default ``energy``, the seed's):
+
+- ``P:kw:{D|C}:s:<utc day start>`` hash per channel and UTC day: field ``<n>`` = import mWh of the
+  day's slot ``n`` (0..95), ``<n>e`` = export mWh, ``<n>x`` = ``1`` when estimated, ``<n>c`` the
+  deltas added (> 0: the slot has data).
+- ``P:kw:{D|C}:h:<utc month start>`` hash per channel and UTC month: the same per UTC hour (``n`` =
+  hour of the month), kept in the same transaction; read by day/month decompositions and
+  local-day rebuilds.
+- ``P:kw:{D|C}:hb:<utc month start>`` string per channel and UTC month: the same hours packed as
+  signed 64-bit big-endian integers, four per hour ``n`` (``#4n`` import, ``#4n+1`` export,
+  ``#4n+2`` deltas, ``#4n+3`` 1 when estimated), written by ``BITFIELD`` in the same transaction
+  as the hour hash; read by queries whose buckets are whole UTC hours (see
+  :mod:`kilowatch.store.redis.columns` for stores written before they existed, and
+  ``P:kw:format``).
+- ``P:kw:{D|C}:d:<utc year start>`` hash per channel and UTC year: ``n``, ``ne``, ``nc`` per day.
+- ``P:kw:{D|C}:ld`` hash per channel: energy per local day ``L`` of the site's zone (``L``,
+  ``Le``, ``Lc``), ``z`` the zone of its days, ``v`` a version every commit bumps; with
+  ``P:kw:localdays`` (``zone``, ``ready``) naming the zone for every process. Day and month
+  queries in that zone over whole local days read one script per channel (or per 250 channels
+  on one server) instead of UTC day rows corrected by hours. See
+  :mod:`kilowatch.store.redis.localdays`.
+- ``P:kw:{D|C}:ledger`` the channel's ledger state (JSON). ``{D|C}`` is a hash tag: on a cluster one
+  channel's energy, local days and ledger state live in one slot and are committed in one
+  MULTI/EXEC.
+- ``P:<MAC>_<hour start>`` the seed's hourly hash (``fw_ver``, ``hourly_energy_usage``,
+  ``hourly_ret_energy_usage``, ``id``, ``mac``, ``operational``, ``timestamp``) plus our marker
+  field ``kw``; ``device:<MAC>`` the seed's device hash.
+- ``P:kw:seed`` sorted set indexing hourly hashes written by someone else (an EMQX sink): member
+  ``<device id>\\t<key>``, score = hour start (see :mod:`kilowatch.store.redis.seed`).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from kilowatch.model.slots import SLOT_SECONDS
+from kilowatch.query.periods import Plan
+
+DAY = 86400
+MARKER = "kw"
+"""Field kilowatch adds to the seed hashes it writes, so the index knows they are ours."""
+SEP = "\t"
+"""Between device and channel (or device and key) in the members of kilowatch's sets."""
+
+
+class Keys:
+    """The names of the store's keys under one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.seed_re = re.compile(re.escape(prefix) + r":([0-9A-Fa-f]{12})_(\d+)$")
+        """A seed hourly hash key; groups: the MAC and the hour start."""
+
+    def kw(self, *parts: str) -> str:
+        """``P:kw:<parts joined by :>``."""
+        return ":".join((self.prefix, "kw", *parts))
+
+    def chan(self, device: str, channel: str) -> str:
+        """The head of a channel's keys, ``P:kw:{D|C}`` (its hash tag: one cluster slot)."""
+        return self.kw("{" + device + "|" + channel + "}")
+
+    def ld(self, device: str, channel: str) -> str:
+        """The channel's local-day hash (in its hash tag: written in its commit transaction)."""
+        return self.chan(device, channel) + ":ld"
+
+    def dev(self, device: str) -> str:
+        """The device record hash ``P:kw:device:{D}`` (the head of the device's other keys)."""
+        return self.kw("device", "{" + device + "}")
+
+    def seed_key(self, mac: str, hour: int) -> str:
+        """The seed's hourly hash key ``<prefix>:<MAC>_<hour start>``."""
+        return f"{self.prefix}:{mac}_{hour}"
+
+
+def key_text(raw: bytes | str) -> str:
+    """A key as SCAN returns it, as text."""
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def glob_escape(text: str) -> str:
+    """``text`` matched literally by a SCAN ``MATCH`` pattern (device ids may hold ``[*?``)."""
+    return re.sub(r"([\\*?\[\]])", r"\\\1", text)
+
+
+def year_start(ts: int) -> int:
+    return int(datetime(datetime.fromtimestamp(ts, UTC).year, 1, 1, tzinfo=UTC).timestamp())
+
+
+def month_start(ts: int) -> int:
+    d = datetime.fromtimestamp(ts, UTC)
+    return int(datetime(d.year, d.month, 1, tzinfo=UTC).timestamp())
+
+
+def bases(p: Plan, step: int) -> list[int]:
+    """Start of every UTC day (slot resolution) or UTC month (hour resolution) the range touches."""
+    if step == SLOT_SECONDS:
+        return list(range(p.start - p.start % DAY, p.end, DAY))
+    out = []
+    t = month_start(p.start)
+    while t < p.end:
+        out.append(t)
+        t = month_start(t + 32 * DAY)
+    return out
+
+
+def rollup_field(t: int, level: int) -> tuple[str, str]:
+    """The rollup hash (key suffix) and field that hold the ``level``-long bucket starting at ``t``:
+    days in per-year hashes, hours in per-month hashes, slots in per-day hashes."""
+    if level == DAY:
+        base, kind = year_start(t), "d"
+    elif level == 3600:
+        base, kind = month_start(t), "h"
+    else:
+        base, kind = t - t % DAY, "s"
+    return f"{kind}:{base}", str((t - base) // level)

@@ -1,0 +1,221 @@
+"""The Redis store's Lua scripts: each runs atomically on the server, on keys of one hash slot.
+
+Their contracts (``KEYS``, ``ARGV``, the reply) are in the docstring under each; the modules that
+run them say why a script and not commands (redis-py packs every argument in Python; a script keeps
+a read-modify-write atomic against a racing commit).
+"""
+
+from __future__ import annotations
+
+HMGET_LUA = """
+local fields = {}
+for name in string.gmatch(ARGV[1], "%S+") do fields[#fields + 1] = name end
+return redis.call('HMGET', KEYS[1], unpack(fields))
+"""
+"""HMGET of a space-separated field list (at most a few thousand fields: Lua's unpack limit)."""
+
+ROLLUP_LUA = """
+local sums = {}
+for b = 1, 3 * tonumber(ARGV[1]) do sums[b] = 0 end
+local nkeys = #KEYS
+for i = 1, nkeys do
+  local names = {}
+  for name in string.gmatch(ARGV[i + 1], "%S+") do names[#names + 1] = name end
+  local values = redis.call('HMGET', KEYS[i], unpack(names))
+  local j = 0
+  for targets in string.gmatch(ARGV[nkeys + i + 1], "%S+") do
+    j = j + 3
+    local count = values[j]
+    if count then
+      local imp = tonumber(values[j - 2] or 0)
+      local exp = tonumber(values[j - 1] or 0)
+      local n = tonumber(count)
+      for b, sign in string.gmatch(targets, "(%d+)([+-])") do
+        local at = 3 * tonumber(b)
+        if sign == '+' then
+          sums[at + 1] = sums[at + 1] + imp
+          sums[at + 2] = sums[at + 2] + exp
+          sums[at + 3] = sums[at + 3] + n
+        else
+          sums[at + 1] = sums[at + 1] - imp
+          sums[at + 2] = sums[at + 2] - exp
+          sums[at + 3] = sums[at + 3] - n
+        end
+      end
+    end
+  end
+end
+return sums
+"""
+"""One channel's day/month buckets summed on the server from its rollup hashes (``KEYS``):
+``ARGV[1]`` the bucket count, ``ARGV[i + 1]`` the field names to read from ``KEYS[i]`` (``n ne nc``
+per rollup field ``n``), ``ARGV[#KEYS + i + 1]`` each field's buckets with their signs (e.g.
+``3+4-``: adds to bucket 3, is taken from bucket 4). Returns ``import, export, deltas`` per bucket
+(a bucket has data when deltas > 0)."""
+
+LD_ADD_LUA = """
+local z = redis.call('HGET', KEYS[1], 'z')
+if ARGV[1] == '' or (z and z ~= ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'z', '!')
+  redis.call('HINCRBY', KEYS[1], 'v', 1)
+  return 0
+end
+if not z then redis.call('HSET', KEYS[1], 'z', ARGV[1]) end
+for name, by in string.gmatch(ARGV[2], "(%S+) (%S+)") do
+  redis.call('HINCRBY', KEYS[1], name, by)
+end
+redis.call('HINCRBY', KEYS[1], 'v', 1)
+return 1
+"""
+"""A commit's share of one channel's local-day hash (``KEYS[1]``): ``ARGV[1]`` the zone the
+committing process maintains (empty: none), ``ARGV[2]`` ``field increment`` pairs. The hash's ``z``
+names the zone its days are in; a commit for another zone (a process that has not heard of a zone
+change) or for none cannot add its energy there, so it marks the hash untrusted (``z = !``) and
+queries take the general path for that channel until the next rebuild. Every call bumps ``v``, the
+version a rebuild compares before it replaces the hash."""
+
+LD_WRITE_LUA = """
+local v = redis.call('HGET', KEYS[1], 'v')
+if (v or '') ~= ARGV[1] then return 0 end
+redis.call('UNLINK', KEYS[1])
+redis.call('HSET', KEYS[1], 'z', ARGV[2], 'v', (tonumber(v) or 0) + 1)
+for name, value in string.gmatch(ARGV[3], "(%S+) (%S+)") do
+  redis.call('HSET', KEYS[1], name, value)
+end
+return 1
+"""
+"""Replace one channel's local-day hash (``KEYS[1]``) with recomputed days, unless a commit
+changed it since the rebuild read its version ``v`` (``ARGV[1]``, empty for none): then 0, and the
+rebuild reads again. ``ARGV[2]`` the zone, ``ARGV[3]`` ``field value`` pairs. ``v`` keeps growing
+(never reset), so an old read can never match a newer hash."""
+
+LD_READY_LUA = """
+if redis.call('HGET', KEYS[1], 'zone') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'ready', '1')
+return 1
+"""
+"""Mark the local days of zone ``ARGV[1]`` complete, unless the zone was changed meanwhile."""
+
+LD_READ_LUA = """
+local first, count = tonumber(ARGV[2]), tonumber(ARGV[3])
+local last, width = first + count - 1, 3 * count
+local byte, sub = string.byte, string.sub
+local names = nil
+local out, m = {}, 0
+for k = 1, #KEYS, 2 do
+  local z = redis.call('HGET', KEYS[k], 'z')
+  if not z then
+    m = m + 1
+    out[m] = -1
+  elseif z ~= ARGV[1] then
+    m = m + 1
+    out[m] = 0
+  else
+    local est = redis.call('ZRANGEBYSCORE', KEYS[k + 1], ARGV[4], ARGV[5])
+    out[m + 1] = 1
+    out[m + 2] = #est
+    m = m + 2
+    for i = 1, #est do out[m + i] = tonumber(est[i]) end
+    m = m + #est
+    for i = m + 1, m + width do out[i] = 0 end
+    if redis.call('HLEN', KEYS[k]) <= 2 * width + 8 then
+      -- a small hash (a listpack: HMGET would scan it once per name): walk it once
+      local h = redis.call('HGETALL', KEYS[k])
+      for i = 1, #h, 2 do
+        local name = h[i]
+        local tail = byte(name, -1)
+        local d, at
+        if tail == 101 then d, at = tonumber(sub(name, 1, -2)), 2
+        elseif tail == 99 then d, at = tonumber(sub(name, 1, -2)), 3
+        elseif tail >= 48 and tail <= 57 then d, at = tonumber(name), 1
+        end
+        if d and d >= first and d <= last then
+          out[m + 3 * (d - first) + at] = tonumber(h[i + 1])
+        end
+      end
+    else
+      if not names then
+        names = {}
+        for d = first, last do
+          local n = tostring(d)
+          names[#names + 1] = n
+          names[#names + 1] = n .. 'e'
+          names[#names + 1] = n .. 'c'
+        end
+      end
+      local values = redis.call('HMGET', KEYS[k], unpack(names))
+      for i = 1, width do out[m + i] = tonumber(values[i]) or 0 end
+    end
+    m = m + width
+  end
+end
+return out
+"""
+"""Channels' local days ``[ARGV[2], ARGV[2] + ARGV[3])`` of zone ``ARGV[1]`` from their hashes,
+with their estimated slots in ``[ARGV[4], ARGV[5]]`` (``KEYS``: hash and estimated set of each
+channel), as integers. Per channel: ``1, e, <e estimated slots>, import, export, deltas`` per day
+(0 where none); ``-1`` alone: no hash (the channel never had energy); ``0`` alone: the hash holds
+another zone's days or is untrusted. Values are parsed on the server: no field list to pack per
+channel, no ``int()`` per value in Python (hiredis reads integers in C). A hash of a few weeks is
+a listpack, where HMGET scans the whole hash for each name (90 names: ~3x slower than one HGETALL
+walked once); a long one is a hash table, where HMGET of the range's names is cheaper.
+"""
+
+DROP_LUA = """
+local limit = tonumber(ARGV[1])
+local names = redis.call('HKEYS', KEYS[1])
+local doomed, slots = {}, 0
+for _, name in ipairs(names) do
+  local tail = string.sub(name, -1)
+  local n = tonumber(name)
+  if not n then n = tonumber(string.sub(name, 1, -2)) end
+  if n and n < limit then
+    doomed[#doomed + 1] = name
+    if tail == 'c' then slots = slots + 1 end
+  end
+end
+if #doomed == #names then
+  redis.call('UNLINK', KEYS[1])
+else
+  for i = 1, #doomed, 1000 do
+    redis.call('HDEL', KEYS[1], unpack(doomed, i, math.min(i + 999, #doomed)))
+  end
+end
+return slots
+"""
+"""Retention of one slot-day hash (``KEYS[1]``): delete slots ``0 .. ARGV[1] - 1`` (all their
+fields); returns how many slots with data went."""
+
+HB_BUILD_LUA = """
+local h = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[2])
+local args, m = {}, 0
+local byte, sub = string.byte, string.sub
+for i = 1, #h, 2 do
+  local name = h[i]
+  local tail = byte(name, -1)
+  local n, at
+  if tail == 101 then n, at = tonumber(sub(name, 1, -2)), 1
+  elseif tail == 99 then n, at = tonumber(sub(name, 1, -2)), 2
+  elseif tail == 120 then n, at = tonumber(sub(name, 1, -2)), 3
+  else n, at = tonumber(name), 0
+  end
+  if n then
+    args[m + 1] = 'SET'
+    args[m + 2] = 'i64'
+    args[m + 3] = '#' .. (4 * n + at)
+    args[m + 4] = h[i + 1]
+    m = m + 4
+    if m >= 4000 then
+      redis.call('BITFIELD', KEYS[2], unpack(args, 1, m))
+      m = 0
+    end
+  end
+end
+if m > 0 then redis.call('BITFIELD', KEYS[2], unpack(args, 1, m)) end
+return 1
+"""
+"""Rebuild one channel-month's packed hour columns (``KEYS[2]``) from its hour hash (``KEYS[1]``),
+atomically: a commit (which adds to both in one transaction) lands wholly before or after, so it
+counts once however the build and ingest interleave. Chunks of 1 000 ``SET``s stay under Lua's
+``unpack`` limit."""

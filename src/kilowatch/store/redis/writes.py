@@ -1,0 +1,248 @@
+"""Everything the Redis store writes: a batch's commit (every key it touches, in MULTI/EXEC), a
+device's label, a setting, and the retention cut of old slots."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from redis import exceptions as redis_errors
+
+from kilowatch.model.messages import Reading
+from kilowatch.model.slots import SLOT_SECONDS, ChannelKey
+from kilowatch.query.grouping import HOURLY, coarser, sum_deltas
+from kilowatch.store import records
+from kilowatch.store.protocol import Batch
+from kilowatch.store.redis.columns import add_columns
+from kilowatch.store.redis.connection import Connection, store_error
+from kilowatch.store.redis.keys import DAY, MARKER, SEP, glob_escape, month_start, year_start
+from kilowatch.store.redis.localdays import LocalDays
+from kilowatch.store.redis.lua import DROP_LUA
+from kilowatch.store.redis.seed import SeedIndex
+from kilowatch.store.redis.transaction import Ops, execute
+
+DROP_CHUNK = 1000
+"""Slot-day hashes cut per pipelined round trip of :meth:`Writer.drop_slots_before`."""
+
+
+class Writer:
+    """The store's writes; remembers each device's MAC and firmware for the seed hashes."""
+
+    def __init__(self, conn: Connection, seed: SeedIndex, local: LocalDays) -> None:
+        self._conn = conn
+        self._keys = conn.keys
+        self._seed = seed
+        self._local = local
+        self._macs: dict[str, tuple[str | None, str | None]] = {}
+        """device -> (mac, fw_ver), for the seed hashes kilowatch writes."""
+
+    async def commit(self, batch: Batch) -> None:
+        """Apply ``batch`` in MULTI/EXEC (on a cluster: one MULTI/EXEC per hash slot, see docs)."""
+        try:
+            await self._known_macs({s.device for s in batch.slots}, batch)
+            ops = self._commit_ops(batch)
+            await execute(self._conn, ops)
+            self._seed.mark_known(k for m, k, _ in ops.items if m == "hincrbyfloat")
+        except (redis_errors.RedisError, OSError) as err:
+            raise store_error("commit to Redis failed", err) from err
+
+    async def _known_macs(self, devices: set[str], batch: Batch) -> None:
+        for u in batch.devices:
+            mac, fw = self._macs.get(u.device, (None, None))
+            self._macs[u.device] = (u.mac or mac, u.fw_ver or fw)
+        missing = sorted(d for d in devices if d not in self._macs)
+        if not missing:
+            return
+        found = await self._conn.pipeline_read(
+            [("hmget", self._keys.dev(d), ("mac", "fw_ver")) for d in missing]
+        )
+        for device, (mac, fw) in zip(missing, found, strict=True):
+            self._macs[device] = (
+                mac.decode() if mac else None,
+                fw.decode() if fw else None,
+            )
+
+    def _commit_ops(self, batch: Batch) -> Ops:
+        op = Ops()
+        k = self._keys
+        seed: dict[tuple[str, int], list[int]] = {}
+        slots = sum_deltas(batch.slots)
+        for (device, channel, slot), (imp, exp, est, n) in slots.items():
+            ch = k.chan(device, channel)
+            day = slot - slot % DAY
+            _add_fields(op, f"{ch}:s:{day}", str((slot - day) // SLOT_SECONDS), imp, exp, est, n)
+            if est:
+                op("zadd", f"{ch}:est", {str(slot): slot})
+        hours = coarser(slots, 3600)
+        columns: dict[str, list[Any]] = {}
+        for (device, channel, hour), (imp, exp, est, n) in hours.items():
+            month = month_start(hour)
+            ch = k.chan(device, channel)
+            at = (hour - month) // 3600
+            _add_fields(op, f"{ch}:h:{month}", str(at), imp, exp, est, n)
+            add_columns(columns.setdefault(f"{ch}:hb:{month}", []), at, imp, exp, est, n)
+            if "/" not in channel and channel != HOURLY:
+                acc = seed.setdefault((device, hour), [0, 0])
+                acc[0] += imp
+                acc[1] += exp
+        for key, args in columns.items():  # one BITFIELD per channel-month
+            op("bitfield", key, *args)
+        for (device, channel, day), (imp, exp, _, n) in coarser(hours, DAY).items():
+            year = year_start(day)
+            key = f"{k.chan(device, channel)}:d:{year}"
+            _add_fields(op, key, str((day - year) // DAY), imp, exp, 0, n)
+        self._local.commit_ops(op, slots)
+        for (device, channel), state in batch.ledger_states.items():
+            op("set", f"{k.chan(device, channel)}:ledger", records.dumps(state))
+            op("sadd", k.kw("ledgers"), device + SEP + channel)
+        self._seed_ops(op, seed)
+        self._record_ops(op, batch)
+        return op
+
+    def _record_ops(self, op: Ops, batch: Batch) -> None:
+        """Channels, devices, latest readings, events, logs and dead letters of ``batch``."""
+        k = self._keys
+        channels = {(s.device, s.channel) for s in batch.slots} | {
+            (r.device, r.channel) for r in batch.latest
+        }
+        for device, channel in sorted(channels):
+            op("sadd", k.kw("channels"), device + SEP + channel)
+            op("sadd", k.dev(device) + ":channels", channel)
+        devices = {d for d, _ in channels} | {u.device for u in batch.devices}
+        devices |= {e.device for e in batch.events} | {x.device for x in batch.logs}
+        if devices:
+            op("sadd", k.kw("devices"), *sorted(devices))
+        for u in batch.devices:
+            self._device_ops(op, u.device, records.update_values(u), u.last_seen)
+        newest: dict[ChannelKey, Reading] = {}
+        for r in batch.latest:
+            old = newest.get((r.device, r.channel))
+            if old is None or r.ts >= old.ts:
+                newest[(r.device, r.channel)] = r
+        for (device, channel), r in newest.items():
+            op("hset", k.dev(device) + ":latest", channel, records.reading_dumps(r))
+        self._list_ops(
+            op,
+            "events",
+            [(e.device, records.event_dumps(e)) for e in batch.events],
+            records.EVENTS_PER_DEVICE,
+            records.EVENTS_OVERALL,
+        )
+        self._list_ops(
+            op,
+            "logs",
+            [(x.device, records.log_dumps(x)) for x in batch.logs],
+            records.LOGS_PER_DEVICE,
+            records.LOGS_OVERALL,
+        )
+        if batch.dead_letters:
+            key = k.kw("deadletters")
+            op("lpush", key, *[records.dead_letter_dumps(d) for d in batch.dead_letters])
+            op("ltrim", key, 0, records.DEAD_LETTERS - 1)
+            for d in batch.dead_letters:
+                op("hincrby", k.kw("deadletter-counts"), d.reason, 1)
+
+    def _seed_ops(self, op: Ops, seed: dict[tuple[str, int], list[int]]) -> None:
+        for (device, hour), (imp, exp) in sorted(seed.items()):
+            mac, fw = self._macs.get(device, (None, None))
+            mac = records.mac_of(device, mac)
+            if mac is None:
+                continue  # no MAC known or derivable: the seed layout cannot name this device
+            key = self._keys.seed_key(mac, hour)
+            op("hincrbyfloat", key, "hourly_energy_usage", imp / 1000)
+            op("hincrbyfloat", key, "hourly_ret_energy_usage", exp / 1000)
+            op("hset", key, {
+                "fw_ver": fw or "", "id": device, "mac": mac, "operational": "true",
+                "timestamp": hour, MARKER: "1",
+            })  # fmt: skip
+
+    def _device_ops(
+        self, op: Ops, device: str, values: dict[str, Any], last_seen: float | None
+    ) -> None:
+        key = self._keys.dev(device)
+        if last_seen is not None:
+            op("hsetnx", key, "first_seen", last_seen)
+        if values:
+            op("hset", key, values)
+        mac = records.mac_of(device, values.get("mac") or self._macs.get(device, (None, None))[0])
+        seed = {k: values[k] for k in ("fw_ver", "model", "name", "ip") if k in values}
+        if mac is not None and (seed or "mac" in values):
+            op("hset", f"device:{mac}", {"id": device, "mac": mac, **seed})
+
+    def _list_ops(
+        self, op: Ops, name: str, items: Sequence[tuple[str, bytes]], per_device: int, overall: int
+    ) -> None:
+        if not items:
+            return
+        per: dict[str, list[bytes]] = {}
+        for device, raw in items:
+            per.setdefault(device, []).append(raw)
+        for device, raws in per.items():
+            key = f"{self._keys.dev(device)}:{name}"
+            op("lpush", key, *raws)
+            op("ltrim", key, 0, per_device - 1)
+        op("lpush", self._keys.kw(name), *[raw for _, raw in items])
+        op("ltrim", self._keys.kw(name), 0, overall - 1)
+
+    async def set_device_label(
+        self, device: str, *, label: str | None = None, room: str | None = None
+    ) -> None:
+        client, key = self._conn.client, self._keys.dev(device)
+        try:
+            pipe = client.pipeline(transaction=True)
+            for name, value in (("label", label), ("room", room)):
+                if value == "":
+                    pipe.hdel(key, name)
+                elif value is not None:
+                    pipe.hset(key, name, value)
+            await pipe.execute()
+            await client.sadd(self._keys.kw("devices"), device)
+        except (redis_errors.RedisError, OSError) as err:
+            raise store_error("cannot save the device label", err) from err
+
+    async def put_meta(self, key: str, value: Any) -> None:
+        raw = records.dumps(value)
+        try:
+            await self._conn.client.hset(self._keys.kw("meta"), key, raw)
+        except (redis_errors.RedisError, OSError) as err:
+            raise store_error("cannot save a setting", err) from err
+
+    async def drop_slots_before(self, before: int) -> int:
+        """Retention: delete the slots before ``before`` (rounded down to a whole UTC hour);
+        hours, days, local days and the estimated index stay. One SCAN finds the slot-day hashes
+        (``P:kw:{D|C}:s:<day>``); each is cut by :data:`~.lua.DROP_LUA`, atomically, and the
+        count of slots it held before the cut is returned."""
+        cut = before - before % 3600
+        pattern = glob_escape(self._keys.kw("")) + "*:s:*"
+        dropped = 0
+        todo: list[tuple[str, int]] = []
+        try:
+            async for key in self._conn.scan(pattern):
+                _, _, day = key.rpartition(":s:")
+                if day.isdigit() and int(day) < cut:
+                    todo.append((key, min(96, (cut - int(day)) // SLOT_SECONDS)))
+                if len(todo) >= DROP_CHUNK:
+                    dropped += await self._drop(todo)
+                    todo = []
+            dropped += await self._drop(todo)
+        except (redis_errors.RedisError, OSError) as err:
+            raise store_error("cannot drop old slots", err) from err
+        return dropped
+
+    async def _drop(self, todo: Sequence[tuple[str, int]]) -> int:
+        if not todo:
+            return 0
+        pipe = self._conn.client.pipeline(transaction=False)
+        for key, limit in todo:
+            pipe.eval(DROP_LUA, 1, key, limit)
+        return sum(int(n) for n in await pipe.execute())
+
+
+def _add_fields(op: Ops, key: str, n: str, imp: int, exp: int, est: int, count: int) -> None:
+    if imp or not exp:
+        op("hincrby", key, n, imp)  # even 0: an all-zero slot still has data (zero energy)
+    if exp:
+        op("hincrby", key, n + "e", exp)
+    if est:
+        op("hset", key, n + "x", 1)
+    op("hincrby", key, n + "c", count)  # deltas that landed here: > 0 means "has data"
