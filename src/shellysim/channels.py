@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from shellysim import rpcutil as r
+import shellysim.rpcutil as r
 from shellysim.meter import MeterChannel
 from shellysim.profiles import SEGMENT_S
 

@@ -24,8 +24,8 @@ from types import TracebackType
 from typing import Any, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import shellysim.rpcutil as r
 from kilowatch.model.slots import SLOT_SECONDS, slot_of
-from shellysim import rpcutil as r
 from shellysim.channels import EM, EM1, PM1, Component, EM1Data, EMData, Switch
 from shellysim.clock import Clock
 from shellysim.errors import RpcCallError

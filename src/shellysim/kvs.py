@@ -7,7 +7,7 @@ import hashlib
 import json
 from typing import Any
 
-from shellysim import rpcutil as r
+import shellysim.rpcutil as r
 
 KVS_KEY_MAX = 42
 KVS_VALUE_MAX = 253

@@ -1,12 +1,18 @@
-"""The device side of the script API: a :class:`ScriptHost` backed by one :class:`Device`."""
+"""The device side of the script API: a :class:`ScriptHost` backed by one device.
+
+The host knows its device only as a :class:`ScriptedDevice` (what :class:`shellysim.device.Device`
+offers), so the device can own its host without the two modules importing each other.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
-from shellysim import rpcutil as r
+import shellysim.rpcutil as r
+from shellysim.clock import Clock
 from shellysim.errors import RpcCallError
 from shellysim.host import (
     Cancellable,
@@ -17,12 +23,60 @@ from shellysim.host import (
     Unsubscribe,
 )
 
-if TYPE_CHECKING:
-    from shellysim.device import Device
+
+class ScriptedDevice(Protocol):
+    """What the script host uses of its device."""
+
+    @property
+    def channels(self) -> Mapping[str, object]:
+        """Metering and switching components by key (``pm1:0``)."""
+        ...
+
+    @property
+    def active_mqtt(self) -> Mapping[str, Any]:
+        """The MQTT config active since the last boot."""
+        ...
+
+    @property
+    def clock(self) -> Clock:
+        """The fleet's simulated clock."""
+        ...
+
+    async def call(self, method: str, params: dict[str, Any] | None, *, source: str) -> Any:
+        """Run one RPC method; raises :class:`RpcCallError`."""
+        ...
+
+    def tick(self) -> None:
+        """Integrate energy up to now."""
+        ...
+
+    def component_status(self, key: str) -> dict[str, Any] | None:
+        """Status of one component, or ``None``."""
+        ...
+
+    def component_config(self, key: str) -> dict[str, Any] | None:
+        """Config of one component, or ``None``."""
+        ...
+
+    def device_info(self) -> dict[str, Any]:
+        """``Shelly.GetDeviceInfo``."""
+        ...
+
+    def emit_event(self, component: str, event: str, **fields: Any) -> None:
+        """NotifyEvent with one event item."""
+        ...
+
+    def now(self) -> float:
+        """The device's own clock."""
+        ...
+
+    def log(self, where: str, message: str) -> None:
+        """One debug-log line."""
+        ...
 
 
 class MqttLink(Protocol):
-    """What the device's MQTT connection offers scripts (implemented in ``simulator.mqtt``)."""
+    """What the device's MQTT connection offers scripts (implemented in ``shellysim.mqtt``)."""
 
     def connected(self) -> bool:
         """Whether the broker connection is up."""
@@ -52,7 +106,7 @@ class _Timer:
 class DeviceScriptHost:
     """Implements :class:`shellysim.host.ScriptHost` for one device."""
 
-    def __init__(self, device: Device) -> None:
+    def __init__(self, device: ScriptedDevice) -> None:
         self.device = device
         self.mqtt: MqttLink | None = None
         self._status: list[StatusListener] = []
@@ -118,8 +172,6 @@ class DeviceScriptHost:
 
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> Cancellable:
         """Schedule on the simulated clock."""
-        import asyncio
-
         speed = self.device.clock.speed
         handle = asyncio.get_running_loop().call_later(max(0.0, delay_s / speed), callback)
         return _Timer(handle.cancel)
@@ -160,3 +212,6 @@ def _safe(fn: Callable[..., None], *args: Any) -> None:
     # records script errors itself.
     with contextlib.suppress(Exception):
         fn(*args)
+
+
+__all__ = ["DeviceScriptHost", "MqttLink", "ScriptedDevice"]

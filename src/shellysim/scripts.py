@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from shellysim import rpcutil as r
+import shellysim.rpcutil as r
 from shellysim.host import ScriptEngineLike, ScriptHost, ScriptRuntimeLike
 
 SCRIPT_SLOTS = 10

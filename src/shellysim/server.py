@@ -19,7 +19,7 @@ from urllib.parse import unquote
 import orjson
 from aiohttp import WSMsgType, web
 
-from shellysim import auth
+import shellysim.auth as auth
 from shellysim.device import Device
 from shellysim.errors import SimulatorError
 

@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from shellysim import rpcutil as r
+import shellysim.rpcutil as r
 
 TLS_MAX_BYTES = 16384
 """Largest bundle accepted (the real limit is undocumented)."""
