@@ -7,6 +7,8 @@ is integrated by :meth:`Device.tick`, which the fleet calls periodically.
 
 Faithfulness notes (shelly-api.md): error codes and messages §2.4, SetConfig merge and ``cfg_rev``
 §7.1/§11, ``Shelly.*`` §10, ``Sys`` §11, metering §13, scripts §14, KVS §15, TLS §16, OTA §17.
+The system components' config lives in :mod:`shellysim.system`, firmware versions in
+:mod:`shellysim.firmware`.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ import logging
 import re
 from collections import deque
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import shellysim.firmware as fw
 import shellysim.rpcutil as r
+import shellysim.system as system
 from kilowatch.model.slots import SLOT_SECONDS, slot_of
 from shellysim.channels import EM, EM1, PM1, Component, EM1Data, EMData, Switch
 from shellysim.clock import Clock
@@ -32,7 +34,7 @@ from shellysim.errors import RpcCallError
 from shellysim.host import ScriptEngineLike
 from shellysim.kvs import Kvs
 from shellysim.meter import MeterChannel, Truth
-from shellysim.models import NEXT_FIRMWARE, ModelSpec
+from shellysim.models import ModelSpec
 from shellysim.profiles import LoadKind, LoadProfile
 from shellysim.scripthost import DeviceScriptHost
 from shellysim.scripts import ScriptManager
@@ -52,7 +54,6 @@ BOOT_TIME_S = 0.3
 """Real seconds a rebooting device stays unreachable."""
 OTA_STEP_S = 0.05
 """Real seconds between ``ota_progress`` events."""
-LOG_LEVEL_INFO = 2
 
 
 class Device:
@@ -116,52 +117,9 @@ class Device:
     # ------------------------------------------------------------------ construction
 
     def _default_config(self) -> dict[str, dict[str, Any]]:
-        sys_device: dict[str, Any] = {
-            "name": self.name,
-            "mac": self.mac,
-            "fw_id": self.fw_id,
-            "discoverable": True,
-            "eco_mode": False,
-            "addon_type": None,
-            "sys_btn_toggle": True,
-        }
-        if self.spec.profile:
-            sys_device["profile"] = self.spec.profile
-        ssid = f"Shelly{self.spec.app}-{self.mac}"
-        return {
-            "ble": {"enable": True, "rpc": {"enable": True}},
-            "cloud": {"enable": False, "server": "iot.shelly.cloud:6012/jrpc"},
-            "mqtt": default_mqtt_config(self.id),
-            "sys": {
-                "device": sys_device,
-                "location": {"tz": "Europe/Berlin", "lat": None, "lon": None},
-                "debug": {
-                    "level": LOG_LEVEL_INFO,
-                    "file_level": None,
-                    "mqtt": {"enable": False},
-                    "websocket": {"enable": False},
-                    "udp": {"addr": None},
-                },
-                "ui_data": {},
-                "rpc_udp": {"dst_addr": None, "listen_port": None},
-                "sntp": {"server": "time.google.com"},
-            },
-            "wifi": {
-                "ap": {"ssid": ssid, "is_open": True, "enable": False},
-                "sta": {
-                    "ssid": "kilowatch-sim",
-                    "is_open": False,
-                    "enable": True,
-                    "ipv4mode": "dhcp",
-                    "ip": None,
-                    "netmask": None,
-                    "gw": None,
-                    "nameserver": None,
-                },
-                "roam": {"rssi_thr": -80, "interval": 60},
-            },
-            "ws": {"enable": False, "server": None, "ssl_ca": "ca.pem"},
-        }
+        return system.default_config(
+            self.spec, device_id=self.id, mac=self.mac, name=self.name, fw_id=self.fw_id
+        )
 
     def _meter(self, index: int, truth_keys: tuple[str, ...]) -> MeterChannel:
         kind = self._loads[index % len(self._loads)]
@@ -331,7 +289,7 @@ class Device:
         self.script_host.event_emitted(item)
         self.notify("NotifyEvent", {"ts": ts, "events": [item]})
 
-    def log(self, where: str, message: str, level: int = LOG_LEVEL_INFO) -> None:
+    def log(self, where: str, message: str, level: int = system.LOG_LEVEL_INFO) -> None:
         """One debug-log line: ``<id> <seq> <unix ts with ms> <level>|<file:line> <message>``."""
         line = f"{self.id} {next(self._log_seq)} {self.now():.3f} {level}|{where} {message}"
         self.log_ring.append(line)
@@ -423,29 +381,14 @@ class Device:
         info["auth_domain"] = self.id if self.auth_ha1 is not None else None
         return info
 
-    def _local_time(self, now: float) -> tuple[str, int]:
-        try:
-            tz = ZoneInfo(self.config["sys"]["location"]["tz"] or "UTC")
-        except (ZoneInfoNotFoundError, ValueError):
-            tz = ZoneInfo("UTC")
-        local = datetime.fromtimestamp(now, UTC).astimezone(tz)
-        offset = local.utcoffset()
-        return local.strftime("%H:%M"), int(offset.total_seconds()) if offset else 0
-
-    def available_updates(self) -> dict[str, tuple[str, str]]:
+    def available_updates(self) -> dict[str, fw.Firmware]:
         """Firmware stages newer than the running one."""
-        order = [self.spec.ver, *(v for v, _ in NEXT_FIRMWARE.values())]
-        current = order.index(self.ver) if self.ver in order else len(order)
-        return {
-            stage: (ver, fw_id)
-            for stage, (ver, fw_id) in NEXT_FIRMWARE.items()
-            if order.index(ver) > current
-        }
+        return fw.available_updates(self.spec.ver, self.ver)
 
     def sys_status(self) -> dict[str, Any]:
         """``Sys.GetStatus``."""
         now = self.now()
-        hhmm, offset = self._local_time(now)
+        hhmm, offset = system.local_time(now, self.config["sys"]["location"]["tz"])
         return {
             "mac": self.mac,
             "restart_required": self.restart_required,
@@ -559,7 +502,7 @@ class Device:
             self.log("mg_rpc.c:314", f"{method} via {source}: no handler")
             raise r.no_handler(method)
         canonical, handler = entry
-        self.log("shelly_notification.c:164", f"{canonical} via {source}", level=LOG_LEVEL_INFO)
+        self.log("shelly_notification.c:164", f"{canonical} via {source}")
         result = handler({**(params or {}), "__source": source})
         if inspect.isawaitable(result):
             result = await result
@@ -581,14 +524,7 @@ class Device:
             if isinstance(sample, Switch):
                 table["Switch.Set"] = self._switch_set
                 table["Switch.Toggle"] = self._switch_toggle
-        for api, key in (
-            ("Sys", "sys"),
-            ("Mqtt", "mqtt"),
-            ("Wifi", "wifi"),
-            ("Cloud", "cloud"),
-            ("WS", "ws"),
-            ("BLE", "ble"),
-        ):
+        for api, key in system.SYSTEM_COMPONENTS.items():
             table[f"{api}.GetStatus"] = self._sys_comp(key, "status")
             table[f"{api}.GetConfig"] = self._sys_comp(key, "config")
             table[f"{api}.SetConfig"] = self._sys_comp(key, "set_config")
@@ -665,25 +601,12 @@ class Device:
             if verb == "config":
                 return self.component_config(key)
             patch = copy.deepcopy(r.get_obj(params, "config"))
-            restart = key in ("mqtt", "wifi", "ws", "cloud") or (
-                key == "sys" and "listen_port" in (patch.get("rpc_udp") or {})
-            )
-            if key == "mqtt":
-                validate_mqtt_patch(patch)
-                if "pass" in patch:
-                    self.mqtt_pass = patch.pop("pass")
-            if key == "sys":
-                patch.get("device", {}).pop("mac", None)
-                patch.get("device", {}).pop("fw_id", None)
-                patch.pop("cfg_rev", None)
-                tz = (patch.get("location") or {}).get("tz")
-                if tz is not None:
-                    _check_tz(tz)
+            restart = system.check_patch(key, patch)
+            if key == "mqtt" and "pass" in patch:
+                self.mqtt_pass = patch.pop("pass")  # write-only: never in GetConfig (§7.1)
             changed = r.merge_config(self.config[key], patch)
             if key == "mqtt":
-                cfg = self.config["mqtt"]
-                cfg["client_id"] = cfg["client_id"] or self.id
-                cfg["topic_prefix"] = cfg["topic_prefix"] or self.id
+                system.fill_mqtt_defaults(self.config["mqtt"], self.id)
             if changed:
                 self._config_changed(key, restart)
             return {"restart_required": restart}
@@ -789,27 +712,10 @@ class Device:
         self.auth_ha1 = ha1
 
     def _check_for_update(self, params: r.Params) -> dict[str, Any]:
-        return {s: {"version": v, "build_id": b} for s, (v, b) in self.available_updates().items()}
+        return fw.check_for_update(self.available_updates())
 
     def _update(self, params: r.Params) -> None:
-        stage = r.get_str(params, "stage", required=False)
-        url = r.get_str(params, "url", required=False)
-        avail = self.available_updates()
-        if url is not None:
-            # The simulator never downloads: a version in the file name is honoured, else "stable".
-            found = re.search(r"(\d+\.\d+\.\d+(?:-[0-9a-z]+)?)", url)
-            target = (
-                (found.group(1), f"20250101-000000/{found.group(1)}-gsimfw0") if found else None
-            )
-            target = target or avail.get("stable") or NEXT_FIRMWARE["stable"]
-        else:
-            stage = stage or "stable"
-            if stage not in ("stable", "beta"):
-                raise r.invalid("Invalid argument 'stage': expected 'stable' or 'beta'")
-            if stage not in avail:
-                raise r.precondition(f"No {stage} update available")
-            target = avail[stage]
-        self.spawn(self._ota(*target))
+        self.spawn(self._ota(*fw.update_target(params, self.available_updates())))
 
     async def _ota(self, ver: str, fw_id: str) -> None:
         self.emit_event("sys", "ota_begin", msg="Waiting for data")
@@ -853,48 +759,6 @@ class Device:
         self._emit_energy(None)
 
 
-def default_mqtt_config(device_id: str) -> dict[str, Any]:
-    """``MQTT.GetConfig`` out of the box (PM Mini G3 fw 1.2.2 capture, §7.1)."""
-    return {
-        "enable": False,
-        "server": None,
-        "client_id": device_id,
-        "user": None,
-        "ssl_ca": None,
-        "topic_prefix": device_id,
-        "rpc_ntf": True,
-        "status_ntf": False,
-        "use_client_cert": False,
-        "enable_rpc": True,
-        "enable_control": True,
-    }
-
-
-def validate_mqtt_patch(patch: dict[str, Any]) -> None:
-    """Reject MQTT settings the firmware rejects (§7.1)."""
-    prefix = patch.get("topic_prefix")
-    if prefix is not None:
-        if not isinstance(prefix, str) or len(prefix) > 300 or prefix.startswith("$"):
-            raise r.invalid("Invalid argument 'topic_prefix'")
-        if any(c in prefix for c in "#+%?"):
-            raise r.invalid("Invalid argument 'topic_prefix': must not contain #, +, % or ?")
-    ssl_ca = patch.get("ssl_ca", "ca.pem")
-    if ssl_ca not in (None, "*", "user_ca.pem", "ca.pem"):
-        raise r.invalid("Invalid argument 'ssl_ca': expected null, '*', 'user_ca.pem' or 'ca.pem'")
-    server = patch.get("server")
-    if server is not None and (not isinstance(server, str) or not server.strip()):
-        raise r.invalid("Invalid argument 'server'")
-
-
-def _check_tz(tz: Any) -> None:
-    if not isinstance(tz, str):
-        raise r.invalid("Invalid argument 'location.tz': expected string")
-    try:
-        ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise r.invalid(f"Invalid argument 'location.tz': unknown time zone {tz!r}") from None
-
-
 def _key_id(key: str) -> int:
     try:
         return int(key.split(":", 1)[1])
@@ -908,4 +772,4 @@ def _source_name(params: r.Params) -> str:
     )
 
 
-__all__ = ["Device", "default_mqtt_config"]
+__all__ = ["Device"]
