@@ -46,10 +46,12 @@ for line in open(sys.argv[1]):
     m = re.match(r"([A-Za-z0-9._-]+)==([^\s;]+)", line)
     if m:
         pins.setdefault(norm(m[1]), set()).add(m[2])
+differ = []
 for dist in sorted(distributions(), key=lambda d: norm(d.metadata["Name"])):
     name = norm(dist.metadata["Name"])
     if name in pins and dist.version not in pins[name]:
-        print(f"  {name} {dist.version} (lock: {', '.join(sorted(pins[name]))})")
+        differ.append(f"  {name} {dist.version} (lock: {', '.join(sorted(pins[name]))})")
+print("\n".join(differ) or "  none: the lock has the newest releases")
 PY
 }
 
