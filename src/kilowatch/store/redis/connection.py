@@ -28,6 +28,14 @@ CLOSE_TIMEOUT_S = 5.0
 """Longest closing waits for a cancelled background task (seed refresh, rebuild) to finish."""
 SCAN_COUNT = 1000
 """``COUNT`` of every SCAN, ZSCAN: keys the server looks at per page."""
+TRANSACTIONS_IN_FLIGHT = 32
+"""Per-slot MULTI/EXECs one store runs at once on a cluster (see :mod:`.transaction`). Each holds
+a connection of its node's pool until EXEC answers; redis-py 8 caps that pool at 100 connections
+per node (``RedisCluster(max_connections=100)``, its default) and raises ``MaxConnectionsError``
+instead of waiting for a free one (redis-py 7 allowed 2**31), while one commit touches a slot per
+channel (hundreds). A third of the cap leaves room for the queries and background refresh that
+run beside commits; more in flight gains little once the nodes' round trips overlap."""
+
 Command = tuple[str, str, tuple[Any, ...]]
 """``(redis-py method, key, arguments)``."""
 
@@ -43,6 +51,8 @@ class Connection:
         self._client: Any = None
         self.closing = False
         """Set when the store starts closing: background work stops at its next stop point."""
+        self.transactions = asyncio.Semaphore(TRANSACTIONS_IN_FLIGHT)
+        """Bounds the per-slot transactions in flight (:data:`TRANSACTIONS_IN_FLIGHT`)."""
 
     @property
     def client(self) -> Any:
@@ -58,6 +68,7 @@ class Connection:
         """Connect and check the server answers (bounded by the caller's timeout)."""
         t = self.target
         self.closing = False
+        self.transactions = asyncio.Semaphore(TRANSACTIONS_IN_FLIGHT)  # of this event loop
         common: dict[str, Any] = {
             "username": t.username,
             "password": t.password,
@@ -147,6 +158,13 @@ def safe_url(url: str) -> str:
     return re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", url)
 
 
+def evidence(err: BaseException) -> str:
+    """What ``err`` says, or its class name where it says nothing (redis-py's
+    ``MaxConnectionsError()``, a bare ``TimeoutError``): a message never ends in an empty
+    ``failed: ``."""
+    return str(err).strip() or type(err).__name__
+
+
 def store_error(what: str, err: BaseException) -> StoreError:
     """``err`` (redis-py's, or a socket's) as a :class:`StoreError` saying ``what`` failed, with
     the error's evidence and what to check."""
@@ -155,10 +173,20 @@ def store_error(what: str, err: BaseException) -> StoreError:
         err, redis_errors.AuthenticationError | redis_errors.AuthenticationWrongNumberOfArgsError
     ):
         hint = "; check the password in the store URL (redis://:password@host:port/0)"
+    elif isinstance(err, redis_errors.MaxConnectionsError):
+        hint = (
+            "; the client's connection pool to a Redis node is exhausted: too many commands "
+            "at once (report this: the store bounds its own)"
+        )
+    elif isinstance(err, redis_errors.TimeoutError | TimeoutError):
+        hint = (
+            f"; no answer within {SOCKET_TIMEOUT_S:g} s: is redis-server overloaded, or the "
+            "network slow? check host and port of the store URL"
+        )
     elif isinstance(err, redis_errors.ConnectionError | OSError):
         hint = "; is redis-server running there? check host and port of the store URL"
     elif isinstance(err, redis_errors.ResponseError) and "MOVED" in str(err):
         hint = "; this server is part of a cluster: list several nodes in the URL"
-    out = StoreError(f"{what}: {err}{hint}")
+    out = StoreError(f"{what}: {evidence(err)}{hint}")
     out.__cause__ = err
     return out

@@ -23,7 +23,9 @@ class Ops:
 
 async def execute(conn: Connection, ops: Ops) -> None:
     """Run ``ops`` atomically: the whole batch in one MULTI/EXEC on a server; on a cluster one
-    per hash slot (a channel's energy and ledger state share a slot)."""
+    per hash slot (a channel's energy and ledger state share a slot), at most
+    :data:`~.connection.TRANSACTIONS_IN_FLIGHT` at once. A slot whose transaction failed does not
+    stop the others (each is atomic on its own); the first error is raised once all ended."""
     client = conn.client
     if not ops.items:
         return
@@ -34,7 +36,16 @@ async def execute(conn: Connection, ops: Ops) -> None:
     for item in ops.items:
         groups.setdefault(key_slot(item[1].encode()), []).append(item)
 
-    await asyncio.gather(*(_exec_group(client, g) for g in groups.values()))
+    async def bounded(group: list[Command]) -> None:
+        async with conn.transactions:
+            await _exec_group(client, group)
+
+    # every slot's transaction is awaited, even after one failed (as gather without
+    # return_exceptions did not: it left the rest running unowned); then the first error
+    results = await asyncio.gather(*(bounded(g) for g in groups.values()), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 async def _exec_group(client: Any, items: Iterable[Command]) -> None:
