@@ -1,5 +1,6 @@
-"""The client side of the MQTT codec: what a client sends round-trips through the parsers the
-broker uses, and what a broker sends through the parsers a client uses."""
+"""The MQTT codec: the frame reader, parsers that answer any bytes with packets or ProtocolError,
+and round trips: what a client sends through the parsers the broker uses, and what a broker sends
+through the parsers a client (the simulator's) uses."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kilowatch.errors import PacketTooLargeError
 from kilowatch.mqtt import ProtocolError
 from kilowatch.mqtt.packets import (
     ConnectReturnCode,
@@ -18,12 +20,14 @@ from kilowatch.mqtt.packets import (
     encode_connack,
     encode_connect,
     encode_packet,
+    encode_publish,
     encode_suback,
     encode_subscribe,
     encode_unsubscribe,
     parse_connack,
     parse_connect,
     parse_packet_id,
+    parse_publish,
     parse_suback,
     parse_subscribe,
     parse_unsubscribe,
@@ -37,8 +41,76 @@ def one_frame(packet: bytes) -> tuple[int, bytes]:
     return frames[0]
 
 
+def test_frame_reader_handles_any_split() -> None:
+    packets = [encode_publish("t", b"p" * n, qos=1, packet_id=n + 1) for n in (0, 5, 200, 20_000)]
+    stream = b"".join(packets)
+    for chunk in (1, 2, 3, 127, 4096):
+        reader = FrameReader(1 << 20)
+        frames = []
+        for i in range(0, len(stream), chunk):
+            frames += reader.feed(stream[i : i + chunk])
+        assert [parse_publish(first, body).payload for first, body in frames] == [
+            b"p" * n for n in (0, 5, 200, 20_000)
+        ]
+
+
+def test_frame_reader_limits() -> None:
+    with pytest.raises(PacketTooLargeError):
+        FrameReader(100).feed(b"\x30\xe8\x07")  # announces 1000 bytes; nothing else needed
+    with pytest.raises(ProtocolError):
+        FrameReader(1 << 30).feed(b"\x30\x80\x80\x80\x80\x01")
+
+
+_PARSERS = {
+    PacketType.CONNECT: lambda first, body: parse_connect(body),
+    PacketType.PUBLISH: parse_publish,
+    PacketType.SUBSCRIBE: lambda first, body: parse_subscribe(body),
+    PacketType.UNSUBSCRIBE: lambda first, body: parse_unsubscribe(body),
+    PacketType.PUBACK: lambda first, body: parse_packet_id(body),
+}
+
+
+@given(st.binary(max_size=300), st.integers(1, 64))
+def test_any_bytes_parse_or_raise_protocol_error(data: bytes, chunk: int) -> None:
+    """Whatever a client sends, the codec answers with frames or ProtocolError, nothing else."""
+    reader = FrameReader(200)
+    try:
+        for i in range(0, len(data), chunk):
+            for first, body in reader.feed(data[i : i + chunk]):
+                kind = check_flags(first)
+                parser = _PARSERS.get(kind)
+                if parser is not None:
+                    parser(first, body)
+    except ProtocolError:
+        pass
+
+
+# What a broker may send a client; the simulator's client parses these and nothing else.
+_CLIENT_PARSERS = {
+    PacketType.CONNACK: lambda first, body: parse_connack(body),
+    PacketType.PUBLISH: parse_publish,
+    PacketType.PUBACK: lambda first, body: parse_packet_id(body),
+    PacketType.SUBACK: lambda first, body: parse_suback(body),
+    PacketType.UNSUBACK: lambda first, body: parse_packet_id(body),
+}
+
+
+@given(st.binary(max_size=300), st.integers(1, 64))
+def test_any_bytes_from_a_broker_parse_or_raise_protocol_error(data: bytes, chunk: int) -> None:
+    """Whatever a broker sends, a client's parsers answer with packets or ProtocolError."""
+    reader = FrameReader(200)
+    try:
+        for i in range(0, len(data), chunk):
+            for first, body in reader.feed(data[i : i + chunk]):
+                parser = _CLIENT_PARSERS.get(first >> 4)
+                if parser is not None:
+                    parser(first, body)
+    except ProtocolError:
+        pass
+
+
 _packet_id = st.integers(1, 65535)
-# Any UTF-8 without U+0000 (§1.5.3), long enough to need a multi-byte remaining length.
+# Any UTF-8 string without U+0000 (§1.5.3).
 _name = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1)
 
 
