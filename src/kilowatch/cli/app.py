@@ -91,7 +91,7 @@ def missing_simulator() -> str | None:
     except ModuleNotFoundError as err:
         if err.name is None or err.name.startswith("shellysim."):
             raise  # a module of the simulator itself is missing: a broken install, not an extra
-        return err.name
+        return err.name.partition(".")[0]
     try:
         engine = importlib.util.find_spec("py_mini_racer")
     except ModuleNotFoundError:
