@@ -175,8 +175,8 @@ def store_error(what: str, err: BaseException) -> StoreError:
         hint = "; check the password in the store URL (redis://:password@host:port/0)"
     elif isinstance(err, redis_errors.MaxConnectionsError):
         hint = (
-            "; the client's connection pool to a Redis node is exhausted: too many commands "
-            "at once (report this: the store bounds its own)"
+            "; more commands at once than the client's connection pool to one Redis node holds "
+            "(redis-py's max_connections); retry when the load is lower"
         )
     elif isinstance(err, redis_errors.TimeoutError | TimeoutError):
         hint = (
