@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from kilowatch.query.energy import EnergyQuery, EnergyRow
-from kilowatch.query.grouping import Flat, build_rows, needs_names_rules
+from kilowatch.query.grouping import Flat, build_rows, hourly_beside_others, names_rules_apply
 from kilowatch.query.periods import plan
 from kilowatch.store import Batch, Store
 from kilowatch.testing.energy import DEVICES, data, reference
@@ -91,7 +91,11 @@ def test_periods_equal_period_per_key(by: str, tz: str, start: date, end: date) 
 
 
 def test_names_rules_detection() -> None:
-    assert not needs_names_rules(["switch:0", "em:0", "pm1:0"])
-    assert needs_names_rules(["em:0", "em:0/a"])
-    assert needs_names_rules(["switch:0", "hourly"])
-    assert not needs_names_rules([])
+    assert not names_rules_apply([("d", "switch:0"), ("d", "em:0"), ("e", "pm1:0")])
+    assert names_rules_apply([("d", "em:0"), ("d", "em:0/a")])
+    assert names_rules_apply([("d", "switch:0"), ("d", "hourly")])
+    assert not names_rules_apply([])
+    # a part without its whole, the hourly channel alone, or beside another device's channel
+    assert not names_rules_apply([("d", "em:0/a"), ("d", "em:0/b"), ("e", "em:0")])
+    assert not names_rules_apply([("d", "hourly"), ("e", "switch:0")])
+    assert hourly_beside_others([("d", "hourly"), ("d", "pm1:0"), ("e", "hourly")]) == {"d"}

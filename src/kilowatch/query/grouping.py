@@ -2,16 +2,18 @@
 share.
 
 A backend computes *cells*: ``(device, channel, bucket key) -> [import mWh, export mWh, estimated]``
-(SQLite in SQL, Redis in Python via :func:`add_raw`), plus the *shadowed* ``hourly`` energy: the
-part of
-a device's ``hourly`` channel that falls in UTC hours in which the device has data on another
-selected
-channel. :func:`rows` then applies the "Names" rules of docs/architecture.md for ``device`` and
-``total`` groupings:
+(SQLite in SQL, Redis in Python via :func:`add`), plus the *shadowed* ``hourly`` energy: the part
+of a device's ``hourly`` channel that falls in UTC hours in which the device has data on another
+selected channel. :func:`rows` then applies the "Names" rules of docs/architecture.md for
+``device`` and ``total`` groupings:
 
 - a part ``p/q`` counts only when the device has no selected channel ``p``;
 - ``hourly`` counts only for the hours without other channels' data (the shadowed energy is taken
   out).
+
+The totals of an answer follow the same rules whatever its grouping: :func:`channel_totals` gives
+the per-bucket totals of rows grouped by channel (what the ``total`` grouping answers), and
+:func:`bucket_sums` those of rows no rule touches.
 """
 
 from __future__ import annotations
@@ -142,7 +144,7 @@ def grouped_flat(query: EnergyQuery, cells: Cells, shadow: Shadow | None = None)
     if query.group == "channel":
         grouped: Grouped = {(k, d, c): v for (d, c, k), v in cells.items()}
     else:
-        grouped = _grouped(query, cells, shadow or {})
+        grouped = _grouped(cells, shadow or {}, by_device=query.group == "device")
     return in_order(grouped)
 
 
@@ -156,11 +158,60 @@ def in_order(grouped: Grouped) -> list[Flat]:
     return flat
 
 
-def needs_names_rules(channels: Iterable[str]) -> bool:
-    """Whether the "Names" rules can change a ``device``/``total`` sum of these channels: a part
-    (``p/q``) or the ``hourly`` channel among them. Without either, such a sum is the plain sum of
-    the channels' cells, which a backend may compute in the database."""
-    return any(c == HOURLY or "/" in c for c in channels)
+def names_rules_apply(pairs: Iterable[tuple[str, str]]) -> bool:
+    """Whether the "Names" rules can change a sum over these ``(device, channel)`` pairs: a device
+    has a part ``p/q`` beside its whole ``p``, or the ``hourly`` channel beside another channel.
+    Otherwise a ``device``/``total`` sum (and a total over channels) is the plain sum of the
+    channels' cells, which a backend may compute in the database."""
+    per_device = _per_device(pairs)
+    return any(
+        (HOURLY in chans and len(chans) > 1) or any(parent(c) in chans for c in chans)
+        for chans in per_device.values()
+    )
+
+
+def hourly_beside_others(pairs: Iterable[tuple[str, str]]) -> set[str]:
+    """The devices among ``pairs`` whose ``hourly`` channel is beside another channel: those whose
+    sums need the shadowed ``hourly`` energy (:func:`shadow_hourly`)."""
+    return {d for d, chans in _per_device(pairs).items() if HOURLY in chans and len(chans) > 1}
+
+
+def _per_device(pairs: Iterable[tuple[str, str]]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for device, channel in pairs:
+        out.setdefault(device, set()).add(channel)
+    return out
+
+
+def channel_totals(flat: Iterable[Flat], shadow: Shadow | None = None) -> list[Flat]:
+    """The per-bucket totals of rows grouped by channel, by the "Names" rules: the rows the same
+    query grouped by ``total`` answers (a meter's parts beside their whole count once, the
+    ``hourly`` channel only in hours without other channels' data).
+
+    ``shadow``: the ``hourly`` energy not to count (:func:`shadow_hourly`), which only the store
+    can compute (it needs hours); needed for the devices of :func:`hourly_beside_others`.
+    """
+    cells: Cells = {}
+    for k, d, c, imp, exp, est in flat:
+        if d is not None and c is not None:
+            cells[(d, c, k)] = [imp, exp, est]
+    return in_order(_grouped(cells, shadow or {}, by_device=False))
+
+
+def bucket_sums(flat: Iterable[Flat]) -> list[Flat]:
+    """Per bucket, the plain sums of ``flat`` rows (``estimated`` when any row is): the totals
+    of rows whose sums no "Names" rule changes (rows by device or total, or by channel when
+    :func:`names_rules_apply` is false for their channels)."""
+    out: dict[int, list[int]] = {}
+    for k, _, _, imp, exp, est in flat:
+        acc = out.get(k)
+        if acc is None:
+            out[k] = [imp, exp, int(est)]
+        else:
+            acc[0] += imp
+            acc[1] += exp
+            acc[2] |= int(est)
+    return [(k, None, None, imp, exp, est) for k, (imp, exp, est) in sorted(out.items())]
 
 
 def build_rows(plan: Plan, flat: Sequence[Flat]) -> list[EnergyRow]:
@@ -213,12 +264,9 @@ def _fill(n: int, columns: Sequence[Iterable[Any]]) -> list[EnergyRow]:
     return out
 
 
-def _grouped(query: EnergyQuery, cells: Cells, shadow: Shadow) -> Grouped:
-    per_device: dict[str, set[str]] = {}
-    for device, channel, _ in cells:
-        per_device.setdefault(device, set()).add(channel)
+def _grouped(cells: Cells, shadow: Shadow, *, by_device: bool) -> Grouped:
+    per_device = _per_device((device, channel) for device, channel, _ in cells)
     out: Grouped = {}
-    by_device = query.group == "device"
     for (device, channel, key), (imp, exp, est) in cells.items():
         p = parent(channel)
         if p is not None and p in per_device[device]:
@@ -249,11 +297,14 @@ __all__ = [
     "Rollup",
     "Shadow",
     "add",
+    "bucket_sums",
     "build_rows",
+    "channel_totals",
     "coarser",
     "grouped_flat",
+    "hourly_beside_others",
     "in_order",
-    "needs_names_rules",
+    "names_rules_apply",
     "parent",
     "regroup",
     "rows",

@@ -26,7 +26,7 @@ from operator import truediv
 import orjson
 
 from kilowatch.query.energy import EnergyRow
-from kilowatch.query.grouping import Flat, build_rows
+from kilowatch.query.grouping import Flat, bucket_sums, build_rows
 from kilowatch.query.periods import Plan, offset_at
 
 _ISO_CACHE: dict[str, dict[int, bytes]] = {}
@@ -48,9 +48,18 @@ class EnergyTable:
 
     ``keys`` are the plan's bucket keys (see :class:`Plan`); ``imports``/``exports`` integer mWh;
     ``estimated`` 0/1. ``devices``/``channels`` hold ``None`` where the grouping merged them.
+
+    The totals are the query's, not the sums of the rows: rows by channel may hold a meter and
+    its parts (``em:0`` and ``em:0/a``, ``/b``, ``/c``) or the ``hourly`` channel beside the
+    meter's, which the "Names" rules of docs/architecture.md count once. ``totals`` holds the
+    per-bucket totals (the rows the ``total`` grouping answers) when a store found that those
+    rules change them; ``None``: each bucket's total is the sum of its rows.
     """
 
-    __slots__ = ("_rows", "channels", "devices", "estimated", "exports", "imports", "keys", "plan")
+    __slots__ = (
+        "_rows", "channels", "devices", "estimated", "exports", "imports", "keys", "plan",
+        "totals",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -61,6 +70,8 @@ class EnergyTable:
         imports: Sequence[int] = (),
         exports: Sequence[int] = (),
         estimated: Sequence[int] = (),
+        *,
+        totals: EnergyTable | None = None,
     ) -> None:
         n = len(keys)
         if not all(len(c) == n for c in (devices, channels, imports, exports, estimated)):
@@ -72,15 +83,27 @@ class EnergyTable:
         self.imports = imports
         self.exports = exports
         self.estimated = estimated
+        self.totals = totals
         self._rows: list[EnergyRow] | None = None
 
     @classmethod
-    def from_flat(cls, plan: Plan, flat: Sequence[Flat]) -> EnergyTable:
+    def from_flat(
+        cls, plan: Plan, flat: Sequence[Flat], *, totals: EnergyTable | None = None
+    ) -> EnergyTable:
         """A table of ``(key, device, channel, import, export, estimated)`` tuples, in order."""
         if not flat:
-            return cls(plan)
+            return cls(plan, totals=totals)
         keys, devices, channels, imports, exports, estimated = zip(*flat, strict=True)
-        return cls(plan, keys, devices, channels, imports, exports, estimated)
+        return cls(plan, keys, devices, channels, imports, exports, estimated, totals=totals)
+
+    def with_totals(self, totals: Sequence[Flat]) -> EnergyTable:
+        """The same rows with the query's per-bucket totals ``totals`` (``total`` rows, in
+        order): what a store gives where the "Names" rules make them differ from the rows'
+        sums."""
+        return EnergyTable(
+            self.plan, self.keys, self.devices, self.channels, self.imports, self.exports,
+            self.estimated, totals=EnergyTable.from_flat(self.plan, totals),
+        )  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -99,17 +122,33 @@ class EnergyTable:
             self._rows = build_rows(self.plan, self.flat())
         return self._rows
 
+    def bucket_totals(self) -> EnergyTable:
+        """The query's total per bucket, as rows of the ``total`` grouping (device and channel
+        ``None``): :attr:`totals`, else the sums of the rows."""
+        if self.totals is not None:
+            return self.totals
+        if not any(self.devices) and not any(self.channels):  # grouped by total already
+            return self
+        return EnergyTable.from_flat(self.plan, bucket_sums(self.flat()))
+
+    def _counted(self) -> EnergyTable:
+        """The rows the totals add up: :attr:`totals`, else the rows themselves."""
+        return self if self.totals is None else self.totals
+
     @property
     def total_import_mwh(self) -> int:
-        return sum(self.imports)
+        """Imported mWh over the whole answer, each meter's energy counted once."""
+        return sum(self._counted().imports)
 
     @property
     def total_export_mwh(self) -> int:
-        return sum(self.exports)
+        """Exported mWh over the whole answer, each meter's energy counted once."""
+        return sum(self._counted().exports)
 
     @property
     def any_estimated(self) -> bool:
-        return any(self.estimated)
+        """Whether any energy the totals count is estimated."""
+        return any(self._counted().estimated)
 
     def json_rows(self) -> bytes:
         """The rows as a JSON array of :meth:`EnergyRow.to_json` objects.

@@ -5,7 +5,8 @@ month) and read in one pipelined round trip; buckets are computed in Python with
 Which path answers (see docs/storage.md, "Energy and queries"): day and month buckets from the
 local days (:mod:`.daytable`) or the signed rollups; whole-hour buckets by channel from the packed
 columns (:mod:`.columns`); 15-minute buckets by channel from the slot hashes, column by column;
-everything else (external seed hours, "Names" rules) from the raw slots or hours.
+everything else (external seed hours, "Names" rules) from the raw slots or hours. Rows by channel
+to which the "Names" rules apply get the query's totals by the same rules.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ from kilowatch.query.grouping import (
     Cells,
     Flat,
     Grouped,
+    Shadow,
     add,
+    channel_totals,
     grouped_flat,
+    hourly_beside_others,
     in_order,
-    needs_names_rules,
+    names_rules_apply,
     selected,
     shadow_hourly,
 )
@@ -40,7 +44,7 @@ from kilowatch.store.redis.daytable import local_days_table
 from kilowatch.store.redis.keys import bases, rollup_field
 from kilowatch.store.redis.localdays import LocalDays
 from kilowatch.store.redis.lua import HMGET_LUA, ROLLUP_LUA
-from kilowatch.store.redis.seed import RawRow, SeedIndex, seed_rows
+from kilowatch.store.redis.seed import RawRow, SeedIndex, SeedRead, seed_rows
 
 
 class EnergyReader:
@@ -58,29 +62,56 @@ class EnergyReader:
         p = plan(query.by, query.tz, query.start, query.end)
         pairs = [pc for pc in await self._conn.pairs("channels") if selected(query, *pc)]
         seed_cmds = await self._seed.reads(query, p)
-        if not seed_cmds and (
-            query.group == "channel" or not needs_names_rules(c for _, c in pairs)
-        ):
+        seed_devices = {device for _, (device, _) in seed_cmds}
+        # an external hour is the hourly channel of its device
+        rules = names_rules_apply([*pairs, *((d, HOURLY) for d in seed_devices)])
+        table, raw = await self._rows_table(p, query, pairs, seed_cmds, rules=rules)
+        if query.group != "channel" or not rules or not len(table):
+            return table
+        # rows by channel: the totals by the "Names" rules
+        flat = table.flat()
+        present = {(d, c) for _, d, c, *_ in flat if d is not None and c is not None}
+        shadow: Shadow = {}
+        hourly = hourly_beside_others(present)
+        if hourly:
+            if raw is None:  # a fast path answered: read those devices' slots (or hours)
+                raw, _ = await self._scan_raw(p, [pc for pc in pairs if pc[0] in hourly], ())
+            shadow = _shadow(p, raw)
+        return table.with_totals(channel_totals(flat, shadow))
+
+    async def _rows_table(
+        self,
+        p: Plan,
+        query: EnergyQuery,
+        pairs: list[tuple[str, str]],
+        seed_cmds: Sequence[SeedRead],
+        *,
+        rules: bool,
+    ) -> tuple[EnergyTable, list[RawRow] | None]:
+        """The rows, and the raw slots (or hours) read for them when the general path answered
+        (``None`` on a fast path). ``rules``: whether the "Names" rules apply to the channels."""
+        if not seed_cmds and (query.group == "channel" or not rules):
             # no externally written hours and no "Names" rule to apply: sums on the server
             if p.by in ("day", "month"):
                 table = await local_days_table(self._conn, self._local, p, query, pairs)
                 if table is not None:
-                    return table
-                return EnergyTable.from_flat(p, await self._rollup_flat(p, query, pairs))
+                    return table, None
+                return EnergyTable.from_flat(p, await self._rollup_flat(p, query, pairs)), None
             if p.keys_are_starts and query.group == "channel":
-                return await self._scan_table(p, pairs)
+                return await self._scan_table(p, pairs), None
         seed_devices = {device for _, (device, _) in seed_cmds}
         if p.by in ("day", "month"):
             cells = await self._rollup_cells(p, pairs)
             # raw data only where the hourly rules need hours: devices with an hourly channel
+            # (beside another one, for rows by channel: their totals), and the seed's devices
             per_device: dict[str, set[str]] = {}
             for device, channel in pairs:
                 per_device.setdefault(device, set()).add(channel)
             needy = {
                 d
                 for d, chans in per_device.items()
-                if (HOURLY in chans or d in seed_devices)
-                and (query.group != "channel" or d in seed_devices)
+                if d in seed_devices
+                or (HOURLY in chans and (query.group != "channel" or len(chans) > 1))
             }
             scan_pairs = [pc for pc in pairs if pc[0] in needy]
         else:
@@ -96,8 +127,8 @@ class EnergyReader:
                 add(cells, device, channel, p.key(ts), imp, exp, est)
         for device, channel, ts, imp, exp, est in seed_raw:
             add(cells, device, channel, p.key(ts), imp, exp, est)
-        shadow = _shadow(p, raw + seed_raw, cells) if query.group != "channel" else {}
-        return EnergyTable.from_flat(p, grouped_flat(query, cells, shadow))
+        shadow = _shadow(p, raw + seed_raw) if query.group != "channel" else {}
+        return EnergyTable.from_flat(p, grouped_flat(query, cells, shadow)), raw + seed_raw
 
     async def _scan_table(self, p: Plan, pairs: Sequence[tuple[str, str]]) -> EnergyTable:
         """15-minute (or whole-hour) rows by channel, column by column when one channel has data
@@ -343,7 +374,8 @@ def _parse(
     return out
 
 
-def _shadow(p: Plan, raw: list[RawRow], cells: Cells) -> dict[tuple[str, int], list[int]]:
+def _shadow(p: Plan, raw: list[RawRow]) -> Shadow:
+    """The ``hourly`` energy not to count, from every slot (or hour) of the devices concerned."""
     covered: dict[str, set[int]] = {}
     for device, channel, ts, *_ in raw:
         if channel != HOURLY:

@@ -3,7 +3,8 @@
 
 Three paths, fastest first: a channel's stored rows that are buckets already (read column by
 column); rows grouped and ordered in SQL; per-channel cells grouped in Python by the "Names" rules
-of :mod:`kilowatch.query.grouping` (a meter's parts, the ``hourly`` channel).
+of :mod:`kilowatch.query.grouping` (a meter's parts, the ``hourly`` channel). Rows by channel to
+which those rules apply get the query's totals by the same rules.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from kilowatch.query.grouping import (
     Cells,
     Flat,
     Shadow,
+    channel_totals,
     grouped_flat,
-    needs_names_rules,
+    hourly_beside_others,
+    names_rules_apply,
     shadow_hourly,
 )
 from kilowatch.query.periods import LocalDays, Plan
@@ -32,26 +35,52 @@ def energy_table(
     conn: sqlite3.Connection, p: Plan, query: EnergyQuery, days: LocalDays | None
 ) -> EnergyTable:
     """The answer to ``query`` planned as ``p``; ``days``: local days that cover ``p``, if any."""
+    where, args = channel_filter(query)
+    pairs: list[tuple[str, str]] = conn.execute(
+        f"SELECT device, channel FROM channels{where}", args
+    ).fetchall()
+    rules = names_rules_apply(pairs)
+    table = _rows_table(conn, p, query, days, pairs, rules=rules)
+    if query.group == "channel" and rules and len(table):
+        table = _with_totals(conn, p, table)
+    return table
+
+
+def _rows_table(
+    conn: sqlite3.Connection,
+    p: Plan,
+    query: EnergyQuery,
+    days: LocalDays | None,
+    pairs: list[tuple[str, str]],
+    *,
+    rules: bool,
+) -> EnergyTable:
+    """The rows; ``pairs``: the selected channels; ``rules``: whether the "Names" rules apply to
+    them."""
     if query.group == "channel" and p.keys_are_starts:
-        return _starts_table(conn, p, query)
-    flat = _energy_flat(conn, p, query, days)
-    if flat is None:
-        cells, shadow = _energy_cells(conn, p, query, days)
-        flat = grouped_flat(query, cells, shadow)
-    return EnergyTable.from_flat(p, flat)
+        return _starts_table(conn, p, pairs)
+    if query.group == "channel" or not rules:
+        return EnergyTable.from_flat(p, _energy_flat(conn, p, query, days))
+    cells, shadow = _energy_cells(conn, p, query, days)
+    return EnergyTable.from_flat(p, grouped_flat(query, cells, shadow))
+
+
+def _with_totals(conn: sqlite3.Connection, p: Plan, table: EnergyTable) -> EnergyTable:
+    """``table`` (rows by channel) with the query's totals by the "Names" rules."""
+    flat = table.flat()
+    present = {(d, c) for _, d, c, *_ in flat if d is not None and c is not None}
+    shadow = _shadow(conn, p, present) if hourly_beside_others(present) else {}
+    return table.with_totals(channel_totals(flat, shadow))
 
 
 def _energy_flat(
     conn: sqlite3.Connection, p: Plan, query: EnergyQuery, days: LocalDays | None
-) -> list[Flat] | None:
-    """The finished rows, grouped and ordered in SQL; ``None`` when the "Names" rules apply (a
-    ``device``/``total`` grouping over a part or the ``hourly`` channel), which need
-    :func:`_energy_cells` and the general grouping of :mod:`kilowatch.query.grouping`."""
-    where, args = channel_filter(query)
-    if query.group != "channel":
-        names = conn.execute(f"SELECT channel FROM channels{where}", args)
-        if needs_names_rules(c for (c,) in names):
-            return None
+) -> list[Flat]:
+    """The finished rows, grouped and ordered in SQL: only where the "Names" rules cannot change
+    a sum (grouping by channel, or no part beside its whole and no ``hourly`` channel beside
+    another); else :func:`_energy_cells` and the general grouping of
+    :mod:`kilowatch.query.grouping` answer."""
+    _, args = channel_filter(query)
     if p.by in ("day", "month"):
         return _rollup_flat(conn, p, query, days)
     cells = cells_sql(p, query)
@@ -67,7 +96,7 @@ def _energy_flat(
     return conn.execute(sql, (*args, p.start, p.end)).fetchall()
 
 
-def _starts_table(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> EnergyTable:
+def _starts_table(conn: sqlite3.Connection, p: Plan, pairs: list[tuple[str, str]]) -> EnergyTable:
     """Rows by channel where every stored slot (or hour) is a bucket of its own: each channel's
     range read column by column (one primary-key range scan), merged in time order.
 
@@ -76,7 +105,6 @@ def _starts_table(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> Ener
     long. (The subquery's ORDER BY is the primary key's order: no sort, and the arrays are in it.)
     """
     table, col = ("hours", "hour") if p.whole_hours else ("slots", "slot")
-    where, args = channel_filter(query)
     sql = (
         f"SELECT json_group_array({col}), json_group_array(import_mwh), "
         "json_group_array(export_mwh), json_group_array(estimated) FROM ("
@@ -84,7 +112,7 @@ def _starts_table(conn: sqlite3.Connection, p: Plan, query: EnergyQuery) -> Ener
         f"WHERE device = ? AND channel = ? AND {col} >= ? AND {col} < ? ORDER BY {col})"
     )
     parts = []
-    for device, channel in conn.execute(f"SELECT device, channel FROM channels{where}", args):
+    for device, channel in pairs:
         columns = [orjson.loads(c) for c in conn.execute(sql, (device, channel, p.start, p.end))
                    .fetchone()]  # fmt: skip
         if columns[0]:
@@ -111,7 +139,7 @@ def _energy_cells(
         cells = _scan_cells(conn, p, query)
     shadow: Shadow = {}
     if query.group != "channel":
-        shadow = _shadow(conn, p, cells)
+        shadow = _shadow(conn, p, {(d, c) for d, c, _ in cells})
     return cells, shadow
 
 
@@ -178,9 +206,10 @@ def _rollup_flat(
     return [(k, d, c, i, e, int((k, d, c) in marks)) for k, d, c, i, e, _ in flat]
 
 
-def _shadow(conn: sqlite3.Connection, p: Plan, cells: Cells) -> Shadow:
+def _shadow(conn: sqlite3.Connection, p: Plan, present: set[tuple[str, str]]) -> Shadow:
+    """The ``hourly`` energy not to count; ``present``: the channels with data in range."""
     per_device: dict[str, set[str]] = {}
-    for d, c, _ in cells:
+    for d, c in present:
         per_device.setdefault(d, set()).add(c)
     hourly: list[tuple[str, int, int, int]] = []
     covered: dict[str, set[int]] = {}
