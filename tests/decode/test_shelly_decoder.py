@@ -464,3 +464,155 @@ def test_custom_prefix_learns_the_device_from_frames(decode):
         % PM.encode(),
     )
     assert (merged["power_w"], merged["voltage_v"]) == (2.0, 230.0)
+
+
+COVER = "shelly2pmg3-aabbccddeeff"
+
+
+def test_cover_in_roller_mode_meters_like_a_switch(decode):
+    assert decode("shelly/2pm_g3_cover/status_cover_0.json") == [
+        {
+            "kind": "reading",
+            "device": COVER,
+            "channel": "cover:0",
+            "ts": 1760364737.0,
+            "power_w": 128.4,
+            "voltage_v": 231.6,
+            "current_a": 0.602,
+            "frequency_hz": 50.0,
+            "energy_wh": 1357.102,
+            "returned_energy_wh": 0.0,
+            "power_factor": 0.92,
+        }
+    ]
+    # the motor stops at the top: the delta's powers and counters, merged voltage and frequency
+    assert decode("shelly/2pm_g3_cover/NotifyStatus.json") == [
+        {
+            "kind": "reading",
+            "device": COVER,
+            "channel": "cover:0",
+            "ts": 1760364780.02,
+            "power_w": 0.0,
+            "voltage_v": 231.6,
+            "current_a": 0.0,
+            "frequency_hz": 50.0,
+            "energy_wh": 1359.028,
+            "returned_energy_wh": 0.0,
+            "power_factor": 0.0,
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "device", "channel", "fields"),
+    [
+        (
+            "shelly/dimmer_g3/status_light_0.json",
+            "shellydimmerg3-e4b3233be13c",
+            "light:0",
+            {"power_w": 24.7, "voltage_v": 231.4, "current_a": 0.112, "energy_wh": 1203.545},
+        ),
+        (
+            "shelly/plus_rgbw_pm/status_rgbw_0.json",
+            "shellyplusrgbwpm-aabbccddeeff",
+            "rgbw:0",
+            {"power_w": 18.1, "voltage_v": 24.1, "current_a": 0.751, "energy_wh": 845.221},
+        ),
+        (
+            "shelly/plus_rgbw_pm/status_rgb_0.json",
+            "shellyplusrgbwpm-aabbccddeeff",
+            "rgb:0",
+            {"power_w": 9.6, "voltage_v": 24.1, "current_a": 0.398, "energy_wh": 846.013},
+        ),
+        (
+            "shelly/pro_rgbww_pm/status_cct_1.json",
+            "shellyprorgbwwpm-aabbccddeeff",
+            "cct:1",
+            {"power_w": 14.0, "voltage_v": 24.0, "current_a": 0.583, "energy_wh": 512.908},
+        ),
+    ],
+)
+def test_lights_meter_too(decode, recorded, name, device, channel, fields):
+    _, _, received_at = recorded(name)
+    assert decode(name) == [
+        {"kind": "reading", "device": device, "channel": channel, "ts": received_at, **fields}
+    ]
+
+
+@pytest.mark.parametrize("key", ["switch:0", "pm1:0", "cover:0", "light:0", "rgb:0", "rgbw:0"])
+def test_every_metering_component_decodes_in_a_full_status(decode, key):
+    out = decode(
+        topic="dev/events/rpc",
+        payload=b'{"src":"dev","method":"NotifyFullStatus","params":{"ts":10,"%s":{"id":0,'
+        b'"apower":5,"aenergy":{"total":7.5},"ret_aenergy":{"total":0.5}}}}' % key.encode(),
+    )
+    assert out == [
+        {
+            "kind": "reading",
+            "device": "dev",
+            "channel": key,
+            "ts": 10.0,
+            "power_w": 5.0,
+            "energy_wh": 7.5,
+            "returned_energy_wh": 0.5,
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("params", "reason"),
+    [
+        (b'{"ts":1e300,"pm1:0":{"apower":1}}', "invalid_payload"),  # a date cannot hold it
+        (b'{"ts":-5,"pm1:0":{"apower":1}}', "invalid_payload"),
+        (b'{"ts":1,"pm1:0":{"aenergy":{"total":1e300}}}', "invalid_payload"),
+        (b'{"ts":1,"emdata:0":{"total_act":-2e15}}', "invalid_payload"),
+        (b'{"ts":1,"events":[{"component":"sys","event":"x","ts":1e19}]}', "invalid_payload"),
+    ],
+)
+def test_counters_and_timestamps_out_of_range_are_rejected(registry, state, params, reason):
+    method = b"NotifyEvent" if b"events" in params else b"NotifyStatus"
+    payload = b'{"src":"d","method":"%s","params":%s}' % (method, params)
+    with pytest.raises(DecodeError) as info:
+        registry.decode("d/events/rpc", payload, received_at=1.0, state=state)
+    assert info.value.reason == reason
+
+
+def test_instant_values_out_of_range_are_left_out(decode):
+    out = decode(
+        topic="d/events/rpc",
+        payload=b'{"src":"d","method":"NotifyStatus","params":{"ts":2,'
+        b'"pm1:0":{"apower":1e300,"voltage":-1.5e16,"current":0.2,"aenergy":{"total":12.5}}}}',
+    )
+    # the bad samples are absent, as if the device had not sent them; the counter stays
+    assert out == [
+        {
+            "kind": "reading",
+            "device": "d",
+            "channel": "pm1:0",
+            "ts": 2.0,
+            "current_a": 0.2,
+            "energy_wh": 12.5,
+        }
+    ]
+
+
+def test_uptime_out_of_range_is_left_out(decode):
+    out = decode(
+        topic="d/status/sys", payload=b'{"mac":"AABBCCDDEEFF","uptime":18446744073709551615}'
+    )
+    assert out[0]["mac"] == "AABBCCDDEEFF" and "uptime_s" not in out[0]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "dev 1 nan 2|x.c:1 not a time",
+        "dev 1 inf 2|x.c:1 not a time",
+        "dev 1 1e300 2|x.c:1 no date holds it",
+        "dev ² 1700000000 2|x.c:1 a digit int() refuses",
+        "dev 1 1700000000 " + "9" * 5000 + "|x.c:1 a level int() refuses",
+    ],
+)
+def test_log_lines_with_unusable_numbers_are_kept_as_text(decode, line):
+    [log] = decode(topic="pfx/debug/log", payload=line.encode(), received_at=5.0)
+    assert log == {"kind": "log", "device": "pfx", "ts": 5.0, "message": line}

@@ -153,7 +153,8 @@ class DecoderRegistry:
         ``invalid_json``, ``invalid_payload``, ``unknown_method``.
         """
         if source == AUTO:
-            decoder = self.decoder_for(topic)
+            by_topic = self._by_topic  # decoder_for's cache, read inline: this is the hot path
+            decoder = by_topic[topic] if topic in by_topic else self.decoder_for(topic)
             if decoder is None:
                 raise DecodeError(
                     UNKNOWN_TOPIC,

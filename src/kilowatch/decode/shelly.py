@@ -27,12 +27,17 @@ from typing import Any
 
 from kilowatch.decode.payload import (
     INVALID_PAYLOAD,
+    MAX_MAGNITUDE,
+    MAX_TS,
     MISSING_TOPIC,
     UNKNOWN_METHOD,
+    check_size,
+    counter,
     load_json,
     load_object,
     number,
     text_bool,
+    timestamp,
 )
 from kilowatch.decode.state import DecoderState
 from kilowatch.errors import DecodeError
@@ -62,7 +67,8 @@ class _ChannelSpec:
         return frozenset(field for field, _ in self.instant)
 
 
-# switch and pm1 share field names (DOC-PM1, Switch): W, V, A, Hz, VA, pf; counters in Wh.
+# Every Gen2+ component that meters one load shares these field names (DOC-PM1, Switch; Cover,
+# Light, RGB, RGBW, CCT have the same metering fields): W, V, A, Hz, VA, pf; counters in Wh.
 _PM = _ChannelSpec(
     "",
     (
@@ -140,8 +146,13 @@ _PHASES = ("a", "b", "c")
 # component type → (channel type, channel specs). EMData/EM1Data counters land on the channels of
 # the EM/EM1 component with the same id, so a channel's reading holds both its powers and counters.
 _METERING: dict[str, tuple[str, tuple[_ChannelSpec, ...]]] = {
-    "switch": ("switch", (_PM,)),
-    "pm1": ("pm1", (_PM,)),
+    "switch": ("switch", (_PM,)),  # relays: Plus/Pro xPM, Mini PM, plugs, Power Strip
+    "pm1": ("pm1", (_PM,)),  # meters without a relay: PM Mini
+    "cover": ("cover", (_PM,)),  # a 2PM (Plus, Pro, Gen3) in roller mode, Pro Dual Cover PM
+    "light": ("light", (_PM,)),  # dimmers (Dimmer Gen3, Pro Dimmer xPM), RGBW PM in light mode
+    "rgb": ("rgb", (_PM,)),  # Plus RGBW PM in rgb mode
+    "rgbw": ("rgbw", (_PM,)),  # Plus RGBW PM in rgbw mode
+    "cct": ("cct", (_PM,)),  # Pro RGBWW PM in cct mode
     "em1": ("em1", (_EM1,)),
     "em1data": ("em1", (_EM1DATA,)),
     "em": ("em", (_EM_TOTAL, *(_em_phase(p) for p in _PHASES))),
@@ -191,8 +202,10 @@ def _add_channels(
 
     Instantaneous values are read from ``merged``; a value this delta carries must be a number
     (``invalid_payload`` otherwise), one remembered from an earlier message is skipped if it is not.
-    Counters are read from ``delta`` only.
+    A number beyond ±``MAX_MAGNITUDE`` is left out, like a value the device did not send.
+    Counters are read from ``delta`` only, and one out of range rejects the message.
     """
+    low, high = -MAX_MAGNITUDE, MAX_MAGNITUDE
     for channel, spec, instant_fields in channels:
         # counters first: the channel is reported only if the delta carries one of its values
         counters: list[tuple[str, float]] | None = None
@@ -212,6 +225,9 @@ def _add_channels(
             elif kind is not float:
                 name = field if sub is None else f"{field}.{sub}"
                 value = number(value, field=f"{key}.{name}")  # raises: not a number
+            if not low <= value <= high:
+                name = field if sub is None else f"{field}.{sub}"
+                counter(value, field=f"{key}.{name}")  # raises: out of range
             if counters is None:
                 counters = [(attr, value)]
             else:
@@ -225,11 +241,13 @@ def _add_channels(
             value = merged.get(field)
             kind = type(value)
             if kind is float:
-                values[attr] = value  # type: ignore[assignment]
+                if low <= value <= high:  # type: ignore[operator]
+                    values[attr] = value  # type: ignore[assignment]
             elif kind is int:
-                values[attr] = float(value)  # type: ignore[arg-type]
+                if low <= value <= high:  # type: ignore[operator]
+                    values[attr] = float(value)  # type: ignore[arg-type]
             elif value is not None and field in delta:
-                values[attr] = number(value, field=f"{key}.{field}")
+                number(value, field=f"{key}.{field}")  # raises: not a number
         if counters is not None:
             values.update(counters)
 
@@ -248,7 +266,7 @@ def _device_info(
         if type(mac) is str:
             info["mac"] = mac
         uptime = sys.get("uptime")
-        if type(uptime) is int:
+        if type(uptime) is int and 0 <= uptime <= MAX_MAGNITUDE:
             info["uptime_s"] = uptime
         if "available_updates" in sys:
             updates = sys["available_updates"]
@@ -266,7 +284,7 @@ def _device_info(
 
 
 def _ts(value: object, *, default: float, field: str) -> float:
-    return default if value is None else number(value, field=field)
+    return default if value is None else timestamp(value, field=field)
 
 
 class ShellyDecoder:
@@ -345,7 +363,9 @@ class ShellyDecoder:
         params = frame.get("params")
         if type(params) is not dict:
             raise DecodeError(INVALID_PAYLOAD, f"{method or 'RPC frame'} has no 'params' object")
-        ts = _ts(params.get("ts"), default=received_at, field="params.ts")
+        ts = params.get("ts")
+        if type(ts) is not float or not 0.0 <= ts <= MAX_TS:  # the common case without a call
+            ts = _ts(ts, default=received_at, field="params.ts")
         if method == "NotifyStatus":
             return _notify_status(device, ts, params, state)
         if method == "NotifyFullStatus":
@@ -360,8 +380,9 @@ def _notify_status(
     device: str, ts: float, params: dict[str, Any], state: DecoderState
 ) -> list[Message]:
     channels: dict[str, dict[str, float]] = {}
+    cache = _CHANNELS_CACHE
     for key, delta in params.items():
-        of_key = _channels_of(key)
+        of_key = cache[key] if key in cache else _channels_of(key)
         if of_key is None:
             continue  # ts, sys, wifi, cloud, script:N...: nothing to merge
         if delta is None:
@@ -426,23 +447,33 @@ def _notify_event(device: str, ts: float, params: dict[str, Any]) -> list[Messag
 
 
 def _parse_log_line(line: str) -> tuple[str, int, float, int, str, str] | None:
-    """``<device id> <seq> <unix ts> <level>|<file:line> <message>``, or ``None``."""
+    """``<device id> <seq> <unix ts> <level>|<file:line> <message>``, or ``None`` (also when the
+    numbers are not plain decimals in range: such a line is kept whole, as text)."""
     parts = line.split(" ", 4)
-    if len(parts) < 4 or not parts[1].isdigit():
+    if len(parts) < 4 or not _small_int(parts[1]):
         return None
     level, bar, source = parts[3].partition("|")
-    if not bar or not level.isdigit():
+    if not bar or not _small_int(level):
         return None
     try:
         ts = float(parts[2])
     except ValueError:
         return None
+    if not 0.0 <= ts <= MAX_TS:  # also refuses "nan" and "inf", which float() reads
+        return None
     message = parts[4] if len(parts) == 5 else ""
     return parts[0], int(parts[1]), ts, int(level), source, message
 
 
+def _small_int(text: str) -> bool:
+    """ASCII digits that fit a 64-bit integer (``str.isdigit`` alone accepts ``²`` and 5000-digit
+    numbers, which ``int`` refuses)."""
+    return 0 < len(text) <= 18 and text.isascii() and text.isdigit()
+
+
 def _log_lines(prefix: str, payload: bytes, received_at: float) -> list[Message]:
     """Log lines: the device is the id the line itself starts with (the ``src`` of its frames)."""
+    check_size(payload, what="debug log")
     out: list[Message] = []
     for raw in payload.decode("utf-8", "replace").splitlines():
         line = raw.rstrip()
