@@ -7,9 +7,20 @@ configured as patterns with the same tokens: ``%prefix%`` (``tele``/``stat``), a
 - ``tele/<topic>/SENSOR`` and ``stat/<topic>/STATUS8`` (``{"StatusSNS": ...}``): the
   ``ENERGY`` object. ``Total``/``ExportActive`` kWh → ``energy_wh``/``returned_energy_wh``;
   ``Power`` W, ``ApparentPower`` VA, ``ReactivePower`` var, ``Factor``, ``Voltage`` V,
-  ``Current`` A, ``Frequency`` Hz. A field given as an array (multi-channel meters) goes to
-  channels ``ENERGY/1``, ``ENERGY/2``...; scalar fields to ``ENERGY``. ``Time`` is local time
-  without a zone, so ``ts`` is ``received_at``.
+  ``Current`` A, ``Frequency`` Hz. ``Time`` is local time without a zone, so ``ts`` is
+  ``received_at``.
+
+How the ENERGY object's shapes map to channels (they vary with the meter and firmware settings):
+
+- a multi-channel meter (Shelly 2.5: two relays; Shelly 3EM: three phases) gives per-channel
+  fields as arrays: item ``i`` goes to channel ``ENERGY/<i+1>``;
+- ``Voltage`` and ``Frequency`` given once (scalar) beside arrays are the supply the channels
+  share: they apply to every ``ENERGY/<i>`` (and to ``ENERGY`` when it has a reading);
+- other scalars beside arrays describe the whole device and stay on ``ENERGY``: by default
+  ``Total`` is the sum of the channels (an array per channel only with ``SetOption129 1``), so
+  a device's counter is on ``ENERGY`` or on its parts, never on both;
+- arrays that are not per channel are not read: ``TotalTariff``/``ExportTariff`` hold one
+  counter per tariff, ``Today``/``Yesterday``/``Period`` are not counters.
 - ``tele/<topic>/LWT``: ``Online``/``Offline``.
 - ``tele/<topic>/STATE`` (uptime), ``tele/<topic>/INFO1`` (module, version), ``INFO2`` (IP address).
 """
@@ -20,11 +31,13 @@ from typing import Any
 
 from kilowatch.decode.payload import (
     MISSING_TOPIC,
+    counter,
     kwh_to_wh,
     load_json,
     load_object,
     number,
     text_bool,
+    usable,
 )
 from kilowatch.decode.state import DecoderState
 from kilowatch.errors import ConfigError, DecodeError
@@ -49,17 +62,19 @@ _LEAVES: dict[str, str] = {
     "STATUS8": "stat",
 }
 
-# ENERGY field → (Reading attribute, converts kWh)
-_ENERGY_FIELDS: tuple[tuple[str, str, bool], ...] = (
-    ("Power", "power_w", False),
-    ("Voltage", "voltage_v", False),
-    ("Current", "current_a", False),
-    ("Frequency", "frequency_hz", False),
-    ("Total", "energy_wh", True),
-    ("ExportActive", "returned_energy_wh", True),
-    ("ApparentPower", "apparent_power_va", False),
-    ("ReactivePower", "reactive_power_var", False),
-    ("Factor", "power_factor", False),
+# ENERGY field → (Reading attribute, a kWh counter, shared by every channel when scalar). Shared
+# fields are the supply's: Tasmota prints them once when the channels measure one supply (its
+# "voltage_common" / "frequency_common"), e.g. one Voltage beside a Power per relay on a Shelly 2.5.
+_ENERGY_FIELDS: tuple[tuple[str, str, bool, bool], ...] = (
+    ("Power", "power_w", False, False),
+    ("Voltage", "voltage_v", False, True),
+    ("Current", "current_a", False, False),
+    ("Frequency", "frequency_hz", False, True),
+    ("Total", "energy_wh", True, False),
+    ("ExportActive", "returned_energy_wh", True, False),
+    ("ApparentPower", "apparent_power_va", False, False),
+    ("ReactivePower", "reactive_power_var", False, False),
+    ("Factor", "power_factor", False, False),
 )
 
 
@@ -169,28 +184,53 @@ class TasmotaDecoder:
 
 
 def _energy(device: str, energy: object, received_at: float) -> list[Message]:
+    """Readings of an ENERGY object: ``ENERGY`` for the whole device, ``ENERGY/<i>`` per channel
+    (see the module docstring for how scalars and arrays are told apart)."""
     if type(energy) is not dict:
         return []
-    channels: dict[str, dict[str, float]] = {}
-    for field, attr, kwh in _ENERGY_FIELDS:
+    whole: dict[str, float] = {}
+    shared: dict[str, float] = {}
+    parts: list[dict[str, float]] = []
+    for field, attr, kwh, is_shared in _ENERGY_FIELDS:
         value = energy.get(field)
         if value is None:
             continue
         if type(value) is list:
-            for i, item in enumerate(value, start=1):
-                if item is not None:
-                    converted = _convert(item, f"ENERGY.{field}[{i - 1}]", kwh)
-                    channels.setdefault(f"{CHANNEL}/{i}", {})[attr] = converted
+            for i, item in enumerate(value):
+                if item is None:
+                    continue
+                converted = _convert(item, f"ENERGY.{field}[{i}]", kwh)
+                if converted is None:
+                    continue
+                while len(parts) <= i:
+                    parts.append({})
+                parts[i][attr] = converted
         else:
-            channels.setdefault(CHANNEL, {})[attr] = _convert(value, f"ENERGY.{field}", kwh)
-    # scalar (whole-device) channel first, then its parts
-    order = sorted(channels, key=lambda name: (name != CHANNEL, len(name), name))
-    return [Reading(device, name, received_at, **channels[name]) for name in order]
+            converted = _convert(value, f"ENERGY.{field}", kwh)
+            if converted is not None:
+                (shared if is_shared else whole)[attr] = converted
+    if shared:
+        for part in parts:
+            if part:
+                part.update({attr: v for attr, v in shared.items() if attr not in part})
+        if whole or not any(parts):
+            whole.update(shared)
+    out: list[Message] = [Reading(device, CHANNEL, received_at, **whole)] if whole else []
+    out.extend(
+        Reading(device, f"{CHANNEL}/{i}", received_at, **part)
+        for i, part in enumerate(parts, start=1)
+        if part
+    )
+    return out
 
 
-def _convert(value: object, field: str, kwh: bool) -> float:
+def _convert(value: object, field: str, kwh: bool) -> float | None:
+    """A counter in Wh (``invalid_payload`` if out of range), or an instantaneous value (``None``
+    if out of range: left out of the reading)."""
     number_ = number(value, field=field)
-    return kwh_to_wh(number_) if kwh else number_
+    if kwh:
+        return counter(kwh_to_wh(number_), field=field)
+    return number_ if usable(number_) else None
 
 
 def _info(device: str, leaf: str, doc: dict[str, Any], received_at: float) -> list[Message]:
