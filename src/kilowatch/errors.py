@@ -8,8 +8,10 @@ text, and their message says what happened, with the evidence, and what to do. T
     ├── ConfigError            a setting (flag, KILOWATCH_* variable, TOML) is missing or invalid
     ├── DecodeError            a message could not be turned into readings (``reason`` slug)
     ├── LedgerStateError       a saved ledger state cannot be read (``key``, ``detail``)
-    ├── StoreError             the store could not be opened, read or written
-    │   └── InvalidQueryError  an energy query is malformed (zone, range, bucket)
+    ├── StoreError             the store could not be opened, read or written (retrying may help)
+    │   ├── InvalidQueryError  an energy query is malformed (zone, range, bucket)
+    │   └── UnstorableError    a record no store can hold (too deep, not JSON, out of range): its
+    │                          content is at fault, so retrying never helps (``detail``)
     ├── BrokerError            the MQTT broker could not be started or reached
     │   └── ProtocolError      a client broke MQTT's rules (``reason`` slug)
     │       └── PacketTooLargeError
@@ -63,6 +65,19 @@ class StoreError(KilowatchError):
 
 class InvalidQueryError(StoreError):
     """An energy query is malformed: unknown time zone, empty or reversed range, unknown bucket."""
+
+
+class UnstorableError(StoreError):
+    """A record cannot be stored because of what it holds, whatever the store's state: JSON nested
+    deeper than the encoder allows, a value JSON cannot hold, an integer out of the store's range.
+
+    Retrying the same write can never succeed (unlike a plain :class:`StoreError`: the store is
+    down, full or locked). ``detail`` is the encoder's or the store's own complaint.
+    """
+
+    def __init__(self, message: str, *, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class BrokerError(KilowatchError):
@@ -145,4 +160,5 @@ __all__ = [
     "Problem",
     "ProtocolError",
     "StoreError",
+    "UnstorableError",
 ]

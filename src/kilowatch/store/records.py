@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from kilowatch.errors import StoreError
+from kilowatch.errors import UnstorableError
 from kilowatch.model.messages import Event, LogLine, Reading
 from kilowatch.store.protocol import DeadLetter, DeviceRecord, DeviceUpdate
 
@@ -28,11 +28,13 @@ DEVICE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(DeviceUpdate) if f
 
 
 def dumps(value: Any) -> bytes:
-    """Compact JSON; :class:`StoreError` for values JSON cannot hold."""
+    """Compact JSON; :class:`UnstorableError` for values JSON cannot hold (nested deeper than
+    orjson's limit of 254 levels, an integer beyond 64 bits, a lone surrogate, a non-JSON type):
+    no store can hold them, so a retry would fail the same way."""
     try:
         return orjson.dumps(value)
-    except TypeError as err:
-        raise StoreError(f"value cannot be stored as JSON: {err}") from err
+    except TypeError as err:  # orjson.JSONEncodeError is a TypeError
+        raise UnstorableError(f"value cannot be stored as JSON: {err}", detail=str(err)) from err
 
 
 def loads(raw: bytes | str) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from kilowatch.errors import StoreError
+from kilowatch.errors import StoreError, UnstorableError
 
 BUSY_TIMEOUT_MS = 10_000
 """How long a connection waits for a lock held by another process before failing."""
@@ -46,4 +46,25 @@ def store_error(what: str, err: sqlite3.Error) -> StoreError:
     return out
 
 
-__all__ = ["BUSY_TIMEOUT_MS", "connect", "path_of", "store_error"]
+def refused_value(what: str, err: BaseException) -> UnstorableError | None:
+    """``err`` as an :class:`UnstorableError` when SQLite refused a *value* (retrying the same
+    write cannot help), else ``None`` (the file is locked, read-only, full, broken: it may).
+
+    Refused values: an integer beyond 64 bits (``OverflowError``), a string with a lone surrogate
+    (``UnicodeEncodeError``), a type SQLite cannot bind, a string or blob over SQLite's length
+    limit (``DataError``), a constraint (``IntegrityError``).
+    """
+    content = isinstance(
+        err, OverflowError | UnicodeEncodeError | sqlite3.DataError | sqlite3.IntegrityError
+    )
+    if isinstance(err, sqlite3.InterfaceError | sqlite3.ProgrammingError):
+        # the same classes also say "Cannot operate on a closed database": not a value's fault
+        content = str(err).startswith("Error binding parameter")
+    if not content:
+        return None
+    out = UnstorableError(f"{what}: SQLite refused a value: {err}", detail=str(err))
+    out.__cause__ = err
+    return out
+
+
+__all__ = ["BUSY_TIMEOUT_MS", "connect", "path_of", "refused_value", "store_error"]
