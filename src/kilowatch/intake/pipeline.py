@@ -5,12 +5,19 @@ Two stages run concurrently so that decoding the next batch overlaps committing 
 - :meth:`Pipeline.build` (on the event loop, pure CPU): decodes every message with the decoder
   registry, feeds counters and intervals to the ledger, gathers device updates, latest readings,
   events, logs and dead letters into one :class:`~kilowatch.store.protocol.Batch`;
-- the commit stage commits batches *in order* and only then acknowledges their MQTT messages. A
-  commit that fails is retried (with backoff) until it succeeds: nothing unstored is acknowledged.
+- the commit stage commits batches *in order* and only then acknowledges their MQTT messages
+  (:class:`~kilowatch.intake.commit.Committer`): while the store is unavailable the commit is
+  retried with backoff, nothing unstored is acknowledged; a record no store can hold is set aside
+  as a dead letter and the rest of its batch is stored.
 
 A message that cannot be decoded never stops ingestion: it becomes a dead letter (topic, payload,
 reason), counted per reason and logged at most once per :data:`DEAD_LETTER_LOG_INTERVAL_S` and
-reason.
+reason. Neither does an event or a log line that decodes but cannot be stored (JSON nested deeper
+than the stores' encoder allows): it is checked with that encoder while decoding and becomes a
+dead letter ``unstorable`` with the encoder's complaint; the message's other readings count.
+
+:meth:`Pipeline.health` says whether commits keep failing or batches wait too long
+(:func:`kilowatch.intake.stats.assess`).
 """
 
 from __future__ import annotations
@@ -20,14 +27,15 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kilowatch.decode.registry import DecoderRegistry
 from kilowatch.decode.state import DecoderState
-from kilowatch.errors import DecodeError, KilowatchError
+from kilowatch.errors import DecodeError, UnstorableError
 from kilowatch.intake.client import Delivery
+from kilowatch.intake.commit import UNSTORABLE, Committer
 from kilowatch.intake.live import LiveHub
+from kilowatch.intake.stats import STALL_S, IngestHealth, IngestStats, assess
 from kilowatch.model.messages import (
     Availability,
     DeviceInfo,
@@ -38,6 +46,7 @@ from kilowatch.model.messages import (
     Reading,
 )
 from kilowatch.model.slots import ChannelKey, SlotEnergy, merge_slot_energy
+from kilowatch.store import records
 from kilowatch.store.protocol import Batch, DeadLetter, DeviceUpdate, Store
 
 log = logging.getLogger("kilowatch.ingest")
@@ -49,8 +58,6 @@ DEVICE_WRITE_INTERVAL_S = 30.0
 LATEST_WRITE_INTERVAL_S = 1.0
 """A channel's latest reading is written at most this often (live views get every reading)."""
 DEAD_LETTER_LOG_INTERVAL_S = 10.0
-COMMIT_RETRY_MIN_S = 0.2
-COMMIT_RETRY_MAX_S = 10.0
 PAYLOAD_LOG_EXCERPT = 120
 """Bytes of a dead letter's payload shown in the log line."""
 DECODER_CRASH = "decoder_crash"
@@ -83,18 +90,6 @@ class LedgerLike(Protocol):
 _Staged = tuple[Batch, list[Reading], Sequence[Delivery]]
 
 
-@dataclass
-class IngestStats:
-    """Counters since start (the web app's metrics page may show them)."""
-
-    received: int = 0
-    committed: int = 0
-    batches: int = 0
-    readings: int = 0
-    dead_letters: Counter[str] = field(default_factory=Counter)
-    commit_failures: int = 0
-
-
 class _RateLimitedLog:
     """One log line per reason per interval; the lines in between are counted, then reported."""
 
@@ -123,7 +118,11 @@ class _RateLimitedLog:
 
 
 class Pipeline:
-    """Turns deliveries into committed batches. Owns the decoder state and the ledger."""
+    """Turns deliveries into committed batches. Owns the decoder state and the ledger.
+
+    ``stall_s``: how long commits may fail, or a batch wait, before :meth:`health` says
+    ``degraded``.
+    """
 
     def __init__(
         self,
@@ -134,15 +133,18 @@ class Pipeline:
         hub: LiveHub | None = None,
         state: DecoderState | None = None,
         clock: Callable[[], float] = time.monotonic,
+        stall_s: float = STALL_S,
     ) -> None:
         self.registry = registry
         self.ledger = ledger
         self.store = store
         self.hub = hub
         self.state = state or DecoderState()
-        self.stats = IngestStats()
+        self.stats = IngestStats(started_at=clock())
         self.clock = clock
+        self.stall_s = stall_s
         self._dead_log = _RateLimitedLog(DEAD_LETTER_LOG_INTERVAL_S)
+        self.committer = Committer(store, self.stats, clock=clock, on_dead_letter=self._count_dead)
         self._sources: dict[str, str | None] = {}
         self._devices_pending: dict[str, dict[str, Any]] = {}
         self._devices_written: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -191,12 +193,15 @@ class Pipeline:
             for m in messages:
                 try:
                     self._account(m, received_at, source, slots, devices, fresh, events, logs)
+                except UnstorableError as err:
+                    what = f"event {m.component}/{m.event}" if isinstance(m, Event) else m.kind
+                    why = f"{what} of {m.device} cannot be stored: {err.detail}"
+                    dead.append(DeadLetter(received_at, topic, payload, UNSTORABLE, why))
                 except Exception as err:  # the ledger refusing one value must not stop the others
                     log.exception("ledger failed on %r", m)
                     dead.append(DeadLetter(received_at, topic, payload, LEDGER_ERROR, repr(err)))
         for letter in dead:
-            self.stats.dead_letters[letter.reason] += 1
-            self._dead_log.dead_letter(letter)
+            self._count_dead(letter)
         latest.update(fresh)
         now = self.clock()
         batch = Batch(
@@ -211,6 +216,10 @@ class Pipeline:
         self.stats.received += len(deliveries)
         self.stats.readings += len(fresh)
         return batch, list(fresh.values())
+
+    def _count_dead(self, letter: DeadLetter) -> None:
+        self.stats.dead_letters[letter.reason] += 1
+        self._dead_log.dead_letter(letter)
 
     def _due_devices(self, now: float, final: bool) -> list[DeviceUpdate]:
         out: list[DeviceUpdate] = []
@@ -274,28 +283,28 @@ class Pipeline:
                 if value is not None:
                     device[name] = value
         elif isinstance(m, Event):
+            # Encoded now with the stores' own encoder: one that cannot be stored is a dead letter
+            # with its message, instead of a commit that no retry can ever get through.
+            records.event_dumps(m)
             events.append(m)
         else:
+            records.log_dumps(m)
             logs.append(m)
 
     # -- stage 2: commit + ack -------------------------------------------------------------------
 
     async def commit(self, batch: Batch, readings: Sequence[Reading]) -> None:
-        """Commit ``batch``, retrying with capped backoff until the store takes it."""
-        delay = COMMIT_RETRY_MIN_S
-        while True:
-            try:
-                await self.store.commit(batch)
-            except KilowatchError as err:
-                self.stats.commit_failures += 1
-                log.error("store commit failed error=%r retry_in_s=%.1f", str(err), delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, COMMIT_RETRY_MAX_S)
-                continue
-            break
+        """Commit ``batch`` (see :class:`~kilowatch.intake.commit.Committer`: retried while the
+        store is unavailable, unstorable records set aside), then publish its readings live."""
+        await self.committer.commit(batch)
         self.stats.batches += 1
         if self.hub is not None:
             self.hub.publish(readings)
+
+    def health(self) -> IngestHealth:
+        """``ok``, or ``degraded`` with the reasons: commits failing, or a batch waiting, for
+        ``stall_s`` or longer."""
+        return assess(self.stats, self.clock(), stall_s=self.stall_s)
 
     async def run(self, source: DeliverySource, *, max_batch: int = MAX_BATCH) -> None:
         """Ingest until ``source`` stops giving deliveries (``next_batch`` returns ``[]``), then
@@ -316,16 +325,21 @@ class Pipeline:
                     if self._devices_pending or self._latest_pending:
                         batch, readings = self.build([])
                         if batch.devices or batch.latest:
-                            await queue.put((batch, readings, []))
+                            await self._stage(queue, (batch, readings, []))
                     continue
                 if not deliveries:
                     break
                 batch, readings = self.build(deliveries)
-                await queue.put((batch, readings, deliveries))
+                await self._stage(queue, (batch, readings, deliveries))
             pending = source.take_pending()
             batch, readings = self.build(pending, final=True)
-            await queue.put((batch, readings, pending))
+            await self._stage(queue, (batch, readings, pending))
             await queue.put(None)
+
+    async def _stage(self, queue: asyncio.Queue[_Staged | None], staged: _Staged) -> None:
+        """Hand a built batch to the commit stage; it is in flight until acknowledged."""
+        self.stats.in_flight.append((self.clock(), len(staged[2])))
+        await queue.put(staged)
 
     async def _commit_stage(
         self, queue: asyncio.Queue[_Staged | None], source: DeliverySource
@@ -335,6 +349,7 @@ class Pipeline:
             await self.commit(batch, readings)
             source.ack(deliveries)
             self.stats.committed += len(deliveries)
+            self.stats.in_flight.popleft()
 
 
 __all__ = ["MAX_BATCH", "DeliverySource", "IngestStats", "LedgerLike", "Pipeline"]
