@@ -39,6 +39,12 @@ DEFAULT_MQTT_PORT = 1883
 """IANA-registered MQTT port; the embedded broker binds it by default."""
 DEFAULT_MQTTS_PORT = 8883
 """IANA-registered MQTT-over-TLS port."""
+DEFAULT_COMMIT_STALL_S = 30.0
+"""Default ``commit_stall_s``: :data:`kilowatch.intake.stats.STALL_S` (not imported: loading the
+settings must not load the MQTT client)."""
+DEFAULT_STOP_TIMEOUT_S = 5.0
+"""Default ``stop_timeout_s``: with the MQTT disconnect (at most 2 s) and closing the store, a stop
+takes well under 10 s even while the store fails."""
 
 
 class LogLevel(StrEnum):
@@ -154,6 +160,18 @@ class Settings(BaseModel):
     log_level: LogLevel = Field(default=LogLevel.INFO, description="DEBUG, INFO, WARNING or ERROR.")
     log_format: LogFormat = Field(
         default=LogFormat.TEXT, description="'text' (key=value) or 'json'."
+    )
+    commit_stall_s: float = Field(
+        default=DEFAULT_COMMIT_STALL_S,
+        gt=0,
+        description="Seconds store commits may keep failing, or a batch may wait uncommitted, "
+        "before /api/v1/health reports 'degraded'.",
+    )
+    stop_timeout_s: float = Field(
+        default=DEFAULT_STOP_TIMEOUT_S,
+        ge=0,
+        description="Seconds a stop (SIGTERM, SIGINT) keeps trying to commit what is in flight; "
+        "then kilowatch exits 1 without acknowledging it (the broker delivers it again).",
     )
 
     @field_validator("tz")

@@ -6,11 +6,17 @@ ingest, stats, web app) runs in one :class:`asyncio.TaskGroup`. Stopping (SIGINT
 ``stop`` event) is graceful: the intake stops handing out messages, the pipeline commits what it
 holds and acknowledges it, the intake disconnects after its acknowledgements went out, then the
 broker and the store close.
+
+A stop is bounded: when the store still fails after ``stop_timeout_s``, the pipeline is cancelled,
+what it held is *not* acknowledged (the broker delivers it again at the next start), everything
+closes as usual and :func:`serve` raises :class:`~kilowatch.errors.StoreError` saying so (the CLI
+prints it and exits 1).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -22,9 +28,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kilowatch.decode.registry import DecoderOptions, default_registry
+from kilowatch.errors import StoreError
 from kilowatch.intake.client import MqttIntake, MqttOptions
 from kilowatch.intake.live import LiveHub
-from kilowatch.intake.pipeline import IngestStats, Pipeline
+from kilowatch.intake.pipeline import Pipeline
+from kilowatch.intake.stats import IngestHealth, IngestStats
 from kilowatch.ledger import Ledger
 from kilowatch.service.config import LogFormat, Settings, parse_broker_url
 from kilowatch.service.retention import run_retention
@@ -92,6 +100,8 @@ class Running:
     stats: IngestStats
     mqtt_host: str
     mqtt_port: int
+    health: Callable[[], IngestHealth]
+    """The ingest's health now (for ``/api/v1/health`` and ``/metrics``)."""
 
 
 WebStarter = Callable[[asyncio.TaskGroup, Running, asyncio.Event], Awaitable[object]]
@@ -138,12 +148,12 @@ def mqtt_options(settings: Settings, *, embedded_port: int | None = None) -> Mqt
 
 
 def ingest_metrics(stats: IngestStats) -> dict[str, float]:
-    """Ingest counters for the web app's ``/metrics``."""
+    """Ingest counters for the web app's ``/metrics`` (commit failures by kind, and the gauges,
+    come with :attr:`Running.health`)."""
     return {
         "received": stats.received,
         "committed": stats.committed,
         "batches": stats.batches,
-        "commit_failures": stats.commit_failures,
         "dead_letters": sum(stats.dead_letters.values()),
     }
 
@@ -185,10 +195,15 @@ async def serve(
         registry = default_registry(decoder_options(settings))
         ledger = Ledger(await store.load_ledger_states())
         hub = LiveHub()
-        pipeline = Pipeline(registry=registry, ledger=ledger, store=store, hub=hub)
+        pipeline = Pipeline(
+            registry=registry, ledger=ledger, store=store, hub=hub, stall_s=settings.commit_stall_s
+        )
         options = mqtt_options(settings, embedded_port=embedded_port)
         intake = await stack.enter_async_context(MqttIntake(options, registry.subscriptions()))
-        running = Running(settings, store, hub, pipeline.stats, options.host, options.port)
+        running = Running(
+            settings, store, hub, pipeline.stats, options.host, options.port, pipeline.health
+        )
+        abandoned = 0
         async with asyncio.TaskGroup() as tg:
             connector = tg.create_task(intake.run(), name="mqtt")
             ingest = tg.create_task(pipeline.run(intake), name="ingest")
@@ -207,13 +222,52 @@ async def serve(
             await stop.wait()
             log.info("stopping: committing what is in flight")
             intake.stop_taking()
-            await ingest
+            abandoned = await _drain(ingest, intake, pipeline, settings)
             connector.cancel()
             stats.cancel()
             retention.cancel()
         _log_totals(pipeline.stats)
+    if abandoned:
+        raise StoreError(
+            f"stopped without storing {abandoned} messages: the store still failed after "
+            f"stop_timeout_s={settings.stop_timeout_s:g} (last error: {pipeline.stats.last_error});"
+            " they were not acknowledged, "
+            + (
+                "and the embedded broker keeps nothing across a restart: they are lost"
+                if settings.embedded
+                else "so the broker delivers them again at the next start"
+            )
+        )
     log.info("stopped")
     return pipeline.stats
+
+
+async def _drain(
+    ingest: asyncio.Task[None], intake: MqttIntake, pipeline: Pipeline, settings: Settings
+) -> int:
+    """Let the pipeline commit what it holds for at most ``stop_timeout_s``; then cancel it.
+
+    Returns how many received messages were left unacknowledged (0: everything was committed).
+    """
+    done, _ = await asyncio.wait({ingest}, timeout=settings.stop_timeout_s)
+    if ingest in done:
+        ingest.result()  # its error, if it failed, goes to the task group as usual
+        return 0
+    ingest.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await ingest
+    abandoned = sum(n for _, n in pipeline.stats.in_flight) + len(intake.take_pending())
+    log.error(
+        "stopping: gave up committing after stop_timeout_s=%g: %d messages not acknowledged "
+        "(%s) last_error=%r",
+        settings.stop_timeout_s,
+        abandoned,
+        "lost: the embedded broker keeps nothing across a restart"
+        if settings.embedded
+        else "the broker delivers them again at the next start",
+        pipeline.stats.last_error,
+    )
+    return abandoned
 
 
 async def _wait_connected(intake: MqttIntake, stop: asyncio.Event) -> None:
