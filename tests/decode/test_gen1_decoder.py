@@ -153,6 +153,11 @@ def test_other_gen1_topics_carry_nothing(decode, topic):
     [
         ("shellies/x/relay/0/power", b"lots", "invalid_payload"),
         ("shellies/x/relay/0/energy", b"nan", "invalid_payload"),
+        ("shellies/x/relay/0/power", b"inf", "invalid_payload"),
+        ("shellies/x/emeter/0/total", b"1e300", "invalid_payload"),  # the value is all there is
+        ("shellies/x/emeter/0/voltage", b"-2e15", "invalid_payload"),
+        ("shellies/x/info", b'{"meters":[{"total":1e300}]}', "invalid_payload"),
+        ("shellies/x/info", b'{"emeters":[{"total_returned":-1e16}]}', "invalid_payload"),
         ("shellies/x/online", b"yes", "invalid_payload"),
         ("shellies/x/info", b"{", "invalid_json"),
         ("shellies/x/info", b'{"meters":[{"total":"a lot"}]}', "invalid_payload"),
@@ -163,3 +168,23 @@ def test_bad_gen1_input(registry, state, topic, payload, reason):
     with pytest.raises(DecodeError) as info:
         registry.decode(topic, payload, received_at=1.0, state=state)
     assert info.value.reason == reason
+
+
+def test_info_leaves_out_samples_out_of_range(decode):
+    out = decode(
+        topic="shellies/x/info",
+        payload=b'{"uptime":18446744073709551615,"meters":[{"power":1e300,"total":600}],'
+        b'"emeters":[{"power":-1e300,"voltage":230.5,"total":12.5}]}',
+    )
+    assert [m for m in out if m["kind"] == "reading"] == [
+        {"kind": "reading", "device": "x", "channel": "relay/0", "ts": 1.7e9, "energy_wh": 10.0},
+        {
+            "kind": "reading",
+            "device": "x",
+            "channel": "emeter/0",
+            "ts": 1.7e9,
+            "voltage_v": 230.5,
+            "energy_wh": 12.5,
+        },
+    ]
+    assert "uptime_s" not in out[-1]

@@ -50,6 +50,10 @@ def test_topic_id_wins_and_payload_id_fills_in(decode):
             "invalid_payload",
         ),
         (b'{"hourly_energy_usage":true,"timestamp":3600}', "invalid_payload"),
+        (b'{"hourly_energy_usage":1e300,"timestamp":3600}', "invalid_payload"),
+        (b'{"hourly_energy_usage":1,"timestamp":1e308}', "invalid_payload"),  # no date holds it
+        (b'{"hourly_energy_usage":1,"timestamp":-3600}', "invalid_payload"),
+        (b'{"hourly_energy_usage":1,"timestamp":18446744073709548800}', "invalid_payload"),
         (b'{"timestamp":3600}', "invalid_payload"),
         (b'{"hourly_energy_usage":1,"timestamp":3600', "invalid_json"),
         (b'{"hourly_energy_usage":1,"timestamp":3600}', None),

@@ -73,6 +73,8 @@ def test_several_base_topics():
     [
         ("zigbee2mqtt/p", b"ON", "invalid_json"),
         ("zigbee2mqtt/p", b'{"power":"12 W"}', "invalid_payload"),
+        ("zigbee2mqtt/p", b'{"energy":1e300}', "invalid_payload"),  # inf Wh
+        ("zigbee2mqtt/p", b'{"produced_energy":-1e13}', "invalid_payload"),
         ("zigbee2mqtt/p/availability", b'{"state":"maybe"}', "invalid_payload"),
         ("zigbee2mqtt/p/availability", b"up", "invalid_payload"),
     ],
@@ -81,3 +83,13 @@ def test_bad_z2m_input(registry, state, topic, payload, reason):
     with pytest.raises(DecodeError) as info:
         registry.decode(topic, payload, received_at=1.0, state=state)
     assert info.value.reason == reason
+
+
+def test_samples_out_of_range_are_left_out(decode):
+    [reading] = decode(topic="zigbee2mqtt/p", payload=b'{"power":1e300,"energy":1.5,"voltage":231}')
+    assert (reading["energy_wh"], reading["voltage_v"], "power_w" in reading) == (
+        1500.0,
+        231.0,
+        False,
+    )
+    assert decode(topic="zigbee2mqtt/p", payload=b'{"power":-1e300}') == []

@@ -14,7 +14,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from kilowatch.decode.payload import INVALID_PAYLOAD, MISSING_TOPIC, load_json, load_object, number
+from kilowatch.decode.payload import (
+    INVALID_PAYLOAD,
+    MAX_TS,
+    MISSING_TOPIC,
+    counter,
+    load_json,
+    load_object,
+    number,
+)
 from kilowatch.decode.state import DecoderState
 from kilowatch.errors import DecodeError
 from kilowatch.model.messages import DeviceInfo, Interval, Message
@@ -34,7 +42,7 @@ def _energy(doc: dict[str, Any], field: str, *, required: bool) -> float:
             raise DecodeError(INVALID_PAYLOAD, f"hourly message has no {field!r}")
         # Scripts that meter consumption only may leave the export out: nothing was returned.
         return 0.0
-    energy = number(value, field=field)
+    energy = counter(number(value, field=field), field=field)
     if energy < 0:
         raise DecodeError(INVALID_PAYLOAD, f"{field} must not be negative, got {value!r}")
     return energy
@@ -46,6 +54,10 @@ def _hour_start(value: object) -> int:
     if type(value) is not int:
         raise DecodeError(
             INVALID_PAYLOAD, f"timestamp must be a unix time in seconds, got {value!r}"
+        )
+    if not 0 <= value <= MAX_TS - HOUR_S:
+        raise DecodeError(
+            INVALID_PAYLOAD, f"timestamp {value} is not a unix time from 0 to {MAX_TS - HOUR_S:.0f}"
         )
     if value % HOUR_S:
         raise DecodeError(

@@ -28,11 +28,14 @@ from typing import Any
 
 from kilowatch.decode.payload import (
     INVALID_PAYLOAD,
+    MAX_MAGNITUDE,
+    counter,
     load_json,
     load_object,
     number,
     text_bool,
     text_number,
+    usable,
     wmin_to_wh,
 )
 from kilowatch.decode.state import DecoderState
@@ -52,6 +55,7 @@ _EMETER_FIELDS: dict[str, str] = {
     "total": "energy_wh",
     "total_returned": "returned_energy_wh",
 }
+_COUNTERS = frozenset({"energy_wh", "returned_energy_wh"})
 # the same fields in the /status JSON's emeters[i]
 _EMETERS_STATUS: tuple[tuple[str, str], ...] = (
     ("power", "power_w"),
@@ -116,19 +120,19 @@ def _value(
     if kind == "relay":
         channel = f"relay/{index}"
         if field == "power":
-            return [
-                Reading(device, channel, received_at, power_w=text_number(payload, field=field))
-            ]
+            power = text_number(payload, field=field)
+            return [Reading(device, channel, received_at, power_w=power, stamped_on_receipt=True)]
         if field == "energy":
-            wmin = text_number(payload, field=field)
-            return [Reading(device, channel, received_at, energy_wh=wmin_to_wh(wmin))]
+            wh = wmin_to_wh(text_number(payload, field=field))
+            return [Reading(device, channel, received_at, energy_wh=wh, stamped_on_receipt=True)]
         return []
     if kind == "emeter":
         attr = _EMETER_FIELDS.get(field)
         if attr is None:
             return []
         value = text_number(payload, field=field)
-        return [Reading(device, f"emeter/{index}", received_at, **{attr: value})]
+        channel = f"emeter/{index}"
+        return [Reading(device, channel, received_at, stamped_on_receipt=True, **{attr: value})]
     return []
 
 
@@ -156,22 +160,33 @@ def _info(device: str, payload: bytes, received_at: float) -> list[Message]:
             continue
         fields: dict[str, float] = {}
         if meter.get("power") is not None:
-            fields["power_w"] = number(meter["power"], field=f"meters[{i}].power")
+            power = number(meter["power"], field=f"meters[{i}].power")
+            if usable(power):
+                fields["power_w"] = power
         if meter.get("total") is not None:
             # Gen1 /status meters[].total is Watt-minutes (emeters[].total is Wh)
-            fields["energy_wh"] = wmin_to_wh(number(meter["total"], field=f"meters[{i}].total"))
+            total = wmin_to_wh(number(meter["total"], field=f"meters[{i}].total"))
+            fields["energy_wh"] = counter(total, field=f"meters[{i}].total")
         if fields:
-            out.append(Reading(device, f"relay/{i}", received_at, **fields))
+            out.append(
+                Reading(device, f"relay/{i}", received_at, stamped_on_receipt=True, **fields)
+            )
     for i, emeter in enumerate(_list(status.get("emeters"))):
         if type(emeter) is not dict or emeter.get("is_valid") is False:
             continue
-        fields = {
-            attr: number(emeter[key], field=f"emeters[{i}].{key}")
-            for key, attr in _EMETERS_STATUS
-            if emeter.get(key) is not None
-        }
+        fields = {}
+        for key, attr in _EMETERS_STATUS:
+            if emeter.get(key) is None:
+                continue
+            value = number(emeter[key], field=f"emeters[{i}].{key}")
+            if attr in _COUNTERS:
+                fields[attr] = counter(value, field=f"emeters[{i}].{key}")
+            elif usable(value):
+                fields[attr] = value
         if fields:
-            out.append(Reading(device, f"emeter/{i}", received_at, **fields))
+            out.append(
+                Reading(device, f"emeter/{i}", received_at, stamped_on_receipt=True, **fields)
+            )
     out.append(_status_info(device, status, received_at))
     return out
 
@@ -188,7 +203,7 @@ def _status_info(device: str, status: dict[str, Any], received_at: float) -> Dev
         received_at,
         mac=_str(status.get("mac")),
         gen=1,
-        uptime_s=uptime if type(uptime) is int else None,
+        uptime_s=uptime if type(uptime) is int and 0 <= uptime <= MAX_MAGNITUDE else None,
         ip=_str(wifi.get("ip")) if type(wifi) is dict else None,
         available_update=new_version,
     )

@@ -18,11 +18,13 @@ from __future__ import annotations
 from kilowatch.decode.payload import (
     INVALID_PAYLOAD,
     MISSING_TOPIC,
+    counter,
     kwh_to_wh,
     load_json,
     load_object,
     number,
     preview,
+    usable,
 )
 from kilowatch.decode.state import DecoderState
 from kilowatch.errors import DecodeError
@@ -84,10 +86,13 @@ class Zigbee2MqttDecoder:
             value = doc.get(field)
             if value is not None:
                 converted = number(value, field=field)
-                fields[attr] = kwh_to_wh(converted) if kwh else converted
+                if kwh:
+                    fields[attr] = counter(kwh_to_wh(converted), field=field)  # raises
+                elif usable(converted):  # a sample out of range is left out
+                    fields[attr] = converted
         if not fields:
             return []
-        return [Reading(rest, CHANNEL, received_at, **fields)]
+        return [Reading(rest, CHANNEL, received_at, stamped_on_receipt=True, **fields)]
 
     def guess_topic(self, payload: bytes, *, device: str | None) -> str | None:
         """A JSON object with ``linkquality`` is a Z2M device state; its name is not in it."""
