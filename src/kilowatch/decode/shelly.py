@@ -252,8 +252,13 @@ def _add_channels(
             values.update(counters)
 
 
-def _readings(device: str, ts: float, channels: dict[str, dict[str, float]]) -> list[Message]:
-    return [Reading(device, channel, ts, **values) for channel, values in channels.items()]
+def _readings(
+    device: str, ts: float, channels: dict[str, dict[str, float]], on_receipt: bool = False
+) -> list[Message]:
+    return [
+        Reading(device, channel, ts, stamped_on_receipt=on_receipt, **values)
+        for channel, values in channels.items()
+    ]
 
 
 def _device_info(
@@ -400,14 +405,14 @@ def _notify_status(
 
 
 def _full_status(
-    device: str, ts: float, status: dict[str, Any], state: DecoderState
+    device: str, ts: float, status: dict[str, Any], state: DecoderState, on_receipt: bool = False
 ) -> list[Message]:
     channels: dict[str, dict[str, float]] = {}
     for key, value in status.items():
         if type(value) is dict and (of_key := _channels_of(key)) is not None:
             clean = state.replace(device, key, value)
             _add_channels(channels, key, clean, clean, of_key)
-    out = _readings(device, ts, channels)
+    out = _readings(device, ts, channels, on_receipt)
     info = _device_info(device, ts, _object(status.get("sys")), _object(status.get("wifi")))
     if info is not None:
         out.append(info)
@@ -419,7 +424,7 @@ def _component_status(
 ) -> list[Message]:
     status = load_object(payload, what=f"status of {component}")
     if component.partition(":")[0] in _SPECS:
-        return _full_status(device, received_at, {component: status}, state)
+        return _full_status(device, received_at, {component: status}, state, on_receipt=True)
     if component == "sys":
         info = _device_info(device, received_at, status, None)
     elif component == "wifi":

@@ -215,9 +215,11 @@ def _energy(device: str, energy: object, received_at: float) -> list[Message]:
                 part.update({attr: v for attr, v in shared.items() if attr not in part})
         if whole or not any(parts):
             whole.update(shared)
-    out: list[Message] = [Reading(device, CHANNEL, received_at, **whole)] if whole else []
+    out: list[Message] = (
+        [Reading(device, CHANNEL, received_at, stamped_on_receipt=True, **whole)] if whole else []
+    )
     out.extend(
-        Reading(device, f"{CHANNEL}/{i}", received_at, **part)
+        Reading(device, f"{CHANNEL}/{i}", received_at, stamped_on_receipt=True, **part)
         for i, part in enumerate(parts, start=1)
         if part
     )

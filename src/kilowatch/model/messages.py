@@ -47,13 +47,16 @@ def fast_frozen_init(cls: type[_T]) -> type[_T]:
 class _JsonMixin:
     __slots__ = ()
     kind: ClassVar[str]
+    _not_json: ClassVar[frozenset[str]] = frozenset()
+    """Fields for kilowatch's own use, left out of the public JSON shape."""
 
     def to_json(self) -> dict[str, Any]:
         """The public JSON shape: ``kind`` first, then every field that is not ``None``."""
         out: dict[str, Any] = {"kind": self.kind}
+        skip = self._not_json
         for f in fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
-            if value is not None:
+            if value is not None and f.name not in skip:
                 out[f.name] = value
         return out
 
@@ -77,8 +80,14 @@ class Reading(_JsonMixin):
     apparent_power_va: float | None = None
     reactive_power_var: float | None = None
     power_factor: float | None = None
+    stamped_on_receipt: bool = False
+    """``ts`` is the time kilowatch received the message, not a time the device gave: the payload
+    carries none (Gen1, Tasmota, Zigbee2MQTT, Shelly ``status/<component>``). A broker's backlog
+    delivers such readings all at once; the ledger then reads their counters as late, not as
+    impossibly fast (docs/energy-accounting.md, rule 12). Not part of the public JSON shape."""
 
     kind: ClassVar[str] = "reading"
+    _not_json: ClassVar[frozenset[str]] = frozenset({"stamped_on_receipt"})
 
 
 @fast_frozen_init
