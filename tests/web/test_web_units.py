@@ -11,7 +11,7 @@ from kilowatch.accounts.sessions import LoginLimiter
 from kilowatch.errors import Problem
 from kilowatch.model.messages import Reading
 from kilowatch.query.energy import EnergyQuery
-from kilowatch.query.grouping import Flat
+from kilowatch.query.grouping import Flat, channel_totals, shadow_hourly
 from kilowatch.query.periods import plan
 from kilowatch.query.table import EnergyTable
 from kilowatch.store.protocol import DeviceRecord
@@ -46,7 +46,11 @@ def test_chart_of_a_dst_day_has_23_hours_and_no_double_counting() -> None:
         row("plug", "hourly", 2, 7.0),  # the meter channel is silent this hour: count it
     ]
     rows.sort()
-    table = EnergyTable.from_flat(plan(query.by, query.tz, query.start, query.end), rows)
+    p = plan(query.by, query.tz, query.start, query.end)
+    # the table as a store answers it: with the totals by the "Names" rules
+    hour_1 = rows[3][0]
+    shadow = shadow_hourly(p, [("plug", hour_1, 5000, 0)], {"plug": {hour_1}})
+    table = EnergyTable.from_flat(p, rows).with_totals(channel_totals(rows, shadow))
     chart = chart_data(Report(query, table, None, None), {"em": "Meter"})
     assert len(chart["labels"]) == 23
     assert chart["labels"][:4] == ["00:00", "01:00", "03:00", "04:00"]

@@ -14,7 +14,7 @@ import io
 from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import Any, cast, get_args
 from zoneinfo import ZoneInfo
@@ -130,11 +130,19 @@ def build_query(
 
 @dataclass(frozen=True, slots=True)
 class Report:
+    """An energy answer with its totals and, when asked for, its cost.
+
+    The totals are the store's (:class:`EnergyTable`): each meter's energy counted once, by the
+    rules of the ``total`` grouping, not the sums of the rows (rows by channel may hold a meter
+    and its phases)."""
+
     query: EnergyQuery
     table: EnergyTable
     costs: list[float] | None
     """Cost of each row (same order), when asked for."""
     currency: str | None
+    total_cost: float | None = None
+    """Cost of the totals, when asked for."""
 
     @property
     def rows(self) -> list[EnergyRow]:
@@ -175,8 +183,8 @@ class Report:
                 "estimated": self.table.any_estimated,
             },
         }
-        if self.costs is not None:
-            out["totals"]["cost"] = round(sum(self.costs), 6)
+        if self.total_cost is not None:
+            out["totals"]["cost"] = round(self.total_cost, 6)
             out["currency"] = self.currency
         return out
 
@@ -286,9 +294,17 @@ def _assign(
 
 async def report(store: Store, query: EnergyQuery, *, tariff: Tariff | None = None) -> Report:
     table = await store.energy_table(query)
-    costs = await row_costs(store, query, table.rows(), tariff) if tariff is not None else None
+    if tariff is None:
+        return Report(query=query, table=table, costs=None, currency=None)
+    costs = await row_costs(store, query, table.rows(), tariff)
+    total_cost = sum(costs)
+    if table.totals is not None:
+        # the rows count some energy twice (a meter and its phases): price the totals, which
+        # count it once, as the total grouping would
+        totals = table.bucket_totals().rows()
+        total_cost = sum(await row_costs(store, replace(query, group="total"), totals, tariff))
     return Report(
-        query=query, table=table, costs=costs, currency=tariff.currency if tariff else None
+        query=query, table=table, costs=costs, currency=tariff.currency, total_cost=total_cost
     )
 
 

@@ -152,7 +152,11 @@ def _label(by: Bucket, t: datetime) -> str:
 
 
 def chart_data(rep: Report, names: dict[str, str]) -> dict[str, Any]:
-    """Bars per series: import above the axis, export below it, estimated buckets flagged."""
+    """Bars per series: import above the axis, export below it, estimated buckets flagged.
+
+    Each bucket's total (the table's Import and Export columns, the tooltip's "Total import") is
+    the store's (:meth:`EnergyTable.bucket_totals`): each meter's energy counted once, as in the
+    totals of the API, not the sum of the bars."""
     q = rep.query
     tz = parse_tz(q.tz)
     starts = _buckets(q.by, q.start.astimezone(tz), q.end.astimezone(tz))
@@ -191,9 +195,13 @@ def chart_data(rep: Report, names: dict[str, str]) -> dict[str, Any]:
         s["export"][i] += row.returned_energy_wh
         s["estimated"][i] = s["estimated"][i] or row.estimated
     ordered = sorted(series.values(), key=lambda s: -sum(s["import"]))
-    totals_import = [sum(s["import"][i] for s in ordered) for i in range(n)]
-    totals_export = [sum(s["export"][i] for s in ordered) for i in range(n)]
-    estimated = [any(s["estimated"][i] for s in ordered) for i in range(n)]
+    totals_import, totals_export, estimated = [0.0] * n, [0.0] * n, [False] * n
+    for total in rep.table.bucket_totals().rows():
+        i = index.get(int(total.start.timestamp()))
+        if i is not None:
+            totals_import[i] += total.energy_wh
+            totals_export[i] += total.returned_energy_wh
+            estimated[i] = estimated[i] or total.estimated
     return {
         "by": q.by,
         "labels": [_label(q.by, t) for t in starts],
