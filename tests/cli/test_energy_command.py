@@ -119,3 +119,52 @@ def test_a_known_device_is_answered(tmp_path: Path, kilowatch: Run) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert [r["device"] for r in json.loads(done.stdout)] == [DEV]
+
+
+PRO3EM = "shellypro3em-a0b1c2d3e4f5"
+
+
+def totals_line(table: str) -> tuple[str, str]:
+    """Import and export of the table's ``total`` line."""
+    [line] = [ln for ln in table.splitlines() if ln.strip("│┃ ").startswith("total ")]
+    cells = [c.strip() for c in line.strip("│┃").split("│")]
+    return cells[4], cells[5]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_totals_count_a_three_phase_meter_once(
+    backend: str, tmp_path: Path, kilowatch: Run, request: pytest.FixtureRequest
+) -> None:
+    """A Pro 3EM's em:0 holds its phases em:0/a|b|c: the table's totals count it once, by
+    channel as by total (the rows by channel still show all four)."""
+    url = (
+        f"sqlite:///{tmp_path / 'kw.db'}"
+        if backend == "sqlite"
+        else request.getfixturevalue("redis_url")
+    )
+    t0 = int(datetime(2026, 3, 28, 10, tzinfo=UTC).timestamp())
+
+    async def commit() -> None:
+        async with open_store(url) as store:
+            phases = [(f"em:0/{p}", 1000, 100 if p == "a" else 0) for p in "abc"]
+            await store.commit(
+                Batch(
+                    slots=[
+                        SlotEnergy(PRO3EM, channel, t0 + 900 * i, imp, exp, False)
+                        for channel, imp, exp in [("em:0", 3000, 100), *phases]
+                        for i in range(4)
+                    ],
+                    devices=[DeviceUpdate(PRO3EM, last_seen=float(t0))],
+                )
+            )
+
+    asyncio.run(commit())
+    args = ("energy", "--tz", "UTC", "--from", "2026-03-28", "--device", PRO3EM, "--store", url)
+    by_channel = kilowatch(*args, "--group", "channel")
+    assert by_channel.returncode == 0, by_channel.stderr
+    assert totals_line(by_channel.stdout) == ("12.000", "0.400")
+    for group in ("device", "total"):
+        done = kilowatch(*args, "--group", group)
+        assert totals_line(done.stdout) == ("12.000", "0.400"), group
+    rows = json.loads(kilowatch(*args, "--format", "json").stdout)
+    assert sorted(r["channel"] for r in rows) == ["em:0", "em:0/a", "em:0/b", "em:0/c"]

@@ -21,6 +21,7 @@ from kilowatch.errors import KilowatchError
 from kilowatch.query.energy import Bucket, EnergyQuery, EnergyRow
 from kilowatch.query.periods import plan, zone
 from kilowatch.query.ranges import query_range
+from kilowatch.query.table import EnergyTable
 from kilowatch.service.config import load_settings, resolve_store_url
 
 HELP = (
@@ -30,7 +31,9 @@ HELP = (
     "current day (by 15min or hour), month (by day) or year (by month), as in the web API; "
     "without --to: one such period from --from. Buckets without data are left out. JSON rows: "
     "device, channel, start, end (ISO 8601 local time with offset), energy_wh, "
-    "returned_energy_wh, estimated.\n\n"
+    "returned_energy_wh, estimated. The table ends with the totals, which count each meter's "
+    "energy once whatever --group says (as --group total: a three-phase meter's em:0 and not its "
+    "phases again, the hourly script only in hours its device's meter is silent).\n\n"
     "Examples:\n\n"
     "kilowatch energy --by day\n\n"
     "kilowatch energy --by hour --tz Europe/Sofia --from 2026-03-28 --to 2026-03-30\n\n"
@@ -100,13 +103,13 @@ def choice(value: str, allowed: tuple[str, ...], flag: str) -> str:
     return value
 
 
-async def fetch(url: str, query: EnergyQuery) -> list[EnergyRow]:
-    """The rows of ``query`` from the store at ``url``, which must exist; unknown devices in
-    the query are an error, not an empty answer."""
+async def fetch(url: str, query: EnergyQuery) -> EnergyTable:
+    """The answer to ``query`` (rows and totals) from the store at ``url``, which must exist;
+    unknown devices in the query are an error, not an empty answer."""
     async with open_existing(url) as store:
         if query.devices:
             check_devices(query.devices, {d.device for d in await store.devices()})
-        return await store.energy(query)
+        return await store.energy_table(query)
 
 
 def render_json(rows: list[EnergyRow]) -> str:
@@ -131,7 +134,9 @@ def render_csv(rows: list[EnergyRow]) -> str:
     return buf.getvalue().rstrip("\n")
 
 
-def render_table(rows: list[EnergyRow], title: str, console: Console) -> None:
+def render_table(answer: EnergyTable, title: str, console: Console) -> None:
+    """The rows, then a line of the answer's totals (the store's: each meter counted once)."""
+    rows = answer.rows()
     table = Table(title=title)
     for col in ("device", "channel", "start", "end"):
         table.add_column(col, overflow="fold")
@@ -147,6 +152,17 @@ def render_table(rows: list[EnergyRow], title: str, console: Console) -> None:
             f"{r.energy_wh:,.3f}",
             f"{r.returned_energy_wh:,.3f}",
             "*" if r.estimated else "",
+        )
+    if rows:
+        table.add_section()
+        table.add_row(
+            "total",
+            "",
+            "",
+            "",
+            f"{answer.total_import_mwh / 1000:,.3f}",
+            f"{answer.total_export_mwh / 1000:,.3f}",
+            "*" if answer.any_estimated else "",
         )
     console.print(table)
     if any(r.estimated for r in rows):
@@ -198,12 +214,12 @@ def register(app: typer.Typer) -> None:
         )
         choice(fmt, FORMATS, "--format")
         url = resolve_store_url(store, config_file=config_file)
-        rows = asyncio.run(fetch(url, query))
+        answer = asyncio.run(fetch(url, query))
         if fmt == "json":
-            typer.echo(render_json(rows))
+            typer.echo(render_json(answer.rows()))
         elif fmt == "csv":
-            typer.echo(render_csv(rows))
+            typer.echo(render_csv(answer.rows()))
         else:
             first, last = (t.isoformat(timespec="minutes") for t in (query.start, query.end))
             title = f"Energy by {query.by} ({query.tz}), {first} to {last} (exclusive)"
-            render_table(rows, title, Console(width=160))
+            render_table(answer, title, Console(width=160))
