@@ -44,6 +44,8 @@ def _check_device_id(device: str) -> str:
 
 @router.get("/health", tags=["health"], summary="Liveness and store reachability (no login needed)")
 async def health(state: State) -> Response:
+    ingest = state.ingest_health() if state.ingest_health is not None else None
+    extra: dict[str, Any] = {} if ingest is None else {"ingest": ingest.status}
     try:
         async with asyncio.timeout(HEALTH_TIMEOUT_S):
             await state.store.get_meta("settings.site")
@@ -54,10 +56,23 @@ async def health(state: State) -> Response:
                 "store": "unreachable",
                 "detail": type(err).__name__,
                 "version": __version__,
+                **extra,
             },
             status_code=503,
         )
-    return JSONResponse({"status": "ok", "store": "ok", "version": __version__})
+    if ingest is not None and not ingest.ok:
+        # Readable, yet not storing what arrives (failing or stuck commits): not healthy.
+        return JSONResponse(
+            {
+                "status": "degraded",
+                "store": "ok",
+                "version": __version__,
+                **extra,
+                "reasons": list(ingest.reasons),
+            },
+            status_code=503,
+        )
+    return JSONResponse({"status": "ok", "store": "ok", "version": __version__, **extra})
 
 
 @router.get("/me", tags=["auth"], summary="Who you are logged in as")

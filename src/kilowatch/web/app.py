@@ -23,6 +23,7 @@ from kilowatch.accounts.sessions import LoginLimiter, SessionManager
 from kilowatch.accounts.users import ensure_admin
 from kilowatch.errors import ConfigError
 from kilowatch.intake.live import LiveHub
+from kilowatch.intake.stats import IngestHealth
 from kilowatch.service.server import Running, ingest_metrics
 from kilowatch.store.protocol import Store
 from kilowatch.web import api, pages, problems
@@ -59,6 +60,7 @@ def create_app(
     site_tz: str = "UTC",
     cookie_secure: bool | None = None,
     ingest_stats: Callable[[], Mapping[str, float]] | None = None,
+    ingest_health: Callable[[], IngestHealth] | None = None,
     clock: Callable[[], float] = time.time,
     on_admin_created: Callable[[str], None] = _print_admin_password,
 ) -> FastAPI:
@@ -66,7 +68,8 @@ def create_app(
 
     ``site_tz`` is the default site time zone until a user changes it in Settings; ``cookie_secure``
     forces the session cookie's Secure flag (default: on for HTTPS and loopback); ``ingest_stats``
-    returns counters for ``/metrics``; ``on_admin_created`` receives the first admin's password.
+    returns counters for ``/metrics``; ``ingest_health`` the ingest's health for ``/metrics`` and
+    ``/api/v1/health``; ``on_admin_created`` receives the first admin's password.
     """
     zone(site_tz)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -82,6 +85,7 @@ def create_app(
         clock=clock,
         cookie_secure=cookie_secure,
         ingest_stats=ingest_stats,
+        ingest_health=ingest_health,
     )
 
     @contextlib.asynccontextmanager
@@ -132,6 +136,7 @@ def create_app(
             dead_letters=await store.dead_letter_counts(),
             ingest=ingest_stats() if ingest_stats else {},
             live_subscribers=live.subscribers,
+            health=ingest_health() if ingest_health else None,
         )
         return Response(text, media_type=CONTENT_TYPE)
 
@@ -254,6 +259,7 @@ async def start_web(tg: asyncio.TaskGroup, running: Running, stop: asyncio.Event
         live=running.hub,
         site_tz=settings.tz,
         ingest_stats=lambda: ingest_metrics(stats),
+        ingest_health=running.health,
     )
     web = tg.create_task(
         serve_web(app, settings.http_host, settings.http_port, sock=sock), name="web"

@@ -16,6 +16,7 @@ from kilowatch.accounts.tokens import verify_token
 from kilowatch.accounts.users import Principal
 from kilowatch.errors import Problem
 from kilowatch.intake.live import LiveHub
+from kilowatch.intake.stats import IngestHealth
 from kilowatch.store.protocol import Store
 from kilowatch.web.site import SiteSettings
 
@@ -41,6 +42,8 @@ class WebState:
     Secure cookies on http://localhost), so plain-HTTP access from the LAN still works."""
     ingest_stats: Callable[[], Mapping[str, float]] | None
     site: SiteSettings = field(default_factory=SiteSettings)
+    ingest_health: Callable[[], IngestHealth] | None = None
+    """The service's ingest health (``/api/v1/health``, ``/metrics``); ``None``: no ingest runs."""
 
 
 def web_state(request: Request) -> WebState:

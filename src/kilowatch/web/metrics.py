@@ -2,7 +2,9 @@
 
 Gauges from the latest readings (power, voltage, current, frequency), the devices' own cumulative
 energy counters (a counter that resets on a device reboot: Prometheus' ``increase()`` handles that),
-device online state, dead letters by reason, and the ingest counters the service hands in.
+device online state, dead letters by reason, the ingest counters the service hands in, and the
+commit stage's health: failed commits by kind, seconds since the last successful commit, how long
+commits have been failing, batches and messages in flight and the age of the oldest.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
+from kilowatch.intake.stats import IngestHealth
 from kilowatch.model.messages import Reading
 from kilowatch.store.protocol import DeviceRecord
 
@@ -64,8 +67,9 @@ def render(
     dead_letters: Mapping[str, int],
     ingest: Mapping[str, float],
     live_subscribers: int,
+    health: IngestHealth | None = None,
 ) -> str:
-    """The whole ``/metrics`` page."""
+    """The whole ``/metrics`` page (``health``: the ingest's, when the service runs one)."""
     lines: list[str] = []
     for field, name, kind, help_text in _READING_GAUGES:
         samples = [
@@ -96,6 +100,8 @@ def render(
         # The service's ingest statistics are counters since start.
         name = "kilowatch_ingest_" + _NAME_OK.sub("_", key).removesuffix("_total") + "_total"
         lines += _family(name, "counter", f"Ingest count {key} since start.", [("", float(value))])
+    if health is not None:
+        lines += _health(health)
     lines += _family(
         "kilowatch_live_subscribers",
         "gauge",
@@ -103,6 +109,51 @@ def render(
         [("", float(live_subscribers))],
     )
     return "\n".join(lines) + "\n"
+
+
+def _health(health: IngestHealth) -> list[str]:
+    lines = _family(
+        "kilowatch_ingest_commit_failures_total",
+        "counter",
+        "Failed commit attempts since start, by kind: unavailable (the store down, full or "
+        "locked: retried), unstorable (a record set aside as a dead letter), unexpected (a bug: "
+        "retried).",
+        [(_labels(kind=kind), float(n)) for kind, n in sorted(health.commit_failures.items())],
+    )
+    for name, help_text, value in (
+        (
+            "kilowatch_ingest_seconds_since_commit",
+            "Seconds since the last successful commit (since start when none yet).",
+            health.seconds_since_commit,
+        ),
+        (
+            "kilowatch_ingest_commit_failing_seconds",
+            "Seconds commits have been failing without a success (0 while they succeed).",
+            health.failing_for_s,
+        ),
+        (
+            "kilowatch_ingest_batches_in_flight",
+            "Batches received and not yet committed and acknowledged.",
+            float(health.batches_in_flight),
+        ),
+        (
+            "kilowatch_ingest_messages_in_flight",
+            "Messages received and not yet committed and acknowledged.",
+            float(health.messages_in_flight),
+        ),
+        (
+            "kilowatch_ingest_oldest_in_flight_seconds",
+            "Age of the oldest batch not yet committed (0 when none waits).",
+            health.oldest_in_flight_s,
+        ),
+        (
+            "kilowatch_ingest_degraded",
+            "1 when /api/v1/health reports the ingest degraded (commits failing or stuck).",
+            0.0 if health.ok else 1.0,
+        ),
+    ):
+        lines += _family(name, "gauge", help_text, [("", value)])
+    return lines
 
 
 __all__ = ["CONTENT_TYPE", "render"]
