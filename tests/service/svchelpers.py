@@ -21,7 +21,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from kilowatch.service.config import Settings
-from kilowatch.service.server import Running, serve
+from kilowatch.service.server import Running, WebStarter, serve
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 TIMEOUT_S = 30.0
@@ -83,12 +83,15 @@ async def poll(check: Callable[[], Any], *, timeout: float = TIMEOUT_S, what: st
 
 
 @contextlib.asynccontextmanager
-async def running_service(settings: Settings) -> AsyncIterator[Running]:
-    """kilowatch's serve() in this event loop (without the web app), stopped gracefully on exit."""
+async def running_service(
+    settings: Settings, *, web: WebStarter | None = None
+) -> AsyncIterator[Running]:
+    """kilowatch's serve() in this event loop (without the web app unless ``web`` starts it),
+    stopped gracefully on exit."""
     stop = asyncio.Event()
     ready: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
     async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(serve(settings, stop, on_ready=ready.set_result, web=None))
+        task = tg.create_task(serve(settings, stop, on_ready=ready.set_result, web=web))
         done, _ = await asyncio.wait(
             {ready, task}, timeout=TIMEOUT_S, return_when="FIRST_COMPLETED"
         )
