@@ -165,7 +165,8 @@ class Client:
         self.paho = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            clean_session=clean_session,
+            # MQTT 5 has clean start instead, given at connect (paho refuses clean_session)
+            clean_session=None if protocol == mqtt.MQTTv5 else clean_session,
             protocol=protocol,
         )
         self.paho.reconnect_delay_set(60, 120)  # tests decide when to reconnect
@@ -177,6 +178,7 @@ class Client:
             self.paho.tls_set(ca_certs=tls_ca)
         self.messages: queue.Queue[Received] = queue.Queue()
         self.connacks: queue.Queue[tuple[int, bool]] = queue.Queue()
+        self.reasons: queue.Queue[Any] = queue.Queue()  # paho's ReasonCode of each CONNACK
         self.disconnected = threading.Event()
         self._subacks: dict[int, queue.Queue[list[int]]] = {}
         self._lock = threading.Lock()
@@ -187,6 +189,7 @@ class Client:
         self.paho.on_unsubscribe = self._on_unsubscribe
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self.reasons.put(rc)
         self.connacks.put((rc.value, bool(flags.session_present)))
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # helpers live in conftest.py (importlib mode: not importable
 
 
 def test_connack_return_codes(broker: BrokerThread, raw: Callable[[int], RawClient]) -> None:
+    # a real MQTT 5 CONNECT (with its properties length); more in test_broker_mqtt5.py
     assert raw(broker.port).connect("v5", protocol_level=5) == (False, 1)
     assert raw(broker.port).connect("odd", protocol_name="MQIsdp", protocol_level=4) == (False, 1)
     assert raw(broker.port).connect("v31", protocol_name="MQIsdp", protocol_level=3) == (False, 0)

@@ -19,13 +19,16 @@ from kilowatch.mqtt.packets import (
     encode_ack,
     encode_connack,
     encode_connect,
+    encode_length,
     encode_packet,
     encode_publish,
+    encode_string,
     encode_suback,
     encode_subscribe,
     encode_unsubscribe,
     parse_connack,
     parse_connect,
+    parse_connect_protocol,
     parse_packet_id,
     parse_publish,
     parse_suback,
@@ -156,6 +159,71 @@ def test_connect_round_trips_with_will_and_credentials() -> None:
     connect = parse_connect(body)
     assert (connect.client_id, connect.keepalive, connect.clean_session) == ("dev", 60, True)
     assert (connect.will, connect.username, connect.password) == (will, "u", b"p")
+
+
+# MQTT 5.0 §3.1.2.11.2: property 0x11, Session Expiry Interval, a four-byte integer (10 s here).
+SESSION_EXPIRY_10 = b"\x11" + (10).to_bytes(4, "big")
+
+
+def test_mqtt5_connect_has_the_mqtt5_layout() -> None:
+    will = Will("dev/online", b"false", 1, False)
+    packet = encode_connect(
+        "dev", keepalive=10, will=will, username="u", password=b"p", protocol_level=5,
+        properties=SESSION_EXPIRY_10,
+    )  # fmt: skip
+    first, body = one_frame(packet)
+    assert check_flags(first) == PacketType.CONNECT
+    # The variable header of the example in MQTT 5.0 §3.1.2: name, version 5, flags 0xCE (user,
+    # password, will QoS 1, will, clean start), keepalive 10, properties of 5 bytes.
+    assert body[:16] == b"\x00\x04MQTT\x05\xce\x00\x0a\x05" + SESSION_EXPIRY_10
+    # §3.1.3: client id, will properties (none: length 0), will topic and payload, user, password.
+    assert body[16:] == (
+        b"\x00\x03dev" + b"\x00" + b"\x00\x0adev/online\x00\x05false" + b"\x00\x01u\x00\x01p"
+    )
+    assert parse_connect_protocol(body) == ("MQTT", 5)
+
+
+def test_mqtt5_connect_properties_use_a_variable_byte_length() -> None:
+    # A User Property (0x26: name, value) long enough for a two-byte property length.
+    user_property = b"\x26" + encode_string("site") + encode_string("x" * 200)
+    will_delay = b"\x18" + (30).to_bytes(4, "big")  # §3.1.3.2.2 Will Delay Interval
+    packet = encode_connect(
+        "long", will=Will("w", b"", 0, False), protocol_level=5, properties=user_property,
+        will_properties=will_delay,
+    )  # fmt: skip
+    _, body = one_frame(packet)
+    props_at = 10  # name (6), level, flags, keepalive (2)
+    # 209 bytes of properties: a two-byte variable byte integer (§1.5.5)
+    assert body[props_at : props_at + 2] == encode_length(len(user_property)) == b"\xd1\x01"
+    rest = body[props_at + 2 + len(user_property) :]
+    assert rest == b"\x00\x04long" + b"\x05" + will_delay + b"\x00\x01w\x00\x00"
+
+
+def test_only_mqtt5_connect_has_properties() -> None:
+    assert (
+        encode_connect("a", protocol_level=5)
+        == b"\x10\x0e\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x01a"
+    )
+    with pytest.raises(ValueError, match="only an MQTT 5"):
+        encode_connect("a", properties=SESSION_EXPIRY_10)
+    with pytest.raises(ValueError, match="only an MQTT 5"):
+        encode_connect("a", will_properties=b"\x18\x00\x00\x00\x01")
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        encode_connect("v5", protocol_level=5, properties=SESSION_EXPIRY_10),
+        encode_connect("v5", protocol_level=5),
+        encode_connect("v6", protocol_level=6),
+        encode_connect("odd", protocol_name="MQIsdp", protocol_level=4),
+    ],
+)
+def test_parse_connect_reads_no_further_than_an_unsupported_protocol(packet: bytes) -> None:
+    _, body = one_frame(packet)
+    with pytest.raises(ProtocolError, match=r"not MQTT 3\.1\.1") as err:
+        parse_connect(body)
+    assert err.value.reason == "unsupported_protocol"
 
 
 @pytest.mark.parametrize("code", list(ConnectReturnCode))

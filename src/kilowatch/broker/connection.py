@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from kilowatch.broker.session import BrokerCounters, Session
 from kilowatch.errors import ProtocolError
 from kilowatch.mqtt.packets import (
+    MQTT5_LEVEL,
     PINGRESP,
     PROTOCOLS,
     SUBACK_FAILURE,
@@ -32,6 +33,7 @@ from kilowatch.mqtt.packets import (
     encode_connack,
     encode_suback,
     parse_connect,
+    parse_connect_protocol,
     parse_packet_id,
     parse_publish,
     parse_subscribe,
@@ -219,6 +221,8 @@ class Connection(asyncio.Protocol):
         if self.state is State.NEW:
             if kind != PacketType.CONNECT:
                 raise ProtocolError("malformed", "first packet is not CONNECT")  # §3.1.0-1
+            if not self._protocol_accepted(body):
+                return
             self._begin_connect(parse_connect(body))
             return
         assert session is not None
@@ -284,13 +288,34 @@ class Connection(asyncio.Protocol):
 
     # --- CONNECT ----------------------------------------------------------------------------------
 
+    def _protocol_accepted(self, body: bytes) -> bool:
+        """Refuse a CONNECT of another protocol or level (MQTT 5 above all) before parsing on.
+
+        MQTT 3.1.1 §3.1.2.2 [MQTT-3.1.2-2]: a server that does not support the requested level
+        answers CONNACK 0x01 (unacceptable protocol version) and disconnects. The CONNACK has the
+        3.1.1 layout (two bytes, no properties): this broker speaks only 3.1.1, as mosquitto did
+        before 1.6, and MQTT 5 clients read it as a refusal of their version (paho-mqtt reports
+        reason 0x84, "Unsupported protocol version"). The 0x84 CONNACK with properties of MQTT 5.0
+        §3.1.2.2 is what a server that speaks 5.0 may send; either way the server then closes the
+        connection (MQTT 5.0 §3.2.2.2, §4.13).
+        """
+        name, level = parse_connect_protocol(body)
+        if PROTOCOLS.get(name) == level:
+            return True
+        hint = "; set the client to MQTT 3.1.1" if level == MQTT5_LEVEL else ""
+        log.info(
+            "client (%s) refused: CONNECT for protocol %r level %d; the embedded broker speaks "
+            "MQTT 3.1.1 and 3.1 only%s",
+            self.peer, name, level, hint,
+        )  # fmt: skip
+        self.write(encode_connack(False, ConnectReturnCode.UNACCEPTABLE_PROTOCOL_VERSION))
+        self.close(f"refused: protocol {name!r} level {level}", will=False)
+        return False
+
     def _begin_connect(self, packet: Connect) -> None:
         self.client_id = packet.client_id
         if packet.will is not None:
             check_topic_name(packet.will.topic)  # §3.1.3.2: a will topic is a topic name
-        if PROTOCOLS.get(packet.protocol_name) != packet.protocol_level:
-            self._refuse(ConnectReturnCode.UNACCEPTABLE_PROTOCOL_VERSION)
-            return
         if not packet.client_id:
             # §3.1.3-7/8: an empty id is only allowed with a clean session; MQTT 3.1 required 1-23
             # chars.

@@ -48,6 +48,9 @@ class ConnectReturnCode(IntEnum):
 # Protocol names and levels we accept (§3.1.2.1-2): 3.1.1 is level 4 "MQTT"; 3.1 is level 3
 # "MQIsdp".
 PROTOCOLS: dict[str, int] = {"MQTT": 4, "MQIsdp": 3}
+# MQTT 5.0 is level 5, name "MQTT" (MQTT 5.0 §3.1.2.2). Its CONNECT carries properties after the
+# keepalive and before the will topic, so its body cannot be read with the 3.1.1 layout.
+MQTT5_LEVEL = 5
 # §2.2.3: the remaining length is at most four bytes, i.e. 268 435 455.
 MAX_REMAINING_LENGTH = 268_435_455
 SUBACK_FAILURE = 0x80
@@ -244,11 +247,29 @@ def decode_string(raw: bytes) -> str:
     return text
 
 
+def parse_connect_protocol(body: bytes) -> tuple[str, int]:
+    """The protocol name and level a CONNECT body starts with (§3.1.2.1-2).
+
+    Read them first: the rest of the body is laid out by the protocol they name (MQTT 5 adds
+    properties), so it can only be parsed once they are known to be 3.1.1 or 3.1.
+    """
+    cur = _Cursor(body)
+    return cur.string(), cur.u8()
+
+
 def parse_connect(body: bytes) -> Connect:
-    """Parse a CONNECT body (§3.1). The protocol name/level are returned, not judged."""
+    """Parse a CONNECT body (§3.1) of MQTT 3.1.1 or 3.1 (see :data:`PROTOCOLS`).
+
+    Any other protocol name or level raises :class:`ProtocolError` (``unsupported_protocol``)
+    without reading further; a broker checks :func:`parse_connect_protocol` first to answer it.
+    """
     cur = _Cursor(body)
     name = cur.string()
     level = cur.u8()
+    if PROTOCOLS.get(name) != level:
+        raise ProtocolError(
+            "unsupported_protocol", f"CONNECT for protocol {name!r} level {level}, not MQTT 3.1.1"
+        )
     flags = cur.u8()
     if flags & 0x01:
         raise ProtocolError("malformed", "CONNECT reserved flag is set")  # §3.1.2.3
@@ -396,12 +417,26 @@ def encode_connect(
     password: bytes | None = None,
     protocol_name: str = "MQTT",
     protocol_level: int = 4,
+    properties: bytes | None = None,
+    will_properties: bytes = b"",
 ) -> bytes:
-    """CONNECT (§3.1): what a client sends (the simulator's client; tests and raw-MQTT tools)."""
+    """CONNECT (§3.1): what a client sends (the simulator's client; tests and raw-MQTT tools).
+
+    With ``protocol_level=5`` the packet has the MQTT 5.0 layout (MQTT 5.0 §3.1.2.11, §3.1.3.2):
+    the encoded ``properties`` (default none) after the keepalive and ``will_properties`` before
+    the will topic, each preceded by its length as a variable byte integer. The properties are
+    given encoded (identifier byte, value), e.g. ``b"\x11" + (3600).to_bytes(4, "big")`` for a
+    session expiry interval. Other levels have no properties.
+    """
+    mqtt5 = protocol_level == MQTT5_LEVEL
+    if not mqtt5 and (properties is not None or will_properties):
+        raise ValueError("only an MQTT 5 (protocol_level=5) CONNECT has properties")
     flags = 0x02 if clean_session else 0
     payload = encode_string(client_id)
     if will is not None:
         flags |= 0x04 | will.qos << 3 | (0x20 if will.retain else 0)
+        if mqtt5:
+            payload += encode_length(len(will_properties)) + will_properties
         payload += encode_string(will.topic) + len(will.payload).to_bytes(2, "big") + will.payload
     if username is not None:
         flags |= 0x80
@@ -409,12 +444,12 @@ def encode_connect(
     if password is not None:
         flags |= 0x40
         payload += len(password).to_bytes(2, "big") + password
-    body = (
-        encode_string(protocol_name)
-        + bytes((protocol_level, flags))
-        + keepalive.to_bytes(2, "big")
-        + payload
-    )
+    header = encode_string(protocol_name) + bytes((protocol_level, flags))
+    header += keepalive.to_bytes(2, "big")
+    if mqtt5:
+        props = properties or b""
+        header += encode_length(len(props)) + props
+    body = header + payload
     return bytes((PacketType.CONNECT << 4,)) + encode_length(len(body)) + body
 
 
