@@ -117,3 +117,16 @@ def test_metrics_escape_labels() -> None:
     assert 'kilowatch_dead_letters_total{reason="invalid_json"} 3.0' in text
     assert "kilowatch_ingest_received_total 10.0" in text
     assert text.endswith("\n")
+
+
+@pytest.mark.parametrize("name", ["Europe", "America", "Etc", "posix", "x" * 300, "Europe/"])
+def test_a_zone_folder_is_an_unknown_zone(name: str) -> None:
+    """ZoneInfo("Europe") raises IsADirectoryError (an OSError), "x" * 300 a name-too-long one."""
+    from kilowatch.errors import ConfigError, InvalidQueryError
+    from kilowatch.query.periods import zone
+    from kilowatch.web.site import zone as site_zone
+
+    with pytest.raises(InvalidQueryError, match="unknown time zone"):
+        zone(name)
+    with pytest.raises(ConfigError):
+        site_zone(name)

@@ -56,7 +56,8 @@ def zone(name: str) -> ZoneInfo:
     """The IANA zone ``name``; :class:`InvalidQueryError` if it does not exist."""
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as err:
+    # a folder of the tz database ("Europe") is an IsADirectoryError, a very long name an OSError
+    except (ZoneInfoNotFoundError, ValueError, OSError) as err:
         raise InvalidQueryError(
             f"unknown time zone {name!r}; use an IANA name such as Europe/Sofia or UTC"
         ) from err

@@ -24,7 +24,8 @@ def zone(name: str) -> ZoneInfo:
         raise ConfigError(f"time zone {name!r} is not an IANA name such as Europe/Berlin or UTC")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    # a folder of the tz database ("Europe", "America") is an IsADirectoryError
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ConfigError(
             f"time zone {name!r} is unknown; use an IANA name such as Europe/Berlin"
         ) from None
