@@ -132,3 +132,28 @@ def test_help_has_an_example():
     result = invoke("--help")
     assert result.exit_code == 0
     assert "kilowatch decode --topic" in result.stdout
+
+
+def test_named_source_reads_a_custom_full_topic():
+    result = invoke(
+        "--source",
+        "tasmota",
+        "--topic",
+        "home/pow-r2/tele/SENSOR",
+        "--received-at",
+        "1700000000",
+        str(FIXTURES / "tasmota/pow_r2/SENSOR.json"),
+    )
+    assert result.exit_code == 0, result.output
+    [reading] = lines(result.output)
+    assert (reading["device"], reading["channel"], reading["energy_wh"]) == (
+        "home/pow-r2",
+        "ENERGY",
+        14834.0,
+    )
+    # without --source the topic is not one of a configured layout
+    result = invoke(
+        "--topic", "home/pow-r2/tele/SENSOR", str(FIXTURES / "tasmota/pow_r2/SENSOR.json")
+    )
+    assert result.exit_code == 1
+    assert "unknown_topic" in result.output and "--source" in result.output

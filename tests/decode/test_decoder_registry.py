@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kilowatch.decode import DecoderOptions, DecoderRegistry, DecoderState, default_registry
-from kilowatch.errors import DecodeError
+from kilowatch.errors import ConfigError, DecodeError
 from kilowatch.model.messages import Message, Reading
 
 
@@ -191,3 +191,153 @@ def test_guess_topic_says_what_is_missing(registry, payload, device, hint):
         registry.guess_topic(payload, device=device)
     assert info.value.reason == "missing_topic"
     assert hint in str(info.value)
+
+
+SENSOR = b'{"ENERGY":{"Total":1.5,"Power":40}}'
+RPC = (
+    b'{"src":"shellypmminig3-ecda3bc4ddb0","method":"NotifyStatus",'
+    b'"params":{"ts":5,"pm1:0":{"apower":1}}}'
+)
+
+
+@pytest.mark.parametrize(
+    ("topic", "device"),
+    [
+        ("home/kitchen/tele/SENSOR", "home/kitchen"),  # FullTopic home/%topic%/%prefix%/
+        ("tele/site/kitchen/SENSOR", "site/kitchen"),  # FullTopic %prefix%/site/%topic%/
+        ("tasmota/kitchen/tele/SENSOR", "tasmota/kitchen"),
+        ("tele/kitchen/SENSOR", "kitchen"),  # the configured default still reads as before
+    ],
+)
+def test_a_named_source_reads_custom_tasmota_layouts(registry, state, topic, device):
+    [reading] = registry.decode(topic, SENSOR, received_at=1.0, state=state, source="tasmota")
+    assert (reading.device, reading.channel, reading.energy_wh) == (device, "ENERGY", 1500.0)
+
+
+def test_custom_tasmota_layout_is_unknown_to_auto_detection(registry, state):
+    with pytest.raises(DecodeError) as info:
+        registry.decode("home/kitchen/tele/SENSOR", SENSOR, received_at=1.0, state=state)
+    assert info.value.reason == "unknown_topic"
+    assert "--source" in str(info.value)  # the message says how to read a custom layout
+
+
+@pytest.mark.parametrize(
+    ("topic", "source"),
+    [
+        ("home/kitchen/tele/RESULT", "tasmota"),  # not a leaf kilowatch reads
+        ("home/kitchen/SENSOR", "tasmota"),  # no tele level
+        ("tele/SENSOR", "tasmota"),  # no device level
+        ("home//tele/SENSOR", "tasmota"),
+        ("home/boiler/relay/0/power", "shelly-gen1"),  # Gen1's shellies/ root is fixed
+        ("plug", "zigbee2mqtt"),  # no friendly name
+        ("tele/pow/LWT", "shelly"),
+    ],
+)
+def test_a_named_source_still_refuses_topics_it_cannot_read(registry, state, topic, source):
+    with pytest.raises(DecodeError) as info:
+        registry.decode(topic, b"{}", received_at=1.0, state=state, source=source)
+    assert info.value.reason == "unknown_topic"
+
+
+def test_a_named_source_reads_other_custom_layouts(registry, state):
+    # a Gen2+ topic_prefix that another decoder's layout would take in auto-detection
+    for prefix in ("site7/pm/boiler", "shellies/boiler", "zigbee2mqtt/boiler"):
+        [reading] = registry.decode(
+            f"{prefix}/events/rpc", RPC, received_at=1.0, state=state, source="shelly"
+        )
+        assert (reading.device, reading.power_w) == ("shellypmminig3-ecda3bc4ddb0", 1.0)
+    assert registry.decode("shellies/boiler/events/rpc", RPC, received_at=1.0, state=state) == []
+    # Zigbee2MQTT under a base topic that is not configured: the first level is the base
+    [reading] = registry.decode(
+        "z2m/living room plug", b'{"energy":2}', received_at=1.0, state=state, source="zigbee2mqtt"
+    )
+    assert (reading.device, reading.energy_wh) == ("living room plug", 2000.0)
+    # the hourly script publishes on a configurable topic: the device is the payload's id
+    interval, _ = registry.decode(
+        "site7/hourly",
+        b'{"hourly_energy_usage":1,"id":"pm","timestamp":3600}',
+        received_at=1.0,
+        state=state,
+        source="hourly",
+    )
+    assert (interval.device, interval.start) == ("pm", 3600)
+
+
+def test_routes_name_the_source_of_a_topic_layout():
+    registry = default_registry(
+        DecoderOptions(topic_sources=(("home/+/tele/+", "tasmota"), ("shellies/gen2/#", "shelly")))
+    )
+    assert registry.subscriptions()[:2] == ["home/+/tele/+", "shellies/gen2/#"]
+    state = DecoderState()
+    [reading] = registry.decode("home/kitchen/tele/SENSOR", SENSOR, received_at=1.0, state=state)
+    assert reading.device == "home/kitchen"
+    assert registry.decoder_for("home/kitchen/tele/SENSOR").name == "tasmota"
+    # a routed topic belongs to its source: Gen1 no longer takes shellies/gen2/...
+    [reading] = registry.decode("shellies/gen2/x/events/rpc", RPC, received_at=1.0, state=state)
+    assert reading.power_w == 1.0
+    with pytest.raises(DecodeError) as info:
+        registry.decode("shellies/gen2/relay/0/power", b"1", received_at=1.0, state=state)
+    assert info.value.reason == "unknown_topic"
+    assert "routed to shelly" in str(info.value)
+    # topics no route matches are auto-detected as before
+    assert registry.decoder_for("shellies/plug/relay/0/power").name == "shelly-gen1"
+    assert registry.decoder_for("tele/pow/SENSOR").name == "tasmota"
+
+
+@pytest.mark.parametrize(
+    ("route", "hint"),
+    [
+        (("home/#/x", "tasmota"), "'#' only the last"),
+        (("home/a+", "tasmota"), "whole levels"),
+        (("", "tasmota"), "not an MQTT topic filter"),
+        (("home/#", "tasmota32"), "names no decoder"),
+    ],
+)
+def test_bad_routes_are_config_errors(route, hint):
+    with pytest.raises(ConfigError, match=hint):
+        default_registry(DecoderOptions(topic_sources=(route,)))
+
+
+@pytest.mark.parametrize(
+    ("topic_filter", "topic", "matches"),
+    [
+        ("#", "a/b", True),
+        ("#", "$SYS/x", False),
+        ("a/#", "a", True),
+        ("a/#", "a/b/c", True),
+        ("a/+", "a/b", True),
+        ("a/+", "a/b/c", False),
+        ("+/+", "a/", True),
+        ("+", "$SYS", False),
+        ("a/b", "a/b", True),
+        ("a/b", "a/c", False),
+    ],
+)
+def test_route_filters_follow_mqtt_matching(topic_filter, topic, matches):
+    from kilowatch.decode.registry import _filter_levels, _filter_matches
+
+    assert _filter_matches(_filter_levels(topic_filter), topic) is matches
+
+
+def test_a_third_party_decoder_can_read_any_layout_too(state):
+    class AnyMeterBox(MeterBox):
+        name = "anymeterbox"
+
+        def matches_any_layout(self, topic: str) -> bool:
+            return topic.endswith("/kwh")
+
+    registry = DecoderRegistry([MeterBox(), AnyMeterBox()])
+    assert registry.decode("site/m1/kwh", b"1", received_at=1.0, state=state, source="anymeterbox")
+    with pytest.raises(DecodeError):  # MeterBox reads its configured layout only
+        registry.decode("site/m1/kwh", b"1", received_at=1.0, state=state, source="meterbox")
+
+
+def test_a_recursion_error_in_a_third_party_decoder_is_too_deeply_nested(state):
+    class Recursive(MeterBox):
+        def decode(self, topic, payload, *, received_at, state):
+            raise RecursionError("maximum recursion depth exceeded")
+
+    registry = DecoderRegistry([Recursive()])
+    with pytest.raises(DecodeError) as info:
+        registry.decode("meterbox/m1/kwh", b"1", received_at=1.0, state=state)
+    assert info.value.reason == "too_deeply_nested"

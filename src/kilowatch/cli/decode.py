@@ -20,11 +20,14 @@ HELP = (
     "The payload is read from FILE, or from standard input when FILE is - or missing. Without "
     "--topic the topic is guessed from the payload where it names its device (a Shelly RPC frame "
     'has "src", an hourly script message has "id"); otherwise pass --topic, or --device for the '
-    "device part.\n\n"
+    "device part. Naming a --source also reads that source's custom topic layouts (a Tasmota "
+    "FullTopic such as home/%topic%/%prefix%/, a Zigbee2MQTT base topic) that auto-detection, "
+    "which knows only the configured layouts, leaves alone.\n\n"
     "Examples:\n\n"
     "kilowatch decode --topic shellypmminig3-ecda3bc4ddb0/events/rpc notify.json\n\n"
     "echo 1016197 | kilowatch decode --topic shellies/shellyplug-s-C18B12/relay/0/energy\n\n"
-    "kilowatch decode --source tasmota --device pow-r2 sensor.json"
+    "kilowatch decode --source tasmota --device pow-r2 sensor.json\n\n"
+    "kilowatch decode --source tasmota --topic home/pow-r2/tele/SENSOR sensor.json"
 )
 
 
@@ -73,7 +76,8 @@ def register(app: typer.Typer) -> None:
         source: str = typer.Option(
             AUTO,
             "--source",
-            help=f"Decoder to use: {', '.join(SOURCES)} (auto picks one by topic).",
+            help=f"Decoder to use: {', '.join(SOURCES)} (auto picks one by topic; a named one "
+            "also reads its custom topic layouts).",
         ),
         device: str | None = typer.Option(
             None,

@@ -8,6 +8,9 @@ At each full hour the script publishes, on ``/system/<device id>/status``::
 
 ``hourly_*`` are Wh used in the hour that starts at ``timestamp`` (a multiple of 3600). It becomes
 an ``Interval`` on channel ``hourly`` plus a ``DeviceInfo`` (MAC, firmware).
+
+The script's topic is configurable (``CFG.topic``); when the user names this decoder any topic is
+read, and the device is the payload's ``id``.
 """
 
 from __future__ import annotations
@@ -79,12 +82,16 @@ class HourlyDecoder:
             return False
         return "/" not in topic[len(_HEAD) : -len(_TAIL)]
 
+    def matches_any_layout(self, topic: str) -> bool:
+        """Any topic: the script's topic is configurable (the user named the hourly decoder)."""
+        return bool(topic)
+
     def decode(
         self, topic: str, payload: bytes, *, received_at: float, state: DecoderState
     ) -> list[Message]:
         """One ``Interval`` for the hour and one ``DeviceInfo``; ``device`` is the topic's id."""
         doc = load_object(payload, what="hourly message")
-        device = topic[len(_HEAD) : -len(_TAIL)]
+        device = topic[len(_HEAD) : -len(_TAIL)] if self.matches(topic) else ""
         if not device:
             payload_id = doc.get("id")
             if type(payload_id) is not str or not payload_id:

@@ -5,6 +5,17 @@ Every decoder, built-in or third-party, implements :class:`Decoder` and is added
 the name the user asked for) and returns normalised :mod:`~kilowatch.model.messages`; anything it
 cannot decode raises :class:`~kilowatch.errors.DecodeError` with a stable ``reason`` slug.
 
+Which decoder takes a topic:
+
+1. the user named one (``source=``, ``kilowatch decode --source``): that decoder, in any topic
+   layout its source can be configured with (:class:`ReadsAnyLayout`), not only the configured
+   ones; e.g. Tasmota under a ``FullTopic`` of ``home/%topic%/%prefix%/``;
+2. a configured route (``DecoderOptions.topic_sources``) whose filter matches the topic: the
+   decoder it names, as in 1;
+3. otherwise auto-detection: the first registered decoder whose *configured* layouts
+   (:meth:`Decoder.matches`) take the topic. Only 1 and 2 look beyond configured layouts, so a
+   guess never changes which decoder takes a topic.
+
 This is the hot path of ingestion: the decoder chosen for a topic is cached, so the per-message cost
 is one dict lookup plus the decoder's own work.
 """
@@ -13,16 +24,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from kilowatch.decode.hourly import HourlyDecoder
-from kilowatch.decode.payload import INVALID_PAYLOAD, MISSING_TOPIC, UNKNOWN_SOURCE, UNKNOWN_TOPIC
+from kilowatch.decode.payload import (
+    INVALID_PAYLOAD,
+    MISSING_TOPIC,
+    TOO_DEEPLY_NESTED,
+    UNKNOWN_SOURCE,
+    UNKNOWN_TOPIC,
+)
 from kilowatch.decode.shelly import ShellyDecoder
 from kilowatch.decode.shelly_gen1 import ShellyGen1Decoder
 from kilowatch.decode.state import DecoderState
 from kilowatch.decode.tasmota import TasmotaDecoder
 from kilowatch.decode.zigbee2mqtt import Zigbee2MqttDecoder
-from kilowatch.errors import DecodeError
+from kilowatch.errors import ConfigError, DecodeError
 from kilowatch.model.messages import Message
 
 AUTO = "auto"
@@ -67,6 +84,21 @@ class Decoder(Protocol):
         ...
 
 
+@runtime_checkable
+class ReadsAnyLayout(Protocol):
+    """A decoder that can read its source's topics in layouts it was not configured for.
+
+    Optional: the registry uses it only when the user names the decoder (``source=``, a
+    ``topic_sources`` route), never for auto-detection, so that a loose match cannot take a topic
+    from another decoder. ``decode`` then reads ``topic`` in whatever layout this accepts.
+    """
+
+    def matches_any_layout(self, topic: str) -> bool:
+        """Whether ``decode`` can read ``topic`` in some layout of this source (a Tasmota
+        ``FullTopic``, a Zigbee2MQTT base topic...), configured or not."""
+        ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DecoderOptions:
     """Topic layout of the built-in decoders (docs/sources.md, "Configuring topics").
@@ -76,22 +108,66 @@ class DecoderOptions:
     ``home/+`` for prefixes of two levels. Decoding itself accepts any prefix.
     ``tasmota_full_topics`` are Tasmota ``FullTopic`` patterns (``%prefix%/%topic%/`` by default).
     ``zigbee2mqtt_base_topics`` are Zigbee2MQTT ``base_topic`` values.
+    ``topic_sources`` are routes ``(MQTT topic filter, decoder name)``: a topic the filter matches
+    goes to that decoder, read in any layout of its source (``("site/#", "tasmota")`` for
+    Tasmotas under ``FullTopic`` ``%prefix%/site/%topic%/``); the first matching route wins, and
+    each filter is also subscribed.
     """
 
     shelly_topic_prefixes: tuple[str, ...] = ("+",)
     tasmota_full_topics: tuple[str, ...] = ("%prefix%/%topic%/",)
     zigbee2mqtt_base_topics: tuple[str, ...] = ("zigbee2mqtt",)
+    topic_sources: tuple[tuple[str, str], ...] = ()
+
+
+def _filter_levels(topic_filter: str) -> tuple[str, ...]:
+    """The levels of an MQTT topic filter; ``ConfigError`` if it is not a valid filter."""
+    levels = tuple(topic_filter.split("/"))
+    for i, level in enumerate(levels):
+        stray = ("#" in level or "+" in level) and level not in ("+", "#")
+        if not topic_filter or stray or (level == "#" and i != len(levels) - 1):
+            raise ConfigError(
+                f"topic_sources: {topic_filter!r} is not an MQTT topic filter ('+' and '#' must "
+                "be whole levels, '#' only the last), e.g. 'site/#' or 'home/+/tele/+'"
+            )
+    return levels
+
+
+def _filter_matches(levels: tuple[str, ...], topic: str) -> bool:
+    """Whether an MQTT topic filter (split in levels) matches ``topic`` (MQTT 3.1.1 §4.7)."""
+    parts = topic.split("/")
+    for i, want in enumerate(levels):
+        if want == "#":
+            return not (i == 0 and topic.startswith("$"))
+        if i >= len(parts) or (want != "+" and want != parts[i]):
+            return False
+        if i == 0 and want == "+" and topic.startswith("$"):
+            return False
+    return len(parts) == len(levels)
 
 
 class DecoderRegistry:
     """Decoders by name, tried in registration order when the source is ``auto``."""
 
-    def __init__(self, decoders: Iterable[Decoder] = ()) -> None:
+    def __init__(
+        self, decoders: Iterable[Decoder] = (), *, topic_sources: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        """``topic_sources``: routes ``(MQTT topic filter, decoder name)``, as in
+        :class:`DecoderOptions`; ``ConfigError`` for an invalid filter or an unknown name."""
         self._decoders: list[Decoder] = []
         self._by_name: dict[str, Decoder] = {}
         self._by_topic: dict[str, Decoder | None] = {}
         for decoder in decoders:
             self.register(decoder)
+        self._routes: list[tuple[str, tuple[str, ...], Decoder]] = []
+        for topic_filter, name in topic_sources:
+            routed = self._by_name.get(name)
+            if routed is None:
+                raise ConfigError(
+                    f"topic_sources: {topic_filter!r} names no decoder {name!r}; "
+                    f"known: {', '.join(self._by_name)}"
+                )
+            self._routes.append((topic_filter, _filter_levels(topic_filter), routed))
 
     def register(self, decoder: Decoder) -> None:
         """Add a decoder. Auto-detection tries decoders in the order they were registered, so
@@ -116,24 +192,39 @@ class DecoderRegistry:
         return decoder
 
     def subscriptions(self) -> list[str]:
-        """Every MQTT topic filter the registered decoders need, without duplicates, in order."""
-        seen: dict[str, None] = {}
+        """Every MQTT topic filter the routes and the registered decoders need, without
+        duplicates, in order."""
+        seen: dict[str, None] = {topic_filter: None for topic_filter, _, _ in self._routes}
         for decoder in self._decoders:
             for topic_filter in decoder.subscriptions:
                 seen.setdefault(topic_filter, None)
         return list(seen)
 
     def decoder_for(self, topic: str) -> Decoder | None:
-        """The first registered decoder whose topics include ``topic`` (cached per topic)."""
+        """The decoder that takes ``topic`` when no source is named (cached per topic): the one a
+        matching route names, if it can read the topic; else the first registered decoder whose
+        configured layouts include it."""
         try:
             return self._by_topic[topic]
         except KeyError:
             pass
-        found = next((d for d in self._decoders if d.matches(topic)), None)
+        found: Decoder | None
+        route = self._route(topic)
+        if route is not None:
+            # a routed topic belongs to the route's source: no other decoder may take it
+            found = route if _reads(route, topic) else None
+        else:
+            found = next((d for d in self._decoders if d.matches(topic)), None)
         if len(self._by_topic) >= _TOPIC_CACHE_LIMIT:
             self._by_topic.clear()
         self._by_topic[topic] = found
         return found
+
+    def _route(self, topic: str) -> Decoder | None:
+        for _, levels, decoder in self._routes:
+            if _filter_matches(levels, topic):
+                return decoder
+        return None
 
     def decode(
         self,
@@ -150,24 +241,28 @@ class DecoderRegistry:
         ``source`` names a decoder, or ``auto`` to pick one by topic. ``device``, when given,
         replaces the device identity of every message (treat the message as coming from that
         device). Raises ``DecodeError`` with reason ``unknown_topic``, ``unknown_source``,
-        ``invalid_json``, ``invalid_payload``, ``unknown_method``.
+        ``invalid_json``, ``invalid_payload``, ``unknown_method``, ``payload_too_large``,
+        ``too_deeply_nested`` (docs/sources.md).
         """
         if source == AUTO:
             by_topic = self._by_topic  # decoder_for's cache, read inline: this is the hot path
             decoder = by_topic[topic] if topic in by_topic else self.decoder_for(topic)
             if decoder is None:
-                raise DecodeError(
-                    UNKNOWN_TOPIC,
-                    f"no decoder knows the topic {topic!r} (decoders: {', '.join(self._by_name)})",
-                )
+                raise self._unknown_topic(topic)
         else:
             decoder = self.get(source)
-            if not decoder.matches(topic):
+            if not _reads(decoder, topic):
                 raise DecodeError(UNKNOWN_TOPIC, f"{topic!r} is not a {source} topic")
         try:
             messages = decoder.decode(topic, payload, received_at=received_at, state=state)
         except DecodeError:
             raise
+        except RecursionError as err:
+            # The built-in decoders refuse deep JSON before parsing (payload.MAX_JSON_DEPTH); a
+            # decoder that parses by itself may still recurse too deep.
+            raise DecodeError(
+                TOO_DEEPLY_NESTED, f"{decoder.name}: payload on {topic!r} nests too deeply"
+            ) from err
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
             # A payload shape no decoder rule foresaw must become a dead letter, never stop
             # ingestion.
@@ -177,6 +272,20 @@ class DecoderRegistry:
         if device is not None:
             messages = [replace(message, device=device) for message in messages]
         return messages
+
+    def _unknown_topic(self, topic: str) -> DecodeError:
+        route = self._route(topic)
+        if route is not None:
+            return DecodeError(
+                UNKNOWN_TOPIC,
+                f"{topic!r} is routed to {route.name} (topic_sources) but is not a {route.name} "
+                "topic",
+            )
+        return DecodeError(
+            UNKNOWN_TOPIC,
+            f"no decoder knows the topic {topic!r} (decoders: {', '.join(self._by_name)}); "
+            "for a custom topic layout name the source (--source, or a topic_sources route)",
+        )
 
     def guess_topic(self, payload: bytes, *, source: str = AUTO, device: str | None = None) -> str:
         """A topic for a payload seen without one (``kilowatch decode`` without ``--topic``).
@@ -195,10 +304,18 @@ class DecoderRegistry:
         )
 
 
+def _reads(decoder: Decoder, topic: str) -> bool:
+    """Whether a decoder the user named can read ``topic``: in a configured layout, or in any
+    layout if it is a :class:`ReadsAnyLayout`."""
+    if decoder.matches(topic):
+        return True
+    return isinstance(decoder, ReadsAnyLayout) and decoder.matches_any_layout(topic)
+
+
 def default_registry(options: DecoderOptions | None = None) -> DecoderRegistry:
     """A registry holding the built-in decoders, most specific topic layouts first.
 
-    Raises ``ConfigError`` for an invalid Tasmota full topic.
+    Raises ``ConfigError`` for an invalid Tasmota full topic or ``topic_sources`` route.
     """
     options = options or DecoderOptions()
     return DecoderRegistry(
@@ -208,7 +325,8 @@ def default_registry(options: DecoderOptions | None = None) -> DecoderRegistry:
             TasmotaDecoder(full_topics=options.tasmota_full_topics),
             Zigbee2MqttDecoder(base_topics=options.zigbee2mqtt_base_topics),
             ShellyDecoder(topic_prefixes=options.shelly_topic_prefixes),
-        ]
+        ],
+        topic_sources=options.topic_sources,
     )
 
 
@@ -218,5 +336,6 @@ __all__ = [
     "DecoderOptions",
     "DecoderRegistry",
     "DecoderState",
+    "ReadsAnyLayout",
     "default_registry",
 ]

@@ -312,6 +312,10 @@ class ShellyDecoder:
         head, _, component = topic.rpartition("/")
         return bool(component) and head.endswith("/status") and len(head) > len("/status")
 
+    def matches_any_layout(self, topic: str) -> bool:
+        """As :meth:`matches`: any ``topic_prefix`` is read whatever is configured."""
+        return self.matches(topic)
+
     def decode(
         self, topic: str, payload: bytes, *, received_at: float, state: DecoderState
     ) -> list[Message]:

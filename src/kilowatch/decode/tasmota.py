@@ -2,7 +2,10 @@
 
 Topics follow the device's ``FullTopic`` (default ``%prefix%/%topic%/``); other layouts are
 configured as patterns with the same tokens: ``%prefix%`` (``tele``/``stat``), and ``%topic%``,
-``%hostname%`` or ``%id%`` for the device part, each a whole topic level.
+``%hostname%`` or ``%id%`` for the device part, each a whole topic level. When the user names this
+decoder, any layout is read (:meth:`TasmotaDecoder.matches_any_layout`): a topic ending in a known
+leaf with its ``tele``/``stat`` level somewhere before; the device is every other level, joined
+(``home/kitchen/tele/SENSOR`` → ``home/kitchen``), so that devices of two sites never merge.
 
 - ``tele/<topic>/SENSOR`` and ``stat/<topic>/STATUS8`` (``{"StatusSNS": ...}``): the
   ``ENERGY`` object. ``Total``/``ExportActive`` kWh → ``energy_wh``/``returned_energy_wh``;
@@ -142,11 +145,15 @@ class TasmotaDecoder:
         """``tele/<topic>/SENSOR`` etc., in any of the configured full-topic layouts."""
         return self._parse(topic) is not None
 
+    def matches_any_layout(self, topic: str) -> bool:
+        """A Tasmota topic under any ``FullTopic``, configured or not (the user named Tasmota)."""
+        return self._parse(topic) is not None or _parse_any_layout(topic) is not None
+
     def decode(
         self, topic: str, payload: bytes, *, received_at: float, state: DecoderState
     ) -> list[Message]:
         """Readings, availability or device info of one Tasmota message."""
-        parsed = self._parse(topic)
+        parsed = self._parse(topic) or _parse_any_layout(topic)
         if parsed is None:
             return []
         device, leaf = parsed
@@ -181,6 +188,20 @@ class TasmotaDecoder:
                 f"pass --device <tasmota topic> or --topic {_LEAVES[leaf]}/<tasmota topic>/{leaf}",
             )
         return f"{_LEAVES[leaf]}/{device}/{leaf}"
+
+
+def _parse_any_layout(topic: str) -> tuple[str, str] | None:
+    """(device, leaf) of a topic under an unknown ``FullTopic``: a known leaf, its ``%prefix%``
+    (``tele``/``stat``) as one of the levels before, the device all the other levels."""
+    levels = topic.split("/")
+    prefix = _LEAVES.get(levels[-1])
+    if prefix is None or prefix not in levels[:-1]:
+        return None
+    rest = levels[:-1]
+    rest.remove(prefix)  # the first one: tele/tele/SENSOR is device "tele"
+    if not rest or not all(rest):
+        return None
+    return "/".join(rest), levels[-1]
 
 
 def _energy(device: str, energy: object, received_at: float) -> list[Message]:

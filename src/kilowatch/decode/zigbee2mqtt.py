@@ -11,6 +11,8 @@ For every configured base topic (``zigbee2mqtt`` by default):
 - ``<base>/bridge/...`` and ``<base>/<name>/set|get`` (commands, not state) decode to ``[]``.
 
 Friendly names may contain ``/``; everything between the base topic and a known suffix is the name.
+When the user names this decoder, a topic under no configured base topic is read with its first
+level as the base (``z2m/living room plug`` → ``living room plug``).
 """
 
 from __future__ import annotations
@@ -69,11 +71,16 @@ class Zigbee2MqttDecoder:
         """Any topic below a configured base topic."""
         return self._rest(topic) is not None
 
+    def matches_any_layout(self, topic: str) -> bool:
+        """Any topic below a configured base topic, or below any one-level base (the user named
+        Zigbee2MQTT)."""
+        return self._rest(topic) is not None or _rest_below_first_level(topic) is not None
+
     def decode(
         self, topic: str, payload: bytes, *, received_at: float, state: DecoderState
     ) -> list[Message]:
         """A reading on channel ``default`` or availability; ``[]`` for bridge and commands."""
-        rest = self._rest(topic)
+        rest = self._rest(topic) or _rest_below_first_level(topic)
         if rest is None or rest == "bridge" or rest.startswith("bridge/"):
             return []
         if rest.endswith(_COMMAND_SUFFIXES) or "/set/" in rest or "/get/" in rest:
@@ -111,6 +118,12 @@ class Zigbee2MqttDecoder:
                 f"pass --device <friendly name> or --topic {self._default_base}<friendly name>",
             )
         return f"{self._default_base}{device}"
+
+
+def _rest_below_first_level(topic: str) -> str | None:
+    """The friendly name (and suffix) of ``topic`` under an unknown one-level base topic."""
+    base, _, rest = topic.partition("/")
+    return rest if base and rest else None
 
 
 def _availability(name: str, payload: bytes, received_at: float) -> Message:
