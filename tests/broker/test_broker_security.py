@@ -101,10 +101,25 @@ def test_password_file(
     assert raw(broker.port).connect("v", username="installer", password=b"pa:ss word") == (False, 0)
 
 
+def test_mosquitto_password_file(
+    start_broker: Callable[..., BrokerThread],
+    clients: Callable[..., Client],
+    raw: Callable[[int], RawClient],
+) -> None:
+    """A password file written by mosquitto_passwd ($7$ and $6$ lines) works unchanged."""
+    broker = start_broker(password_file=Path(__file__).with_name("mosquitto-passwd.txt"))
+    assert raw(broker.port).connect("a", username="meter", password=b"s3cret") == (False, 0)
+    assert raw(broker.port).connect("b", username="legacy", password=b"old pass") == (False, 0)
+    assert raw(broker.port).connect("c", username="legacy", password=b"old") == (False, 4)
+    assert raw(broker.port).connect("d") == (False, 5)
+    device = clients(broker.port, "dev", username="installer", password="pa:ss wörd")
+    assert device.connect() == (0, False)
+
+
 def test_bad_password_file_is_a_clear_error(tmp_path: Path) -> None:
     passwd = tmp_path / "passwd"
     passwd.write_text("alice:plaintext\n")
-    with pytest.raises(BrokerError, match=r"passwd:1: not a 'user:\$scrypt\$...' line"):
+    with pytest.raises(BrokerError, match=r"passwd:1: not a 'user:hash' line \(unknown hash"):
         EmbeddedBroker(port=0, password_file=passwd)
     with pytest.raises(BrokerError, match="cannot read the broker password file"):
         EmbeddedBroker(port=0, password_file=tmp_path / "missing")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,65 @@ def test_password_hash_round_trip() -> None:
     assert not verify_password(b"correct horse!", encoded)
     assert not verify_password(b"correct horse", "$scrypt$garbage")
     assert hash_password("correct horse", log2_n=10) != encoded  # fresh salt
+
+
+MOSQUITTO_PASSWD = Path(__file__).with_name("mosquitto-passwd.txt")
+# The passwords of the users in mosquitto-passwd.txt (its comments say how each line was made).
+MOSQUITTO_USERS = {"meter": "s3cret", "legacy": "old pass", "installer": "pa:ss wörd"}
+
+
+def test_mosquitto_passwd_lines_verify() -> None:
+    users = load_password_file(MOSQUITTO_PASSWD)
+    assert list(users) == list(MOSQUITTO_USERS)
+    assert users["legacy"].startswith("$6$") and users["installer"].startswith("$7$1000$")
+    for user, password in MOSQUITTO_USERS.items():
+        assert verify_password(password.encode(), users[user])
+        assert not verify_password(password.encode() + b"x", users[user])
+        assert not verify_password(b"", users[user])
+    # the salt is part of the hash: another user's salt does not verify the same password
+    meter_hash = users["meter"].split("$")[-1]
+    installer = users["installer"].split("$")
+    assert not verify_password(b"s3cret", "$".join([*installer[:-1], meter_hash]))
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_passwd") is None, reason="mosquitto_passwd missing")
+@pytest.mark.parametrize("options", [[], ["-H", "sha512"], ["-H", "sha512-pbkdf2", "-I", "7"]])
+def test_lines_made_by_mosquitto_passwd_now_verify(tmp_path: Path, options: list[str]) -> None:
+    passwd = tmp_path / "passwd"
+    tool = shutil.which("mosquitto_passwd")
+    assert tool is not None
+    subprocess.run([tool, *options, "-c", "-b", passwd, "dev", "pw:1 é"], check=True, timeout=60)
+    encoded = load_password_file(passwd)["dev"]
+    assert verify_password("pw:1 é".encode(), encoded)
+    assert not verify_password(b"pw:1", encoded)
+
+
+@pytest.mark.parametrize(
+    ("line", "complaint"),
+    [
+        ("alice:plaintext", "unknown hash"),
+        ("alice", "expected user:hash"),
+        (":$6$abc$def", "expected user:hash"),
+        ("alice:$6$c2FsdA==$c2hvcnQ=", "hash of 5 bytes, expected 64"),
+        ("alice:$7$0$c2FsdA==$" + "A" * 86 + "==", "iterations 0 out of range"),
+        ("alice:$7$many$c2FsdA==$" + "A" * 86 + "==", "iterations 'many' is not a number"),
+        ("alice:$7$101$not base64!$" + "A" * 86 + "==", "salt or hash is not base64"),
+        ("alice:$6$onlysalt", "expected $6$salt$hash"),
+        ("alice:$scrypt$ln=10,r=8,p=1$c2FsdA", "expected $scrypt$ln=..,r=..,p=..$salt$key"),
+    ],
+)
+def test_bad_password_file_lines_name_file_line_and_tools(
+    tmp_path: Path, line: str, complaint: str
+) -> None:
+    passwd = tmp_path / "passwd"
+    passwd.write_text(f"# users\n{line}\n")
+    with pytest.raises(BrokerError) as err:
+        load_password_file(passwd)
+    text = str(err.value)
+    assert text.startswith(f"{passwd}:2: not a 'user:hash' line (")
+    assert complaint in text
+    assert f"'mosquitto_passwd {passwd} USER'" in text
+    assert "python -m kilowatch.broker.auth USER" in text
 
 
 def test_invalid_options_are_clear_errors() -> None:
