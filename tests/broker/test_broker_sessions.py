@@ -282,3 +282,99 @@ def test_a_connection_without_connect_is_closed(
     idle = raw(broker.port)  # TCP only, never sends CONNECT
     assert idle.closed_by_broker()
     assert broker.stats().connections_total == 1
+
+
+class FakeClock:
+    """The broker's clock for session expiry, moved by the test (read on the broker's thread)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+HOUR = 3600.0
+
+
+def _away(broker: BrokerThread, clients: Callable[..., Client], client_id: str) -> None:
+    """A persistent session subscribed to ``exp/#``, then disconnected."""
+    client = clients(broker.port, client_id, clean_session=False)
+    assert client.connect() == (0, False)
+    client.subscribe("exp/#", 1)
+    client.close()
+    broker.wait_for(lambda b: b.sessions[client_id].conn is None)
+
+
+def test_offline_persistent_sessions_expire_with_their_queues(
+    start_broker: Callable[..., BrokerThread], clients: Callable[..., Client]
+) -> None:
+    clock = FakeClock()
+    broker = start_broker(session_expiry_s=HOUR, clock=clock)
+    _away(broker, clients, "away")  # offline since 1000
+    online = clients(broker.port, "online", clean_session=False)
+    online.connect()
+    clock.now = 2_000.0
+    _away(broker, clients, "recent")  # offline since 2000
+    pub = clients(broker.port, "exp-pub")
+    pub.connect()
+    for i in range(3):
+        pub.publish(f"exp/{i}", b"queued")
+    assert broker.stats().messages_queued == 6
+
+    clock.now = 1_000.0 + HOUR - 1
+    assert broker.call(lambda b: b.expire_sessions()) == 0
+    clock.now = 1_000.0 + HOUR
+    assert broker.call(lambda b: b.expire_sessions()) == 1
+    stats = broker.stats()
+    assert (stats.sessions_expired, stats.messages_queued) == (1, 3)
+    assert broker.call(lambda b: sorted(b.sessions)) == ["exp-pub", "online", "recent"]
+    clock.now = 1_000_000.0
+    assert broker.call(lambda b: b.expire_sessions()) == 1  # "recent"; connected ones never
+
+    back = clients(broker.port, "away", clean_session=False)
+    assert back.connect() == (0, False)  # a fresh session: no subscriptions, nothing queued
+    back.subscribe("marker", 1)
+    pub.publish("exp/late", b"not subscribed any more")
+    pub.publish("marker", b"")
+    assert back.expect_until("marker") == []
+
+
+def test_the_broker_expires_sessions_by_itself(
+    start_broker: Callable[..., BrokerThread], clients: Callable[..., Client]
+) -> None:
+    clock = FakeClock()
+    broker = start_broker(session_expiry_s=HOUR, clock=clock)
+    _away(broker, clients, "forgotten")
+    clock.now += HOUR + server_module.SESSION_EXPIRY_CHECK_S
+    broker.wait_stats(lambda s: s.sessions_expired == 1 and s.sessions == 0)
+
+
+def test_a_reconnect_restarts_the_expiry(
+    start_broker: Callable[..., BrokerThread], clients: Callable[..., Client]
+) -> None:
+    clock = FakeClock()
+    broker = start_broker(session_expiry_s=HOUR, clock=clock)
+    _away(broker, clients, "returning")
+    clock.now += HOUR - 1
+    back = clients(broker.port, "returning", clean_session=False)
+    assert back.connect() == (0, True)
+    clock.now += 10 * HOUR  # connected: never expires
+    assert broker.call(lambda b: b.expire_sessions()) == 0
+    back.close()
+    broker.wait_for(lambda b: b.sessions["returning"].conn is None)
+    clock.now += HOUR - 1
+    assert broker.call(lambda b: b.expire_sessions()) == 0
+    clock.now += 1
+    assert broker.call(lambda b: b.expire_sessions()) == 1
+
+
+def test_sessions_never_expire_without_an_expiry(
+    start_broker: Callable[..., BrokerThread], clients: Callable[..., Client]
+) -> None:
+    clock = FakeClock()
+    broker = start_broker(session_expiry_s=None, clock=clock)
+    _away(broker, clients, "kept")
+    clock.now += 10 * 365 * 24 * HOUR
+    assert broker.call(lambda b: b.expire_sessions()) == 0
+    assert broker.stats().sessions == 1

@@ -94,6 +94,8 @@ def test_invalid_options_are_clear_errors() -> None:
         EmbeddedBroker(port=70000)
     with pytest.raises(BrokerError, match="max_inflight_messages"):
         EmbeddedBroker(port=0, max_inflight_messages=0)
+    with pytest.raises(BrokerError, match=r"session_expiry_s must be > 0 \(or None: never\)"):
+        EmbeddedBroker(port=0, session_expiry_s=0)
 
 
 async def test_callers_exception_propagates_unchanged() -> None:

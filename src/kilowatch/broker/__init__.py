@@ -10,6 +10,7 @@ from kilowatch.broker.server import (
     DEFAULT_MAX_PACKET_SIZE,
     DEFAULT_MAX_QUEUED_MESSAGES,
     DEFAULT_PORT,
+    DEFAULT_SESSION_EXPIRY_S,
     BrokerStats,
     EmbeddedBroker,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "DEFAULT_MAX_PACKET_SIZE",
     "DEFAULT_MAX_QUEUED_MESSAGES",
     "DEFAULT_PORT",
+    "DEFAULT_SESSION_EXPIRY_S",
     "Authenticator",
     "BrokerStats",
     "EmbeddedBroker",

@@ -14,7 +14,7 @@ import logging
 import secrets
 import ssl
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +48,13 @@ CONNECT_TIMEOUT_S = 10.0
 SWEEP_INTERVAL_S = 0.25
 # §3.1.2.10: a client silent for 1.5 times its keepalive is disconnected.
 KEEPALIVE_GRACE = 1.5
+# A persistent session whose client has been away this long is discarded with its queue (mosquitto's
+# persistent_client_expiration, which is off by default there). A week covers a device or a Home
+# Assistant switched off for a holiday; whoever is away longer reconnects to a fresh session and
+# resubscribes, and cumulative meters lose no energy with the dropped messages.
+DEFAULT_SESSION_EXPIRY_S = 7 * 24 * 3600.0
+# How often offline sessions are checked for expiry (by the broker's clock).
+SESSION_EXPIRY_CHECK_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +69,7 @@ class BrokerStats:
     connections_total: int
     protocol_errors: int
     sessions: int
+    sessions_expired: int  # persistent sessions discarded after session_expiry_s offline
     subscriptions: int
     retained: int
 
@@ -91,6 +99,9 @@ class EmbeddedBroker:
         max_packet_size: larger packets close the sender's connection.
         max_queued_messages: per-session queue bound; beyond it the oldest message is dropped.
         max_inflight_messages: unacknowledged QoS 1 and 2 messages per client.
+        session_expiry_s: a persistent session whose client has been disconnected this long is
+            discarded, its queued messages with it; ``None``: never.
+        clock: monotonic seconds, for session expiry (tests inject their own).
     """
 
     def __init__(
@@ -104,6 +115,8 @@ class EmbeddedBroker:
         max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
         max_queued_messages: int = DEFAULT_MAX_QUEUED_MESSAGES,
         max_inflight_messages: int = DEFAULT_MAX_INFLIGHT_MESSAGES,
+        session_expiry_s: float | None = DEFAULT_SESSION_EXPIRY_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0 <= port <= 65535:
             raise BrokerError(f"invalid broker port {port}; use 1-65535 (or 0 for any free port)")
@@ -111,6 +124,10 @@ class EmbeddedBroker:
             raise BrokerError(f"max_inflight_messages must be 1-65000, not {max_inflight_messages}")
         if max_packet_size < 64 or max_queued_messages < 1:
             raise BrokerError("max_packet_size must be >= 64 and max_queued_messages >= 1")
+        if session_expiry_s is not None and not session_expiry_s > 0:
+            raise BrokerError(
+                f"session_expiry_s must be > 0 (or None: never), not {session_expiry_s}"
+            )
         self.host = "127.0.0.1" if host == "localhost" else host
         self._requested_port = port
         self.auth = Authenticator(users, password_file)
@@ -118,6 +135,9 @@ class EmbeddedBroker:
         self.max_packet_size = max_packet_size
         self.max_queued_messages = max_queued_messages
         self.max_inflight_messages = max_inflight_messages
+        self.session_expiry_s = session_expiry_s
+        self._clock = clock
+        self._next_expiry_check = clock() + SESSION_EXPIRY_CHECK_S
         self.counters = BrokerCounters()
         self.sessions: dict[str, Session] = {}
         self.retained: dict[str, Message] = {}
@@ -233,7 +253,8 @@ class EmbeddedBroker:
         task.add_done_callback(self._tasks.discard)
 
     async def _sweep(self) -> None:
-        """Close clients silent for 1.5× their keepalive, or that never sent CONNECT."""
+        """Close clients silent for 1.5× their keepalive, or that never sent CONNECT; every
+        ``SESSION_EXPIRY_CHECK_S`` (by the broker's clock), expire offline persistent sessions."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_S)
             now = time.monotonic()
@@ -245,6 +266,32 @@ class EmbeddedBroker:
                         "client %r (%s): internal error; closing", conn.client_id, conn.peer
                     )
                     conn.close("internal error", will=False)
+            if self._clock() >= self._next_expiry_check:
+                self._next_expiry_check = self._clock() + SESSION_EXPIRY_CHECK_S
+                self.expire_sessions()
+
+    def expire_sessions(self) -> int:
+        """Discard the persistent sessions offline for longer than ``session_expiry_s``, with
+        their queues; return how many. The broker calls it periodically."""
+        if self.session_expiry_s is None:
+            return 0
+        deadline = self._clock() - self.session_expiry_s
+        expired = [
+            s
+            for s in self.sessions.values()
+            if s.conn is None and s.offline_since is not None and s.offline_since <= deadline
+        ]
+        for session in expired:
+            queued = len(session.queue) + len(session.inflight)
+            log.log(
+                logging.WARNING if queued else logging.INFO,
+                "client %r: persistent session expired after %g s offline (session_expiry_s); "
+                "%d undelivered messages discarded",
+                session.client_id, self.session_expiry_s, queued,
+            )  # fmt: skip
+            self._discard(session)
+        self.counters.sessions_expired += len(expired)
+        return len(expired)
 
     @staticmethod
     def _check_deadlines(conn: Connection, now: float) -> None:
@@ -269,6 +316,7 @@ class EmbeddedBroker:
             connections_total=c.connections_total,
             protocol_errors=c.protocol_errors,
             sessions=len(self.sessions),
+            sessions_expired=c.sessions_expired,
             subscriptions=len(self.tree),
             retained=len(self.retained),
         )
@@ -301,6 +349,8 @@ class EmbeddedBroker:
             session.conn = None
             if session.clean:
                 self._discard(session)
+            else:
+                session.offline_since = self._clock()
         will = conn.will
         conn.will = None
         if publish_will and will is not None:

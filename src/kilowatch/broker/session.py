@@ -27,6 +27,7 @@ class Outlet(Protocol):
     def write_parts(self, parts: tuple[bytes, ...]) -> None: ...
     def close(self, reason: str, *, will: bool) -> None: ...
 
+
 log = logging.getLogger("kilowatch.broker")
 
 # A session that keeps dropping messages logs at most this often (seconds), with the running count.
@@ -91,6 +92,7 @@ class BrokerCounters:
         "messages_in",
         "messages_out",
         "protocol_errors",
+        "sessions_expired",
     )
 
     def __init__(self) -> None:
@@ -99,6 +101,7 @@ class BrokerCounters:
         self.messages_dropped = 0
         self.connections_total = 0
         self.protocol_errors = 0
+        self.sessions_expired = 0
 
 
 class Session:
@@ -116,6 +119,7 @@ class Session:
         "inflight",
         "max_inflight",
         "max_queued",
+        "offline_since",
         "qos2_ids",
         "queue",
         "released",
@@ -137,6 +141,9 @@ class Session:
         self.max_queued = max_queued
         self.counters = counters
         self.conn: Outlet | None = None
+        # When the last connection of a persistent session ended (the broker's clock), for expiry;
+        # None while connected.
+        self.offline_since: float | None = None
         self.subscriptions: dict[str, int] = {}
         # packet id -> message sent and not yet acknowledged (PUBACK, or PUBREC for QoS 2), in send
         # order (dicts keep insertion order), for redelivery with DUP.
@@ -254,6 +261,7 @@ class Session:
         """Attach a new connection: resend PUBRELs, then unacknowledged PUBLISHes with DUP (§4.4),
         then the queue."""
         self.conn = conn
+        self.offline_since = None
         for packet_id in self.released:
             conn.write(encode_ack(PacketType.PUBREL, packet_id))
         for packet_id, message in self.inflight.items():
