@@ -130,3 +130,23 @@ def test_a_zone_folder_is_an_unknown_zone(name: str) -> None:
         zone(name)
     with pytest.raises(ConfigError):
         site_zone(name)
+
+
+@pytest.mark.parametrize("ts", [1e308, -1e308, float("inf"), float("-inf"), float("nan"), None])
+def test_times_no_clock_shows_render_as_unknown(ts: float | None) -> None:
+    from kilowatch.web.pages import jinja_filters
+    from kilowatch.web.views import instant
+
+    filters = jinja_filters(lambda: 1_773_000_000.0)
+    assert instant(ts) is None
+    assert filters["when"](ts) == "–"
+    assert filters["age"](ts) == "never"
+
+
+def test_the_first_and_last_instants_render() -> None:
+    from kilowatch.web.pages import jinja_filters
+    from kilowatch.web.views import FIRST_INSTANT, LAST_INSTANT
+
+    when = jinja_filters(lambda: 0.0)["when"]
+    assert when(FIRST_INSTANT) == "0001-01-01 00:00:00 UTC"
+    assert when(LAST_INSTANT) == "9999-12-31 23:59:59 UTC"

@@ -25,7 +25,14 @@ from kilowatch.web.deps import (
 )
 from kilowatch.web.energy import Report, parse_instant, parse_tz, period_start, report, shift_period
 from kilowatch.web.site import save_site
-from kilowatch.web.views import device_json, devices_table, display_name, overview, top_level
+from kilowatch.web.views import (
+    device_json,
+    devices_table,
+    display_name,
+    instant,
+    overview,
+    top_level,
+)
 
 router = APIRouter(include_in_schema=False)
 
@@ -445,12 +452,15 @@ def jinja_filters(clock: Any) -> dict[str, Any]:
         return "–" if value is None else f"{value:,.2f} {currency}".strip()
 
     def age(ts: float | None) -> str:
-        return _fmt_age(ts, clock())
+        return _fmt_age(instant(ts), clock())
 
     def when(ts: float | None) -> str:
-        if ts is None:
+        # stored times come from devices' clocks: render what no datetime holds as unknown
+        at = instant(ts)
+        if at is None:
             return "–"
-        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        # isoformat: strftime's %Y writes the year 1 as "1" (glibc)
+        return datetime.fromtimestamp(at, UTC).isoformat(" ", "seconds")[:19] + " UTC"
 
     def num(value: float | None, digits: int = 1) -> str:
         return "–" if value is None else f"{value:.{digits}f}"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kilowatch.model.messages import Reading
+from kilowatch.model.messages import Event, Reading
 from kilowatch.query.energy import EnergyQuery
 from kilowatch.store.protocol import DeviceRecord, Store
 from kilowatch.web.energy import period_start, row_costs, shift_period
@@ -16,6 +16,26 @@ from kilowatch.web.site import SiteSettings
 
 OFFLINE_AFTER_S = 15 * 60
 """A device that says nothing for 15 minutes counts as offline even without a last-will message."""
+FIRST_INSTANT = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+LAST_INSTANT = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+"""The unix times a ``datetime`` can hold (years 1 to 9999)."""
+
+
+def instant(ts: float | None) -> float | None:
+    """``ts`` if it is a time a clock can show, else ``None``: a device's clock may send anything
+    (1e308, -inf, nan), and ``datetime.fromtimestamp`` raises on what it cannot hold."""
+    if isinstance(ts, int | float) and FIRST_INSTANT <= ts <= LAST_INSTANT:  # False for nan
+        return float(ts)
+    return None
+
+
+def message_json(message: Reading | Event) -> dict[str, Any]:
+    """The public JSON of a stored reading or event; a ``ts`` no clock can show is left out, like
+    every field the message did not carry."""
+    out = message.to_json()
+    if "ts" in out and instant(out["ts"]) is None:
+        del out["ts"]
+    return out
 
 
 def top_level(readings: Iterable[Reading]) -> list[Reading]:
@@ -38,11 +58,12 @@ def display_name(rec: DeviceRecord) -> str:
 
 
 def is_online(rec: DeviceRecord, now: float) -> bool:
+    last_seen = instant(rec.last_seen)
     if rec.online is False:
         return False
-    if rec.last_seen is None:
+    if last_seen is None:
         return bool(rec.online)
-    return now - rec.last_seen < OFFLINE_AFTER_S
+    return now - last_seen < OFFLINE_AFTER_S
 
 
 def device_json(
@@ -62,8 +83,8 @@ def device_json(
         "fw_ver": rec.fw_ver,
         "available_update": rec.available_update,
         "online": is_online(rec, now),
-        "first_seen": rec.first_seen,
-        "last_seen": rec.last_seen,
+        "first_seen": instant(rec.first_seen),
+        "last_seen": instant(rec.last_seen),
         "channels": list(rec.channels),
         "power_w": power_now(readings),
         "energy_today_wh": energy_today_wh,
@@ -200,7 +221,9 @@ __all__ = [
     "devices_table",
     "display_name",
     "energy_by_device",
+    "instant",
     "is_online",
+    "message_json",
     "overview",
     "power_now",
     "top_level",
