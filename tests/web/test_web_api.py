@@ -341,7 +341,7 @@ async def test_bad_input_everywhere_else(admin: tuple[httpx.AsyncClient, str]) -
     c, csrf = admin
     h = {"x-csrf-token": csrf}
     assert_problem(await c.get("/api/v1/devices/nope"), 404)
-    assert_problem(await c.get("/api/v1/devices/" + "x" * 300), 400)
+    assert_problem(await c.get("/api/v1/devices/" + "x" * 300), 422)
     assert_problem(await c.patch("/api/v1/devices/nope", json={"label": "x"}, headers=h), 404)
     assert_problem(await c.patch(f"/api/v1/devices/{PLUG}", json={"colour": "red"}, headers=h), 422)
     assert_problem(
@@ -428,11 +428,15 @@ async def test_grid_meters_are_the_site_total(admin: tuple[httpx.AsyncClient, st
     page = await c.get("/energy", params={"by": "hour", "date": "2026-03-15", "view": "total"})
     hours = re.findall(r'data-start="[^"]+" data-import-wh="([0-9.]+)"', page.text)
     assert sum(map(float, hours)) == 720.0
-    for bad in ("not a list", 3, ["a b"], [f"d{i}" for i in range(21)], ["x" * 201]):
+    # not a list of ids: 422 (the body's shape); ids that are not device ids, too many: 400
+    for bad, status in (
+        ("not a list", 422), (3, 422), (["x" * 201], 422),
+        (["a b"], 400), ([f"d{i}" for i in range(21)], 400),
+    ):  # fmt: skip
         r = await c.patch(
             "/api/v1/settings", json={"grid_meters": bad}, headers={"x-csrf-token": csrf}
         )
-        assert r.status_code == 400, bad
+        assert r.status_code == status, bad
     assert (await c.get("/api/v1/settings")).json()["grid_meters"] == [EM]
     r = await c.patch("/api/v1/settings", json={"grid_meters": []}, headers={"x-csrf-token": csrf})
     assert r.json()["grid_meters"] == []
@@ -611,3 +615,180 @@ async def test_pages_render(viewer: tuple[httpx.AsyncClient, str]) -> None:
     assert r.status_code == 400
     settings = await c.get("/settings")
     assert "Only admins can change settings" in settings.text
+
+
+# -- hostile input: one bad value never stops the rest (issue 9) ----------------------------------
+
+ZONE_FOLDERS = ["Europe", "America", "Etc", "Europe/", "posix", "__pycache__", "x" * 300]
+
+
+@pytest.mark.parametrize("tz", ZONE_FOLDERS)
+async def test_a_zone_folder_is_an_unknown_zone(
+    admin: tuple[httpx.AsyncClient, str], tz: str
+) -> None:
+    """A folder of the tz database ("Europe") made ZoneInfo raise IsADirectoryError: a 500."""
+    c, csrf = admin
+    body = assert_problem(await c.get("/api/v1/energy", params={"tz": tz}), 400)
+    assert body["invalid-params"] == [{"name": "tz", "reason": ANY_TEXT}]
+    r = await c.patch("/api/v1/settings", json={"tz": tz}, headers={"x-csrf-token": csrf})
+    assert 400 <= r.status_code < 500, r.text
+    assert_problem(r, r.status_code)
+    assert (await c.get("/api/v1/settings")).json()["tz"] == TZ
+
+
+class _AnyText(str):
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and bool(other)
+
+    __hash__ = str.__hash__
+
+
+ANY_TEXT = _AnyText()
+
+NOT_JSON_NUMBERS = [
+    b'{"retention_days": Infinity}',
+    b'{"retention_days": -Infinity}',
+    b'{"retention_days": NaN}',
+    b'{"retention_days": 1e999}',
+    b'{"tariff": {"price": NaN}}',
+    b'{"tariff": {"price": 1' + b"0" * 400 + b"}}",
+    b'{"tariff": {"periods": [{"start": "22:00", "end": "06:00", "price": -Infinity}]}}',
+    b'{"tz": "\\ud800"}',  # a lone surrogate: not UTF-8, not storable
+    b"[" * 5000 + b"]" * 5000,  # deeper than any parser should follow
+]
+OUT_OF_RANGE = [
+    {"retention_days": 1e308},
+    {"retention_days": 10**30},
+    {"retention_days": -(10**30)},
+    {"retention_days": True},
+    {"retention_days": 1.5},
+    {"retention_days": 0},
+    {"retention_days": "Infinity"},
+    {"tariff": {"price": 1e308}},
+    {"tariff": {"price": "Infinity"}},
+    {"tariff": {"price": "NaN"}},
+    {"tariff": {"export_price": True}},
+    {"tariff": {"currency": ""}},
+    {"tariff": {"periods": [{"start": "", "end": "", "price": 0.1}]}},
+    {"tz": None},
+    {"tz": ""},
+    {"tz": 3},
+    {"grid_meters": [""] * 5 + ["\x00"]},
+]
+
+
+async def test_non_finite_numbers_never_reach_a_setting(
+    admin: tuple[httpx.AsyncClient, str],
+) -> None:
+    """Python's json reads NaN, Infinity, 1e999 and lone surrogates; the API reads RFC 8259 JSON
+    only (422), and numbers out of a setting's range are 4xx problems: nothing is stored."""
+    c, csrf = admin
+    h = {"x-csrf-token": csrf, "content-type": "application/json"}
+    before = (await c.get("/api/v1/settings")).json()
+    for raw in NOT_JSON_NUMBERS:
+        body = assert_problem(await c.patch("/api/v1/settings", content=raw, headers=h), 422)
+        assert "not JSON" in str(body["detail"]), body
+    for bad in OUT_OF_RANGE:
+        r = await c.patch("/api/v1/settings", json=bad, headers=h)
+        assert r.status_code in (400, 422), (bad, r.text)
+        assert_problem(r, r.status_code)
+    assert (await c.get("/api/v1/settings")).json() == before
+    label = b'{"label": "\\udc80 Kettle"}'
+    r = await c.patch(f"/api/v1/devices/{PLUG}", content=label, headers=h)
+    assert_problem(r, 422)
+    assert (await c.get(f"/api/v1/devices/{PLUG}")).json()["label"] is None
+
+
+async def test_the_settings_api_takes_whole_numbers_and_null(
+    admin: tuple[httpx.AsyncClient, str],
+) -> None:
+    c, csrf = admin
+    h = {"x-csrf-token": csrf}
+    r = await c.patch("/api/v1/settings", json={"retention_days": 36600}, headers=h)
+    assert r.json()["retention_days"] == 36600
+    r = await c.patch("/api/v1/settings", json={"retention_days": None}, headers=h)
+    assert r.json()["retention_days"] is None
+    r = await c.patch("/api/v1/settings", json={"tariff": {"price": 1, "periods": []}}, headers=h)
+    assert r.json()["tariff"]["price"] == 1.0
+
+
+BAD_QUERIES = [
+    ("/api/v1/energy", {"from": "0001-01-01"}, 400),
+    ("/api/v1/energy", {"from": "9999-12-31"}, 400),
+    ("/api/v1/energy", {"to": "99999-01-01"}, 400),
+    ("/api/v1/energy", {"from": "-2026-01-01"}, 400),
+    ("/api/v1/energy", {"from": "2026-03-15T12:00+24:00"}, 400),
+    ("/api/v1/energy", {"from": "1e308"}, 400),
+    ("/api/v1/energy", {"from": "inf"}, 400),
+    ("/api/v1/energy", {"from": "\u0663\u0660\u0662\u0666-03-15"}, 400),  # Arabic-Indic digits
+    ("/api/v1/energy", {"by": "\u202e"}, 400),
+    ("/api/v1/energy", {"group": ""}, 400),
+    ("/api/v1/energy", {"format": ""}, 422),
+    ("/api/v1/energy", {"cost": "1e308"}, 422),
+    ("/api/v1/energy", {"tz": "\U0001f4a9"}, 400),
+    ("/api/v1/energy", {"device": ",".join(f"d{i}" for i in range(1001))}, 400),
+    (f"/api/v1/devices/{PLUG}/events", {"limit": -1}, 422),
+    (f"/api/v1/devices/{PLUG}/events", {"limit": 1001}, 422),
+    (f"/api/v1/devices/{PLUG}/events", {"limit": 10**30}, 422),
+    (f"/api/v1/devices/{PLUG}/events", {"limit": "1e3"}, 422),
+    (f"/api/v1/devices/{PLUG}/events", {"limit": "nan"}, 422),
+    ("/api/v1/latest", {"device": "x" * 201}, 422),
+    ("/api/v1/live", {"device": "x" * 201}, 422),
+]
+
+
+async def test_bad_query_parameters_everywhere(viewer: tuple[httpx.AsyncClient, str]) -> None:
+    c, _ = viewer
+    for path, params, status in BAD_QUERIES:
+        r = await c.get(path, params=params)
+        assert r.status_code == status, (path, params, r.text)
+        assert_problem(r, status)
+    # empty and odd values that mean something: the defaults, or nothing found
+    assert (await c.get("/api/v1/energy", params={"tz": "", "device": ""})).status_code == 200
+    assert (await c.get("/api/v1/latest", params={"device": "\x00"})).json() == {"readings": []}
+    r = await c.get("/api/v1/devices/%E2%80%AE%00/events")
+    assert r.json() == {"events": []}
+
+
+async def test_a_device_clock_far_out_never_stops_a_page(
+    store: Store, viewer: tuple[httpx.AsyncClient, str]
+) -> None:
+    """A device that sent ``ts`` 1e308 (datetime overflows) or -inf: its pages and its API
+    answers render, the unusable times shown as unknown."""
+    from kilowatch.model.messages import Event
+    from kilowatch.store import Batch, DeviceUpdate
+
+    c, _ = viewer
+    odd = "shellyplus1pm-0000000000ff"
+    for ts in (1e308, -1e308, float("inf"), float("-inf"), float("nan")):
+        await store.commit(Batch(events=[Event(PLUG, ts, "sys", "clock", {"ts": ts})]))
+    await store.commit(
+        Batch(
+            devices=[DeviceUpdate(odd, last_seen=1e308, online=True)],
+            latest=[Reading(odd, "switch:0", 1e308, power_w=1e308, voltage_v=float("inf"))],
+            events=[Event(odd, -1e308, "sys", "clock", {})],
+        )
+    )
+    for path in ("/", "/devices", f"/devices/{PLUG}", f"/devices/{odd}"):
+        r = await c.get(path)
+        assert r.status_code == 200, (path, r.text[-2000:])
+    events = (await c.get(f"/api/v1/devices/{PLUG}/events")).json()["events"]
+    assert all("ts" not in e for e in events[:5]), "no time any clock can show"
+    assert events[5]["ts"] == NOW - 60
+    detail = (await c.get(f"/api/v1/devices/{odd}")).json()
+    assert detail["last_seen"] is None
+    assert detail["online"] is True, "said online; when it was last seen is unknown"
+    assert "ts" not in detail["latest"][0]
+    assert (await c.get(f"/api/v1/devices/{odd}/events")).json()["events"][0].get("ts") is None
+    assert (await c.get("/api/v1/devices")).status_code == 200
+    assert (await c.get("/api/v1/latest")).status_code == 200
+    assert (await c.get("/metrics")).status_code == 200
+
+
+async def test_405_names_every_method_of_the_path(viewer: tuple[httpx.AsyncClient, str]) -> None:
+    c, _ = viewer
+    r = await c.delete("/api/v1/settings")
+    assert_problem(r, 405)
+    assert r.headers["allow"] == "GET, PATCH"
+    r = await c.put(f"/api/v1/devices/{PLUG}")
+    assert r.headers["allow"] == "GET, PATCH"

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Annotated, Any, Literal, NotRequired, get_args
 
 import orjson
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, Field
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, with_config
+from typing_extensions import TypedDict  # pydantic needs it for a TypedDict on Python < 3.12
 
 from kilowatch import __version__
 from kilowatch.errors import ConfigError, Problem
 from kilowatch.model.messages import Reading
+from kilowatch.query.energy import Bucket, Grouping
+from kilowatch.web import openapi
 from kilowatch.web.deps import Admin, State, Viewer
 from kilowatch.web.energy import build_query, report
-from kilowatch.web.problems import bad_param
-from kilowatch.web.site import save_site
-from kilowatch.web.views import device_json, devices_table, overview
+from kilowatch.web.site import MAX_RETENTION_DAYS, save_site
+from kilowatch.web.views import device_json, devices_table, message_json, overview
 
 SSE_KEEPALIVE_S = 15.0
 """A comment line this often keeps proxies from closing an idle stream (nginx's default is 60 s)."""
@@ -26,7 +29,36 @@ SSE_POLL_S = 1.0
 HEALTH_TIMEOUT_S = 2.0
 MAX_DEVICE_ID = 200
 
-router = APIRouter(prefix="/api/v1")
+
+class StrictJSONRequest(Request):
+    """A request whose JSON body is read as RFC 8259 JSON: ``NaN``, ``Infinity``, numbers beyond a
+    double (``1e999``) and lone surrogates (``"\\ud800"``) do not parse (a 422 problem), so they
+    never reach a setting, a label or the store. (Python's ``json`` reads all of them.)"""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            # orjson.JSONDecodeError is a json.JSONDecodeError: FastAPI makes it a 422
+            self._json = orjson.loads(await self.body())
+        return self._json
+
+
+class StrictJSONRoute(APIRoute):
+    """A route that reads JSON bodies with :class:`StrictJSONRequest`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict(request: Request) -> Response:
+            return await handler(StrictJSONRequest(request.scope, request.receive))
+
+        return strict
+
+
+router = APIRouter(prefix="/api/v1", route_class=StrictJSONRoute)
+
+DeviceId = Annotated[
+    str, Path(min_length=1, max_length=MAX_DEVICE_ID, examples=["shellyplugsg3-aabbccddeeff"])
+]
 
 
 class JSONResponse(Response):
@@ -36,13 +68,13 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
-def _check_device_id(device: str) -> str:
-    if not device or len(device) > MAX_DEVICE_ID:
-        raise bad_param("device", f"a device id has 1–{MAX_DEVICE_ID} characters")
-    return device
-
-
-@router.get("/health", tags=["health"], summary="Liveness and store reachability (no login needed)")
+@router.get(
+    "/health",
+    tags=["health"],
+    summary="Liveness and store reachability (no login needed)",
+    responses=openapi.PUBLIC,
+    openapi_extra={"security": []},
+)
 async def health(state: State) -> Response:
     ingest = state.ingest_health() if state.ingest_health is not None else None
     extra: dict[str, Any] = {} if ingest is None else {"ingest": ingest.status}
@@ -75,7 +107,7 @@ async def health(state: State) -> Response:
     return JSONResponse({"status": "ok", "store": "ok", "version": __version__, **extra})
 
 
-@router.get("/me", tags=["auth"], summary="Who you are logged in as")
+@router.get("/me", tags=["auth"], summary="Who you are logged in as", responses=openapi.READ)
 async def me(principal: Viewer) -> Response:
     return JSONResponse(
         {
@@ -87,20 +119,30 @@ async def me(principal: Viewer) -> Response:
     )
 
 
-@router.get("/devices", tags=["devices"], summary="Every device, with power now and energy today")
+@router.get(
+    "/devices",
+    tags=["devices"],
+    summary="Every device, with power now and energy today",
+    responses=openapi.READ,
+)
 async def list_devices(state: State, _: Viewer) -> Response:
     rows = await devices_table(state.store, state.site, state.clock())
     return JSONResponse({"devices": rows})
 
 
-@router.get("/devices/{device}", tags=["devices"], summary="One device, its latest readings")
-async def get_device(device: str, state: State, _: Viewer) -> Response:
-    rec = await state.store.device(_check_device_id(device))
+@router.get(
+    "/devices/{device}",
+    tags=["devices"],
+    summary="One device, its latest readings",
+    responses=openapi.DEVICE_READ,
+)
+async def get_device(device: DeviceId, state: State, _: Viewer) -> Response:
+    rec = await state.store.device(device)
     if rec is None:
         raise Problem(404, f"no device {device!r}; GET /api/v1/devices lists them")
     latest = await state.store.latest(device)
     out = device_json(rec, latest, None, state.clock())
-    out["latest"] = [r.to_json() for r in latest]
+    out["latest"] = [message_json(r) for r in latest]
     return JSONResponse(out)
 
 
@@ -113,10 +155,13 @@ class DevicePatch(BaseModel):
 
 
 @router.patch(
-    "/devices/{device}", tags=["devices"], summary="Rename a device / set its room (admin)"
+    "/devices/{device}",
+    tags=["devices"],
+    summary="Rename a device / set its room (admin)",
+    responses=openapi.DEVICE_WRITE,
 )
-async def patch_device(device: str, patch: DevicePatch, state: State, _: Admin) -> Response:
-    rec = await state.store.device(_check_device_id(device))
+async def patch_device(device: DeviceId, patch: DevicePatch, state: State, _: Admin) -> Response:
+    rec = await state.store.device(device)
     if rec is None:
         raise Problem(404, f"no device {device!r}")
     label = patch.label.strip() if patch.label is not None else None
@@ -127,40 +172,73 @@ async def patch_device(device: str, patch: DevicePatch, state: State, _: Admin) 
     return JSONResponse(device_json(updated, await state.store.latest(device), None, state.clock()))
 
 
-@router.get("/devices/{device}/events", tags=["devices"], summary="A device's recent events")
+@router.get(
+    "/devices/{device}/events",
+    tags=["devices"],
+    summary="A device's recent events",
+    responses=openapi.DEVICE_READ,
+)
 async def device_events(
-    device: str, state: State, _: Viewer, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    device: DeviceId, state: State, _: Viewer, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> Response:
-    events = await state.store.events(_check_device_id(device), limit=limit)
-    return JSONResponse({"events": [e.to_json() for e in events]})
+    events = await state.store.events(device, limit=limit)
+    return JSONResponse({"events": [message_json(e) for e in events]})
 
 
-@router.get("/latest", tags=["live"], summary="Last reading of each channel")
+@router.get(
+    "/latest",
+    tags=["live"],
+    summary="Last reading of each channel",
+    responses=openapi.FILTERED_READ,
+)
 async def latest(
     state: State, _: Viewer, device: Annotated[str | None, Query(max_length=MAX_DEVICE_ID)] = None
 ) -> Response:
     readings = await state.store.latest(device)
-    return JSONResponse({"readings": [r.to_json() for r in readings]})
+    return JSONResponse({"readings": [message_json(r) for r in readings]})
 
 
 @router.get(
     "/energy",
     tags=["energy"],
     summary="Energy per local-time bucket (JSON, or CSV with format=csv)",
-    responses={200: {"content": {"application/json": {}, "text/csv": {}}}},
+    responses={
+        200: {"content": {"application/json": {}, "text/csv": {"schema": {"type": "string"}}}},
+        **openapi.QUESTION,
+    },
 )
 async def energy(
     state: State,
     _: Viewer,
-    by: Annotated[str, Query(description="15min, hour, day or month")] = "hour",
-    tz: Annotated[str | None, Query(description="IANA zone; default: the site's")] = None,
-    from_: Annotated[
-        str | None, Query(alias="from", description="date or ISO datetime, inclusive")
+    by: Annotated[
+        str, Query(description="bucket size", json_schema_extra={"enum": list(get_args(Bucket))})
+    ] = "hour",
+    tz: Annotated[
+        str | None,
+        Query(description="IANA zone; default: the site's", examples=["Europe/Berlin"]),
     ] = None,
-    to: Annotated[str | None, Query(description="date or ISO datetime, exclusive")] = None,
-    device: Annotated[list[str], Query(description="device id(s); repeat or comma-separate")] = [],  # noqa: B006 - FastAPI copies defaults
-    channel: Annotated[list[str], Query(description="channel name(s), e.g. em:0/a")] = [],  # noqa: B006
-    group: Annotated[str, Query(description="channel, device or total")] = "channel",
+    from_: Annotated[
+        str | None,
+        Query(alias="from", description="date or ISO datetime, inclusive", examples=["2026-03"]),
+    ] = None,
+    to: Annotated[
+        str | None,
+        Query(description="date or ISO datetime, exclusive", examples=["2026-03-16T06:00"]),
+    ] = None,
+    device: Annotated[
+        list[str],
+        Query(
+            description="device id(s); repeat or comma-separate",
+            examples=[["shellyplugsg3-aabbccddeeff"]],
+        ),
+    ] = [],  # noqa: B006 - FastAPI copies defaults
+    channel: Annotated[
+        list[str], Query(description="channel name(s), e.g. em:0/a", examples=[["switch:0"]])
+    ] = [],  # noqa: B006
+    group: Annotated[
+        str,
+        Query(description="rows per", json_schema_extra={"enum": list(get_args(Grouping))}),
+    ] = "channel",
     cost: Annotated[
         bool, Query(description="add the cost of each row with the site's tariff")
     ] = False,
@@ -190,6 +268,7 @@ async def energy(
     "/overview",
     tags=["energy"],
     summary="Today / this month / last month, live power, top consumers",
+    responses=openapi.READ,
 )
 async def get_overview(state: State, _: Viewer) -> Response:
     return JSONResponse(await overview(state.store, state.site, state.clock()))
@@ -203,7 +282,11 @@ def _sse(event: str, data: Any) -> bytes:
     "/live",
     tags=["live"],
     summary="Server-sent events: `reading` for each fresh reading (the latest ones first)",
-    responses={200: {"content": {"text/event-stream": {}}}},
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/event-stream": {"itemSchema": openapi.READING_EVENT}}},
+        **openapi.FILTERED_READ,
+    },
 )
 async def live(
     request: Request,
@@ -220,7 +303,7 @@ async def live(
         async with state.live.subscribe() as queue:
             yield b"retry: 3000\n\n"
             for r in await state.store.latest(device):
-                yield _sse("reading", r.to_json())
+                yield _sse("reading", message_json(r))
             idle = 0.0
             while not stopping.is_set():
                 # Wake up every second so a server shutdown ends the stream promptly.
@@ -236,7 +319,7 @@ async def live(
                 idle = 0.0
                 for r in batch:
                     if wanted(r):
-                        yield _sse("reading", r.to_json())
+                        yield _sse("reading", message_json(r))
 
     return StreamingResponse(
         stream(),
@@ -245,19 +328,62 @@ async def live(
     )
 
 
-@router.get("/settings", tags=["settings"], summary="Site time zone, tariff and retention")
+@router.get(
+    "/settings",
+    tags=["settings"],
+    summary="Site time zone, tariff and retention",
+    responses=openapi.READ,
+)
 async def get_settings(state: State, _: Viewer) -> Response:
     return JSONResponse(state.site.to_json())
 
 
+_BODY = ConfigDict(extra="forbid", allow_inf_nan=False)
+Price = Annotated[float, Field(strict=True, examples=[0.3])]
+"""Per kWh; a number (not ``true``, not ``"0.3"``); its range is the tariff's to check (400)."""
+
+
+@with_config(_BODY)
+class PeriodPatch(TypedDict):
+    """A time-of-use price: local ``start``–``end`` in 15-minute steps, on ``days`` (all)."""
+
+    start: Annotated[str, Field(max_length=5, examples=["22:00"])]
+    end: Annotated[str, Field(max_length=5, examples=["06:00"])]
+    price: Price
+    days: NotRequired[Annotated[list[Annotated[str, Field(max_length=16)]], Field(max_length=7)]]
+
+
+@with_config(_BODY)
+class TariffPatch(TypedDict, total=False):
+    """The tariff; the checks of :meth:`kilowatch.query.tariff.Tariff.from_json` apply (400)."""
+
+    currency: Annotated[str, Field(max_length=8)]
+    price: Price
+    export_price: Price
+    periods: list[PeriodPatch]
+
+
+@with_config(_BODY)
+class SettingsPatch(TypedDict, total=False):
+    """The settings to change; those absent stay as they are."""
+
+    tz: Annotated[str, Field(max_length=64, examples=["Europe/Berlin"])]
+    tariff: TariffPatch
+    retention_days: Annotated[int, Field(strict=True, ge=1, le=MAX_RETENTION_DAYS)] | None
+    grid_meters: list[Annotated[str, Field(max_length=MAX_DEVICE_ID)]] | None
+
+
 @router.patch(
-    "/settings", tags=["settings"], summary="Change site settings (admin); fields absent stay"
+    "/settings",
+    tags=["settings"],
+    summary="Change site settings (admin); fields absent stay",
+    responses=openapi.SETTINGS_WRITE,
 )
 async def patch_settings(
     state: State,
     _: Admin,
     body: Annotated[
-        dict[str, Any],
+        SettingsPatch,
         Body(examples=[{"tz": "Europe/Berlin", "tariff": {"currency": "EUR", "price": 0.3}}]),
     ],
 ) -> Response:

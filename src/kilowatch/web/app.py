@@ -26,7 +26,7 @@ from kilowatch.intake.live import LiveHub
 from kilowatch.intake.stats import IngestHealth
 from kilowatch.service.server import Running, ingest_metrics
 from kilowatch.store.protocol import Store
-from kilowatch.web import api, pages, problems
+from kilowatch.web import api, openapi, pages, problems
 from kilowatch.web.deps import WebState, require_viewer
 from kilowatch.web.metrics import CONTENT_TYPE, render
 from kilowatch.web.site import load_site, zone
@@ -119,11 +119,22 @@ def create_app(
     app.state.templates = templates
     app.state.stopping = asyncio.Event()
     problems.install(app)
+    openapi.install(app)
     app.include_router(api.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
-    @app.get("/metrics", include_in_schema=True, tags=["metrics"], summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        include_in_schema=True,
+        tags=["metrics"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={
+            200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}}},
+            **openapi.READ,
+        },
+    )
     async def metrics(request: Request) -> Response:
         await require_viewer(request)
         readings = await store.latest()
@@ -141,7 +152,7 @@ def create_app(
         return Response(text, media_type=CONTENT_TYPE)
 
     @app.get("/api/v1/openapi.json", include_in_schema=False)
-    async def openapi(request: Request) -> Response:
+    async def openapi_document(request: Request) -> Response:
         await require_viewer(request)
         return api.JSONResponse(app.openapi())
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import RedirectResponse, Response
+from starlette.routing import Match
 
 from kilowatch.errors import ConfigError, InvalidQueryError, Problem, StoreError
 
@@ -20,6 +24,32 @@ def bad_param(name: str, detail: str) -> Problem:
         title="Invalid parameter",
         extra={"invalid-params": [{"name": name, "reason": detail}]},
     )
+
+
+def _invalid_param(err: Mapping[str, Any]) -> dict[str, str]:
+    """One entry of ``invalid-params`` for one of pydantic's (or FastAPI's) validation errors."""
+    loc = err.get("loc", ())
+    if err.get("type") == "json_invalid":  # loc is ("body", offset)
+        why = (err.get("ctx") or {}).get("error") or "invalid"
+        offset = loc[1] if len(loc) > 1 else 0
+        return {"name": "body", "reason": f"not JSON (RFC 8259) at character {offset}: {why}"}
+    return {"name": ".".join(str(p) for p in loc[1:]) or "body", "reason": str(err.get("msg"))}
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """The methods some route takes at the request's path (RFC 9110 §15.5.6): Starlette's 405
+    names only the first route's (``GET`` for ``/api/v1/settings``, whose ``PATCH`` is another
+    route)."""
+    routes = request.app.router.routes
+
+    def taken(method: str) -> bool:
+        scope = {**request.scope, "method": method}
+        return any(route.matches(scope)[0] is Match.FULL for route in routes)
+
+    return ", ".join(m for m in _METHODS if taken(m))
 
 
 def _wants_html(request: Request) -> bool:
@@ -62,19 +92,16 @@ def install(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405 and "Allow" in headers:  # a route's (StaticFiles' has none)
+            headers["Allow"] = _allowed_methods(request)
         return problem_response(
-            request, Problem(exc.status_code, str(exc.detail), headers=exc.headers or None)
+            request, Problem(exc.status_code, str(exc.detail), headers=headers or None)
         )
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        params = [
-            {
-                "name": ".".join(str(p) for p in err.get("loc", ())[1:]) or "body",
-                "reason": err.get("msg"),
-            }
-            for err in exc.errors()
-        ]
+        params = [_invalid_param(err) for err in exc.errors()]
         detail = "; ".join(f"{p['name']}: {p['reason']}" for p in params)
         return problem_response(request, Problem(422, detail, extra={"invalid-params": params}))
 

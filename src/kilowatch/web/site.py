@@ -63,7 +63,9 @@ class SiteSettings:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         out = self
         if "tz" in data:
-            tz = str(data["tz"])
+            tz = data["tz"]
+            if not isinstance(tz, str):
+                raise ConfigError("tz must be a time zone name such as Europe/Berlin or UTC")
             zone(tz)
             out = replace(out, tz=tz.strip())
         if "tariff" in data:
@@ -87,23 +89,32 @@ def _grid_meters(value: Any) -> tuple[str, ...]:
     if len(ids) > MAX_GRID_METERS:
         raise ConfigError(f"grid_meters: at most {MAX_GRID_METERS} devices")
     for device in ids:
-        if len(device) > MAX_DEVICE_ID or any(c.isspace() for c in device):
+        if len(device) > MAX_DEVICE_ID or not device.isprintable() or " " in device:
             raise ConfigError(f"grid_meters: {device[:40]!r} is not a device id")
     return ids
 
 
 def _retention(value: Any) -> int | None:
+    """Days as a whole number (the form sends text), or ``None`` for forever. Never ``int()`` of
+    any float: ``int(inf)`` raises OverflowError, ``int(1.9)`` would be 1."""
     if value is None or value == "":
         return None
-    if isinstance(value, bool):
-        raise ConfigError("retention_days must be a whole number of days, or null for forever")
-    try:
-        days = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"retention_days {value!r} must be a whole number of days") from None
-    if not 1 <= days <= MAX_RETENTION_DAYS:
-        raise ConfigError(f"retention_days {days} must be between 1 and {MAX_RETENTION_DAYS}")
-    return days
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise ConfigError(f"retention_days {value[:20]!r} is not a whole number") from None
+    elif isinstance(value, float) and value.is_integer():  # False for inf and nan
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(
+            f"retention_days must be a whole number of days (1–{MAX_RETENTION_DAYS}), "
+            "or null to keep energy forever"
+        )
+    if not 1 <= value <= MAX_RETENTION_DAYS:
+        shown = str(value) if abs(value) < 10**12 else f"{str(value)[:6]}…"
+        raise ConfigError(f"retention_days {shown} must be between 1 and {MAX_RETENTION_DAYS}")
+    return value
 
 
 async def load_site(store: Store, *, default_tz: str) -> SiteSettings:
@@ -125,4 +136,4 @@ async def save_site(store: Store, site: SiteSettings) -> None:
     await store.use_local_zone(site.tz)
 
 
-__all__ = ["SITE_KEY", "SiteSettings", "load_site", "save_site", "zone"]
+__all__ = ["MAX_RETENTION_DAYS", "SITE_KEY", "SiteSettings", "load_site", "save_site", "zone"]
