@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import paho.mqtt.client as mqtt
 import pytest
 
-from kilowatch.broker import EmbeddedBroker, hash_password
+from kilowatch.broker import EmbeddedBroker, hash_password, server_tls_context
 from kilowatch.errors import BrokerError
 from kilowatch.mqtt.packets import (
     PacketType,
@@ -125,14 +125,25 @@ def test_bad_password_file_is_a_clear_error(tmp_path: Path) -> None:
         EmbeddedBroker(port=0, password_file=tmp_path / "missing")
 
 
-async def test_binding_beyond_loopback_needs_credentials() -> None:
+@pytest.mark.parametrize("host", ["0.0.0.0", "", "::", "192.168.1.20", "broker.home.arpa"])
+def test_binding_beyond_loopback_needs_credentials(host: str) -> None:
+    # Refused by the constructor: nothing listens, not even for a moment.
     with pytest.raises(BrokerError) as err:
-        async with EmbeddedBroker("0.0.0.0", 0):
-            pass
+        EmbeddedBroker(host, 0)
     assert str(err.value) == (
-        "the embedded broker is bound to 0.0.0.0, which other machines can reach, but no user is "
-        "configured; set --mqtt-user/--mqtt-password or bind to 127.0.0.1"
+        f"the embedded broker would listen on {host or '0.0.0.0'}, which other machines can "
+        "reach, without credentials; give it users with --mqtt-password-file FILE (lines made by "
+        "mosquitto_passwd) or --mqtt-user and --mqtt-password, or bind it to 127.0.0.1 with "
+        "--mqtt-host"
     )
+
+
+def test_binding_beyond_loopback_with_credentials_is_allowed(tmp_path: Path) -> None:
+    assert EmbeddedBroker("0.0.0.0", 0, users={"meter": "s3cret"}).auth.enabled
+    passwd = Path(__file__).with_name("mosquitto-passwd.txt")
+    assert EmbeddedBroker("192.168.1.20", 0, password_file=passwd).auth.knows("meter")
+    for loopback in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        assert not EmbeddedBroker(loopback, 0).auth.enabled
 
 
 async def test_port_in_use_is_a_clear_error() -> None:
@@ -161,6 +172,48 @@ def test_tls_listener(
     client.subscribe("tls/#", 1)
     client.publish("tls/x", b"encrypted")
     assert client.expect(1)[0].payload == b"encrypted"
+
+
+def test_tls_listener_beside_plain_mqtt(
+    start_broker: Callable[..., BrokerThread], clients: Callable[..., Client], tmp_path: Path
+) -> None:
+    cert, key = self_signed_cert(tmp_path)
+    broker = start_broker(ssl_context=server_tls_context(cert, key), tls_port=0)
+    port, tls_port = broker.call(lambda b: (b.port, b.tls_port))
+    assert tls_port not in (None, 0, port)
+    assert broker.call(lambda b: (b.url, b.tls_url)) == (
+        f"mqtt://127.0.0.1:{port}",
+        f"mqtts://127.0.0.1:{tls_port}",
+    )
+    plain = clients(port, "plain")
+    assert plain.connect() == (0, False)
+    plain.subscribe("both/#", 1)
+    device = clients(tls_port, "over-tls", tls_ca=str(cert))
+    assert device.connect() == (0, False)
+    device.publish("both/x", b"from TLS to plain")
+    assert plain.expect(1)[0].payload == b"from TLS to plain"
+
+
+async def test_tls_port_in_use_names_its_flag(tmp_path: Path) -> None:
+    cert, key = self_signed_cert(tmp_path)
+    context = server_tls_context(cert, key)
+    async with EmbeddedBroker("127.0.0.1", 0, ssl_context=context) as first:
+        busy = first.port
+        assert first.tls_port == busy and first.tls_url == f"mqtts://127.0.0.1:{busy}"
+        with pytest.raises(BrokerError) as err:
+            async with EmbeddedBroker("127.0.0.1", 0, ssl_context=context, tls_port=busy):
+                pass
+    assert str(err.value) == (
+        f"port {busy} is in use; pass --broker mqtts://localhost:{busy} to use the broker that is "
+        "running there, or --mqtt-tls-port to pick another"
+    )
+
+
+def test_tls_port_needs_a_context() -> None:
+    with pytest.raises(BrokerError, match="tls_port needs an ssl_context"):
+        EmbeddedBroker(port=0, tls_port=0)
+    with pytest.raises(BrokerError, match="invalid broker port 70000"):
+        EmbeddedBroker(port=0, tls_port=70000)
 
 
 def _healthy(port: int, clients: Callable[..., Client], name: str) -> None:

@@ -6,19 +6,23 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from kilowatch.broker import (
     EmbeddedBroker,
     hash_password,
     load_password_file,
+    server_tls_context,
     verify_password,
 )
 from kilowatch.errors import BrokerError
+from kilowatch.testing.tls import self_signed_cert
 
 
 def test_password_hash_round_trip() -> None:
@@ -130,3 +134,40 @@ def test_password_line_tool(tmp_path: Path) -> None:
     users = load_password_file(tmp_path / "passwd")
     assert list(users) == ["meter"]
     assert verify_password(b"s3cret", users["meter"])
+
+
+def test_tls_context_from_pem_files(tmp_path: Path) -> None:
+    cert, key = self_signed_cert(tmp_path)
+    assert server_tls_context(cert, key).minimum_version >= ssl.TLSVersion.TLSv1_2
+    both = tmp_path / "both.pem"
+    both.write_bytes(cert.read_bytes() + key.read_bytes())
+    server_tls_context(both)  # the key may sit in the certificate's file
+
+
+def test_tls_context_errors_name_the_files(tmp_path: Path) -> None:
+    cert, key = self_signed_cert(tmp_path)
+    (tmp_path / "other").mkdir()
+    _, other_key = self_signed_cert(tmp_path / "other")
+    with pytest.raises(BrokerError) as err:
+        server_tls_context(cert, other_key)
+    assert str(err.value) == (
+        f"the embedded broker's TLS certificate and key ({cert} and {other_key}) do not load: "
+        "the private key is not the certificate's"
+    )
+    with pytest.raises(
+        BrokerError, match=r"cannot read .* \(.*missing\.pem and .*key\.pem\): No such file"
+    ):
+        server_tls_context(tmp_path / "missing.pem", key)
+    with pytest.raises(BrokerError, match=r"no PEM certificate and private key found"):
+        server_tls_context(cert)  # no key in the certificate's file
+    encrypted = tmp_path / "encrypted.pem"
+    private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    encrypted.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    with pytest.raises(BrokerError, match=rf"TLS key \({encrypted}\) is encrypted; give it unenc"):
+        server_tls_context(cert, encrypted)

@@ -13,6 +13,7 @@ from kilowatch.broker.server import (
     DEFAULT_SESSION_EXPIRY_S,
     BrokerStats,
     EmbeddedBroker,
+    server_tls_context,
 )
 from kilowatch.mqtt.topics import SubscriptionTree, is_valid_filter, topic_matches
 
@@ -29,6 +30,7 @@ __all__ = [
     "hash_password",
     "is_valid_filter",
     "load_password_file",
+    "server_tls_context",
     "topic_matches",
     "verify_password",
 ]

@@ -83,19 +83,57 @@ def _is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything, so treat it as reachable
 
 
+def server_tls_context(cert: str | Path, key: str | Path | None = None) -> ssl.SSLContext:
+    """A TLS server context from PEM files: the certificate (chain first, then intermediates) and
+    its unencrypted private key (read from ``cert`` when ``key`` is None).
+
+    Raises :class:`BrokerError` naming the files and what is wrong with them.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)  # TLS 1.2 or later
+    where = f"{cert}" + (f" and {key}" if key is not None else "")
+
+    def no_passphrase() -> bytes:
+        # Without this OpenSSL would prompt on the terminal for an encrypted key's passphrase.
+        raise BrokerError(
+            f"the embedded broker's TLS key ({key or cert}) is encrypted; give it unencrypted "
+            "(openssl pkey -in KEY -out PLAIN_KEY), readable by kilowatch only"
+        )
+
+    try:
+        context.load_cert_chain(cert, key, password=no_passphrase)
+    except OSError as err:
+        if isinstance(err, ssl.SSLError):
+            problem = (
+                "the private key is not the certificate's"
+                if err.reason == "KEY_VALUES_MISMATCH"
+                else f"no PEM certificate and private key found in them ({err.reason or err})"
+            )
+            raise BrokerError(
+                f"the embedded broker's TLS certificate and key ({where}) do not load: {problem}"
+            ) from err
+        raise BrokerError(
+            f"cannot read the embedded broker's TLS certificate or key ({where}): "
+            f"{err.strerror or err}"
+        ) from err
+    return context
+
+
 class EmbeddedBroker:
     """An MQTT 3.1.1 broker running in the current event loop.
 
     ``async with EmbeddedBroker(port=0) as broker:`` listens until the block ends;
     ``broker.port`` is the port actually bound. Binding beyond loopback requires ``users`` or
-    ``password_file``.
+    ``password_file`` (:class:`BrokerError` otherwise, from the constructor).
 
     Args:
         host: address to bind; ``127.0.0.1`` by default.
         port: TCP port; 0 lets the OS choose.
         users: user name → plain password.
-        password_file: file of ``user:$scrypt$...`` lines (see :mod:`kilowatch.broker.auth`).
-        ssl_context: serve MQTT over TLS with this server context.
+        password_file: mosquitto's password file format (``user:$7$...`` lines from
+            ``mosquitto_passwd``; see :mod:`kilowatch.broker.auth`).
+        ssl_context: serve MQTT over TLS with this server context (see :func:`server_tls_context`):
+            on ``port`` alone, or, with ``tls_port``, on that port beside plain MQTT on ``port``.
+        tls_port: the TLS listener's port when ``port`` stays plain MQTT; 0 lets the OS choose.
         max_packet_size: larger packets close the sender's connection.
         max_queued_messages: per-session queue bound; beyond it the oldest message is dropped.
         max_inflight_messages: unacknowledged QoS 1 and 2 messages per client.
@@ -112,14 +150,20 @@ class EmbeddedBroker:
         users: Mapping[str, str] | None = None,
         password_file: str | Path | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        tls_port: int | None = None,
         max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
         max_queued_messages: int = DEFAULT_MAX_QUEUED_MESSAGES,
         max_inflight_messages: int = DEFAULT_MAX_INFLIGHT_MESSAGES,
         session_expiry_s: float | None = DEFAULT_SESSION_EXPIRY_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not 0 <= port <= 65535:
-            raise BrokerError(f"invalid broker port {port}; use 1-65535 (or 0 for any free port)")
+        for number in (port, tls_port):
+            if number is not None and not 0 <= number <= 65535:
+                raise BrokerError(
+                    f"invalid broker port {number}; use 1-65535 (or 0 for any free port)"
+                )
+        if tls_port is not None and ssl_context is None:
+            raise BrokerError("tls_port needs an ssl_context (the listener's certificate and key)")
         if not 1 <= max_inflight_messages <= 65000:
             raise BrokerError(f"max_inflight_messages must be 1-65000, not {max_inflight_messages}")
         if max_packet_size < 64 or max_queued_messages < 1:
@@ -131,7 +175,19 @@ class EmbeddedBroker:
         self.host = "127.0.0.1" if host == "localhost" else host
         self._requested_port = port
         self.auth = Authenticator(users, password_file)
+        if not _is_loopback(self.host) and not self.auth.enabled:
+            raise BrokerError(
+                f"the embedded broker would listen on {self.host or '0.0.0.0'}, which other "
+                "machines can reach, without credentials; give it users with --mqtt-password-file "
+                "FILE (lines made by mosquitto_passwd) or --mqtt-user and --mqtt-password, or bind "
+                "it to 127.0.0.1 with --mqtt-host"
+            )
         self.ssl_context = ssl_context
+        # Per listener: (requested port, TLS context or None, the flag that sets the port). The
+        # first is the main one (port, url).
+        self._listeners = [(port, ssl_context if tls_port is None else None, "--mqtt-port")]
+        if tls_port is not None:
+            self._listeners.append((tls_port, ssl_context, "--mqtt-tls-port"))
         self.max_packet_size = max_packet_size
         self.max_queued_messages = max_queued_messages
         self.max_inflight_messages = max_inflight_messages
@@ -143,7 +199,7 @@ class EmbeddedBroker:
         self.retained: dict[str, Message] = {}
         self.tree = SubscriptionTree()
         self.connections: set[Connection] = set()
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
         self._stack: AsyncExitStack | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -162,57 +218,75 @@ class EmbeddedBroker:
             )
         return self._loop
 
+    def _bound_port(self, index: int) -> int:
+        if index < len(self._servers) and self._servers[index].sockets:
+            port: int = self._servers[index].sockets[0].getsockname()[1]
+            return port
+        return self._listeners[index][0]
+
     @property
     def port(self) -> int:
         """The TCP port the broker listens on (the OS's choice when created with port 0)."""
-        if self._server is None or not self._server.sockets:
-            return self._requested_port
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
+        return self._bound_port(0)
+
+    @property
+    def tls_port(self) -> int | None:
+        """The port of the TLS listener (``port`` itself when it is the only one), else None."""
+        for index, (_, context, _) in enumerate(self._listeners):
+            if context is not None:
+                return self._bound_port(index)
+        return None
+
+    def _url(self, scheme: str, port: int) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{port}"
 
     @property
     def url(self) -> str:
         """``mqtt://host:port`` (``mqtts://`` with TLS) of this broker, without credentials."""
-        scheme = "mqtts" if self.ssl_context is not None else "mqtt"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{scheme}://{host}:{self.port}"
+        return self._url("mqtt" if self._listeners[0][1] is None else "mqtts", self.port)
+
+    @property
+    def tls_url(self) -> str | None:
+        """``mqtts://host:port`` of the TLS listener, if there is one."""
+        port = self.tls_port
+        return None if port is None else self._url("mqtts", port)
 
     async def __aenter__(self) -> Self:
-        if not _is_loopback(self.host) and not self.auth.enabled:
-            raise BrokerError(
-                f"the embedded broker is bound to {self.host or '0.0.0.0'}, which other machines "
-                "can reach, but no user is configured; set --mqtt-user/--mqtt-password or bind "
-                "to 127.0.0.1"
-            )
         self._loop = asyncio.get_running_loop()
         # Listen before the TaskGroup exists, which would wrap a bind error in an ExceptionGroup.
-        self._server = await self._listen()
+        try:
+            for port, context, flag in self._listeners:
+                self._servers.append(await self._listen(port, context, flag))
+        except BaseException:
+            await self._close_server()
+            raise
         async with AsyncExitStack() as stack:
             stack.push_async_callback(self._close_server)
             self._tg = await stack.enter_async_context(asyncio.TaskGroup())
             self.spawn(self._sweep())
-            log.info("embedded MQTT broker listening on %s", self.url)
+            urls = [self.url] + (
+                [self.tls_url] if len(self._listeners) > 1 and self.tls_url else []
+            )
+            log.info("embedded MQTT broker listening on %s", " and ".join(urls))
             self._stack = stack.pop_all()
         return self
 
-    async def _listen(self) -> asyncio.Server:
+    async def _listen(self, port: int, context: ssl.SSLContext | None, flag: str) -> asyncio.Server:
         try:
             return await self.loop.create_server(
-                lambda: Connection(self),
-                self.host or None,
-                self._requested_port,
-                ssl=self.ssl_context,
+                lambda: Connection(self), self.host or None, port, ssl=context
             )
         except OSError as err:
-            port = self._requested_port
+            scheme = "mqtt" if context is None else "mqtts"
             if err.errno == errno.EADDRINUSE:
                 raise BrokerError(
-                    f"port {port} is in use; pass --broker mqtt://localhost:{port} to use the "
-                    "broker that is running there, or --mqtt-port to pick another"
+                    f"port {port} is in use; pass --broker {scheme}://localhost:{port} to use the "
+                    f"broker that is running there, or {flag} to pick another"
                 ) from err
             raise BrokerError(
                 f"the embedded broker cannot listen on {self.host}:{port}: {err.strerror or err}; "
-                "check --mqtt-host and --mqtt-port"
+                f"check --mqtt-host and {flag}"
             ) from err
 
     async def __aexit__(
@@ -221,8 +295,8 @@ class EmbeddedBroker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         for conn in list(self.connections):
             conn.close("broker shutting down", will=False)
         for task in list(self._tasks):
@@ -239,9 +313,9 @@ class EmbeddedBroker:
         log.info("embedded MQTT broker stopped")
 
     async def _close_server(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        for server in self._servers:
+            server.close()
+            await server.wait_closed()
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` in the broker's TaskGroup; it is cancelled when the broker stops."""
