@@ -149,10 +149,12 @@ class FailingStore:
         self.error = error
         self.failing = True
         self.attempts = 0
+        self.seen: list[Batch] = []
         self.on_attempt: Callable[[int], Awaitable[None]] | None = None
 
     async def commit(self, batch: Batch) -> None:
         self.attempts += 1
+        self.seen.append(batch)
         if self.on_attempt is not None:
             await self.on_attempt(self.attempts)
         if self.failing:
@@ -201,7 +203,8 @@ async def test_a_store_failing_while_records_are_set_aside_loses_and_doubles_not
     store: Store,
 ) -> None:
     """The store goes away in the middle of isolating a record: the part being committed is
-    retried, the parts already stored are not stored again."""
+    retried (as the same object: a store may know it by its commit id), the parts already stored
+    are not stored again."""
     device = "shellypmminig3-000000000003"
     failing = FailingStore(store, StoreError("commit to Redis failed: Connection reset"))
     failing.failing = False
@@ -214,6 +217,8 @@ async def test_a_store_failing_while_records_are_set_aside_loses_and_doubles_not
     failing.on_attempt = flap
     await committer.commit(a_batch(device, bad_events=1))
     assert stats.commit_failures_by_kind[CommitFailure.UNAVAILABLE] == 2
+    assert failing.seen[2] is failing.seen[3] is failing.seen[4]  # one part, tried three times
+    assert failing.seen[1] is not failing.seen[2]
     assert await energy_mwh(store, device) == {"pm1:0": 1.5, "switch:0": 0.25}
     assert sorted(e.data.get("k") for e in await store.events(device, limit=10)) == [0, 1, 2]
     assert sorted(d.reason for d in await store.dead_letters(10)) == ["invalid_json", UNSTORABLE]

@@ -155,22 +155,24 @@ class Committer:
     async def commit(self, batch: Batch) -> None:
         """Store ``batch``: retried while the store is unavailable, its unstorable records set
         aside as dead letters. Returns once every other record is stored."""
-        # Groups of records still to commit, in order; the batch itself until a record is refused.
-        todo: list[list[Batch]] = [[batch]]
+        # What is still to commit, in order: each part with its records (None: not split yet);
+        # the batch itself until a record is refused. A part is built once and retried as the
+        # same object: a store may know it by its commit id (a retry must not store it twice).
+        todo: list[tuple[Batch, list[Batch] | None]] = [(batch, None)]
         delay = COMMIT_RETRY_MIN_S
         while todo:
-            group = todo[0]
+            part, units = todo[0]
             try:
-                await self.store.commit(group[0] if len(group) == 1 else merge(group))
+                await self.store.commit(part)
             except UnstorableError as err:
                 self._failed(CommitFailure.UNSTORABLE, err)
-                if group[0] is batch:
+                if part is batch:
                     log.warning(
                         "store refused a record error=%r: committing the batch in parts to set "
                         "it aside",
                         str(err),
                     )
-                todo[:1] = self._narrow(group, err)
+                todo[:1] = self._narrow(part, units, err)
             except Exception as err:  # anything else: the store may come back, never drop
                 kind = (
                     CommitFailure.UNAVAILABLE
@@ -191,17 +193,20 @@ class Committer:
                 del todo[0]
                 self._succeeded()
 
-    def _narrow(self, group: list[Batch], err: UnstorableError) -> list[list[Batch]]:
-        """What to commit instead of the refused ``group``: its two halves, or, for a lone
+    def _narrow(
+        self, part: Batch, units: list[Batch] | None, err: UnstorableError
+    ) -> list[tuple[Batch, list[Batch] | None]]:
+        """What to commit instead of the refused ``part``: its two halves, or, for a lone
         record, its dead letter."""
-        units = group if len(group) > 1 else split(group[0])
+        if units is None:
+            units = split(part)
         if len(units) > 1:
-            middle = len(units) // 2
-            return [units[:middle], units[middle:]]
+            halves = units[: len(units) // 2], units[len(units) // 2 :]
+            return [(h[0], None) if len(h) == 1 else (merge(h), h) for h in halves]
         if not units:
             return []
         letter = self._dead_letter(units[0], err)
-        return [] if letter is None else [[Batch(dead_letters=(letter,))]]
+        return [] if letter is None else [(Batch(dead_letters=(letter,)), None)]
 
     def _dead_letter(self, unit: Batch, err: UnstorableError) -> DeadLetter | None:
         what, ts, record = describe(unit)
