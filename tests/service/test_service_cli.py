@@ -10,11 +10,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 from svchelpers import Publisher, ServeProcess, forget_session, poll, run_cli, unique
 
 from kilowatch.model.messages import Reading
+from kilowatch.mqtt.packets import encode_connect
 from kilowatch.store import Batch, DeadLetter, open_store
 from kilowatch.testing import MosquittoServer
+from kilowatch.testing.tls import self_signed_cert
 
 T0 = 1_767_258_000  # 2026-01-01T09:00:00Z
 DAY = ("--from", "2026-01-01", "--to", "2026-01-02")
@@ -251,3 +255,90 @@ def test_every_command_has_help_with_an_example() -> None:
         out = CliRunner().invoke(app, [command, "--help"], terminal_width=200)
         assert out.exit_code == 0 and f"kilowatch {command}" in out.stdout
         assert "Examples" in out.stdout
+
+
+MOSQUITTO_PASSWD = Path(__file__).resolve().parents[1] / "broker" / "mosquitto-passwd.txt"
+"""Lines made by mosquitto_passwd; ``meter`` has the password ``s3cret``."""
+
+
+def test_lan_without_credentials_is_refused_in_one_line(tmp_path: Path) -> None:
+    out = run_cli(
+        tmp_path, "serve", "--mqtt-host", "0.0.0.0", "--mqtt-port", "0", "--http-port", "0",
+        "--store", f"sqlite:///{tmp_path}/lan.db", check=False,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        "error: the embedded broker would listen on 0.0.0.0, which other machines can reach, "
+        "without credentials; give it users with --mqtt-password-file FILE (lines made by "
+        "mosquitto_passwd) or --mqtt-user and --mqtt-password, or bind it to 127.0.0.1 with "
+        "--mqtt-host"
+    ]
+
+
+def test_embedded_broker_settings_mistakes_are_one_line(tmp_path: Path) -> None:
+    common = ("--store", f"sqlite:///{tmp_path}/m.db", "--mqtt-port", "0", "--http-port", "0")
+    missing = tmp_path / "missing"
+    cases = [
+        (("--mqtt-user", "meter"), "mqtt_user is set without mqtt_password"),
+        (
+            ("--mqtt-tls-key", "k.pem"),
+            "invalid mqtt_tls_key = 'k.pem' (from flag --mqtt-tls-key): set mqtt_tls_cert too",
+        ),
+        (
+            ("--mqtt-password-file", str(missing)),
+            f"cannot read the broker password file {missing}: No such file",
+        ),
+        (
+            ("--mqtt-tls-cert", str(missing)),
+            f"cannot read the embedded broker's TLS certificate or key ({missing}): No such file",
+        ),
+    ]
+    for args, message in cases:
+        out = run_cli(tmp_path, "serve", *common, *args, check=False)
+        lines = [line for line in out.stderr.splitlines() if line]
+        assert out.returncode == 1, args
+        assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), out.stderr
+
+
+def _tls_publisher(port: int, ca: Path, user: str, password: str) -> paho.Client:
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=unique("tls-pub-"))
+    client.tls_set(ca_certs=str(ca))
+    client.username_pw_set(user, password)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    return client
+
+
+def _connack(port: int, **login: Any) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(encode_connect(unique("probe-"), **login))
+        return sock.recv(4)[3]
+
+
+async def test_serve_with_a_mosquitto_password_file_and_tls(
+    tmp_path: Path, start_serve: Callable[..., ServeProcess]
+) -> None:
+    cert, key = self_signed_cert(tmp_path)
+    store = f"sqlite:///{tmp_path}/tls.db"
+    sp = start_serve(
+        "--mqtt-port", "0", "--mqtt-tls-port", "0", "--store", store,
+        "--mqtt-password-file", str(MOSQUITTO_PASSWD),
+        "--mqtt-tls-cert", str(cert), "--mqtt-tls-key", str(key),
+    )  # fmt: skip
+    port = ready_port(sp)  # the intake logged in: with a user of its own, not from the file
+    tls_port = int(
+        sp.wait_for_log(r"listening on mqtt://127\.0\.0\.1:\d+ and mqtts://127\.0\.0\.1:(\d+)")
+        .group(1)
+    )  # fmt: skip
+    assert _connack(port) == 5  # no user: not authorised
+    assert _connack(port, username="meter", password=b"wrong") == 4
+    device = unique("shellypmminig3-tls")
+    pub = _tls_publisher(tls_port, cert, "meter", "s3cret")
+    try:
+        for topic, frame in stream(device, 61):
+            pub.publish(topic, json.dumps(frame), qos=1).wait_for_publish(30)
+        await poll(lambda: _eq(stored_wh(store, device), 60.0), what="60 Wh over TLS")
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+    assert sp.terminate() == 0

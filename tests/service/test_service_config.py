@@ -156,3 +156,36 @@ def _flagged() -> set[str]:
     """Settings that ``kilowatch serve`` has a flag for (read from its source)."""
     src = (Path(__file__).resolve().parents[2] / "src/kilowatch/cli/serve.py").read_text()
     return {f.replace("-", "_") for f in re.findall(r'"--([a-z0-9-]+)', src)}
+
+
+def test_embedded_broker_tls_and_password_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    conf = write_toml(
+        tmp_path / "k.toml",
+        "mqtt_tls_cert = '~/broker.crt'\nmqtt_password_file = '/etc/kilowatch/passwd'\n",
+    )
+    env = {"KILOWATCH_MQTT_TLS_KEY": "~/broker.key"}
+    s = load_settings({"mqtt_tls_port": None}, config_file=conf, env=env)
+    assert s.mqtt_tls_cert == tmp_path / "home/broker.crt"  # ~ expanded, as for mqtt_ca
+    assert s.mqtt_tls_key == tmp_path / "home/broker.key"
+    assert s.mqtt_password_file == Path("/etc/kilowatch/passwd")
+    assert (s.mqtt_tls_port, s.embedded_tls_port) == (None, 8883)  # 8883 when a cert is given
+    s = load_settings({"mqtt_tls_port": 18883}, config_file=conf, env=env)
+    assert s.embedded_tls_port == 18883
+    s = load_settings(env={})
+    assert (s.mqtt_tls_cert, s.mqtt_password_file, s.embedded_tls_port) == (None, None, None)
+
+
+def test_tls_key_and_port_need_the_certificate() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(env={"KILOWATCH_MQTT_TLS_KEY": "/k.pem"})
+    assert str(err.value) == (
+        "invalid mqtt_tls_key = '/k.pem' (from environment variable KILOWATCH_MQTT_TLS_KEY): "
+        "set mqtt_tls_cert too (the certificate of the TLS listener)"
+    )
+    with pytest.raises(ConfigError, match=r"invalid mqtt_tls_port = 8884 \(from flag"):
+        load_settings({"mqtt_tls_port": 8884}, env={})
+    with pytest.raises(ConfigError, match="mqtt_tls_port"):
+        load_settings({"mqtt_tls_cert": "/c.pem", "mqtt_tls_port": 70000}, env={})

@@ -20,7 +20,9 @@ HELP = (
     "kilowatch serve\n\n"
     "kilowatch serve --broker mqtts://kilowatch:secret@broker.example:8883 --mqtt-ca ca.pem "
     "--store redis://localhost:6379/0\n\n"
-    "kilowatch serve --mqtt-port 1884 --http-port 8080 --log-level DEBUG --log-format json"
+    "kilowatch serve --mqtt-port 1884 --http-port 8080 --log-level DEBUG --log-format json\n\n"
+    "kilowatch serve --mqtt-host 0.0.0.0 --mqtt-password-file broker-passwd --mqtt-tls-cert "
+    "broker.crt --mqtt-tls-key broker.key"
 )
 
 
@@ -79,6 +81,20 @@ def register(app: typer.Typer) -> None:
             "--mqtt-insecure/--mqtt-verify",
             help="Accept any broker certificate (testing only).",
             show_default=False,
+        ),
+        mqtt_password_file: str | None = typer.Option(
+            None,
+            "--mqtt-password-file",
+            help="Users of the embedded broker: a mosquitto password file (mosquitto_passwd).",
+        ),
+        mqtt_tls_cert: str | None = typer.Option(
+            None, "--mqtt-tls-cert", help="Certificate (PEM) of the embedded broker's TLS listener."
+        ),
+        mqtt_tls_key: str | None = typer.Option(
+            None, "--mqtt-tls-key", help="Private key (PEM) of --mqtt-tls-cert."
+        ),
+        mqtt_tls_port: int | None = typer.Option(
+            None, "--mqtt-tls-port", help="Port of the embedded broker's TLS listener (8883)."
         ),
         shelly_topic_prefixes: str | None = typer.Option(
             None, "--shelly-topic-prefixes", help="Comma-separated Shelly prefix filters ('+')."

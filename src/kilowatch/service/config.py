@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from kilowatch.errors import ConfigError
 
@@ -120,8 +120,8 @@ class Settings(BaseModel):
     )
     mqtt_user: str | None = Field(
         default=None,
-        description="User the embedded broker requires (required when mqtt_host is not loopback); "
-        "also the user for an external broker whose URL has none.",
+        description="User the embedded broker requires (it or mqtt_password_file is required when "
+        "mqtt_host is not loopback); also the user for an external broker whose URL has none.",
     )
     mqtt_password: str | None = Field(
         default=None, description="Password that goes with mqtt_user."
@@ -140,6 +140,42 @@ class Settings(BaseModel):
     mqtt_insecure: bool = Field(
         default=False, description="Accept any certificate from an mqtts:// broker (testing only)."
     )
+    # -- the embedded broker's password file and TLS listener ----------------------------------
+    mqtt_password_file: Path | None = Field(
+        default=None,
+        description="Users of the embedded broker: mosquitto's password file (mosquitto_passwd).",
+    )
+    mqtt_tls_cert: Path | None = Field(
+        default=None,
+        description="Certificate (PEM) of the embedded broker's TLS listener; setting it turns the "
+        "listener on.",
+    )
+    mqtt_tls_key: Path | None = Field(
+        default=None,
+        description="Unencrypted private key (PEM) of mqtt_tls_cert (default: in its file).",
+    )
+    mqtt_tls_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description=f"Port of the embedded broker's TLS listener (default {DEFAULT_MQTTS_PORT}).",
+    )
+
+    @field_validator("mqtt_tls_key", "mqtt_tls_port")
+    @classmethod
+    def _needs_tls_cert(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("mqtt_tls_cert") is None:
+            raise ValueError("set mqtt_tls_cert too (the certificate of the TLS listener)")
+        return value
+
+    @property
+    def embedded_tls_port(self) -> int | None:
+        """The embedded broker's TLS port: ``mqtt_tls_port``, else 8883; None without a cert."""
+        if self.mqtt_tls_cert is None:
+            return None
+        return DEFAULT_MQTTS_PORT if self.mqtt_tls_port is None else self.mqtt_tls_port
+
+    # ------------------------------------------------------------------------------------------
     shelly_topic_prefixes: tuple[str, ...] = Field(
         default=("+",),
         description="MQTT filter fragments for Shelly Gen2+ topic prefixes ('+' = any one level; "
@@ -342,7 +378,8 @@ def load_settings(
 
 def _expand_paths(settings: Settings) -> Settings:
     updates: dict[str, Any] = {"data_dir": settings.data_dir.expanduser()}
-    for key in ("mqtt_ca", "mqtt_cert", "mqtt_key"):
+    embedded_broker_files = ("mqtt_password_file", "mqtt_tls_cert", "mqtt_tls_key")
+    for key in ("mqtt_ca", "mqtt_cert", "mqtt_key", *embedded_broker_files):
         value = getattr(settings, key)
         if value is not None:
             updates[key] = value.expanduser()

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -28,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kilowatch.decode.registry import DecoderOptions, default_registry
-from kilowatch.errors import StoreError
+from kilowatch.errors import ConfigError, StoreError
 from kilowatch.intake.client import MqttIntake, MqttOptions
 from kilowatch.intake.live import LiveHub
 from kilowatch.intake.pipeline import Pipeline
@@ -147,6 +148,28 @@ def mqtt_options(settings: Settings, *, embedded_port: int | None = None) -> Mqt
     )
 
 
+def _embedded_logins(settings: Settings) -> tuple[dict[str, str], Settings]:
+    """The embedded broker's plain users, and the settings whose user the intake logs in with.
+
+    ``mqtt_user`` and ``mqtt_password`` are one user. With a password file and no ``mqtt_user``,
+    the intake gets a user of its own for this run, with a random password kept in memory only.
+    """
+    if settings.mqtt_user is not None:
+        if settings.mqtt_password is None:
+            raise ConfigError(
+                "mqtt_user is set without mqtt_password; the embedded broker needs both (or "
+                "mqtt_password_file alone)"
+            )
+        return {settings.mqtt_user: settings.mqtt_password}, settings
+    if settings.mqtt_password_file is None:
+        return {}, settings
+    login = {
+        "mqtt_user": f"kilowatch-intake-{secrets.token_hex(4)}",
+        "mqtt_password": secrets.token_urlsafe(24),
+    }
+    return {login["mqtt_user"]: login["mqtt_password"]}, settings.model_copy(update=login)
+
+
 def ingest_metrics(stats: IngestStats) -> dict[str, float]:
     """Ingest counters for the web app's ``/metrics`` (commit failures by kind, and the gauges,
     come with :attr:`Running.health`)."""
@@ -176,18 +199,18 @@ async def serve(
         store = await stack.enter_async_context(open_store(settings.store_url))
         embedded_port: int | None = None
         if settings.embedded:
-            from kilowatch.broker import EmbeddedBroker
+            from kilowatch.broker import EmbeddedBroker, server_tls_context
 
-            users = (
-                {settings.mqtt_user: settings.mqtt_password or ""}
-                if settings.mqtt_user is not None
-                else None
-            )
+            users, settings = _embedded_logins(settings)
+            cert = settings.mqtt_tls_cert
             broker = await stack.enter_async_context(
                 EmbeddedBroker(
                     settings.mqtt_host,
                     settings.mqtt_port,
                     users=users,
+                    password_file=settings.mqtt_password_file,
+                    ssl_context=server_tls_context(cert, settings.mqtt_tls_key) if cert else None,
+                    tls_port=settings.embedded_tls_port,
                     max_inflight_messages=EMBEDDED_MAX_INFLIGHT,
                 )
             )
