@@ -324,3 +324,153 @@ def test_merge_slot_energy_sums_and_ors() -> None:
         SlotEnergy(DEV, CH, H, 150, 7, estimated=True),
         SlotEnergy(DEV, CH, H + 900, 5, 0),
     ]
+
+
+# Rule 12: readings stamped on receipt may be late, not impossible.
+G1, RELAY = "shellyplug-s-C18B12", "relay/0"
+
+
+def got(ledger: Ledger, ts: float, wh: float) -> list[SlotEnergy]:
+    """A Gen1 reading: its time is when kilowatch received it."""
+    return ledger.add_reading(Reading(G1, RELAY, ts, energy_wh=wh, stamped_on_receipt=True))
+
+
+def test_backlog_stamped_on_receipt_is_late_not_impossible() -> None:
+    ledger = Ledger()
+    got(ledger, H, 1000.0)
+    rows = got(ledger, H + 7200, 1016.7)  # after two hours of silence: on time, an ordinary gap
+    assert sum(r.import_mwh for r in rows) == 16_700 and all(r.estimated for r in rows)
+    backlog = [round(1000.0 + 16.7 * k, 1) for k in range(2, 241)]
+    for i, wh in enumerate(backlog, 1):
+        assert got(ledger, H + 7200 + i / 1000, wh) == []  # held, each in its predecessor's place
+    assert backlog[-1] == 5008.0
+    state = ledger.state(G1, RELAY)
+    assert state is not None
+    assert state["import"]["suspect"] == [(H + 7200) * 1000 + 239, 5_008_000]
+    assert state["import"]["anchor"] == H * 1000
+    rows = got(ledger, H + 7230, 5024.7)  # on time: the held 3 991 300 mWh are confirmed
+    late = [(slot, part) for slot, part in spread(3_991_300, H * 1000, (H + 7200) * 1000 + 239)]
+    assert {(slot - H, part) for slot, part in late[:-1]} == {
+        (k * 900, 498_896) for k in range(1, 8)
+    } | {(0, 498_895)}
+    assert imports(rows) == {**{s - H: p for s, p in late[:-1]}, 7200: late[-1][1] + 16_700}
+    assert all(r.estimated for r in rows)
+    assert sum(r.import_mwh for r in rows) == 3_991_300 + 16_700
+
+
+def test_late_rise_that_falls_back_is_a_glitch() -> None:
+    ledger = Ledger()
+    got(ledger, H, 1000.0)
+    assert imports(got(ledger, H + 30, 1000.5)) == {0: 500}
+    assert got(ledger, H + 30.001, 1500.0) == []  # held
+    assert imports(got(ledger, H + 60, 1000.6)) == {0: 100}  # fell back: 1500.0 was a glitch
+
+
+def test_reset_inside_a_backlog_counts_nothing_twice() -> None:
+    ledger = Ledger()
+    got(ledger, H, 1000.0)
+    got(ledger, H + 3600, 1001.0)  # on time: H is the anchor
+    assert got(ledger, H + 3600.001, 1200.0) == []
+    rows = got(ledger, H + 3600.002, 0.3)  # below both: 1200.0 was real, then a reset
+    assert sum(r.import_mwh for r in rows) == 199_000
+    assert {r.slot - H for r in rows} == {0, 900, 1800, 2700, 3600}
+    assert got(ledger, H + 3600.003, 0.5) == []  # continues the reset, too soon: held instead
+    rows = got(ledger, H + 3630, 0.6)  # on time: confirms the reset
+    since_reset = spread(500, H * 1000, (H + 3600) * 1000 + 3)
+    last = dict(since_reset)
+    last[H + 3600] = last.get(H + 3600, 0) + 100
+    assert {r.slot: r.import_mwh for r in rows} == last
+    state = ledger.state(G1, RELAY)
+    assert state == {
+        "version": 1,
+        "import": {"t": (H + 3630) * 1000, "hwm": 600, "anchor": H * 1000},
+    }
+
+
+def test_redelivered_messages_are_not_a_reset() -> None:
+    """After a crash between a commit and its acknowledgements the broker delivers the messages
+    again, stamped anew: lower values climbing back to the accepted counter, not a reset."""
+    ledger = Ledger()
+    for k in range(10):
+        got(ledger, H + 30 * k, 1000.0 + 10 * k)  # 1090.0 at H+270, each on time
+    total = 0
+    for k in range(4, 12):  # redelivered from 1040.0 on, then two new readings
+        rows = got(ledger, H + 280 + k / 1000, 1000.0 + 10 * k)
+        total += sum(r.import_mwh for r in rows)
+    total += sum(r.import_mwh for r in got(ledger, H + 300, 1120.0))
+    assert total == 30_000  # 1090.0 -> 1120.0, nothing twice
+
+
+def test_on_time_readings_stamped_on_receipt_count_as_usual() -> None:
+    ledger = Ledger()
+    got(ledger, H + 10, 42291.09)
+    assert imports(got(ledger, H + 40, 42291.59)) == {0: 500}
+    assert got(ledger, H + 40.002, 42291.59) == []  # the same report on another topic
+    rows = got(ledger, H + 940, 42292.59)
+    assert imports(rows) == {0: 955, 900: 45} and not any(r.estimated for r in rows)
+    assert ledger.state(G1, RELAY) == {
+        "version": 1,
+        "import": {"t": (H + 940) * 1000, "hwm": 42_292_590, "anchor": (H + 40) * 1000 + 2},
+    }
+
+
+def test_a_larger_counter_stamped_on_receipt_is_rebased() -> None:
+    ledger = Ledger()
+    got(ledger, H, 1000.0)
+    got(ledger, H + 30, 1000.5)
+    assert got(ledger, H + 60, 5e8) == []  # 500 MWh in a minute: held
+    # Continued: too fast even over the span from the anchor, so the counter is re-based there
+    # (rule 9) and only what it counted since is energy.
+    assert imports(got(ledger, H + 90, 5e8 + 0.2)) == {0: 200}
+
+
+def test_a_pause_while_reading_a_backlog_keeps_the_anchor() -> None:
+    ledger = Ledger()
+    got(ledger, H, 1000.0)
+    got(ledger, H + 3600, 1016.7)  # anchor: H
+    got(ledger, H + 3600.001, 1033.4)  # held
+    rows = got(ledger, H + 3602, 1050.1)  # kilowatch paused 2 s: this one looks on time
+    assert [r.slot - H for r in rows if r.slot < H + 3600] == [0, 900, 1800, 2700]
+    got(ledger, H + 3602.001, 1066.8)  # the backlog goes on: held
+    rows = got(ledger, H + 3632, 1083.5)  # confirmed, still from the anchor H
+    assert min(r.slot for r in rows) == H and sum(r.import_mwh for r in rows) == 33_400
+
+
+def test_a_reading_stamped_by_the_device_ends_the_anchor() -> None:
+    ledger = Ledger()
+    got(ledger, H, 10.0)
+    got(ledger, H + 60, 10.5)
+    state = ledger.state(G1, RELAY)
+    assert state is not None and state["import"]["anchor"] == H * 1000
+    ledger.add_reading(Reading(G1, RELAY, H + 120, energy_wh=11.0))  # e.g. a NotifyStatus
+    assert ledger.state(G1, RELAY) == {
+        "version": 1,
+        "import": {"t": (H + 120) * 1000, "hwm": 11000},
+    }
+
+
+def test_readings_in_the_newest_ones_millisecond_are_new_if_higher() -> None:
+    ledger = Ledger()
+    got(ledger, H, 1000.0)
+    got(ledger, H + 3600, 1016.7)
+    ledger.take_dirty_states()
+    assert got(ledger, H + 3600.0004, 1033.4) == []  # the same millisecond, higher: held
+    assert ledger.take_dirty_states()
+    assert got(ledger, H + 3600.0004, 1033.4) == []  # the same again: a duplicate
+    assert ledger.take_dirty_states() == {}
+    assert got(ledger, H + 3600.0004, 1050.1) == []  # higher still: held in its place
+    rows = got(ledger, H + 3630, 1050.1)  # on time, confirms it
+    assert sum(r.import_mwh for r in rows) == 33_400 and min(r.slot for r in rows) == H
+
+
+def test_two_resets_inside_a_backlog_count_each_once() -> None:
+    ledger = Ledger()
+    got(ledger, H, 5000.0)
+    got(ledger, H + 3600, 5001.0)  # on time: H is the anchor
+    assert got(ledger, H + 3600.001, 0.2) == []  # a reset, held
+    assert got(ledger, H + 3600.002, 30.9) == []  # the counter went on from it
+    rows = got(ledger, H + 3600.003, 0.1)  # another reset: the first one was real
+    assert sum(r.import_mwh for r in rows) == 30_900
+    got(ledger, H + 3600.004, 0.4)
+    rows = got(ledger, H + 3630, 0.5)  # on time: confirms the second
+    assert sum(r.import_mwh for r in rows) == 400 + 100

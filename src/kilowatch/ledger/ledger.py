@@ -99,25 +99,34 @@ class Ledger:
             ch = self._channels[key] = _Channel()
         changed = False
         spans_i = spans_e = None
+        received = reading.stamped_on_receipt  # rule 12: its time is when it arrived
         wh = reading.energy_wh
         if wh is not None:
             if 0.0 <= wh <= MAX_COUNTER_WH:
-                if ch.imp is None:
+                c = ch.imp
+                if c is None:
                     ch.imp = Counter(t, round(wh * 1000))  # first reading: baseline only
                     changed = True
+                elif received:
+                    spans_i = c.receive(t, round(wh * 1000))
+                    changed = spans_i is not None
                 else:
-                    spans_i = ch.imp.advance(t, round(wh * 1000))
+                    spans_i = c.advance(t, round(wh * 1000))
                     changed = spans_i is not None
             else:
                 self._reject("counter_out_of_range")
         wh = reading.returned_energy_wh
         if wh is not None:
             if 0.0 <= wh <= MAX_COUNTER_WH:
-                if ch.exp is None:
+                c = ch.exp
+                if c is None:
                     ch.exp = Counter(t, round(wh * 1000))
                     changed = True
+                elif received:
+                    spans_e = c.receive(t, round(wh * 1000))
+                    changed = changed or spans_e is not None
                 else:
-                    spans_e = ch.exp.advance(t, round(wh * 1000))
+                    spans_e = c.advance(t, round(wh * 1000))
                     changed = changed or spans_e is not None
             else:
                 self._reject("counter_out_of_range")

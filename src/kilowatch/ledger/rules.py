@@ -31,6 +31,14 @@ MAX_JUMP_MS = 86_400 * 1000
 the new time (a device clock gone wrong must not stop the channel; a device back after a long
 outage loses nothing: the confirming reading arrives a minute later)."""
 
+ON_TIME_MS = 1000
+"""A reading stamped on receipt (no time of its own in the payload) that arrives at least 1 s after
+the previous reading of its counter came at a device's pace, and its stamp is taken as its time.
+Devices report every 30 s (Gen1), every 10 s or more (Tasmota ``TelePeriod``), on change at most
+about once a second (Zigbee2MQTT, Shelly ``status/<component>``); a broker delivering a backlog
+hands over readings taken minutes apart within milliseconds, so closer ones may be late (rule 12).
+"""
+
 MAX_POWER_W = 1_000_000
 """A counter rising faster than 1 MW on average is not measuring energy (the largest meter kilowatch
 reads, a Shelly Pro 3EM-400, tops out near 3 x 400 A x 230 V = 276 kW)."""
@@ -60,6 +68,7 @@ __all__ = [
     "MAX_POWER_W",
     "MAX_TS",
     "MIN_TS",
+    "ON_TIME_MS",
     "ROUNDING_TOLERANCE_MWH",
     "SLOT_MS",
 ]
