@@ -6,6 +6,8 @@ import json
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kilowatch.decode import DecoderState, default_registry
 from kilowatch.decode.payload import (
@@ -55,14 +57,33 @@ def nested(depth: int, *, inner: bytes = b"1") -> bytes:
     ],
 )
 def test_json_depth_matches_the_parsed_value(text):
-    def depth(value: object) -> int:
-        if isinstance(value, dict):
-            return 1 + max(map(depth, value.values()), default=0)
-        if isinstance(value, list):
-            return 1 + max(map(depth, value), default=0)
-        return 0
+    assert json_depth(text) == depth_of(json.loads(text))
 
-    assert json_depth(text) == depth(json.loads(text))
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\/ax\u00e9:,', max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.text(alphabet='[]{}"\\a', max_size=4), children, max_size=3)
+    ),
+    max_leaves=30,
+)
+
+
+def depth_of(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(depth_of, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(depth_of, value), default=0)
+    return 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON_VALUES, st.booleans())
+def test_json_depth_of_any_json_text(value, indent):
+    # strings full of brackets, quotes and backslashes never count; whitespace does not matter
+    text = json.dumps(value, indent=1 if indent else None, ensure_ascii=indent).encode()
+    assert json_depth(text) == depth_of(value)
 
 
 def test_every_fixture_is_within_the_limits():
