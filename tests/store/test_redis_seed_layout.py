@@ -137,19 +137,74 @@ async def test_kilowatch_hours_are_readable_by_the_old_tools(
             )
         )
         assert rows == []
-    h = plain.hgetall(f"energy:{MAC}_{HOUR}")
-    assert float(h.pop("hourly_energy_usage")) == pytest.approx(464.559)
-    assert float(h.pop("hourly_ret_energy_usage")) == pytest.approx(1.5)
-    assert h == {
+    assert plain.hgetall(f"energy:{MAC}_{HOUR}") == {
         "fw_ver": "1.4.0",
+        "hourly_energy_usage": "464.559",  # Wh, exact: the decimal of the mWh kept in kwi
+        "hourly_ret_energy_usage": "1.5",
         "id": DEV,
         "mac": MAC,
         "operational": "true",
         "timestamp": str(HOUR),
         "kw": "1",
+        "kwi": "464559",
+        "kwe": "1500",
     }
-    assert float(plain.hget(f"energy:{MAC}_{HOUR + 3600}", "hourly_energy_usage")) == 0.001
+    assert plain.hget(f"energy:{MAC}_{HOUR + 3600}", "hourly_energy_usage") == "0.001"
     assert plain.hgetall(f"device:{MAC}") == {"id": DEV, "mac": MAC, "fw_ver": "1.4.0"}
+
+
+async def test_seed_hours_add_up_to_exact_decimals(
+    url: str, plain: redis.Redis | redis.RedisCluster
+) -> None:
+    """Many commits of one hour: the Wh fields are the exact decimal of the summed mWh, as the
+    seed's own writer stores them (``564.559``), not a sum of floats (``499.98000000000000001``)."""
+    parts = [123_456, 200_001, 176_523, 1, -1]  # 499.98 Wh; a correction nets out
+    async with open_store(url) as store:
+        for i, mwh in enumerate(parts):
+            await store.commit(
+                Batch(slots=[SlotEnergy(DEV, "pm1:0", HOUR + 900 * (i % 4), mwh, 0)])
+            )
+        await store.commit(Batch(slots=[SlotEnergy(DEV, "pm1:0", HOUR + 3600, 2_000, 10)]))
+        await store.commit(Batch(slots=[SlotEnergy(DEV, "pm1:0", HOUR + 7200, -250, 0)]))
+    key = f"energy:{MAC}_{HOUR}"
+    assert plain.hmget(key, ["hourly_energy_usage", "hourly_ret_energy_usage", "kwi"]) == [
+        "499.98",
+        "0",
+        "499980",
+    ]
+    assert plain.hmget(
+        f"energy:{MAC}_{HOUR + 3600}", ["hourly_energy_usage", "hourly_ret_energy_usage"]
+    ) == [
+        "2",
+        "0.01",
+    ]
+    assert plain.hget(f"energy:{MAC}_{HOUR + 7200}", "hourly_energy_usage") == "-0.25"
+
+
+async def test_seed_hours_carry_the_firmware_on_record(
+    url: str, plain: redis.Redis | redis.RedisCluster
+) -> None:
+    """The firmware comes in a device update (the hourly script's message, a Gen1 announce), maybe
+    in an earlier run: every hour hash written while it is known carries it, and a store that
+    first sees the device in an update without firmware (``last_seen`` only) still uses the one
+    on record; an unknown firmware is an empty field, never one that blanks a known one."""
+    async with open_store(url) as store:
+        await store.commit(Batch(slots=[SlotEnergy(DEV, "pm1:0", HOUR, 1, 0)]))
+        assert plain.hget(f"energy:{MAC}_{HOUR}", "fw_ver") == ""
+        await store.commit(Batch(devices=[DeviceUpdate(DEV, fw_ver="1.4.0-beta1")]))
+        await store.commit(Batch(slots=[SlotEnergy(DEV, "pm1:0", HOUR, 1, 0)]))
+        assert plain.hget(f"energy:{MAC}_{HOUR}", "fw_ver") == "1.4.0-beta1"
+    async with open_store(url) as store:  # a new run: the first update has no firmware
+        await store.commit(
+            Batch(
+                devices=[DeviceUpdate(DEV, last_seen=HOUR + 3700.0, online=True)],
+                slots=[SlotEnergy(DEV, "pm1:0", HOUR + 3600, 1, 0)],
+            )
+        )
+        await store.commit(Batch(slots=[SlotEnergy(DEV, "pm1:0", HOUR, 1, 0)]))
+    assert plain.hget(f"energy:{MAC}_{HOUR + 3600}", "fw_ver") == "1.4.0-beta1"
+    assert plain.hget(f"energy:{MAC}_{HOUR}", "fw_ver") == "1.4.0-beta1"
+    assert plain.hget(f"energy:{MAC}_{HOUR}", "kwi") == "3"
 
 
 async def test_hourly_seen_by_kilowatch_and_emqx_counts_once(

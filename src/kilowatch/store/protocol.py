@@ -5,6 +5,7 @@ and Redis Cluster. Every backend passes the same conformance suite
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -77,6 +78,11 @@ class Batch:
     ``slots`` are added to what is stored; ``ledger_states`` replace the saved ledger state of their
     channels (opaque JSON-able dicts owned by ``kilowatch.ledger``), so that after a crash the
     stored energy and the ledger state always agree.
+
+    ``commit_id`` names this batch's commit, fresh for every batch built: committing the *same*
+    batch again (a retry after a failure whose outcome was unknown: the reply lost, a cluster
+    that took some hash slots' share) stores nothing twice. Retry with the same object; a batch
+    built anew is a new commit. It takes no part in equality.
     """
 
     slots: Sequence[SlotEnergy] = ()
@@ -86,6 +92,7 @@ class Batch:
     events: Sequence[Event] = ()
     logs: Sequence[LogLine] = ()
     dead_letters: Sequence[DeadLetter] = ()
+    commit_id: str = field(default_factory=lambda: uuid.uuid4().hex, compare=False)
 
 
 class Store(Protocol):
@@ -103,7 +110,9 @@ class Store(Protocol):
     ) -> None: ...
 
     async def commit(self, batch: Batch) -> None:
-        """Apply ``batch`` atomically: all of it is stored, or none of it."""
+        """Apply ``batch`` atomically: all of it is stored, or none of it (a Redis Cluster: per
+        hash slot, see docs/storage.md). Committing a batch (``commit_id``) that was stored
+        already is a no-op, so a commit that failed with an unknown outcome can be retried."""
 
     async def load_ledger_states(self) -> dict[ChannelKey, dict[str, Any]]:
         """Every saved ledger state, to resume exactly where the last run stopped."""

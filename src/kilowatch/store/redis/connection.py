@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from typing import Any
 
 from redis import exceptions as redis_errors
@@ -29,12 +29,13 @@ CLOSE_TIMEOUT_S = 5.0
 SCAN_COUNT = 1000
 """``COUNT`` of every SCAN, ZSCAN: keys the server looks at per page."""
 TRANSACTIONS_IN_FLIGHT = 32
-"""Per-slot MULTI/EXECs one store runs at once on a cluster (see :mod:`.transaction`). Each holds
-a connection of its node's pool until EXEC answers; redis-py 8 caps that pool at 100 connections
-per node (``RedisCluster(max_connections=100)``, its default) and raises ``MaxConnectionsError``
-instead of waiting for a free one (redis-py 7 allowed 2**31), while one commit touches a slot per
-channel (hundreds). A third of the cap leaves room for the queries and background refresh that
-run beside commits; more in flight gains little once the nodes' round trips overlap."""
+"""Per-slot commit scripts one store runs at once on a cluster (see :mod:`.transaction`). Each
+holds a connection of its node's pool until the script answers; redis-py 8 caps that pool at 100
+connections per node (``RedisCluster(max_connections=100)``, its default) and raises
+``MaxConnectionsError`` instead of waiting for a free one (redis-py 7 allowed 2**31), while one
+commit touches a slot per channel (hundreds). A third of the cap leaves room for the queries and
+background refresh that run beside commits; more in flight gains little once the nodes' round
+trips overlap."""
 
 Command = tuple[str, str, tuple[Any, ...]]
 """``(redis-py method, key, arguments)``."""
@@ -43,9 +44,14 @@ Command = tuple[str, str, tuple[Any, ...]]
 class Connection:
     """The client of an open store, and the state every part of the store shares with it."""
 
-    def __init__(self, url: str, target: RedisTarget) -> None:
+    def __init__(
+        self, url: str, target: RedisTarget, *, client_options: Mapping[str, Any] | None = None
+    ) -> None:
         self.url = url
         self.target = target
+        self.client_options = dict(client_options or {})
+        """Extra keyword arguments for redis-py's client, over ours (see
+        :class:`~.store.RedisStore`)."""
         self.keys = Keys(target.prefix)
         # Any: redis-py's annotations give RedisCluster none of the command methods it has
         self._client: Any = None
@@ -53,6 +59,8 @@ class Connection:
         """Set when the store starts closing: background work stops at its next stop point."""
         self.transactions = asyncio.Semaphore(TRANSACTIONS_IN_FLIGHT)
         """Bounds the per-slot transactions in flight (:data:`TRANSACTIONS_IN_FLIGHT`)."""
+        self.commits = asyncio.Lock()
+        """Held by a commit: a writer's commits reach the server one at a time, in order."""
 
     @property
     def client(self) -> Any:
@@ -69,6 +77,7 @@ class Connection:
         t = self.target
         self.closing = False
         self.transactions = asyncio.Semaphore(TRANSACTIONS_IN_FLIGHT)  # of this event loop
+        self.commits = asyncio.Lock()
         common: dict[str, Any] = {
             "username": t.username,
             "password": t.password,
@@ -78,6 +87,7 @@ class Connection:
         if t.tls:
             common["ssl"] = True
             common.update(t.tls_options)
+        common.update(self.client_options)
         if t.cluster:
             nodes = [ClusterNode(h, p) for h, p in t.hosts]
             self._client = RedisCluster(startup_nodes=nodes, **common)

@@ -29,12 +29,17 @@
   field ``kw``; ``device:<MAC>`` the seed's device hash.
 - ``P:kw:seed`` sorted set indexing hourly hashes written by someone else (an EMQX sink): member
   ``<device id>\\t<key>``, score = hour start (see :mod:`kilowatch.store.redis.seed`).
+- ``P:kw:fence:<lane>`` (one server) or ``P:kw:fence:{<tag>}:<lane>`` (a cluster: one per hash
+  slot, ``<tag>`` a hash tag of that slot) the sequence number of the last commit of the writer
+  ``<lane>`` applied there; expires a day after that commit (see :data:`~.lua.COMMIT_LUA`).
 """
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from kilowatch.model.slots import SLOT_SECONDS
 from kilowatch.query.periods import Plan
@@ -73,6 +78,35 @@ class Keys:
     def seed_key(self, mac: str, hour: int) -> str:
         """The seed's hourly hash key ``<prefix>:<MAC>_<hour start>``."""
         return f"{self.prefix}:{mac}_{hour}"
+
+    def fence(self, lane: str, slot: int | None = None) -> str:
+        """The commit fence of writer ``lane``: ``P:kw:fence:<lane>`` on one server, or in hash
+        slot ``slot`` of a cluster ``P:kw:fence:{<tag>}:<lane>``."""
+        if slot is None:
+            return self.kw("fence", lane)
+        return self.kw("fence", "{" + slot_tag(slot) + "}", lane)
+
+
+_SLOT_TAGS: list[str] = []
+
+
+def slot_tag(slot: int) -> str:
+    """A short hash tag whose keys live in cluster hash slot ``slot``.
+
+    The table of all 16 384 is built on first use, from the decimal numbers in order (about
+    170 000 CRC16s, ~0.1 s): any key of a slot can be given a fence beside it."""
+    if not _SLOT_TAGS:
+        table: list[str | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
+        missing, n = REDIS_CLUSTER_HASH_SLOTS, 0
+        while missing:
+            tag = str(n)
+            at = key_slot(tag.encode())
+            if table[at] is None:
+                table[at] = tag
+                missing -= 1
+            n += 1
+        _SLOT_TAGS.extend(t for t in table if t is not None)
+    return _SLOT_TAGS[slot]
 
 
 def key_text(raw: bytes | str) -> str:

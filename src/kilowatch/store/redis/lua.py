@@ -219,3 +219,127 @@ return 1
 atomically: a commit (which adds to both in one transaction) lands wholly before or after, so it
 counts once however the build and ingest interleave. Chunks of 1 000 ``SET``s stay under Lua's
 ``unpack`` limit."""
+
+COMMIT_OPS = {
+    "hincrby": "I",
+    "hset": "H",
+    "hsetnx": "N",
+    "zadd": "Z",
+    "sadd": "S",
+    "lpush": "P",
+    "ltrim": "T",
+    "set": "V",
+    "bitfield": "B",
+    "seed_hour": "W",
+}
+"""The commands a commit is made of (:class:`~.transaction.Ops` names them like redis-py's
+methods) and their one-letter codes in :data:`COMMIT_LUA`'s op list. ``seed_hour`` is ours: add
+mWh to a seed hour hash (``kwi``, ``kwe``) and write its Wh fields as exact decimals."""
+COMMIT_MERGEABLE = frozenset("IHSP")
+"""Codes whose ops on the same key, one after the other, are one op with the arguments of both
+(``HINCRBY k a 1; HINCRBY k b 2`` = ``I k a 1 b 2``; ``LPUSH k x; LPUSH k y`` = ``P k x y``)."""
+COMMIT_SUBSCRIPTS = {LD_ADD_LUA: "L"}
+"""Scripts a commit once ran with ``EVAL`` in its transaction, now functions of
+:data:`COMMIT_LUA` (called with their own ``KEYS`` and ``ARGV``), by their code."""
+
+_COMMIT_TEMPLATE = """
+local seq = tonumber(ARGV[1])
+local done = redis.call('GET', KEYS[1])
+if done and tonumber(done) >= seq then return 0 end
+local unpack, min, format, sub, find = unpack, math.min, string.format, string.sub, string.find
+local failed = nil
+local function call(...)
+  local reply = redis.pcall(...)
+  if type(reply) == 'table' and reply.err then failed = failed or reply.err end
+  return reply
+end
+local function chunked(command, key, args, first, last)
+  local step = 1000  -- whole tuples of 1, 2 or 4 arguments; under unpack's limit
+  for at = first, last, step do
+    call(command, key, unpack(args, at, min(at + step - 1, last)))
+  end
+end
+local function wh(mwh)
+  local sign = ''
+  if mwh < 0 then sign, mwh = '-', -mwh end
+  local frac = mwh % 1000
+  local text = sign .. format('%.0f', (mwh - frac) / 1000)
+  if frac == 0 then return text end
+  return (string.gsub(text .. format('.%03d', frac), '0+$', ''))
+end
+%(functions)s
+local i, n = 3, #ARGV
+while i <= n do
+  local head = ARGV[i]
+  local colon = find(head, ':', 2, true)
+  local code, key = sub(head, 1, 1), KEYS[tonumber(sub(head, 2, colon - 1))]
+  local count = tonumber(sub(head, colon + 1))
+  local args, a, last = ARGV, i + 1, i + count
+  if count == 0 then  -- one argument follows: the op's arguments joined by spaces
+    args, a, last = {}, 1, 0
+    for word in string.gmatch(ARGV[i + 1], '%S+') do
+      last = last + 1
+      args[last] = word
+    end
+    count = 1
+  end
+  if code == 'I' then
+    for at = a, last, 2 do call('HINCRBY', key, args[at], args[at + 1]) end
+  elseif code == 'H' then chunked('HSET', key, args, a, last)
+  elseif code == 'N' then call('HSETNX', key, args[a], args[a + 1])
+  elseif code == 'Z' then chunked('ZADD', key, args, a, last)
+  elseif code == 'S' then chunked('SADD', key, args, a, last)
+  elseif code == 'P' then chunked('LPUSH', key, args, a, last)
+  elseif code == 'T' then call('LTRIM', key, args[a], args[a + 1])
+  elseif code == 'V' then call('SET', key, args[a])
+  elseif code == 'B' then chunked('BITFIELD', key, args, a, last)
+  elseif code == 'W' then
+    local imp = call('HINCRBY', key, 'kwi', args[a])
+    local exp = call('HINCRBY', key, 'kwe', args[a + 1])
+    if type(imp) == 'number' and type(exp) == 'number' then
+      call('HSET', key, 'hourly_energy_usage', wh(imp), 'hourly_ret_energy_usage', wh(exp))
+    end
+  elseif subscripts[code] then
+    local ok, err = pcall(subscripts[code], {key}, {unpack(args, a, last)})
+    if not ok then
+      failed = failed or (type(err) == 'table' and err.err) or tostring(err)
+    end
+  else
+    failed = failed or ('unknown commit op ' .. code)
+  end
+  i = i + 1 + count
+end
+redis.call('SET', KEYS[1], seq, 'EX', ARGV[2])
+if failed then return redis.error_reply('commit applied but for: ' .. failed) end
+return 1
+"""
+
+
+def _commit_lua() -> str:
+    functions = ["local subscripts = {}"]
+    for body, code in COMMIT_SUBSCRIPTS.items():
+        functions.append(f"subscripts['{code}'] = function(KEYS, ARGV)\n{body.strip()}\nend")
+    return _COMMIT_TEMPLATE.replace("%(functions)s", "\n".join(functions))
+
+
+COMMIT_LUA = _commit_lua()
+"""One commit's share of one group of keys (a whole batch on one server, one hash slot's on a
+cluster), applied at most once: run atomically by the server, so a retry -- ours, or redis-py's
+after a lost reply -- of a commit that already got through changes nothing.
+
+``KEYS[1]`` the group's fence (``P:kw:fence:...``, see :meth:`~.keys.Keys.fence`): the sequence
+number of the last commit of this writer applied to the group. ``KEYS[2..]`` every key the ops
+touch. ``ARGV[1]`` this commit's sequence number, ``ARGV[2]`` the fence's expiry (s), then the
+ops, each a head ``<code><key index (into KEYS)>:<argument count>`` and its arguments (codes:
+:data:`COMMIT_OPS`, :data:`COMMIT_SUBSCRIPTS`); a count of 0: one argument follows, the op's
+arguments joined by spaces (numbers and names without blanks: one string for redis-py to pack
+instead of dozens, which is most of a commit's cost in Python).
+
+If the fence already holds this number or a later one the group was applied (or a later commit
+overtook this one, see docs/storage.md) and the script returns 0 without writing. Else it applies
+every op and sets the fence: 1. A command that fails (a key of the wrong type) does not stop the
+others -- a script cannot be rolled back, and stopping halfway would leave a part applied that a
+retry would apply again -- and the fence is still set; the reply is then that command's error
+(the retry that follows is a no-op). Out of memory, the first write fails and so does every later
+one (Redis refuses a script's writes only until its first one succeeds): nothing is applied.
+Long argument runs go to one command in chunks under Lua's ``unpack`` limit."""

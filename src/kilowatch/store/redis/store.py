@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -49,13 +50,18 @@ seconds to minutes)."""
 
 
 class RedisStore:
-    """The Redis :class:`~kilowatch.store.protocol.Store`; open with ``open_store("redis://...")``."""
+    """The Redis :class:`~kilowatch.store.protocol.Store`; open with ``open_store("redis://...")``.
 
-    def __init__(self, url: str) -> None:
+    ``client_options``: extra keyword arguments for redis-py's ``Redis`` / ``RedisCluster``, for
+    tests only (a fault proxy's ``address_remap`` on a cluster, a short ``socket_timeout``); what
+    users set goes in the URL.
+    """
+
+    def __init__(self, url: str, *, client_options: Mapping[str, Any] | None = None) -> None:
         self.url = url
         self.target: RedisTarget = parse_redis(url)
         self.prefix = self.target.prefix
-        self._conn = Connection(url, self.target)
+        self._conn = Connection(url, self.target, client_options=client_options)
         self._seed = SeedIndex(self._conn)
         self._columns = HourColumns(self._conn)
         self._local = LocalDays(self._conn)

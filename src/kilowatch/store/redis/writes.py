@@ -1,8 +1,11 @@
-"""Everything the Redis store writes: a batch's commit (every key it touches, in MULTI/EXEC), a
-device's label, a setting, and the retention cut of old slots."""
+"""Everything the Redis store writes: a batch's commit (every key it touches, in one fenced script
+call per group, see :mod:`.transaction`), a device's label, a setting, and the retention cut of
+old slots."""
 
 from __future__ import annotations
 
+import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,10 +26,20 @@ from kilowatch.store.redis.transaction import Ops, execute
 
 DROP_CHUNK = 1000
 """Slot-day hashes cut per pipelined round trip of :meth:`Writer.drop_slots_before`."""
+COMMITS_REMEMBERED = 1024
+"""Commit ids whose sequence number a writer remembers: committing one of the last 1 024
+batches again is a no-op; an older one would be a new commit."""
 
 
 class Writer:
-    """The store's writes; remembers each device's MAC and firmware for the seed hashes."""
+    """The store's writes; remembers each device's MAC and firmware for the seed hashes.
+
+    Commits are numbered: each writer is a *lane* (a random id, new with every store object),
+    and a batch gets the lane's next sequence number at its first commit and keeps it when
+    committed again (by :attr:`~.protocol.Batch.commit_id`). Each group's fence remembers the
+    last number applied there, so a retry, or a command the network delivers late, of a commit
+    that already got through is a no-op; commits of one writer run one at a time, so numbers
+    reach each group in order."""
 
     def __init__(self, conn: Connection, seed: SeedIndex, local: LocalDays) -> None:
         self._conn = conn
@@ -34,33 +47,49 @@ class Writer:
         self._seed = seed
         self._local = local
         self._macs: dict[str, tuple[str | None, str | None]] = {}
-        """device -> (mac, fw_ver), for the seed hashes kilowatch writes."""
+        """device -> (mac, fw_ver) as stored, then as updated by commits, for the seed hashes
+        kilowatch writes."""
+        self.lane = uuid.uuid4().hex
+        self._seq = 0
+        self._seqs: OrderedDict[str, int] = OrderedDict()
+        """Commit id -> sequence number, the last :data:`COMMITS_REMEMBERED`."""
 
     async def commit(self, batch: Batch) -> None:
-        """Apply ``batch`` in MULTI/EXEC (on a cluster: one MULTI/EXEC per hash slot, see docs)."""
+        """Apply ``batch``, at most once: in one script call on a server, one per hash slot on
+        a cluster (see :func:`~.transaction.execute` and docs/storage.md)."""
         try:
-            await self._known_macs({s.device for s in batch.slots}, batch)
-            ops = self._commit_ops(batch)
-            await execute(self._conn, ops)
-            self._seed.mark_known(k for m, k, _ in ops.items if m == "hincrbyfloat")
+            async with self._conn.commits:
+                await self._known_macs(batch)
+                ops = self._commit_ops(batch)
+                await execute(self._conn, ops, lane=self.lane, seq=self._seq_of(batch.commit_id))
+            self._seed.mark_known(k for m, k, _ in ops.items if m == "seed_hour")
         except (redis_errors.RedisError, OSError) as err:
             raise store_error("commit to Redis failed", err) from err
 
-    async def _known_macs(self, devices: set[str], batch: Batch) -> None:
-        for u in batch.devices:
-            mac, fw = self._macs.get(u.device, (None, None))
-            self._macs[u.device] = (u.mac or mac, u.fw_ver or fw)
+    def _seq_of(self, commit_id: str) -> int:
+        seq = self._seqs.get(commit_id)
+        if seq is None:
+            self._seq += 1
+            seq = self._seqs[commit_id] = self._seq
+            if len(self._seqs) > COMMITS_REMEMBERED:
+                self._seqs.popitem(last=False)
+        return seq
+
+    async def _known_macs(self, batch: Batch) -> None:
+        """Read the MAC and firmware of the batch's devices this writer has not read yet, then
+        apply the batch's updates: a device seen first in an update without firmware (most
+        updates carry only ``last_seen``) still gets the firmware it has on record."""
+        devices = {s.device for s in batch.slots} | {u.device for u in batch.devices}
         missing = sorted(d for d in devices if d not in self._macs)
-        if not missing:
-            return
-        found = await self._conn.pipeline_read(
-            [("hmget", self._keys.dev(d), ("mac", "fw_ver")) for d in missing]
-        )
-        for device, (mac, fw) in zip(missing, found, strict=True):
-            self._macs[device] = (
-                mac.decode() if mac else None,
-                fw.decode() if fw else None,
+        if missing:
+            found = await self._conn.pipeline_read(
+                [("hmget", self._keys.dev(d), ("mac", "fw_ver")) for d in missing]
             )
+            for device, (mac, fw) in zip(missing, found, strict=True):
+                self._macs[device] = (mac.decode() if mac else None, fw.decode() if fw else None)
+        for u in batch.devices:
+            mac, fw = self._macs[u.device]
+            self._macs[u.device] = (u.mac or mac, u.fw_ver or fw)
 
     def _commit_ops(self, batch: Batch) -> Ops:
         op = Ops()
@@ -149,12 +178,14 @@ class Writer:
             if mac is None:
                 continue  # no MAC known or derivable: the seed layout cannot name this device
             key = self._keys.seed_key(mac, hour)
-            op("hincrbyfloat", key, "hourly_energy_usage", imp / 1000)
-            op("hincrbyfloat", key, "hourly_ret_energy_usage", exp / 1000)
-            op("hset", key, {
-                "fw_ver": fw or "", "id": device, "mac": mac, "operational": "true",
-                "timestamp": hour, MARKER: "1",
-            })  # fmt: skip
+            # mWh summed in kwi/kwe; hourly_* rewritten from them as exact decimal Wh
+            op("seed_hour", key, imp, exp)
+            fields = {"id": device, "mac": mac, "operational": "true", "timestamp": hour}
+            if fw:
+                fields["fw_ver"] = fw
+            else:  # the old tools expect the field; never blank a firmware known before
+                op("hsetnx", key, "fw_ver", "")
+            op("hset", key, {**fields, MARKER: "1"})
 
     def _device_ops(
         self, op: Ops, device: str, values: dict[str, Any], last_seen: float | None
