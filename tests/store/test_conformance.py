@@ -65,6 +65,29 @@ async def test_commit_is_all_or_nothing(store: Store) -> None:
     assert [r.energy_wh for r in rows] == [4.0]
 
 
+async def test_the_same_batch_committed_again_is_stored_once(store: Store) -> None:
+    """A commit whose outcome was unknown is retried with the same batch: whatever got through
+    the first time is not added again, on every backend. A batch built anew is a new commit."""
+    a = Batch(
+        slots=slots(DEV, "pm1:0", "2026-01-01T00:00", 4),
+        ledger_states={(DEV, "pm1:0"): {"total": 4.0}},
+        events=[Event(DEV, ts("2026-01-01T00:00"), "sys", "restart")],
+        dead_letters=[DeadLetter(1.0, "t", b"x", "invalid_json", "bad")],
+    )
+    b = Batch(slots=slots(DEV, "pm1:0", "2026-01-01T01:00", 1, 500))
+    for again in (a, a, b, a, b):
+        await store.commit(again)
+    rows = await q(store, "day", "UTC", date(2026, 1, 1), date(2026, 1, 2))
+    assert [r.energy_wh for r in rows] == [4.5]
+    assert len(await store.events()) == 1
+    assert await store.dead_letter_counts() == {"invalid_json": 1}
+    twin = Batch(slots=b.slots)  # the same content, a new batch: counted again
+    assert twin == b
+    await store.commit(twin)
+    rows = await q(store, "day", "UTC", date(2026, 1, 1), date(2026, 1, 2))
+    assert [r.energy_wh for r in rows] == [5.0]
+
+
 async def test_slots_add_up_and_estimated_sticks(store: Store) -> None:
     t = "2026-01-01T10:00"
     await store.commit(Batch(slots=slots(DEV, "pm1:0", t, 1, 1500, export=20, estimated=True)))

@@ -1,4 +1,6 @@
-"""A :class:`~kilowatch.store.protocol.Batch` applied in one transaction (in the writer thread).
+"""A :class:`~kilowatch.store.protocol.Batch` applied in one transaction (in the writer thread),
+once: its ``commit_id`` goes into ``commits`` in the same transaction, and a batch found there
+already is not applied again.
 
 Energy is kept several times over in the same transaction: per 15-minute slot (``slots``), per
 UTC hour (``hours``), per UTC day (``days``) and, once a zone is set, per local day
@@ -50,6 +52,9 @@ ON CONFLICT DO UPDATE SET
 """
 
 
+COMMITS_KEPT = 10_000
+"""Commit ids kept in ``commits``: committing one of the last 10 000 batches again is a no-op."""
+
 _ADD_DAY = _add_day_sql("days")
 _ADD_LOCAL_DAY = _add_day_sql("local_days")
 
@@ -59,7 +64,8 @@ def commit(conn: sqlite3.Connection, batch: Batch, days: LocalDays | None) -> No
     are kept, if any. A value SQLite refuses is an :class:`~kilowatch.errors.UnstorableError`."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        _apply(conn, batch, days)
+        if _first_commit(conn, batch.commit_id):
+            _apply(conn, batch, days)
         conn.execute("COMMIT")
     except BaseException as err:
         conn.execute("ROLLBACK")
@@ -67,6 +73,18 @@ def commit(conn: sqlite3.Connection, batch: Batch, days: LocalDays | None) -> No
         if refused is not None:
             raise refused from err
         raise
+
+
+def _first_commit(conn: sqlite3.Connection, commit_id: str) -> bool:
+    """Record ``commit_id`` (dropping the oldest beyond :data:`COMMITS_KEPT`); ``False`` if it
+    was committed before. A SQLite commit's outcome is always known, but a caller may still
+    commit a batch again: the rule is the same on every backend."""
+    if conn.execute("SELECT 1 FROM commits WHERE id = ?", (commit_id,)).fetchone():
+        return False
+    seq = conn.execute("INSERT INTO commits (id) VALUES (?)", (commit_id,)).lastrowid
+    if seq is not None and seq > COMMITS_KEPT:
+        conn.execute("DELETE FROM commits WHERE seq <= ?", (seq - COMMITS_KEPT,))
+    return True
 
 
 def _apply(conn: sqlite3.Connection, batch: Batch, days: LocalDays | None) -> None:
@@ -121,4 +139,4 @@ def _add_energy(
     )
 
 
-__all__ = ["commit"]
+__all__ = ["COMMITS_KEPT", "commit"]

@@ -82,6 +82,10 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE TABLE local_zone (zone TEXT NOT NULL, ready INTEGER NOT NULL);
     """,
+    # 4: the ids of the last commits, so a batch committed again is not applied twice
+    """
+    CREATE TABLE commits (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
+    """,
 )
 """Schema migrations in order; ``schema_version.version`` is how many have been applied."""
 
