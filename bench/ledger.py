@@ -4,12 +4,16 @@
 
 Feeds one reading per channel per minute (a fleet of Shelly Gen2+ meters reporting ``aenergy``),
 with import and export counters, as the ingest pipeline does, and takes the dirty states once per
-batch of 500 readings. Prints the rates; the last line is one JSON object holding every figure.
+batch of 500 readings. The same readings stamped on receipt (Gen1, Tasmota, Zigbee2MQTT: rule 12 of
+docs/energy-accounting.md) are timed too, arriving on time and as a backlog read after ten hours
+down (a millisecond apart, then one reading on time per channel). Prints the rates; the last line
+is one JSON object holding every figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -35,6 +39,21 @@ def make_readings(channels: int, count: int) -> list[Reading]:
             )
         )
     return readings
+
+
+def backlog(readings: list[Reading], channels: int) -> list[Reading]:
+    """The readings stamped on receipt: the first two minutes on time, the rest read ten hours
+    later a millisecond apart, then one more minute on time."""
+    out = []
+    back = readings[-1].ts + 10 * 3600
+    for n, reading in enumerate(readings):
+        at = reading.ts if n < 2 * channels else back + n / 1000
+        out.append(dataclasses.replace(reading, ts=at, stamped_on_receipt=True))
+    for reading in readings[-channels:]:
+        energy = (reading.energy_wh or 0.0) + 16.667
+        at = out[-1].ts + 60
+        out.append(dataclasses.replace(reading, ts=at, energy_wh=energy, stamped_on_receipt=True))
+    return out
 
 
 def _noop(reading: Reading) -> list[object]:
@@ -68,6 +87,11 @@ def main() -> None:
     best = min(run(readings, args.batch) for _ in range(3))
     elapsed, rows, merged = best
     rate = args.readings / elapsed
+    received = [dataclasses.replace(r, stamped_on_receipt=True) for r in readings]
+    received_rate = args.readings / min(run(received, args.batch) for _ in range(3))[0]
+    late = backlog(readings, args.channels)
+    late_elapsed, late_rows, _ = min(run(late, args.batch) for _ in range(3))
+    late_rate = len(late) / late_elapsed
     ledger = Ledger()
     for reading in readings:
         ledger.add_reading(reading)
@@ -85,6 +109,8 @@ def main() -> None:
     print(f"ceiling (a no-op call per reading): {ceiling:,.0f}/s")
     print(f"accounted: {rate:,.0f} readings/s ({rows} slot rows, {merged} after merging)")
     print(f"replayed duplicates: {replay_rate:,.0f} readings/s")
+    print(f"stamped on receipt, on time: {received_rate:,.0f} readings/s")
+    print(f"stamped on receipt, a backlog after 10 h down: {late_rate:,.0f} readings/s")
     print(
         json.dumps(
             {
@@ -92,6 +118,9 @@ def main() -> None:
                 "channels": args.channels,
                 "readings_per_s": round(rate),
                 "duplicates_per_s": round(replay_rate),
+                "on_receipt_per_s": round(received_rate),
+                "backlog_per_s": round(late_rate),
+                "backlog_slot_rows": late_rows,
                 "noop_calls_per_s": round(ceiling),
                 "ratio_to_noop": round(rate / ceiling, 3),
                 "slot_rows": rows,

@@ -137,6 +137,25 @@ class Counter:
 
     def receive(self, t: int, v: int) -> Sequence[Span] | None:
         """Apply a reading stamped with the time kilowatch received it (rule 5)."""
+        if self.st is None and self.jt is None:
+            # Hot path (rules 1, 3 and 5 inlined): the next reading, on time.
+            t0 = self.t
+            span = t - t0
+            rise = v - self.hwm
+            if (
+                ON_TIME_MS <= span <= MAX_JUMP_MS
+                and rise >= -ROUNDING_TOLERANCE_MWH
+                and rise * 3600 <= MAX_POWER_W * span + _SLACK
+            ):
+                if self.late:
+                    self.late = False
+                else:
+                    self.anchor = t0
+                self.t = t
+                if rise > 0:
+                    self.hwm = v
+                    return ((t0, t, rise, span > GAP_MS),)
+                return ()
         return self._advance(t, v, True)
 
     def _advance(self, t: int, v: int, received: bool) -> Sequence[Span] | None:
