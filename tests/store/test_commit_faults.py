@@ -23,6 +23,8 @@ import pytest
 import redis
 
 from kilowatch.errors import StoreError
+from kilowatch.intake.commit import Committer
+from kilowatch.intake.stats import IngestStats
 from kilowatch.model.messages import Event
 from kilowatch.model.slots import SlotEnergy
 from kilowatch.query.energy import EnergyQuery
@@ -249,4 +251,25 @@ async def test_partial_cluster_success_then_retry_counts_once(cluster_ports: lis
         assert after[1] == before[1]
         proxies[1].heal()
         assert await commit_until_stored(store, b) == 0
+        await check_exactly_once(store, [batch(0), b])
+
+
+async def test_the_pipelines_commit_step_stores_a_batch_once_through_a_node_outage(
+    cluster_ports: list[int],
+) -> None:
+    """The pipeline's own commit step (:class:`~kilowatch.intake.commit.Committer`: the same
+    batch again, with backoff, until the store takes it) while a node is down for two attempts."""
+    async with proxied(cluster_ports) as (store, proxies):
+        proxies[1].refuse()
+        waits: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            waits.append(seconds)
+            if len(waits) == 2:
+                proxies[1].heal()
+
+        stats = IngestStats()
+        b = batch(1)
+        await Committer(store, stats, sleep=sleep).commit(b)
+        assert len(waits) == 2 and stats.commit_failures == 2
         await check_exactly_once(store, [batch(0), b])
