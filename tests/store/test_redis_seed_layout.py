@@ -181,6 +181,35 @@ async def test_seed_hours_add_up_to_exact_decimals(
     assert plain.hget(f"energy:{MAC}_{HOUR + 7200}", "hourly_energy_usage") == "-0.25"
 
 
+async def test_an_hour_an_earlier_kilowatch_summed_in_floats_goes_on_from_its_sums(
+    url: str, plain: redis.Redis | redis.RedisCluster
+) -> None:
+    """The hour in progress when kilowatch was upgraded: its hash holds float sums and the
+    marker, no mWh fields; the next commit starts from those sums, rounded to the mWh."""
+    key = f"energy:{MAC}_{HOUR}"
+    plain.hincrbyfloat(key, "hourly_energy_usage", 123.456)
+    plain.hincrbyfloat(key, "hourly_energy_usage", 200.001)
+    plain.hincrbyfloat(key, "hourly_ret_energy_usage", 0.1)
+    plain.hset(key, mapping={"id": DEV, "mac": MAC, "kw": "1", "timestamp": str(HOUR)})
+    emqx_write(plain, MAC, DEV, HOUR + 3600, 100.0)  # the sink's: not summed with ours
+    async with open_store(url) as store:
+        await store.commit(
+            Batch(
+                slots=[
+                    SlotEnergy(DEV, "pm1:0", HOUR, 176_523, 200),
+                    SlotEnergy(DEV, "pm1:0", HOUR + 3600, 5_000, 0),
+                ]
+            )
+        )
+    assert plain.hmget(key, ["hourly_energy_usage", "hourly_ret_energy_usage", "kwi", "kwe"]) == [
+        "499.98",
+        "0.3",
+        "499980",
+        "300",
+    ]
+    assert plain.hget(f"energy:{MAC}_{HOUR + 3600}", "hourly_energy_usage") == "5"
+
+
 async def test_seed_hours_carry_the_firmware_on_record(
     url: str, plain: redis.Redis | redis.RedisCluster
 ) -> None:

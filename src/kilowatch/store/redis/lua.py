@@ -234,7 +234,9 @@ COMMIT_OPS = {
 }
 """The commands a commit is made of (:class:`~.transaction.Ops` names them like redis-py's
 methods) and their one-letter codes in :data:`COMMIT_LUA`'s op list. ``seed_hour`` is ours: add
-mWh to a seed hour hash (``kwi``, ``kwe``) and write its Wh fields as exact decimals."""
+mWh to a seed hour hash (``kwi``, ``kwe``) and write its Wh fields as exact decimals; a hash an
+earlier kilowatch wrote (marker ``kw``, float sums, no ``kwi``) starts from its sums rounded to
+the mWh."""
 COMMIT_MERGEABLE = frozenset("IHSP")
 """Codes whose ops on the same key, one after the other, are one op with the arguments of both
 (``HINCRBY k a 1; HINCRBY k b 2`` = ``I k a 1 b 2``; ``LPUSH k x; LPUSH k y`` = ``P k x y``)."""
@@ -267,6 +269,11 @@ local function wh(mwh)
   if frac == 0 then return text end
   return (string.gsub(text .. format('.%03d', frac), '0+$', ''))
 end
+local function mwh(text)
+  local wh_value = tonumber(text)
+  if not wh_value then return 0 end
+  return format('%.0f', math.floor(wh_value * 1000 + 0.5))
+end
 %(functions)s
 local i, n = 3, #ARGV
 while i <= n do
@@ -294,6 +301,13 @@ while i <= n do
   elseif code == 'V' then call('SET', key, args[a])
   elseif code == 'B' then chunked('BITFIELD', key, args, a, last)
   elseif code == 'W' then
+    if call('HEXISTS', key, 'kwi') == 0 and call('HGET', key, 'kw') == '1' then
+      -- ours, from a kilowatch that added floats: its sums so far become the mWh to add to
+      local old = call('HMGET', key, 'hourly_energy_usage', 'hourly_ret_energy_usage')
+      if type(old) == 'table' and not old.err then
+        call('HSET', key, 'kwi', mwh(old[1]), 'kwe', mwh(old[2]))
+      end
+    end
     local imp = call('HINCRBY', key, 'kwi', args[a])
     local exp = call('HINCRBY', key, 'kwe', args[a + 1])
     if type(imp) == 'number' and type(exp) == 'number' then
