@@ -33,6 +33,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "token",
     "energy",
     "devices",
+    "broker",
     "simulate",
     "demo",
 )
