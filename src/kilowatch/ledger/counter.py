@@ -116,7 +116,7 @@ class Counter:
     def advance(self, t: int, v: int) -> Sequence[Span] | None:
         """Apply a reading stamped with the device's own time; the spans of energy it proves, or
         ``None`` when it changed nothing."""
-        if self.st is None and self.jt is None and self.anchor is None:
+        if self.st is None and self.jt is None:
             # Hot path (rules 1 and 3 inlined): the next reading of a well-behaved counter.
             t0 = self.t
             if t <= t0:
@@ -129,6 +129,8 @@ class Counter:
                 and rise * 3600 <= MAX_POWER_W * span + _SLACK
             ):
                 self.t = t
+                if self.anchor is not None:  # the device's own time: on time by definition
+                    self.anchor, self.late = None, False
                 if rise > 0:
                     self.hwm = v
                     return ((t0, t, rise, span > GAP_MS),)
