@@ -9,6 +9,7 @@ marker published after what must not arrive would arrive after it (per-subscribe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import queue
@@ -485,20 +486,32 @@ def test_a_mosquitto_left_running_by_a_dead_kilowatch_is_stopped(
     first.stop()
     binary = find_mosquitto()
     assert binary is not None
-    orphan = subprocess.Popen([str(binary), "-c", str(directory / CONFIG_FILE)],
-                              stderr=subprocess.DEVNULL)  # fmt: skip
+    # an orphan, as after kill -9 of kilowatch: its parent (the shell) is gone
+    started = subprocess.run(
+        ["sh", "-c", f'"{binary}" -c "{directory / CONFIG_FILE}" >/dev/null 2>&1 & echo $!'],
+        capture_output=True, text=True, check=True, timeout=WAIT_S,
+    )  # fmt: skip
+    orphan = int(started.stdout)
     try:
-        (directory / PID_FILE).write_text(f"{orphan.pid}\n")
+        (directory / PID_FILE).write_text(f"{orphan}\n")
         first.wait_until(lambda: _accepts(port), "the orphan listening")
         second = ManagedThread(first.data_dir, listeners=[Listener(port=port)], options=FAST)
         second.start()
         assert "left running by an earlier kilowatch" in caplog.text
-        assert orphan.wait(WAIT_S) is not None
-        assert second.b.pid != orphan.pid and _accepts(port)
+        assert second.b.pid != orphan and _accepts(port)
         second.stop()
     finally:
-        orphan.kill()
-        orphan.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(orphan, signal.SIGKILL)
+
+
+def test_a_second_kilowatch_on_the_same_data_dir_is_refused(
+    managed: Callable[..., ManagedThread],
+) -> None:
+    first = managed()
+    with pytest.raises(BrokerError, match=r"already runs \(pid \d+\), started by kilowatch pid"):
+        ManagedThread(first.data_dir, options=FAST).start()
+    assert first.b.pid is not None and running_pid(first.b.directory) == first.b.pid
 
 
 def _accepts(port: int) -> bool:

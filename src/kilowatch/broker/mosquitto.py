@@ -198,8 +198,9 @@ def mosquitto_version(binary: Path) -> tuple[int, ...]:
 
 
 def broker_dir(data_dir: Path) -> Path:
-    """The managed broker's directory for kilowatch's data dir ``data_dir``."""
-    return data_dir / BROKER_DIR
+    """The managed broker's directory for kilowatch's data dir ``data_dir`` (absolute: the pid
+    check compares mosquitto's command line with it, whatever the current directory)."""
+    return (data_dir / BROKER_DIR).absolute()
 
 
 # --- the config -----------------------------------------------------------------------------------
@@ -339,27 +340,29 @@ def _parent_pid(pid: int) -> int | None:
 
 async def _stop_stale(directory: Path, timeout: float) -> None:
     """Stop a mosquitto of this directory left running by a kilowatch that died without stopping
-    it; a :class:`BrokerError` if the kilowatch that started it still runs."""
+    it; a :class:`BrokerError` if the kilowatch that started it still runs (it is its parent)."""
     pid = running_pid(directory)
     if pid is None:
         return
     access = _read_access(directory)
     owner = access.owner if access is not None else 0
-    if owner and owner != os.getpid() and _parent_pid(pid) == owner:
+    if owner and _parent_pid(pid) == owner:
         raise BrokerError(
             f"the managed mosquitto of {directory} already runs (pid {pid}), started by "
             f"kilowatch pid {owner}; stop that kilowatch first, or give this one another data dir"
         )
     log.warning("stopping mosquitto pid=%d left running by an earlier kilowatch", pid)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while running_pid(directory) == pid:
-        if time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + timeout
-        await asyncio.sleep(PORT_POLL_S)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while running_pid(directory) == pid:
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(PORT_POLL_S)
+        else:
+            return
+    raise BrokerError(f"mosquitto pid {pid}, left running by an earlier kilowatch, does not stop")
 
 
 # --- ports ----------------------------------------------------------------------------------------
