@@ -35,11 +35,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from kilowatch.ledger.rules import ROUNDING_TOLERANCE_MWH
-from kilowatch.query.energy import EnergyQuery
 from kilowatch.service.config import load_settings
 from kilowatch.service.server import Running, serve
 from kilowatch.store import open_store
 from kilowatch.testing import MosquittoServer
+from kilowatch.testing.truth import Counters, mismatches, read_truth, stored_days, truth_days
 from shellysim import Device, Fleet
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -59,9 +59,6 @@ TOLERANCE_WH = 1.0
 
 def _h(hours: float) -> float:
     return D0 + hours * 3600
-
-
-Counters = dict[tuple[str, str], list[float]]
 
 
 def _counters(dev: Device) -> Counters:
@@ -109,28 +106,9 @@ async def _faults(fleet: Fleet, before_reset: Counters) -> list[str]:
     return done
 
 
-def _truth_day(truth: dict[str, dict[str, dict[str, list[float]]]]) -> Counters:
-    out: Counters = {}
-    for device, channels in truth.items():
-        for channel, slots in channels.items():
-            imp = ret = 0.0
-            for slot, (i, r) in slots.items():
-                if D0 <= int(slot) < D0 + 86_400:
-                    imp += i
-                    ret += r
-            out[(device, channel)] = [imp, ret]
-    return out
-
-
 async def _stored_day(url: str) -> Counters:
-    query = EnergyQuery(by="day", tz="UTC", start=DAY, end=DAY + timedelta(days=1))
     async with open_store(url) as store:
-        rows = await store.energy(query)
-    return {
-        (str(r.device), str(r.channel)): [r.energy_wh, r.returned_energy_wh]
-        for r in rows
-        if r.start == DAY
-    }
+        return (await stored_days(store, DAY, DAY + timedelta(days=1))).get(DAY, {})
 
 
 def _dip_losses(before: Counters, midnight: Counters) -> Counters:
@@ -150,27 +128,13 @@ def _dip_losses(before: Counters, midnight: Counters) -> Counters:
     }
 
 
-def _mismatches(truth: Counters, stored: Counters, losses: Counters | None = None) -> list[str]:
-    bad = []
-    for key in sorted(set(truth) | set(stored)):
-        t = truth.get(key, [0.0, 0.0])
-        s = stored.get(key, [0.0, 0.0])
-        lost = (losses or {}).get(key, [0.0, 0.0])
-        if any(abs(t[i] - lost[i] - s[i]) > TOLERANCE_WH for i in (0, 1)):
-            bad.append(
-                f"{key[0]} {key[1]}: truth {t[0]:.3f}/{t[1]:.3f} Wh, "
-                f"stored {s[0]:.3f}/{s[1]:.3f} Wh, rounding-rule loss {lost[0]:.3f}/{lost[1]:.3f}"
-            )
-    return bad
-
-
 async def _until_equal(url: str, truth: Counters, losses: Counters, timeout: float) -> list[str]:
     """Poll the store until it agrees with the truth (ingest drains after the fleet stops)."""
     bad: list[str] = ["not read yet"]
     try:
         async with asyncio.timeout(timeout):
             while bad:
-                bad = _mismatches(truth, await _stored_day(url), losses)
+                bad = mismatches(truth, await _stored_day(url), losses, tolerance=TOLERANCE_WH)
                 if bad:
                     await asyncio.sleep(0.2)
     except TimeoutError:
@@ -233,7 +197,7 @@ async def test_day_totals_match_truth_in_sqlite_and_redis(
                     for dev_id, link in fleet.mqtt.items()
                 ]
                 await fleet.wait_until(D0 + 86_400 + TAIL_S)
-            truth = _truth_day(json.loads(truth_path.read_text()))
+            truth = truth_days(read_truth(truth_path), DAY, DAY + timedelta(days=1))[DAY]
             assert len(truth) == 4 * (1 + 1 + 1 + 4 + 2)  # pm1, switch, plug, 3em (+3 phases), em
             losses = _dip_losses(before_reset, midnight)
             results = {
@@ -277,7 +241,7 @@ async def test_day_totals_match_truth_in_sqlite_and_redis(
     from_cli = {
         (r["device"], r["channel"]): [r["energy_wh"], r["returned_energy_wh"]] for r in rows
     }
-    assert not _mismatches(truth, from_cli, losses)
+    assert not mismatches(truth, from_cli, losses, tolerance=TOLERANCE_WH)
     # the rounding rule really was exercised (seed 7: the Pro EM's PV channel imports only its night
     # standby, under 10 Wh a day, when its counters are reset), and nothing else was lost
     assert [key for key, lost in losses.items() if any(lost)] == [
