@@ -115,3 +115,14 @@ def test_ip_names_are_normalised(tmp_path: Path) -> None:
     files = ensure_local_tls(tmp_path / "tls", ["[0:0:0:0:0:0:0:1]", "KiloWatch.LAN"])
     names = _names(_cert(files.certfile))
     assert str(ipaddress.ip_address("::1")) in names and "kilowatch.lan" in names
+
+
+def test_without_cryptography_tls_says_how_to_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cryptography", None)  # import cryptography now fails
+    with pytest.raises(ConfigError, match="pip install cryptography"):
+        export_ca(tmp_path / "tls")
+    assert not (tmp_path / "tls").exists()
