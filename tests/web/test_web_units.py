@@ -50,7 +50,8 @@ def test_chart_of_a_dst_day_has_23_hours_and_no_double_counting() -> None:
     # the table as a store answers it: with the totals by the "Names" rules
     hour_1 = rows[3][0]
     shadow = shadow_hourly(p, [("plug", hour_1, 5000, 0)], {"plug": {hour_1}})
-    table = EnergyTable.from_flat(p, rows).with_totals(channel_totals(rows, shadow))
+    table = EnergyTable.from_flat(p, rows)
+    table = table.with_totals(channel_totals(table.columns(), shadow))
     chart = chart_data(Report(query, table, None, None), {"em": "Meter"})
     assert len(chart["labels"]) == 23
     assert chart["labels"][:4] == ["00:00", "01:00", "03:00", "04:00"]

@@ -18,6 +18,9 @@ the per-bucket totals of rows grouped by channel (what the ``total`` grouping an
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import operator
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import fields
@@ -183,35 +186,87 @@ def _per_device(pairs: Iterable[tuple[str, str]]) -> dict[str, set[str]]:
     return out
 
 
-def channel_totals(flat: Iterable[Flat], shadow: Shadow | None = None) -> list[Flat]:
+Columns: TypeAlias = tuple[
+    Sequence[int], Sequence[str | None], Sequence[str | None], Sequence[int], Sequence[int],
+    Sequence[int],
+]  # fmt: skip
+"""Finished rows column by column, in the documented order: ``(keys, devices, channels, imports,
+exports, estimated)`` (an :class:`~kilowatch.query.table.EnergyTable`'s)."""
+
+
+def channel_totals(columns: Columns, shadow: Shadow | None = None) -> list[Flat]:
     """The per-bucket totals of rows grouped by channel, by the "Names" rules: the rows the same
     query grouped by ``total`` answers (a meter's parts beside their whole count once, the
     ``hourly`` channel only in hours without other channels' data).
 
     ``shadow``: the ``hourly`` energy not to count (:func:`shadow_hourly`), which only the store
     can compute (it needs hours); needed for the devices of :func:`hourly_beside_others`.
+    Column by column: the per-row work is C (``map``, ``compress``, ``sum``); a month of 20
+    three-phase meters by hour is 57 600 rows.
     """
-    cells: Cells = {}
-    for k, d, c, imp, exp, est in flat:
-        if d is not None and c is not None:
-            cells[(d, c, k)] = [imp, exp, est]
-    return in_order(_grouped(cells, shadow or {}, by_device=False))
+    keys, devices, channels = columns[:3]
+    pairs = set(zip(devices, channels, strict=True))
+    per_device = _per_device((d, c) for d, c in pairs if d is not None and c is not None)
+    parts = {(d, c) for d, c in pairs if c is not None and parent(c) in per_device.get(d or "", ())}
+    drop = list(map(parts.__contains__, zip(devices, channels, strict=True)))
+    cuts: dict[int, list[int]] = {}
+    if shadow:
+        imports, exports = columns[3], columns[4]
+        for i in itertools.compress(range(len(keys)), map(HOURLY.__eq__, channels)):
+            cut = shadow.get((devices[i] or "", keys[i]))
+            if cut is None:
+                continue
+            if cut[0] == imports[i] and cut[1] == exports[i]:
+                drop[i] = True  # entirely measured by the device's other channels
+                continue
+            acc = cuts.setdefault(keys[i], [0, 0])
+            acc[0] += cut[0]
+            acc[1] += cut[1]
+    return _sums(columns, list(map(operator.not_, drop)) if any(drop) else None, cuts)
 
 
-def bucket_sums(flat: Iterable[Flat]) -> list[Flat]:
-    """Per bucket, the plain sums of ``flat`` rows (``estimated`` when any row is): the totals
-    of rows whose sums no "Names" rule changes (rows by device or total, or by channel when
+def bucket_sums(columns: Columns) -> list[Flat]:
+    """Per bucket, the plain sums of the rows (``estimated`` when any row is): the totals of
+    rows whose sums no "Names" rule changes (rows by device or total, or by channel when
     :func:`names_rules_apply` is false for their channels)."""
-    out: dict[int, list[int]] = {}
-    for k, _, _, imp, exp, est in flat:
-        acc = out.get(k)
-        if acc is None:
-            out[k] = [imp, exp, int(est)]
-        else:
-            acc[0] += imp
-            acc[1] += exp
-            acc[2] |= int(est)
-    return [(k, None, None, imp, exp, est) for k, (imp, exp, est) in sorted(out.items())]
+    return _sums(columns, None, {})
+
+
+def _sums(columns: Columns, keep: list[bool] | None, cuts: Mapping[int, list[int]]) -> list[Flat]:
+    """Per bucket (a run of equal keys), the sums of the rows ``keep`` selects (all: ``None``),
+    less ``cuts[key]``; buckets without a selected row are left out.
+
+    Prefix sums (``accumulate``) differenced at the runs' bounds: C loops over the rows and over
+    the buckets alike (a year by hour is 8 760 buckets of one or two rows each)."""
+    keys, _, _, imports, exports, estimated = columns
+    if not keys:
+        return []
+    if keep is not None:
+        imports, exports, estimated = (
+            list(map(operator.mul, column, keep)) for column in (imports, exports, estimated)
+        )
+    distinct = sorted(set(keys))
+    los = list(map(bisect.bisect_left, itertools.repeat(keys), distinct))
+    his = [*los[1:], len(keys)]
+
+    def per_bucket(column: Sequence[int]) -> list[int]:
+        prefix = [0, *itertools.accumulate(column)]
+        return list(map(operator.sub, map(prefix.__getitem__, his), map(prefix.__getitem__, los)))
+
+    flags = map(int, map(bool, per_bucket(estimated)))
+    n = len(distinct)
+    nones = (itertools.repeat(None, n), itertools.repeat(None, n))
+    out: list[Flat] = list(
+        zip(distinct, *nones, per_bucket(imports), per_bucket(exports), flags, strict=True)
+    )
+    if cuts:
+        at = dict(zip(distinct, range(len(distinct)), strict=True))
+        for k, (cut_imp, cut_exp) in cuts.items():  # a cut's bucket holds its hourly row
+            _, d, c, imp, exp, est = out[at[k]]
+            out[at[k]] = (k, d, c, imp - cut_imp, exp - cut_exp, est)
+    if keep is not None:
+        out = list(itertools.compress(out, per_bucket(keep)))
+    return out
 
 
 def build_rows(plan: Plan, flat: Sequence[Flat]) -> list[EnergyRow]:
@@ -292,6 +347,7 @@ __all__ = [
     "HOURLY",
     "Cell",
     "Cells",
+    "Columns",
     "Flat",
     "Grouped",
     "Rollup",

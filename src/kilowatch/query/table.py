@@ -26,7 +26,7 @@ from operator import truediv
 import orjson
 
 from kilowatch.query.energy import EnergyRow
-from kilowatch.query.grouping import Flat, bucket_sums, build_rows
+from kilowatch.query.grouping import Columns, Flat, bucket_sums, build_rows
 from kilowatch.query.periods import Plan, offset_at
 
 _ISO_CACHE: dict[str, dict[int, bytes]] = {}
@@ -108,6 +108,12 @@ class EnergyTable:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def columns(self) -> Columns:
+        """``(keys, devices, channels, imports, exports, estimated)``."""
+        return (
+            self.keys, self.devices, self.channels, self.imports, self.exports, self.estimated
+        )  # fmt: skip
+
     def flat(self) -> list[Flat]:
         return list(
             zip(
@@ -129,7 +135,7 @@ class EnergyTable:
             return self.totals
         if not any(self.devices) and not any(self.channels):  # grouped by total already
             return self
-        return EnergyTable.from_flat(self.plan, bucket_sums(self.flat()))
+        return EnergyTable.from_flat(self.plan, bucket_sums(self.columns()))
 
     def _counted(self) -> EnergyTable:
         """The rows the totals add up: :attr:`totals`, else the rows themselves."""

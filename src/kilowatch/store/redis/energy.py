@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import repeat
 from operator import add as add_
-from operator import mul
+from operator import mod, mul, sub
 from typing import Any
 
 from kilowatch.model.slots import SLOT_SECONDS
@@ -69,15 +69,17 @@ class EnergyReader:
         if query.group != "channel" or not rules or not len(table):
             return table
         # rows by channel: the totals by the "Names" rules
-        flat = table.flat()
-        present = {(d, c) for _, d, c, *_ in flat if d is not None and c is not None}
+        present = {
+            (d, c) for d, c in set(zip(table.devices, table.channels, strict=True)) if d and c
+        }
         shadow: Shadow = {}
         hourly = hourly_beside_others(present)
-        if hourly:
-            if raw is None:  # a fast path answered: read those devices' slots (or hours)
-                raw, _ = await self._scan_raw(p, [pc for pc in pairs if pc[0] in hourly], ())
+        if hourly and raw is not None:
             shadow = _shadow(p, raw)
-        return table.with_totals(channel_totals(flat, shadow))
+        elif hourly:  # a fast path answered: read those devices' slots (or hours) too
+            got = await self._scan_columns(p, [pc for pc in pairs if pc[0] in hourly])
+            shadow = _shadow_columns(p, got)
+        return table.with_totals(channel_totals(table.columns(), shadow))
 
     async def _rows_table(
         self,
@@ -372,6 +374,29 @@ def _parse(
         if p.start <= ts < p.end:
             out.append((device, channel, ts, imp, exp, bool(est)))
     return out
+
+
+def _shadow_columns(p: Plan, got: Sequence[Columns]) -> Shadow:
+    """:func:`_shadow` of slots (or hours) read column by column (:meth:`EnergyReader.
+    _scan_columns`): only the ``hourly`` rows in covered hours reach Python."""
+    covered: dict[str, set[int]] = {}
+    for device, channel, starts, *_ in got:
+        if channel != HOURLY:
+            covered.setdefault(device, set()).update(_hours(starts))
+    hourly: list[tuple[str, int, int, int]] = []
+    for device, channel, starts, imps, exps, _ in got:
+        hours = covered.get(device)
+        if channel == HOURLY and hours:
+            inside = list(map(hours.__contains__, _hours(starts)))
+            hourly += zip(
+                repeat(device), *(itertools.compress(c, inside) for c in (starts, imps, exps))
+            )
+    return shadow_hourly(p, hourly, covered)
+
+
+def _hours(starts: Sequence[int]) -> Iterable[int]:
+    """The UTC hour of each slot (or hour) start."""
+    return map(sub, starts, map(mod, starts, repeat(3600)))
 
 
 def _shadow(p: Plan, raw: list[RawRow]) -> Shadow:

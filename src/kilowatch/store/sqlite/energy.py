@@ -24,11 +24,10 @@ from kilowatch.query.grouping import (
     grouped_flat,
     hourly_beside_others,
     names_rules_apply,
-    shadow_hourly,
 )
 from kilowatch.query.periods import LocalDays, Plan
 from kilowatch.query.table import EnergyTable
-from kilowatch.store.sqlite.buckets import cells_sql, channel_filter, rollup_sql
+from kilowatch.store.sqlite.buckets import cells_sql, channel_filter, key_sql, rollup_sql
 
 
 def energy_table(
@@ -67,10 +66,9 @@ def _rows_table(
 
 def _with_totals(conn: sqlite3.Connection, p: Plan, table: EnergyTable) -> EnergyTable:
     """``table`` (rows by channel) with the query's totals by the "Names" rules."""
-    flat = table.flat()
-    present = {(d, c) for _, d, c, *_ in flat if d is not None and c is not None}
+    present = {(d, c) for d, c in set(zip(table.devices, table.channels, strict=True)) if d and c}
     shadow = _shadow(conn, p, present) if hourly_beside_others(present) else {}
-    return table.with_totals(channel_totals(flat, shadow))
+    return table.with_totals(channel_totals(table.columns(), shadow))
 
 
 def _energy_flat(
@@ -207,34 +205,30 @@ def _rollup_flat(
 
 
 def _shadow(conn: sqlite3.Connection, p: Plan, present: set[tuple[str, str]]) -> Shadow:
-    """The ``hourly`` energy not to count; ``present``: the channels with data in range."""
+    """The ``hourly`` energy not to count, per device and bucket: what falls in the UTC hours in
+    which the device has another channel's data; ``present``: the channels with data in range.
+
+    Summed in SQL per bucket, from the hours when every bucket is made of whole hours (as the
+    cells are: right after retention dropped the slots too), else from the slots."""
     per_device: dict[str, set[str]] = {}
     for d, c in present:
         per_device.setdefault(d, set()).add(c)
-    hourly: list[tuple[str, int, int, int]] = []
-    covered: dict[str, set[int]] = {}
+    table, col = ("hours", "hour") if p.whole_hours else ("slots", "slot")
+    out: Shadow = {}
     for device, chans in per_device.items():
         others = sorted(chans - {HOURLY})
         if HOURLY not in chans or not others:
             continue
         marks = ", ".join("?" * len(others))
-        covered[device] = {
-            h
-            for (h,) in conn.execute(
-                f"SELECT DISTINCT hour FROM hours WHERE device = ? AND channel IN ({marks}) "
-                "AND hour >= ? AND hour < ?",
-                (device, *others, p.start // 3600 * 3600, p.end),
-            )
-        }
-        hourly += [
-            (device, slot, imp, exp)
-            for slot, imp, exp in conn.execute(
-                "SELECT slot, import_mwh, export_mwh FROM slots WHERE device = ? AND channel = ? "
-                "AND slot >= ? AND slot < ?",
-                (device, HOURLY, p.start, p.end),
-            )
-        ]
-    return shadow_hourly(p, hourly, covered)
+        sql = (
+            f"SELECT {key_sql(p, 's.' + col)} AS k, sum(s.import_mwh), sum(s.export_mwh) "
+            f"FROM {table} s WHERE s.device = ? AND s.channel = ? AND s.{col} >= ? "
+            f"AND s.{col} < ? AND EXISTS (SELECT 1 FROM hours h WHERE h.device = s.device "
+            f"AND h.channel IN ({marks}) AND h.hour = s.{col} / 3600 * 3600) GROUP BY k"
+        )
+        for k, imp, exp in conn.execute(sql, (device, HOURLY, p.start, p.end, *others)):
+            out[(device, k)] = [imp, exp]
+    return out
 
 
 __all__ = ["energy_table"]
