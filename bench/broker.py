@@ -202,7 +202,7 @@ def serve_embedded(port: int) -> None:
     """Child-process mode: run the embedded broker until terminated."""
     import signal
 
-    from kilowatch.broker import EmbeddedBroker
+    from kilowatch.broker.embedded import EmbeddedBroker
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -17,7 +17,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from kilowatch.broker import BrokerStats, EmbeddedBroker
+from kilowatch.broker.embedded import BrokerStats, EmbeddedBroker
 from kilowatch.mqtt.packets import (
     FrameReader,
     PacketType,

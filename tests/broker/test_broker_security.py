@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 import paho.mqtt.client as mqtt
 import pytest
 
-from kilowatch.broker import EmbeddedBroker, hash_password, server_tls_context
+from kilowatch.broker.embedded import EmbeddedBroker, server_tls_context
+from kilowatch.broker.passwords import scrypt_hash
 from kilowatch.errors import BrokerError
 from kilowatch.mqtt.packets import (
     PacketType,
@@ -89,8 +90,8 @@ def test_password_file(
 ) -> None:
     passwd = tmp_path / "passwd"
     passwd.write_text(
-        f"# kilowatch broker users\n\ninstaller:{hash_password('pa:ss word')}\n"
-        f"viewer:{hash_password('other', log2_n=10)}\n"
+        f"# kilowatch broker users\n\ninstaller:{scrypt_hash('pa:ss word')}\n"
+        f"viewer:{scrypt_hash('other', log2_n=10)}\n"
     )
     broker = start_broker(password_file=passwd)
     assert raw(broker.port).connect("x", username="installer", password=b"pa:ss word") == (False, 0)

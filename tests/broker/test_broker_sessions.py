@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-import kilowatch.broker.server as server_module
+import kilowatch.broker.embedded.server as server_module
 from kilowatch.mqtt.packets import PacketType, Will, parse_publish
 
 if TYPE_CHECKING:  # helpers live in conftest.py (importlib mode: not importable at run time)

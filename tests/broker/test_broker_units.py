@@ -14,24 +14,19 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from kilowatch.broker import (
-    EmbeddedBroker,
-    hash_password,
-    load_password_file,
-    server_tls_context,
-    verify_password,
-)
+from kilowatch.broker.embedded import EmbeddedBroker, load_password_file, server_tls_context
+from kilowatch.broker.passwords import scrypt_hash, verify_password
 from kilowatch.errors import BrokerError
 from kilowatch.testing.tls import self_signed_cert
 
 
 def test_password_hash_round_trip() -> None:
-    encoded = hash_password("correct horse", log2_n=10)
+    encoded = scrypt_hash("correct horse", log2_n=10)
     assert encoded.startswith("$scrypt$ln=10,r=8,p=1$")
     assert verify_password(b"correct horse", encoded)
     assert not verify_password(b"correct horse!", encoded)
     assert not verify_password(b"correct horse", "$scrypt$garbage")
-    assert hash_password("correct horse", log2_n=10) != encoded  # fresh salt
+    assert scrypt_hash("correct horse", log2_n=10) != encoded  # fresh salt
 
 
 MOSQUITTO_PASSWD = Path(__file__).with_name("mosquitto-passwd.txt")
@@ -90,7 +85,7 @@ def test_bad_password_file_lines_name_file_line_and_tools(
     assert text.startswith(f"{passwd}:2: not a 'user:hash' line (")
     assert complaint in text
     assert f"'mosquitto_passwd {passwd} USER'" in text
-    assert "python -m kilowatch.broker.auth USER" in text
+    assert "python -m kilowatch.broker.embedded.auth USER" in text
 
 
 def test_invalid_options_are_clear_errors() -> None:
@@ -121,7 +116,7 @@ async def test_context_manager_stops_listening() -> None:
 def test_password_line_tool(tmp_path: Path) -> None:
     src = Path(__file__).resolve().parents[2] / "src"
     done = subprocess.run(
-        [sys.executable, "-m", "kilowatch.broker.auth", "meter"],
+        [sys.executable, "-m", "kilowatch.broker.embedded.auth", "meter"],
         input="s3cret\n",
         capture_output=True,
         text=True,

@@ -21,7 +21,6 @@ from kilowatch.broker.credentials import (
     check_device_id,
     check_prefix,
     credentials,
-    hash_password,
     new_credential,
     parse_kind,
     render_acl_file,
@@ -31,9 +30,9 @@ from kilowatch.broker.credentials import (
     rotate,
     rotate_device,
     topics_for,
-    verify_password,
     write_private,
 )
+from kilowatch.broker.passwords import mosquitto_hash, verify_password
 from kilowatch.errors import ConfigError
 from kilowatch.store import open_store
 
@@ -42,14 +41,14 @@ NOW = 1_800_000_000.0
 
 
 def test_a_hash_has_mosquittos_layout_and_verifies() -> None:
-    hashed = hash_password("s3cret-pass")
+    hashed = mosquitto_hash("s3cret-pass")
     _, seven, iterations, salt, key = hashed.split("$")
     assert (seven, iterations) == ("7", "1000")
     assert len(base64.b64decode(salt)) == 12 and len(base64.b64decode(key)) == 64
     assert verify_password("s3cret-pass", hashed)
     assert not verify_password("s3cret-pasS", hashed)
     assert not verify_password("s3cret-pass", "$6$abc$def")
-    assert hash_password("same") != hash_password("same")  # a new salt each time
+    assert mosquitto_hash("same") != mosquitto_hash("same")  # a new salt each time
 
 
 @pytest.mark.skipif(MOSQUITTO_PASSWD is None, reason="mosquitto_passwd is not installed")
@@ -62,7 +61,7 @@ def test_our_hash_is_byte_for_byte_what_mosquitto_passwd_writes(tmp_path: Path) 
     subprocess.run([MOSQUITTO_PASSWD, "-b", str(passwd), "meter", "pa55:word"], check=True)
     user, theirs = passwd.read_text().strip().split(":", 1)
     _, _, iterations, salt, _ = theirs.split("$")
-    ours = hash_password("pa55:word", salt=base64.b64decode(salt), iterations=int(iterations))
+    ours = mosquitto_hash("pa55:word", salt=base64.b64decode(salt), iterations=int(iterations))
     assert (user, ours) == ("meter", theirs)
     assert verify_password("pa55:word", theirs)
 

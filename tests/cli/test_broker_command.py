@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from kilowatch.broker.credentials import CREDENTIALS_KEY, verify_password
+from kilowatch.broker.credentials import CREDENTIALS_KEY
+from kilowatch.broker.passwords import verify_password
 from kilowatch.store import open_store
 
 if TYPE_CHECKING:

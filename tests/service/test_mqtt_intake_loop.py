@@ -12,7 +12,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from svchelpers import TIMEOUT_S, Publisher, forget_session, poll, unique
 
-from kilowatch.broker import EmbeddedBroker
+from kilowatch.broker.embedded import EmbeddedBroker
 from kilowatch.intake.client import CONNECT_TIMEOUT_S, Delivery, MqttIntake, MqttOptions
 from kilowatch.testing import MosquittoServer
 from kilowatch.testing.tls import self_signed_cert

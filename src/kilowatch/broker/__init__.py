@@ -1,36 +1,31 @@
-"""The embedded MQTT 3.1.1 broker (``kilowatch serve --broker embedded``).
+"""kilowatch.broker: the MQTT broker a home's devices talk to.
 
-``async with EmbeddedBroker(port=0) as broker: ...`` runs an in-memory broker in the current event
-loop; see ``docs/broker.md`` for what it supports and when to use mosquitto instead.
+- ``mosquitto``: the managed mosquitto (:class:`ManagedMosquitto`): a config kilowatch writes,
+  supervised, reloaded without a restart; ``credentials``: per-device users and their topics
+  (ACLs); ``tls``: a local CA and the broker's certificate; ``passwords``: the password hashes
+  every broker here reads and writes.
+- ``embedded/``: kilowatch's own small MQTT 3.1.1 broker, the fallback where mosquitto is absent.
+
+See docs/broker.md.
 """
 
-from kilowatch.broker.auth import Authenticator, hash_password, load_password_file, verify_password
-from kilowatch.broker.server import (
-    DEFAULT_MAX_INFLIGHT_MESSAGES,
-    DEFAULT_MAX_PACKET_SIZE,
-    DEFAULT_MAX_QUEUED_MESSAGES,
-    DEFAULT_PORT,
-    DEFAULT_SESSION_EXPIRY_S,
-    BrokerStats,
-    EmbeddedBroker,
-    server_tls_context,
+from kilowatch.broker.embedded import EmbeddedBroker, server_tls_context
+from kilowatch.broker.mosquitto import (
+    MOSQUITTO_MISSING,
+    Listener,
+    ManagedMosquitto,
+    find_mosquitto,
 )
-from kilowatch.mqtt.topics import SubscriptionTree, is_valid_filter, topic_matches
+from kilowatch.broker.passwords import mosquitto_hash, scrypt_hash, verify_password
 
 __all__ = [
-    "DEFAULT_MAX_INFLIGHT_MESSAGES",
-    "DEFAULT_MAX_PACKET_SIZE",
-    "DEFAULT_MAX_QUEUED_MESSAGES",
-    "DEFAULT_PORT",
-    "DEFAULT_SESSION_EXPIRY_S",
-    "Authenticator",
-    "BrokerStats",
+    "MOSQUITTO_MISSING",
     "EmbeddedBroker",
-    "SubscriptionTree",
-    "hash_password",
-    "is_valid_filter",
-    "load_password_file",
+    "Listener",
+    "ManagedMosquitto",
+    "find_mosquitto",
+    "mosquitto_hash",
+    "scrypt_hash",
     "server_tls_context",
-    "topic_matches",
     "verify_password",
 ]

@@ -22,9 +22,6 @@ kilowatch's own user (:data:`SERVICE_USER`) reads and writes everything (``#``).
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import os
 import re
 import secrets
@@ -35,6 +32,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from kilowatch.broker.passwords import mosquitto_hash
 from kilowatch.errors import ConfigError
 from kilowatch.store.protocol import Store
 
@@ -42,13 +40,6 @@ CREDENTIALS_KEY = "broker.credentials"
 """The store meta key holding ``{device id: credential record}``."""
 SERVICE_USER = "kilowatch"
 """kilowatch's own MQTT user on the managed broker (the intake); no device may take this name."""
-PBKDF2_ITERATIONS = 1000
-"""Iterations of the ``$7$`` hashes we write. mosquitto_passwd 2.0 writes 101. The passwords are
-random (:data:`PASSWORD_BYTES`), so no iteration count makes guessing them any harder; mosquitto
-checks a hash on its one thread at every CONNECT, so it stays cheap (about 1 ms) even when a
-hundred devices reconnect at once after a restart."""
-SALT_BYTES = 12
-"""mosquitto 2.0's salt length for ``$7$`` hashes (``SALT_LEN`` in mosquitto_passwd.c)."""
 PASSWORD_BYTES = 18
 """Random bytes per generated password: 144 bits, 24 URL-safe characters."""
 MAX_DEVICE_ID = 128
@@ -134,33 +125,6 @@ def generate_password() -> str:
     return secrets.token_urlsafe(PASSWORD_BYTES)
 
 
-def hash_password(
-    password: str, *, salt: bytes | None = None, iterations: int = PBKDF2_ITERATIONS
-) -> str:
-    """``$7$<iterations>$<salt>$<key>``: mosquitto 2.x's PBKDF2-HMAC-SHA512 password hash
-    (standard base64; a 12-byte salt and the 64-byte derived key, as mosquitto_passwd writes)."""
-    salt = secrets.token_bytes(SALT_BYTES) if salt is None else salt
-    key = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
-    return f"$7${iterations}${_b64(salt)}${_b64(key)}"
-
-
-def verify_password(password: str, hashed: str) -> bool:
-    """Whether ``password`` matches a ``$7$`` hash (constant-time comparison)."""
-    parts = hashed.split("$")
-    if len(parts) != 5 or parts[1] != "7" or not parts[2].isdigit():
-        return False
-    try:
-        salt, key = base64.b64decode(parts[3], validate=True), base64.b64decode(parts[4])
-    except ValueError:
-        return False
-    derived = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, int(parts[2]))
-    return hmac.compare_digest(derived, key)
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
 # --- records --------------------------------------------------------------------------------------
 
 
@@ -224,7 +188,7 @@ def new_credential(
         user=device,
         kind=kind,
         prefix=prefix,
-        password_hash=hash_password(password),
+        password_hash=mosquitto_hash(password),
         publish=publish,
         subscribe=subscribe,
         created=now,
@@ -235,7 +199,7 @@ def new_credential(
 def rotate(record: Credential, *, now: float) -> tuple[Credential, str]:
     """``record`` with a new password (the old one stops working at the broker's next reload)."""
     password = generate_password()
-    return replace(record, password_hash=hash_password(password), rotated=now), password
+    return replace(record, password_hash=mosquitto_hash(password), rotated=now), password
 
 
 def revoke(record: Credential, *, now: float) -> Credential:
@@ -363,7 +327,6 @@ def _existing(records: Mapping[str, Credential], device: str) -> Credential:
 
 __all__ = [
     "CREDENTIALS_KEY",
-    "PBKDF2_ITERATIONS",
     "SERVICE_USER",
     "Credential",
     "DeviceKind",
@@ -372,7 +335,6 @@ __all__ = [
     "check_prefix",
     "credentials",
     "generate_password",
-    "hash_password",
     "new_credential",
     "parse_kind",
     "render_acl_file",
@@ -382,6 +344,5 @@ __all__ = [
     "rotate",
     "rotate_device",
     "topics_for",
-    "verify_password",
     "write_private",
 ]

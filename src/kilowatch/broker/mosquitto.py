@@ -51,11 +51,11 @@ from kilowatch.broker.credentials import (
     Credential,
     credentials,
     generate_password,
-    hash_password,
     render_acl_file,
     render_password_file,
     write_private,
 )
+from kilowatch.broker.passwords import mosquitto_hash
 from kilowatch.broker.tls import TlsFiles
 from kilowatch.errors import BrokerError, ConfigError, KilowatchError
 from kilowatch.mqtt.packets import PacketType, encode_connect, encode_packet
@@ -522,7 +522,7 @@ class ManagedMosquitto:
         self._prepare_listeners()
         self.password = generate_password()
         self._access = Access(
-            hash_password(self.password),
+            mosquitto_hash(self.password),
             anonymous=all(x.loopback for x in self.listeners),
             owner=os.getpid(),
         )

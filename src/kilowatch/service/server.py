@@ -199,7 +199,7 @@ async def serve(
         store = await stack.enter_async_context(open_store(settings.store_url))
         embedded_port: int | None = None
         if settings.embedded:
-            from kilowatch.broker import EmbeddedBroker, server_tls_context
+            from kilowatch.broker.embedded import EmbeddedBroker, server_tls_context
 
             users, settings = _embedded_logins(settings)
             cert = settings.mqtt_tls_cert

@@ -21,9 +21,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from kilowatch.broker.auth import Authenticator
-from kilowatch.broker.connection import Connection, State
-from kilowatch.broker.session import BrokerCounters, Message, Session
+from kilowatch.broker.embedded.auth import Authenticator
+from kilowatch.broker.embedded.connection import Connection, State
+from kilowatch.broker.embedded.session import BrokerCounters, Message, Session
 from kilowatch.errors import BrokerError
 from kilowatch.mqtt.packets import ConnectReturnCode, encode_connack
 from kilowatch.mqtt.topics import SubscriptionTree, topic_matches
@@ -130,7 +130,7 @@ class EmbeddedBroker:
         port: TCP port; 0 lets the OS choose.
         users: user name → plain password.
         password_file: mosquitto's password file format (``user:$7$...`` lines from
-            ``mosquitto_passwd``; see :mod:`kilowatch.broker.auth`).
+            ``mosquitto_passwd``; see :mod:`kilowatch.broker.embedded.auth`).
         ssl_context: serve MQTT over TLS with this server context (see :func:`server_tls_context`):
             on ``port`` alone, or, with ``tls_port``, on that port beside plain MQTT on ``port``.
         tls_port: the TLS listener's port when ``port`` stays plain MQTT; 0 lets the OS choose.

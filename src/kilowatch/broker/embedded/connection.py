@@ -16,7 +16,7 @@ from enum import Enum
 from time import monotonic
 from typing import Any, Protocol
 
-from kilowatch.broker.session import BrokerCounters, Session
+from kilowatch.broker.embedded.session import BrokerCounters, Session
 from kilowatch.errors import ProtocolError
 from kilowatch.mqtt.packets import (
     MQTT5_LEVEL,
@@ -60,8 +60,9 @@ class State(Enum):
 
 
 class Hub(Protocol):
-    """What a connection needs of its broker (:class:`~kilowatch.broker.server.EmbeddedBroker`):
-    declared here so that the connection does not import the server that creates it."""
+    """What a connection needs of its broker
+    (:class:`~kilowatch.broker.embedded.server.EmbeddedBroker`): declared here so that the
+    connection does not import the server that creates it."""
 
     max_packet_size: int
     counters: BrokerCounters

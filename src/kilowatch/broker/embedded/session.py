@@ -18,8 +18,8 @@ from kilowatch.mqtt.packets import PacketType, encode_ack, encode_length, encode
 
 class Outlet(Protocol):
     """What a session needs of the connection it is attached to
-    (:class:`~kilowatch.broker.connection.Connection`): declared here so that the session does not
-    import the connection, which imports it."""
+    (:class:`~kilowatch.broker.embedded.connection.Connection`): declared here so that the
+    session does not import the connection, which imports it."""
 
     paused: bool
 
