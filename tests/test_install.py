@@ -18,7 +18,7 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "constraints.txt"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-SIM_DEPENDENCIES = ("aiohttp", "py_mini_racer", "mini_racer", "cryptography")
+SIM_DEPENDENCIES = ("aiohttp", "py_mini_racer", "mini_racer")
 INSTALL_HINT = "pip install 'kilowatch[sim]'"
 
 BLOCKER = """\
@@ -75,7 +75,7 @@ def test_help_works_without_the_simulator(tmp_path: Path, args: list[str]) -> No
 @pytest.mark.parametrize("command", ["demo", "simulate"])
 @pytest.mark.parametrize(
     ("blocked", "missing"),
-    [(SIM_DEPENDENCIES, r"aiohttp|cryptography"),  # a base install: shellysim, but not its extra
+    [(SIM_DEPENDENCIES, r"aiohttp"),  # a base install: shellysim, but not its extra
      ((*SIM_DEPENDENCIES, "shellysim"), r"shellysim"),
      (("py_mini_racer",), r"mini-racer")],
 )  # fmt: skip
@@ -146,10 +146,8 @@ def _lock_pins() -> dict[str, set[str]]:
 def test_a_base_install_brings_no_javascript_engine_and_no_aiohttp() -> None:
     base = {canonicalize_name(r.name) for r in _requirements(PYPROJECT["project"]["dependencies"])}
     sim = PYPROJECT["project"]["optional-dependencies"]["sim"]
-    assert {canonicalize_name(r.name) for r in _requirements(sim)} == {
-        "aiohttp", "mini-racer", "cryptography"
-    }  # fmt: skip
-    assert base.isdisjoint({"aiohttp", "mini-racer", "py-mini-racer", "cryptography"})
+    assert {canonicalize_name(r.name) for r in _requirements(sim)} == {"aiohttp", "mini-racer"}
+    assert base.isdisjoint({"aiohttp", "mini-racer", "py-mini-racer"})
 
 
 def test_pyproject_keeps_ranges() -> None:
