@@ -12,7 +12,9 @@ from kilowatch.service.config import load_settings
 
 HELP = (
     "Run kilowatch: the MQTT broker (embedded unless --broker names one), the intake, the energy "
-    "ledger and the store, until SIGINT or SIGTERM; then commit what is in flight and exit 0.\n\n"
+    "ledger and the store, until SIGINT or SIGTERM; then commit what is in flight and exit 0 "
+    "(exit 1 when the store still fails after stop_timeout_s: what was not stored is not "
+    "acknowledged, so the broker delivers it again at the next start).\n\n"
     "Settings come from flags, then KILOWATCH_* environment variables, then the TOML file "
     "(--config, $KILOWATCH_CONFIG or ~/.config/kilowatch/config.toml), then defaults; see "
     "docs/configuration.md.\n\n"
