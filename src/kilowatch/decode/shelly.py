@@ -239,14 +239,16 @@ def _add_channels(
             values = out[channel] = {}
         for field, attr in spec.instant:
             value = merged.get(field)
+            if value is None:  # most often: deltas carry a few fields
+                continue
             kind = type(value)
             if kind is float:
-                if low <= value <= high:  # type: ignore[operator]
-                    values[attr] = value  # type: ignore[assignment]
+                if low <= value <= high:
+                    values[attr] = value
             elif kind is int:
-                if low <= value <= high:  # type: ignore[operator]
-                    values[attr] = float(value)  # type: ignore[arg-type]
-            elif value is not None and field in delta:
+                if low <= value <= high:
+                    values[attr] = float(value)
+            elif field in delta:
                 number(value, field=f"{key}.{field}")  # raises: not a number
         if counters is not None:
             values.update(counters)
