@@ -180,3 +180,12 @@ async def test_hours_an_emqx_sink_wrote_count_like_the_script(redis_store_url: s
         for by, tz in [("day", "UTC"), ("day", "Asia/Kolkata"), ("15min", "UTC")]:
             tables = await answers(store, by=by, tz=tz, **day)
             assert tables["channel"].total_import_mwh == 2200, (by, tz)
+
+
+async def test_totals_after_retention_dropped_the_slots(store: Store) -> None:
+    """Hours and days outlive the slots: the hourly rule reads the hours, so the totals hold."""
+    await store.commit(Batch(slots=HOME))
+    await store.drop_slots_before(at("2026-06-02T00:00"))
+    for by in ("hour", "day"):
+        tables = await answers(store, by=by, tz="UTC", start=date(2026, 6, 1), end=date(2026, 6, 2))
+        assert tables["channel"].total_import_mwh == 1000 * sum(DAY_WH.values()), by
