@@ -120,6 +120,12 @@ def register(app: typer.Typer) -> None:
         log_format: str | None = typer.Option(
             None, "--log-format", help="'text' (key=value, default) or 'json'."
         ),
+        homeassistant: bool | None = typer.Option(
+            None,
+            "--homeassistant/--no-homeassistant",
+            help="Publish Home Assistant MQTT discovery of every meter (default off).",
+            show_default=False,
+        ),
         config: str | None = typer.Option(None, "--config", help="TOML settings file."),
     ) -> None:
         flags = {k: v for k, v in locals().items() if k != "config"}

@@ -209,6 +209,12 @@ class Settings(BaseModel):
         description="Seconds a stop (SIGTERM, SIGINT) keeps trying to commit what is in flight; "
         "then kilowatch exits 1 without acknowledging it (the broker delivers it again).",
     )
+    # -- Home Assistant MQTT discovery (docs/homeassistant.md) -----------------------------------
+    homeassistant: bool = Field(
+        default=False,
+        description="Publish Home Assistant MQTT discovery configs and states of every meter "
+        "(energy in kWh, power in W) on the broker kilowatch reads.",
+    )
 
     @field_validator("tz")
     @classmethod

@@ -232,6 +232,10 @@ async def serve(
             ingest = tg.create_task(pipeline.run(intake), name="ingest")
             stats = tg.create_task(_log_stats(pipeline.stats), name="stats")
             retention = tg.create_task(run_retention(store), name="retention")
+            if settings.homeassistant:  # MQTT discovery for Home Assistant: docs/homeassistant.md
+                from kilowatch.service.homeassistant import publish_to_homeassistant
+
+                tg.create_task(publish_to_homeassistant(options, store, hub, stop), name="ha")
             if web is not None:
                 await web(tg, running, stop)
             await _wait_connected(intake, stop)
