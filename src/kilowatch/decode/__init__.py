@@ -5,7 +5,20 @@ API for ingestion; ``registry.subscriptions()`` lists the MQTT topic filters the
 The messages themselves (``Reading``, ``Interval``...) are the vocabulary of :mod:`kilowatch.model`.
 """
 
-from kilowatch.decode.registry import Decoder, DecoderOptions, DecoderRegistry, default_registry
+from kilowatch.decode.registry import (
+    Decoder,
+    DecoderOptions,
+    DecoderRegistry,
+    ReadsAnyLayout,
+    default_registry,
+)
 from kilowatch.decode.state import DecoderState
 
-__all__ = ["Decoder", "DecoderOptions", "DecoderRegistry", "DecoderState", "default_registry"]
+__all__ = [
+    "Decoder",
+    "DecoderOptions",
+    "DecoderRegistry",
+    "DecoderState",
+    "ReadsAnyLayout",
+    "default_registry",
+]
