@@ -474,3 +474,13 @@ def test_two_resets_inside_a_backlog_count_each_once() -> None:
     got(ledger, H + 3600.004, 0.4)
     rows = got(ledger, H + 3630, 0.5)  # on time: confirms the second
     assert sum(r.import_mwh for r in rows) == 400 + 100
+
+
+def test_without_an_anchor_a_plausible_rise_is_taken_at_once() -> None:
+    ledger = Ledger()
+    got(ledger, H, 50.0)  # the first reading: no reading on time to anchor to yet
+    assert imports(got(ledger, H + 0.05, 50.5)) == {0: 500}  # nothing to place it better
+    assert got(ledger, H + 0.1, 80.0) == []  # too fast even so: held (rule 9)
+    assert imports(got(ledger, H + 60, 50.7)) == {0: 200}  # fell back: a glitch
+    ledger.add_reading(Reading(G1, RELAY, H + 120, energy_wh=51.0))  # stamped by the device
+    assert imports(got(ledger, H + 120.01, 51.2)) == {0: 200}  # no anchor again

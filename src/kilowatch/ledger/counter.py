@@ -19,13 +19,14 @@ apply (docs/energy-accounting.md has a worked example of each):
    is the energy since the reset; a rise too fast to be energy re-bases the counter uncounted.
    Otherwise the newer reading becomes the suspect.
 5. Readings stamped on receipt (:meth:`Counter.receive`; rule 12 of the doc) are accepted at once
-   only when they arrive at least ``ON_TIME_MS`` after the previous reading and are plausible, or
-   do not rise. Any other rise may be late (a broker's backlog arrives milliseconds apart): it is
-   held, the newest holding all before it; a rise is confirmed by the next reading that continues
-   it without rising or on time, a drop (reset) only by one on time. Confirmed energy belongs to
-   the span since the *anchor*, the last reading known to be on time, and counts if it is plausible
-   over that span. A held rise followed by a fall back to the accepted counter was a glitch. A
-   reading in the newest one's millisecond is new if its counter is higher.
+   only when they do not rise, or arrive at least ``ON_TIME_MS`` after the previous reading and
+   are plausible, or are plausible and there is no anchor yet. Any other rise may be late (a
+   broker's backlog arrives milliseconds apart): it is held, the newest holding all before it; a
+   rise is confirmed by the next reading that continues it without rising or on time, a drop
+   (reset) only by one on time. Confirmed energy belongs to the span since the *anchor*, the last
+   reading known to be on time, and counts if it is plausible over that span. A held rise followed
+   by a fall back to the accepted counter was a glitch. A reading in the newest one's millisecond
+   is new if its counter is higher.
 """
 
 from __future__ import annotations
@@ -254,7 +255,10 @@ class Counter:
         if rise < -_TOL:
             self._hold(t, v)  # a drop: a reset or a glitch, decided later
         elif rise <= 0 or (
-            t - since >= ON_TIME_MS and rise * 3600 <= MAX_POWER_W * (t - self.t) + _SLACK
+            # On time; or no reading to anchor to but the last one, so holding it could not place
+            # it better: judged by rules 3 and 9 alone.
+            (t - since >= ON_TIME_MS or self.anchor is None)
+            and rise * 3600 <= MAX_POWER_W * (t - self.t) + _SLACK
         ):
             self._take(t, v, out, since)
         else:
