@@ -82,7 +82,9 @@ async def test_serve_with_the_embedded_broker_and_sigterm(
     tmp_path: Path, start_serve: Callable[..., ServeProcess]
 ) -> None:
     store = f"sqlite:///{tmp_path}/embedded.db"
-    sp = start_serve("--mqtt-port", "0", "--store", store, "--log-format", "json")
+    sp = start_serve(
+        "--broker", "embedded", "--mqtt-port", "0", "--store", store, "--log-format", "json"
+    )  # fmt: skip
     port = ready_port(sp)
     device = unique("shellypmminig3-emb")
     pub = Publisher(port)
@@ -263,7 +265,8 @@ MOSQUITTO_PASSWD = Path(__file__).resolve().parents[1] / "broker" / "mosquitto-p
 
 def test_lan_without_credentials_is_refused_in_one_line(tmp_path: Path) -> None:
     out = run_cli(
-        tmp_path, "serve", "--mqtt-host", "0.0.0.0", "--mqtt-port", "0", "--http-port", "0",
+        tmp_path, "serve", "--broker", "embedded", "--mqtt-host", "0.0.0.0", "--mqtt-port", "0",
+        "--http-port", "0",
         "--store", f"sqlite:///{tmp_path}/lan.db", check=False,
     )  # fmt: skip
     assert out.returncode == 1
@@ -276,7 +279,8 @@ def test_lan_without_credentials_is_refused_in_one_line(tmp_path: Path) -> None:
 
 
 def test_embedded_broker_settings_mistakes_are_one_line(tmp_path: Path) -> None:
-    common = ("--store", f"sqlite:///{tmp_path}/m.db", "--mqtt-port", "0", "--http-port", "0")
+    common = ("--broker", "embedded", "--store", f"sqlite:///{tmp_path}/m.db", "--mqtt-port", "0",
+              "--http-port", "0")  # fmt: skip
     missing = tmp_path / "missing"
     cases = [
         (("--mqtt-user", "meter"), "mqtt_user is set without mqtt_password"),

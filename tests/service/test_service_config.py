@@ -60,7 +60,7 @@ def test_defaults_data_dir_and_store(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert s.store_url == f"sqlite:///{tmp_path}/xdg/kilowatch/kilowatch.db"
     s = load_settings(env={})
     assert s.data_dir == tmp_path / "home" / ".local/share/kilowatch"
-    assert s.broker == "embedded" and s.mqtt_port == 1883 and s.http_port == 8000
+    assert s.broker == "auto" and s.mqtt_port == 1883 and s.http_port == 8000
     assert s.mqtt_client_id.startswith("kilowatch-")
     assert s.zigbee2mqtt_base_topics == ("zigbee2mqtt",)
 
@@ -189,3 +189,25 @@ def test_tls_key_and_port_need_the_certificate() -> None:
         load_settings({"mqtt_tls_port": 8884}, env={})
     with pytest.raises(ConfigError, match="mqtt_tls_port"):
         load_settings({"mqtt_tls_cert": "/c.pem", "mqtt_tls_port": 70000}, env={})
+
+
+def test_the_broker_is_auto_managed_embedded_or_a_url() -> None:
+    for value in ("auto", "managed", "embedded"):
+        s = load_settings({"broker": value}, env={})
+        assert (s.broker_mode, s.own_broker, s.embedded) == (value, True, value == "embedded")
+    s = load_settings({"broker": "mqtt://127.0.0.1:1999"}, env={})
+    assert (s.broker_mode, s.own_broker, s.embedded) == (None, False, False)
+    with pytest.raises(ConfigError, match="a broker is 'auto', 'managed', 'embedded'"):
+        load_settings({"broker": "mosquitto"}, env={})
+    s = load_settings(env={"KILOWATCH_MOSQUITTO": "~/bin/mosquitto"})
+    assert s.mosquitto == Path("~/bin/mosquitto").expanduser()
+
+
+def test_tls_from_the_local_ca_or_from_files_not_both() -> None:
+    s = load_settings({"mqtt_tls_local": True, "mqtt_tls_port": 0}, env={})
+    assert (s.mqtt_tls_local, s.embedded_tls_port) == (True, 0)
+    assert load_settings({"mqtt_tls_local": True}, env={}).embedded_tls_port == 8883
+    with pytest.raises(ConfigError, match="use either mqtt_tls_cert or mqtt_tls_local"):
+        load_settings({"mqtt_tls_cert": "/c.pem", "mqtt_tls_local": True}, env={})
+    with pytest.raises(ConfigError, match="or mqtt_tls_local"):
+        load_settings({"mqtt_tls_port": 8884}, env={})

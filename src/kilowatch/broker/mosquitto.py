@@ -165,15 +165,19 @@ class Access:
 # --- finding mosquitto ----------------------------------------------------------------------------
 
 
-def find_mosquitto() -> Path | None:
+def find_mosquitto(binary: Path | None = None) -> Path | None:
     """A mosquitto 2.x binary: on PATH, else in :data:`SEARCH_DIRS`; ``None`` when there is none.
 
-    2.x because its password file holds ``$7$`` hashes; ``kilowatch serve`` falls back to the
-    embedded broker (and says so, with :data:`MOSQUITTO_MISSING`) when this is ``None``.
+    With ``binary`` (the ``mosquitto`` setting) only that file is considered. 2.x because its
+    password file holds ``$7$`` hashes; ``kilowatch serve`` falls back to the embedded broker
+    (and says so, with :data:`MOSQUITTO_MISSING`) when this is ``None``.
     """
-    found = shutil.which("mosquitto")
-    candidates = [Path(found)] if found else []
-    candidates += [Path(d) / "mosquitto" for d in SEARCH_DIRS]
+    if binary is not None:
+        candidates = [binary]
+    else:
+        found = shutil.which("mosquitto")
+        candidates = [Path(found)] if found else []
+        candidates += [Path(d) / "mosquitto" for d in SEARCH_DIRS]
     for path in candidates:
         if path.is_file() and os.access(path, os.X_OK) and mosquitto_version(path)[:1] >= (2,):
             return path

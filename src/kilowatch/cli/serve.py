@@ -11,10 +11,16 @@ from kilowatch.errors import KilowatchError
 from kilowatch.service.config import load_settings
 
 HELP = (
-    "Run kilowatch: the MQTT broker (embedded unless --broker names one), the intake, the energy "
-    "ledger and the store, until SIGINT or SIGTERM; then commit what is in flight and exit 0 "
-    "(exit 1 when the store still fails after stop_timeout_s: what was not stored is not "
-    "acknowledged, so the broker delivers it again at the next start).\n\n"
+    "Run kilowatch: the MQTT broker, the intake, the energy ledger and the store, until SIGINT or "
+    "SIGTERM; then commit what is in flight and exit 0 (exit 1 when the store still fails after "
+    "stop_timeout_s: what was not stored is not acknowledged, so the broker delivers it again at "
+    "the next start).\n\n"
+    "The broker (--broker): 'auto' (default) runs and supervises a mosquitto of kilowatch's own "
+    "when mosquitto 2.x is installed (apt-get install mosquitto), else the embedded broker, and "
+    "says which at start; 'managed' insists on mosquitto, 'embedded' on the built-in broker; a "
+    "mqtt:// or mqtts:// URL uses a broker you run. Beyond loopback (--mqtt-host 0.0.0.0) the "
+    "managed mosquitto lets in only devices with a user of their own: kilowatch broker user add "
+    "DEVICE prints its password.\n\n"
     "Settings come from flags, then KILOWATCH_* environment variables, then the TOML file "
     "(--config, $KILOWATCH_CONFIG or ~/.config/kilowatch/config.toml), then defaults; see "
     "docs/configuration.md.\n\n"
@@ -23,8 +29,9 @@ HELP = (
     "kilowatch serve --broker mqtts://kilowatch:secret@broker.example:8883 --mqtt-ca ca.pem "
     "--store redis://localhost:6379/0\n\n"
     "kilowatch serve --mqtt-port 1884 --http-port 8080 --log-level DEBUG --log-format json\n\n"
-    "kilowatch serve --mqtt-host 0.0.0.0 --mqtt-password-file broker-passwd --mqtt-tls-cert "
-    "broker.crt --mqtt-tls-key broker.key"
+    "kilowatch serve --mqtt-host 0.0.0.0 --mqtt-tls-local\n\n"
+    "kilowatch serve --broker embedded --mqtt-host 0.0.0.0 --mqtt-password-file broker-passwd "
+    "--mqtt-tls-cert broker.crt --mqtt-tls-key broker.key"
 )
 
 
@@ -50,7 +57,15 @@ def register(app: typer.Typer) -> None:
     @app.command("serve", help=HELP)
     def serve(
         broker: str | None = typer.Option(
-            None, "--broker", help="'embedded' (default) or mqtt://user:pass@host:port, mqtts://..."
+            None,
+            "--broker",
+            help="'auto' (default: managed mosquitto if installed, else embedded), 'managed', "
+            "'embedded', or mqtt://user:pass@host:port, mqtts://...",
+        ),
+        mosquitto: str | None = typer.Option(
+            None,
+            "--mosquitto",
+            help="mosquitto binary (default: PATH, /usr/sbin, /usr/local/sbin).",
         ),
         store: str | None = typer.Option(
             None, "--store", help="Store URL: sqlite:///file.db, redis://host:port/db, rediss://..."
@@ -59,10 +74,10 @@ def register(app: typer.Typer) -> None:
             None, "--data-dir", help="Directory of the default SQLite file."
         ),
         mqtt_host: str | None = typer.Option(
-            None, "--mqtt-host", help="Address the embedded broker binds (default 127.0.0.1)."
+            None, "--mqtt-host", help="Address kilowatch's broker binds (default 127.0.0.1)."
         ),
         mqtt_port: int | None = typer.Option(
-            None, "--mqtt-port", help="Port the embedded broker binds (default 1883; 0 = any)."
+            None, "--mqtt-port", help="Port kilowatch's broker binds (default 1883; 0 = any)."
         ),
         mqtt_user: str | None = typer.Option(
             None, "--mqtt-user", help="User the embedded broker requires / for the external one."
@@ -90,13 +105,19 @@ def register(app: typer.Typer) -> None:
             help="Users of the embedded broker: a mosquitto password file (mosquitto_passwd).",
         ),
         mqtt_tls_cert: str | None = typer.Option(
-            None, "--mqtt-tls-cert", help="Certificate (PEM) of the embedded broker's TLS listener."
+            None, "--mqtt-tls-cert", help="Certificate (PEM) of the broker's TLS listener."
+        ),
+        mqtt_tls_local: bool | None = typer.Option(
+            None,
+            "--mqtt-tls-local/--no-mqtt-tls-local",
+            help="A TLS listener on the managed mosquitto, certificate from kilowatch's local CA.",
+            show_default=False,
         ),
         mqtt_tls_key: str | None = typer.Option(
             None, "--mqtt-tls-key", help="Private key (PEM) of --mqtt-tls-cert."
         ),
         mqtt_tls_port: int | None = typer.Option(
-            None, "--mqtt-tls-port", help="Port of the embedded broker's TLS listener (8883)."
+            None, "--mqtt-tls-port", help="Port of the broker's TLS listener (8883)."
         ),
         shelly_topic_prefixes: str | None = typer.Option(
             None, "--shelly-topic-prefixes", help="Comma-separated Shelly prefix filters ('+')."

@@ -54,6 +54,17 @@ class LogLevel(StrEnum):
     ERROR = "ERROR"
 
 
+class BrokerMode(StrEnum):
+    """The brokers kilowatch runs itself (``broker`` may also be an external broker's URL)."""
+
+    AUTO = "auto"
+    """The managed mosquitto when mosquitto 2.x is installed, else the embedded broker."""
+    MANAGED = "managed"
+    """The managed mosquitto; an error when mosquitto 2.x is not installed."""
+    EMBEDDED = "embedded"
+    """kilowatch's own MQTT 3.1.1 broker, in its process."""
+
+
 class LogFormat(StrEnum):
     TEXT = "text"
     """``key=value`` lines (logfmt)."""
@@ -111,12 +122,18 @@ class Settings(BaseModel):
         "default sqlite:///<data_dir>/kilowatch.db.",
     )
     broker: str = Field(
-        default="embedded",
-        description="'embedded' (run the built-in broker) or mqtt://user:pass@host:port, mqtts://...",
+        default="auto",
+        description="'auto' (the managed mosquitto when mosquitto 2.x is installed, else the "
+        "embedded broker), 'managed', 'embedded', or mqtt://user:pass@host:port, mqtts://...",
     )
-    mqtt_host: str = Field(default="127.0.0.1", description="Address the embedded broker binds.")
+    mosquitto: Path | None = Field(
+        default=None,
+        description="The mosquitto binary of the managed broker (default: found on PATH, in "
+        "/usr/sbin or /usr/local/sbin).",
+    )
+    mqtt_host: str = Field(default="127.0.0.1", description="Address kilowatch's broker binds.")
     mqtt_port: int = Field(
-        default=DEFAULT_MQTT_PORT, ge=0, le=65535, description="Port the embedded broker binds."
+        default=DEFAULT_MQTT_PORT, ge=0, le=65535, description="Port kilowatch's broker binds."
     )
     mqtt_user: str | None = Field(
         default=None,
@@ -147,31 +164,53 @@ class Settings(BaseModel):
     )
     mqtt_tls_cert: Path | None = Field(
         default=None,
-        description="Certificate (PEM) of the embedded broker's TLS listener; setting it turns the "
+        description="Certificate (PEM) of the broker's TLS listener; setting it turns the "
         "listener on.",
     )
     mqtt_tls_key: Path | None = Field(
         default=None,
         description="Unencrypted private key (PEM) of mqtt_tls_cert (default: in its file).",
     )
+    mqtt_tls_local: bool = Field(
+        default=False,
+        description="Give the managed mosquitto a TLS listener whose certificate kilowatch's "
+        "local CA signs (made on first use; kilowatch broker ca export).",
+    )
     mqtt_tls_port: int | None = Field(
         default=None,
         ge=0,
         le=65535,
-        description=f"Port of the embedded broker's TLS listener (default {DEFAULT_MQTTS_PORT}).",
+        description=f"Port of the broker's TLS listener (default {DEFAULT_MQTTS_PORT}).",
     )
 
-    @field_validator("mqtt_tls_key", "mqtt_tls_port")
+    @field_validator("mqtt_tls_key")
     @classmethod
     def _needs_tls_cert(cls, value: Any, info: ValidationInfo) -> Any:
         if value is not None and info.data.get("mqtt_tls_cert") is None:
             raise ValueError("set mqtt_tls_cert too (the certificate of the TLS listener)")
         return value
 
+    @field_validator("mqtt_tls_local")
+    @classmethod
+    def _one_tls_source(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("mqtt_tls_cert") is not None:
+            raise ValueError("use either mqtt_tls_cert or mqtt_tls_local, not both")
+        return value
+
+    @field_validator("mqtt_tls_port")
+    @classmethod
+    def _needs_tls(cls, value: Any, info: ValidationInfo) -> Any:
+        tls = info.data.get("mqtt_tls_cert") is not None or info.data.get("mqtt_tls_local")
+        if value is not None and not tls:
+            raise ValueError(
+                "set mqtt_tls_cert too (the certificate of the TLS listener), or mqtt_tls_local"
+            )
+        return value
+
     @property
     def embedded_tls_port(self) -> int | None:
-        """The embedded broker's TLS port: ``mqtt_tls_port``, else 8883; None without a cert."""
-        if self.mqtt_tls_cert is None:
+        """The TLS listener's port: ``mqtt_tls_port``, else 8883; None without TLS."""
+        if self.mqtt_tls_cert is None and not self.mqtt_tls_local:
             return None
         return DEFAULT_MQTTS_PORT if self.mqtt_tls_port is None else self.mqtt_tls_port
 
@@ -231,7 +270,7 @@ class Settings(BaseModel):
     @field_validator("broker")
     @classmethod
     def _broker_url(cls, value: str) -> str:
-        if value != "embedded":
+        if value not in set(BrokerMode):
             parse_broker_url(value)
         return value
 
@@ -259,7 +298,18 @@ class Settings(BaseModel):
 
     @property
     def embedded(self) -> bool:
-        return self.broker == "embedded"
+        """Whether ``broker`` names the embedded broker itself (``auto`` may pick it too)."""
+        return self.broker == BrokerMode.EMBEDDED
+
+    @property
+    def broker_mode(self) -> BrokerMode | None:
+        """``auto``, ``managed`` or ``embedded``; ``None`` for an external broker's URL."""
+        return BrokerMode(self.broker) if self.broker in set(BrokerMode) else None
+
+    @property
+    def own_broker(self) -> bool:
+        """Whether kilowatch runs the broker itself (managed mosquitto or embedded)."""
+        return self.broker_mode is not None
 
 
 def sqlite_url(path: Path) -> str:
@@ -282,7 +332,9 @@ def parse_broker_url(url: str) -> BrokerAddress:
     """Parse a broker URL; raise ``ValueError`` saying what is wrong."""
     parts = urlsplit(url)
     if parts.scheme not in {"mqtt", "mqtts"}:
-        raise ValueError("a broker is 'embedded', mqtt://user:pass@host:port or mqtts://...")
+        raise ValueError(
+            "a broker is 'auto', 'managed', 'embedded', mqtt://user:pass@host:port or mqtts://..."
+        )
     if not parts.hostname:
         raise ValueError("the broker URL has no host")
     try:
@@ -384,8 +436,8 @@ def load_settings(
 
 def _expand_paths(settings: Settings) -> Settings:
     updates: dict[str, Any] = {"data_dir": settings.data_dir.expanduser()}
-    embedded_broker_files = ("mqtt_password_file", "mqtt_tls_cert", "mqtt_tls_key")
-    for key in ("mqtt_ca", "mqtt_cert", "mqtt_key", *embedded_broker_files):
+    broker_files = ("mosquitto", "mqtt_password_file", "mqtt_tls_cert", "mqtt_tls_key")
+    for key in ("mqtt_ca", "mqtt_cert", "mqtt_key", *broker_files):
         value = getattr(settings, key)
         if value is not None:
             updates[key] = value.expanduser()
@@ -413,6 +465,7 @@ def resolve_store_url(store: str | None = None, *, config_file: Path | None = No
 
 __all__ = [
     "BrokerAddress",
+    "BrokerMode",
     "LogFormat",
     "LogLevel",
     "Settings",

@@ -1,8 +1,9 @@
 """``kilowatch serve``: one lifespan that owns the broker, the store, the intake and the pipeline.
 
 Resources are entered in dependency order on one :class:`~contextlib.AsyncExitStack` (store,
-embedded broker, MQTT intake) and left in reverse; every background loop (intake reconnects,
-ingest, stats, web app) runs in one :class:`asyncio.TaskGroup`. Stopping (SIGINT/SIGTERM → the
+broker: the managed mosquitto or the embedded one unless an external one is named, MQTT intake)
+and left in reverse; every background loop (intake reconnects, ingest, stats, web app) runs in one
+:class:`asyncio.TaskGroup`. Stopping (SIGINT/SIGTERM → the
 ``stop`` event) is graceful: the intake stops handing out messages, the pipeline commits what it
 holds and acknowledges it, the intake disconnects after its acknowledgements went out, then the
 broker and the store close.
@@ -20,22 +21,31 @@ import contextlib
 import json
 import logging
 import secrets
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from kilowatch.broker.mosquitto import (
+    MOSQUITTO_MISSING,
+    Listener,
+    ManagedMosquitto,
+    find_mosquitto,
+)
+from kilowatch.broker.tls import TlsFiles, ensure_local_tls, pem_files, tls_dir
 from kilowatch.decode.registry import DecoderOptions, default_registry
-from kilowatch.errors import ConfigError, StoreError
+from kilowatch.errors import BrokerError, ConfigError, StoreError
 from kilowatch.intake.client import MqttIntake, MqttOptions
 from kilowatch.intake.live import LiveHub
 from kilowatch.intake.pipeline import Pipeline
 from kilowatch.intake.stats import IngestHealth, IngestStats
 from kilowatch.ledger import Ledger
-from kilowatch.service.config import LogFormat, Settings, parse_broker_url
+from kilowatch.service.config import BrokerMode, LogFormat, Settings, parse_broker_url
 from kilowatch.service.retention import run_retention
 from kilowatch.store import Store, open_store
 
@@ -46,6 +56,8 @@ EMBEDDED_MAX_INFLIGHT = 10_000
 each commit, so a small window (the broker's default, 100) caps ingest at 100 per commit."""
 STATS_INTERVAL_S = 60.0
 """How often ingest counters are logged."""
+MANAGED, EMBEDDED, EXTERNAL = "managed", "embedded", "external"
+"""Which broker the intake reads (the ready line's ``broker=``)."""
 
 
 # -- logging --------------------------------------------------------------------------------------
@@ -103,6 +115,10 @@ class Running:
     mqtt_port: int
     health: Callable[[], IngestHealth]
     """The ingest's health now (for ``/api/v1/health`` and ``/metrics``)."""
+    broker: str = EXTERNAL
+    """Which broker the intake reads: ``managed`` (mosquitto), ``embedded`` or ``external``."""
+    mosquitto: ManagedMosquitto | None = None
+    """The managed mosquitto, when that is the broker."""
 
 
 WebStarter = Callable[[asyncio.TaskGroup, Running, asyncio.Event], Awaitable[object]]
@@ -170,6 +186,112 @@ def _embedded_logins(settings: Settings) -> tuple[dict[str, str], Settings]:
     return {login["mqtt_user"]: login["mqtt_password"]}, settings.model_copy(update=login)
 
 
+@dataclass(frozen=True, slots=True)
+class _Broker:
+    kind: str
+    options: MqttOptions
+    mosquitto: ManagedMosquitto | None = None
+
+
+async def _start_broker(stack: AsyncExitStack, settings: Settings, store: Store) -> _Broker:
+    """Enter the broker kilowatch runs itself (if any) on ``stack``; how the intake reaches it.
+
+    ``auto`` runs the managed mosquitto when mosquitto 2.x is installed, else the embedded
+    broker, saying so in one line; ``managed`` requires mosquitto; a URL runs nothing.
+    """
+    mode = settings.broker_mode
+    if mode is None:
+        return _Broker(EXTERNAL, mqtt_options(settings))
+    if mode is not BrokerMode.EMBEDDED:
+        binary = await asyncio.to_thread(find_mosquitto, settings.mosquitto)
+        embedded_users = settings.mqtt_password_file is not None or settings.mqtt_user is not None
+        if binary is None:
+            missing = (
+                MOSQUITTO_MISSING
+                if settings.mosquitto is None
+                else f"mosquitto 2.x is not at {settings.mosquitto} (setting mosquitto)"
+            )
+            if mode is BrokerMode.MANAGED:
+                raise BrokerError(
+                    f"{missing}; install it (apt-get install mosquitto) or use --broker embedded"
+                )
+            log.warning("%s: running the embedded broker instead", missing)
+        elif embedded_users and mode is BrokerMode.MANAGED:
+            raise ConfigError(
+                "mqtt_user and mqtt_password_file are users of the embedded broker; the managed "
+                "mosquitto's devices get theirs from kilowatch broker user add DEVICE"
+            )
+        elif embedded_users:
+            log.info(
+                "broker=auto: mqtt_user or mqtt_password_file name the embedded broker's users: "
+                "running the embedded broker (the managed mosquitto's devices get theirs from "
+                "kilowatch broker user add DEVICE)"
+            )
+        else:
+            return await _start_managed(stack, settings, store, binary)
+    return await _start_embedded(stack, settings)
+
+
+async def _start_managed(
+    stack: AsyncExitStack, settings: Settings, store: Store, binary: Path
+) -> _Broker:
+    listeners = [Listener(host=settings.mqtt_host, port=settings.mqtt_port)]
+    tls_port = settings.embedded_tls_port
+    if tls_port is not None:
+        files = await asyncio.to_thread(_managed_tls_files, settings)
+        listeners.append(Listener(host=settings.mqtt_host, port=tls_port, tls=files))
+    managed = await stack.enter_async_context(
+        ManagedMosquitto(settings.data_dir, store, binary=binary, listeners=listeners)
+    )
+    if not all(listener.loopback for listener in managed.listeners):
+        log.info(
+            "mosquitto listens beyond loopback on %s: every device needs a user of its own, made "
+            "with kilowatch broker user add DEVICE (it prints the password)",
+            ",".join(f"{x.host}:{x.port}{'/tls' if x.tls else ''}" for x in managed.listeners),
+        )
+    options = MqttOptions(
+        host=managed.host,
+        port=managed.port,
+        user=managed.user,
+        password=managed.password,
+        client_id=settings.mqtt_client_id,
+    )
+    return _Broker(MANAGED, options, managed)
+
+
+def _managed_tls_files(settings: Settings) -> TlsFiles:
+    """The TLS listener's PEM files: the settings' own, else the local CA's (made if missing)."""
+    if settings.mqtt_tls_cert is not None:
+        cert = settings.mqtt_tls_cert
+        return pem_files(cert, cert, settings.mqtt_tls_key or cert)
+    names = [settings.mqtt_host, socket.gethostname()]
+    return ensure_local_tls(tls_dir(settings.data_dir), names)
+
+
+async def _start_embedded(stack: AsyncExitStack, settings: Settings) -> _Broker:
+    from kilowatch.broker.embedded import EmbeddedBroker, server_tls_context
+
+    if settings.mqtt_tls_local:
+        raise ConfigError(
+            "mqtt_tls_local is for the managed mosquitto; the embedded broker's TLS listener "
+            "takes mqtt_tls_cert and mqtt_tls_key"
+        )
+    users, settings = _embedded_logins(settings)
+    cert = settings.mqtt_tls_cert
+    broker = await stack.enter_async_context(
+        EmbeddedBroker(
+            settings.mqtt_host,
+            settings.mqtt_port,
+            users=users,
+            password_file=settings.mqtt_password_file,
+            ssl_context=server_tls_context(cert, settings.mqtt_tls_key) if cert else None,
+            tls_port=settings.embedded_tls_port,
+            max_inflight_messages=EMBEDDED_MAX_INFLIGHT,
+        )
+    )
+    return _Broker(EMBEDDED, mqtt_options(settings, embedded_port=broker.port))
+
+
 def ingest_metrics(stats: IngestStats) -> dict[str, float]:
     """Ingest counters for the web app's ``/metrics`` (commit failures by kind, and the gauges,
     come with :attr:`Running.health`)."""
@@ -197,35 +319,19 @@ async def serve(
     """
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(open_store(settings.store_url))
-        embedded_port: int | None = None
-        if settings.embedded:
-            from kilowatch.broker.embedded import EmbeddedBroker, server_tls_context
-
-            users, settings = _embedded_logins(settings)
-            cert = settings.mqtt_tls_cert
-            broker = await stack.enter_async_context(
-                EmbeddedBroker(
-                    settings.mqtt_host,
-                    settings.mqtt_port,
-                    users=users,
-                    password_file=settings.mqtt_password_file,
-                    ssl_context=server_tls_context(cert, settings.mqtt_tls_key) if cert else None,
-                    tls_port=settings.embedded_tls_port,
-                    max_inflight_messages=EMBEDDED_MAX_INFLIGHT,
-                )
-            )
-            embedded_port = broker.port
+        broker = await _start_broker(stack, settings, store)
         registry = default_registry(decoder_options(settings))
         ledger = Ledger(await store.load_ledger_states())
         hub = LiveHub()
         pipeline = Pipeline(
             registry=registry, ledger=ledger, store=store, hub=hub, stall_s=settings.commit_stall_s
         )
-        options = mqtt_options(settings, embedded_port=embedded_port)
+        options = broker.options
         intake = await stack.enter_async_context(MqttIntake(options, registry.subscriptions()))
         running = Running(
-            settings, store, hub, pipeline.stats, options.host, options.port, pipeline.health
-        )
+            settings, store, hub, pipeline.stats, options.host, options.port, pipeline.health,
+            broker=broker.kind, mosquitto=broker.mosquitto,
+        )  # fmt: skip
         abandoned = 0
         async with asyncio.TaskGroup() as tg:
             connector = tg.create_task(intake.run(), name="mqtt")
@@ -240,16 +346,16 @@ async def serve(
                 await web(tg, running, stop)
             await _wait_connected(intake, stop)
             log.info(
-                "kilowatch ready store=%s mqtt=%s:%d embedded=%s subscriptions=%d",
+                "kilowatch ready store=%s mqtt=%s:%d broker=%s subscriptions=%d",
                 _redact(settings.store_url), options.host, options.port,
-                settings.embedded, len(registry.subscriptions()),
+                broker.kind, len(registry.subscriptions()),
             )  # fmt: skip
             if on_ready is not None:
                 on_ready(running)
             await stop.wait()
             log.info("stopping: committing what is in flight")
             intake.stop_taking()
-            abandoned = await _drain(ingest, intake, pipeline, settings)
+            abandoned = await _drain(ingest, intake, pipeline, settings, broker.kind)
             connector.cancel()
             stats.cancel()
             retention.cancel()
@@ -261,7 +367,7 @@ async def serve(
             " they were not acknowledged, "
             + (
                 "and the embedded broker keeps nothing across a restart: they are lost"
-                if settings.embedded
+                if broker.kind == EMBEDDED
                 else "so the broker delivers them again at the next start"
             )
         )
@@ -270,7 +376,11 @@ async def serve(
 
 
 async def _drain(
-    ingest: asyncio.Task[None], intake: MqttIntake, pipeline: Pipeline, settings: Settings
+    ingest: asyncio.Task[None],
+    intake: MqttIntake,
+    pipeline: Pipeline,
+    settings: Settings,
+    broker_kind: str,
 ) -> int:
     """Let the pipeline commit what it holds for at most ``stop_timeout_s``; then cancel it.
 
@@ -290,7 +400,7 @@ async def _drain(
         settings.stop_timeout_s,
         abandoned,
         "lost: the embedded broker keeps nothing across a restart"
-        if settings.embedded
+        if broker_kind == EMBEDDED
         else "the broker delivers them again at the next start",
         pipeline.stats.last_error,
     )
