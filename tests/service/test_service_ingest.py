@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from svchelpers import Publisher, forget_session, poll, running_service, unique
 
+from kilowatch.errors import ConfigError
 from kilowatch.model.slots import slot_of
 from kilowatch.query.energy import EnergyQuery, EnergyRow
 from kilowatch.service.config import Settings
@@ -421,3 +422,41 @@ def test_backoff_is_jittered_capped_and_exponential() -> None:
     nominal = [0.5, 1, 2, 4, 8, 8, 8, 8, 8, 8]
     assert all(0.5 * n <= g <= 1.5 * n for g, n in zip(got, nominal, strict=True))
     assert len(set(got)) == len(got)  # jittered: no two equal
+
+
+async def test_a_configured_route_reads_a_custom_topic_layout(
+    mosquitto: MosquittoServer, settings_for: Callable[..., Settings], tmp_path: Any
+) -> None:
+    """Issue 9: a configured source (``topic_sources``) decodes its custom topic layout: a Tasmota
+    whose FullTopic is ``site7/%topic%/%prefix%/`` is stored under the other levels joined."""
+    site = unique("site")[:12]
+    settings = settings_for(
+        mosquitto.url, f"sqlite:///{tmp_path}/routes.db", topic_sources=f"{site}/+/tele/+=tasmota"
+    )
+    assert settings.topic_routes == ((f"{site}/+/tele/+", "tasmota"),)
+    pub = Publisher(mosquitto.port)
+    try:
+        async with running_service(settings) as running:
+            for total in (10.0, 10.0005):  # +0.5 Wh a few ms later: plausible, taken at once
+                pub.publish(
+                    f"{site}/boiler/tele/SENSOR",
+                    {"Time": "2026-01-01T10:00:01", "ENERGY": {"Total": total, "Power": 5}},
+                )
+            await poll(lambda: running.stats.committed >= 2, what="both messages")
+            assert running.stats.dead_letters == {}
+            devices = {d.device for d in await running.store.devices()}
+            assert f"{site}/boiler" in devices
+            rows = await running.store.energy(
+                EnergyQuery(by="month", tz="UTC", start=at(0), end=at(4_000_000_000),
+                            devices=(f"{site}/boiler",), group="total")
+            )  # fmt: skip
+            assert sum(r.energy_wh for r in rows) == pytest.approx(0.5, abs=1e-3)
+    finally:
+        pub.close()
+
+
+def test_a_route_that_is_not_filter_equals_source_is_refused(
+    settings_for: Callable[..., Settings],
+) -> None:
+    with pytest.raises(ConfigError, match="FILTER=SOURCE"):
+        settings_for("mqtt://127.0.0.1:1", topic_sources="tele/+/SENSOR")

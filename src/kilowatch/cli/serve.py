@@ -128,6 +128,12 @@ def register(app: typer.Typer) -> None:
         zigbee2mqtt_base_topics: str | None = typer.Option(
             None, "--zigbee2mqtt-base-topics", help="Comma-separated Zigbee2MQTT base topics."
         ),
+        topic_sources: str | None = typer.Option(
+            None,
+            "--topic-sources",
+            help="Comma-separated FILTER=SOURCE routes: a custom topic layout of a source, e.g. "
+            "'site7/+/tele/+=tasmota'.",
+        ),
         http_host: str | None = typer.Option(
             None, "--http-host", help="Address the web app binds (default 127.0.0.1)."
         ),

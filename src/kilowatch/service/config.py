@@ -226,6 +226,11 @@ class Settings(BaseModel):
     zigbee2mqtt_base_topics: tuple[str, ...] = Field(
         default=("zigbee2mqtt",), description="Zigbee2MQTT base topics."
     )
+    topic_sources: tuple[str, ...] = Field(
+        default=(),
+        description="Routes 'FILTER=SOURCE': topics the MQTT filter matches are that source's, in "
+        "any topic layout of it (e.g. 'site7/+/tele/+=tasmota').",
+    )
     http_host: str = Field(default="127.0.0.1", description="Address the web app binds.")
     http_port: int = Field(default=8000, ge=0, le=65535, description="Port the web app binds.")
     tz: str = Field(
@@ -282,7 +287,11 @@ class Settings(BaseModel):
         return value
 
     @field_validator(
-        "shelly_topic_prefixes", "tasmota_full_topics", "zigbee2mqtt_base_topics", mode="before"
+        "shelly_topic_prefixes",
+        "tasmota_full_topics",
+        "zigbee2mqtt_base_topics",
+        "topic_sources",
+        mode="before",
     )
     @classmethod
     def _split(cls, value: Any) -> Any:
@@ -290,6 +299,20 @@ class Settings(BaseModel):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("topic_sources")
+    @classmethod
+    def _routes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for route in value:
+            topic_filter, sep, source = route.rpartition("=")
+            if not sep or not topic_filter or not source:
+                raise ValueError(f"{route!r} is not FILTER=SOURCE (e.g. 'site7/+/tele/+=tasmota')")
+        return value
+
+    @property
+    def topic_routes(self) -> tuple[tuple[str, str], ...]:
+        """``topic_sources`` as ``(MQTT topic filter, decoder name)`` pairs."""
+        return tuple((r.rpartition("=")[0], r.rpartition("=")[2]) for r in self.topic_sources)
 
     @property
     def store_url(self) -> str:

@@ -130,6 +130,7 @@ def decoder_options(settings: Settings) -> DecoderOptions:
         shelly_topic_prefixes=settings.shelly_topic_prefixes,
         tasmota_full_topics=settings.tasmota_full_topics,
         zigbee2mqtt_base_topics=settings.zigbee2mqtt_base_topics,
+        topic_sources=settings.topic_routes,
     )
 
 
