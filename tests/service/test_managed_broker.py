@@ -227,6 +227,45 @@ async def test_devices_connect_over_tls_with_the_exported_local_ca(
 
 
 @needs_mosquitto
+async def test_a_simulated_fleet_provisioned_like_real_shellies_connects_over_tls(
+    settings_for: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Simulated Shelly devices get what a real one would: the exported CA (Shelly.PutUserCA),
+    then MQTT.SetConfig with their own user and ``ssl_ca: user_ca.pem``, then a reboot. Their
+    energy reaches the store over TLS, within their ACLs (a publish outside would cut them off)."""
+    pytest.importorskip("aiohttp")
+    from shellysim.fleet import Fleet
+
+    caplog.set_level(logging.INFO)
+    settings = settings_for("managed", mqtt_port=0, mqtt_tls_local=True, mqtt_tls_port=0)
+    async with running_service(settings) as r:
+        tls_port = next(x.port for x in managed(r).listeners if x.tls is not None)
+        ca = export_ca(tls_dir(settings.data_dir))[0].decode()
+        fleet = Fleet(devices=2, models=("pm1",), start=T0, speed=3600, http=False, engine=None)
+        async with fleet:
+            for dev in fleet.devices:
+                password = await new_device(r, dev.id)
+                await dev.call("Shelly.PutUserCA", {"data": ca, "append": False})
+                mqtt = {"enable": True, "server": f"127.0.0.1:{tls_port}", "user": dev.id,
+                        "pass": password, "ssl_ca": "user_ca.pem"}  # fmt: skip
+                await dev.call("MQTT.SetConfig", {"config": mqtt})
+                await dev.reboot()
+            await fleet.wait_connected(timeout=WAIT_S)
+            for dev in fleet.devices:
+                await poll(lambda d=dev.id: _some_wh(settings.store_url, d), what=f"{dev.id}")
+            assert all(link.connects == 1 for link in fleet.mqtt.values()), "a device was cut off"
+        lines = [x.getMessage() for x in caplog.records]
+        for dev in fleet.devices:  # mosquitto: "New client connected from <addr> as <id> (...)"
+            client = next(x for x in lines if x.endswith(f" as {dev.id}", 0, x.find(" (")))
+            address = client.split()[4]
+            assert f"New connection from {address} on port {tls_port}." in lines, dev.id
+
+
+async def _some_wh(store_url: str, device: str) -> bool:
+    return await stored_wh(store_url, device) > 0
+
+
+@needs_mosquitto
 async def test_kill_9_of_mosquitto_mid_stream_loses_no_energy(
     settings_for: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
