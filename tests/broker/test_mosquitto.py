@@ -564,3 +564,31 @@ def test_find_mosquitto_wants_version_2(tmp_path: Path) -> None:
     old.chmod(0o755)
     assert mosquitto_version(old) == (1, 6, 9)
     assert mosquitto_version(tmp_path / "nothing") == ()
+
+
+def test_a_bridge_in_conf_d_forwards_to_a_cloud_broker(
+    managed: Callable[..., ManagedThread], clients: Clients, tmp_path: Path
+) -> None:
+    """docs/broker.md's bridge block, in ``<data dir>/mosquitto/conf.d/``, kept across starts:
+    what is published under ``kilowatch/#`` reaches the other broker (a loopback stand-in)."""
+    from kilowatch.testing import MosquittoServer
+
+    with MosquittoServer() as cloud:
+        conf_d = tmp_path / "data0" / "mosquitto" / "conf.d"
+        conf_d.mkdir(parents=True)
+        (conf_d / "bridge.conf").write_text(
+            f"connection cloud\naddress 127.0.0.1:{cloud.port}\nremote_clientid kilowatch-home\n"
+            "bridge_protocol_version mqttv311\ntopic kilowatch/# out 1\n"
+        )
+        m = managed()
+        assert (conf_d / "bridge.conf").exists()
+        subscriber = clients(cloud.port, "cloud-sub")
+        assert subscriber.connect()[0] == 0
+        assert subscriber.subscribe("kilowatch/#", 1) == 1
+        kw = _kilowatch(m, clients)
+        deadline = time.monotonic() + WAIT_S
+        while subscriber.messages.empty():  # until the bridge is up; bounded
+            assert time.monotonic() < deadline, "nothing crossed the bridge"
+            kw.publish("kilowatch/energy", b"42")
+            threading.Event().wait(0.1)
+        assert subscriber.expect()[0].topic == "kilowatch/energy"

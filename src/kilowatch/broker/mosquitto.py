@@ -69,6 +69,9 @@ PASSWORD_FILE = "passwd"
 ACL_FILE = "acl"
 ACCESS_FILE = "access.json"
 PID_FILE = "mosquitto.pid"
+INCLUDE_DIR = "conf.d"
+"""Your own mosquitto config (``*.conf``, e.g. a bridge to a cloud broker), read after kilowatch's
+and kept across starts."""
 MQTT_PORT = 1883
 """IANA-registered MQTT port."""
 MQTTS_PORT = 8883
@@ -266,6 +269,9 @@ def render_config(
                 f"certfile {listener.tls.certfile}",
                 f"keyfile {listener.tls.keyfile}",
             ]
+    # Last, so that a bridge block there (``connection ...``) does not swallow our settings.
+    lines += ["", "# Your own additions (a bridge, ...): *.conf files, kept across starts.",
+              f"include_dir {directory / INCLUDE_DIR}"]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -522,6 +528,7 @@ class ManagedMosquitto:
             )
         self.directory.mkdir(parents=True, exist_ok=True)
         self.directory.chmod(0o700)
+        (self.directory / INCLUDE_DIR).mkdir(mode=0o700, exist_ok=True)
         await _stop_stale(self.directory, self.options.stop_timeout_s)
         self._prepare_listeners()
         self.password = generate_password()
