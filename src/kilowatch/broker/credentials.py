@@ -231,14 +231,34 @@ def render_acl_file(records: Iterable[Credential], *, anonymous: bool = False) -
     out = ["# Written by kilowatch from the store's broker credentials; edits are overwritten."]
     if anonymous:
         out += ["# anonymous clients (mosquitto listens on loopback only)", "topic readwrite #"]
-    out += ["", f"user {SERVICE_USER}", "topic readwrite #"]
-    for r in _active(records):
-        out += ["", f"user {r.user}"]
-        both = set(r.publish) & set(r.subscribe)
-        out += [f"topic readwrite {t}" for t in r.publish if t in both]
-        out += [f"topic write {t}" for t in r.publish if t not in both]
-        out += [f"topic read {t}" for t in r.subscribe if t not in both]
+    for rule in topic_rules(records):
+        out += ["", f"user {rule.user}"]
+        both = set(rule.publish) & set(rule.subscribe)
+        out += [f"topic readwrite {t}" for t in rule.publish if t in both]
+        out += [f"topic write {t}" for t in rule.publish if t not in both]
+        out += [f"topic read {t}" for t in rule.subscribe if t not in both]
     return "\n".join(out) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicRule:
+    """What one MQTT user may do: the topic filters it may publish to and read from."""
+
+    user: str
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+
+
+def topic_rules(records: Iterable[Credential]) -> list[TopicRule]:
+    """Every user's topics, the one rule for both brokers: kilowatch's own user everything
+    (``#``), then each active device its own (by user name); revoked devices have none.
+
+    :func:`render_acl_file` writes mosquitto's ``acl_file`` from it; the embedded broker's
+    :class:`~kilowatch.broker.embedded.acl.Acl` enforces it.
+    """
+    return [TopicRule(SERVICE_USER, ("#",), ("#",))] + [
+        TopicRule(r.user, r.publish, r.subscribe) for r in _active(records)
+    ]
 
 
 def _active(records: Iterable[Credential]) -> list[Credential]:
@@ -330,6 +350,7 @@ __all__ = [
     "SERVICE_USER",
     "Credential",
     "DeviceKind",
+    "TopicRule",
     "add_device",
     "check_device_id",
     "check_prefix",
@@ -343,6 +364,7 @@ __all__ = [
     "revoke_device",
     "rotate",
     "rotate_device",
+    "topic_rules",
     "topics_for",
     "write_private",
 ]

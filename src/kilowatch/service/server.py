@@ -165,11 +165,15 @@ def mqtt_options(settings: Settings, *, embedded_port: int | None = None) -> Mqt
     )
 
 
-def _embedded_logins(settings: Settings) -> tuple[dict[str, str], Settings]:
+def _embedded_logins(
+    settings: Settings, *, service_user: bool = False
+) -> tuple[dict[str, str], Settings]:
     """The embedded broker's plain users, and the settings whose user the intake logs in with.
 
-    ``mqtt_user`` and ``mqtt_password`` are one user. With a password file and no ``mqtt_user``,
-    the intake gets a user of its own for this run, with a random password kept in memory only.
+    ``mqtt_user`` and ``mqtt_password`` are one user. With a password file (or, ``service_user``,
+    the store's broker credentials) and no ``mqtt_user``, the intake gets a user of its own for
+    this run, with a random password kept in memory only: kilowatch's own user when the store has
+    credentials (its rule lets it read everything), else ``kilowatch-intake-<random>``.
     """
     if settings.mqtt_user is not None:
         if settings.mqtt_password is None:
@@ -178,10 +182,12 @@ def _embedded_logins(settings: Settings) -> tuple[dict[str, str], Settings]:
                 "mqtt_password_file alone)"
             )
         return {settings.mqtt_user: settings.mqtt_password}, settings
-    if settings.mqtt_password_file is None:
+    from kilowatch.broker.credentials import SERVICE_USER
+
+    if settings.mqtt_password_file is None and not service_user:
         return {}, settings
     login = {
-        "mqtt_user": f"kilowatch-intake-{secrets.token_hex(4)}",
+        "mqtt_user": SERVICE_USER if service_user else f"kilowatch-intake-{secrets.token_hex(4)}",
         "mqtt_password": secrets.token_urlsafe(24),
     }
     return {login["mqtt_user"]: login["mqtt_password"]}, settings.model_copy(update=login)
@@ -230,7 +236,7 @@ async def _start_broker(stack: AsyncExitStack, settings: Settings, store: Store)
             )
         else:
             return await _start_managed(stack, settings, store, binary)
-    return await _start_embedded(stack, settings)
+    return await _start_embedded(stack, settings, store)
 
 
 async def _start_managed(
@@ -269,15 +275,19 @@ def _managed_tls_files(settings: Settings) -> TlsFiles:
     return ensure_local_tls(tls_dir(settings.data_dir), names)
 
 
-async def _start_embedded(stack: AsyncExitStack, settings: Settings) -> _Broker:
-    from kilowatch.broker.embedded import EmbeddedBroker, server_tls_context
+async def _start_embedded(stack: AsyncExitStack, settings: Settings, store: Store) -> _Broker:
+    from kilowatch.broker.credentials import credentials
+    from kilowatch.broker.embedded import Acl, EmbeddedBroker, server_tls_context
 
     if settings.mqtt_tls_local:
         raise ConfigError(
             "mqtt_tls_local is for the managed mosquitto; the embedded broker's TLS listener "
             "takes mqtt_tls_cert and mqtt_tls_key"
         )
-    users, settings = _embedded_logins(settings)
+    # The devices of `kilowatch broker user add` log in and are held to their topics here too.
+    records = list((await credentials(store)).values())
+    acl = Acl.from_credentials(records) if records else None
+    users, settings = _embedded_logins(settings, service_user=acl is not None)
     cert = settings.mqtt_tls_cert
     broker = await stack.enter_async_context(
         EmbeddedBroker(
@@ -288,6 +298,7 @@ async def _start_embedded(stack: AsyncExitStack, settings: Settings) -> _Broker:
             ssl_context=server_tls_context(cert, settings.mqtt_tls_key) if cert else None,
             tls_port=settings.embedded_tls_port,
             max_inflight_messages=EMBEDDED_MAX_INFLIGHT,
+            acl=acl,
         )
     )
     return _Broker(EMBEDDED, mqtt_options(settings, embedded_port=broker.port))

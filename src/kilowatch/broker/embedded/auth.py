@@ -65,10 +65,16 @@ class Authenticator:
     """
 
     def __init__(
-        self, users: Mapping[str, str] | None = None, password_file: str | Path | None = None
+        self,
+        users: Mapping[str, str] | None = None,
+        password_file: str | Path | None = None,
+        *,
+        hashes: Mapping[str, str] | None = None,
     ) -> None:
         self._plain = dict(users or {})
         self._hashed = load_password_file(password_file) if password_file is not None else {}
+        # Users with a hash from elsewhere (the store's broker credentials) win over the file's.
+        self._hashed.update(hashes or {})
         # Successful hash checks, keyed by a fast digest so the plain password is not kept in
         # memory.
         self._verified: set[tuple[str, bytes]] = set()

@@ -16,6 +16,7 @@ from enum import Enum
 from time import monotonic
 from typing import Any, Protocol
 
+from kilowatch.broker.embedded.acl import UserAcl
 from kilowatch.broker.embedded.session import BrokerCounters, Session
 from kilowatch.errors import ProtocolError
 from kilowatch.mqtt.packets import (
@@ -75,6 +76,7 @@ class Hub(Protocol):
     async def check_credentials(
         self, username: str | None, password: bytes | None
     ) -> ConnectReturnCode: ...
+    def user_acl(self, username: str | None) -> UserAcl | None: ...
     def attach(self, conn: Connection, *, clean: bool) -> None: ...
     def subscribe(self, session: Session, topic_filter: str, qos: int) -> None: ...
     def unsubscribe(self, session: Session, topic_filter: str) -> None: ...
@@ -92,6 +94,8 @@ class Connection(asyncio.Protocol):
         self.reader = FrameReader(broker.max_packet_size)
         self.session: Session | None = None
         self.will: Will | None = None
+        self.acl: UserAcl | None = None  # None: this client may publish and subscribe anywhere
+        self.username: str | None = None
         self.keepalive = 0
         self.client_id = ""
         self.peer = "?"
@@ -257,6 +261,10 @@ class Connection(asyncio.Protocol):
             raise ProtocolError("malformed", "PUBLISH with QoS 3")
         packet = parse_publish(first, body)
         check_topic_name(packet.topic)
+        acl = self.acl
+        if acl is not None and not acl.may_publish(packet.topic):
+            self._deny_publish(packet.topic)
+            return
         qos = packet.qos
         if qos == 2:
             # Deliver on the first PUBLISH, remember the id until PUBREL: a resent PUBLISH with the
@@ -272,12 +280,30 @@ class Connection(asyncio.Protocol):
             start = 2 + (body[0] << 8 | body[1])
             self.write(_PUBACK_HEADER + body[start : start + 2])
 
+    def _deny_publish(self, topic: str) -> None:
+        """A PUBLISH outside the sender's ACL: close the connection (its will goes), as
+        mosquitto 2.0 does; MQTT 3.1.1 §3.3.5 allows this or acknowledging and dropping."""
+        self.broker.counters.publishes_denied += 1
+        log.info(
+            "client %r (%s, user %r) disconnected: not allowed to publish on %r",
+            self.client_id, self.peer, self.username, topic,
+        )  # fmt: skip
+        self.close(f"publish on {topic!r} denied", will=True)
+
     def _on_subscribe(self, session: Session, body: bytes) -> None:
         packet_id, requests = parse_subscribe(body)
         codes: list[int] = []
         granted: list[tuple[str, int]] = []
+        acl = self.acl
         for topic_filter, qos in requests:
             if not is_valid_filter(topic_filter):
+                codes.append(SUBACK_FAILURE)
+                continue
+            if acl is not None and not acl.may_subscribe(topic_filter):
+                log.debug(
+                    "client %r (user %r): subscription to %r denied",
+                    self.client_id, self.username, topic_filter,
+                )  # fmt: skip
                 codes.append(SUBACK_FAILURE)
                 continue
             self.broker.subscribe(session, topic_filter, qos)
@@ -334,9 +360,16 @@ class Connection(asyncio.Protocol):
             code = await self.broker.check_credentials(packet.username, packet.password)
             if self.state is not State.CONNECTING:
                 return  # the client went away while its password was checked
+            acl = self.broker.user_acl(packet.username)
+            will = packet.will
+            if code is ConnectReturnCode.ACCEPTED and acl and will:
+                # A will outside the user's topics could never be published: refuse it now.
+                code = code if acl.may_publish(will.topic) else ConnectReturnCode.NOT_AUTHORIZED
             if code is not ConnectReturnCode.ACCEPTED:
                 self._refuse(code)
                 return
+            self.acl = acl
+            self.username = packet.username
             self.keepalive = packet.keepalive
             self.will = packet.will
             self.state = State.CONNECTED

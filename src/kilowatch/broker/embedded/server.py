@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from kilowatch.broker.embedded.acl import Acl, UserAcl
 from kilowatch.broker.embedded.auth import Authenticator
 from kilowatch.broker.embedded.connection import Connection, State
 from kilowatch.broker.embedded.session import BrokerCounters, Message, Session
@@ -68,6 +69,7 @@ class BrokerStats:
     clients_connected: int
     connections_total: int
     protocol_errors: int
+    publishes_denied: int  # PUBLISHes outside the sender's ACL (each closed its connection)
     sessions: int
     sessions_expired: int  # persistent sessions discarded after session_expiry_s offline
     subscriptions: int
@@ -140,6 +142,10 @@ class EmbeddedBroker:
         session_expiry_s: a persistent session whose client has been disconnected this long is
             discarded, its queued messages with it; ``None``: never.
         clock: monotonic seconds, for session expiry (tests inject their own).
+        acl: per-user topic rules and the users' hashes, from the store's broker credentials
+            (:meth:`Acl.from_credentials <kilowatch.broker.embedded.acl.Acl.from_credentials>`):
+            a device publishing outside its topics is disconnected, a subscription outside them
+            gets 0x80, a revoked device is refused. ``None``: every client may do everything.
     """
 
     def __init__(
@@ -156,6 +162,7 @@ class EmbeddedBroker:
         max_inflight_messages: int = DEFAULT_MAX_INFLIGHT_MESSAGES,
         session_expiry_s: float | None = DEFAULT_SESSION_EXPIRY_S,
         clock: Callable[[], float] = time.monotonic,
+        acl: Acl | None = None,
     ) -> None:
         for number in (port, tls_port):
             if number is not None and not 0 <= number <= 65535:
@@ -174,7 +181,10 @@ class EmbeddedBroker:
             )
         self.host = "127.0.0.1" if host == "localhost" else host
         self._requested_port = port
-        self.auth = Authenticator(users, password_file)
+        self.acl = acl
+        self.auth = Authenticator(
+            users, password_file, hashes=None if acl is None else acl.password_hashes
+        )
         if not _is_loopback(self.host) and not self.auth.enabled:
             raise BrokerError(
                 f"the embedded broker would listen on {self.host or '0.0.0.0'}, which other "
@@ -389,6 +399,7 @@ class EmbeddedBroker:
             clients_connected=sum(1 for s in self.sessions.values() if s.conn is not None),
             connections_total=c.connections_total,
             protocol_errors=c.protocol_errors,
+            publishes_denied=c.publishes_denied,
             sessions=len(self.sessions),
             sessions_expired=c.sessions_expired,
             subscriptions=len(self.tree),
@@ -441,6 +452,8 @@ class EmbeddedBroker:
         self, username: str | None, password: bytes | None
     ) -> ConnectReturnCode:
         """The CONNACK code for a user name and password (accepted when no user is configured)."""
+        if self.acl is not None and self.acl.is_revoked(username):
+            return ConnectReturnCode.NOT_AUTHORIZED
         if not self.auth.enabled:
             return ConnectReturnCode.ACCEPTED
         if username is None:
@@ -448,6 +461,10 @@ class EmbeddedBroker:
         if password is None or not await self.auth.verify(username, password):
             return ConnectReturnCode.BAD_USERNAME_OR_PASSWORD
         return ConnectReturnCode.ACCEPTED
+
+    def user_acl(self, username: str | None) -> UserAcl | None:
+        """The topic rule of an accepted user, or None when it may do everything."""
+        return None if self.acl is None else self.acl.for_user(username)
 
     def attach(self, conn: Connection, *, clean: bool) -> None:
         """Give an accepted connection its session, taking over any connection with the same id."""

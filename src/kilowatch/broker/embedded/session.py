@@ -92,6 +92,7 @@ class BrokerCounters:
         "messages_in",
         "messages_out",
         "protocol_errors",
+        "publishes_denied",
         "sessions_expired",
     )
 
@@ -101,6 +102,7 @@ class BrokerCounters:
         self.messages_dropped = 0
         self.connections_total = 0
         self.protocol_errors = 0
+        self.publishes_denied = 0
         self.sessions_expired = 0
 
 
