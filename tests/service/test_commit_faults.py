@@ -112,6 +112,15 @@ class Web:
 
 
 @pytest.fixture
+def mosquitto() -> Iterator[MosquittoServer]:
+    """A broker of this test's own: these tests count every message kilowatch receives and
+    commits, so nothing another test left on the worker's shared broker (retained ``online``
+    messages, a lingering session) may reach them."""
+    with MosquittoServer() as server:
+        yield server
+
+
+@pytest.fixture
 def paused_redis() -> Iterator[RedisServer]:
     """A redis-server of its own (these tests break it on purpose), resumed and healed after."""
     with RedisServer() as server:
