@@ -134,9 +134,11 @@ class Listener:
 class MosquittoOptions:
     """What kilowatch lets you tune in the config it writes, and how it supervises mosquitto."""
 
-    autosave_interval_s: int = 60
-    """Seconds between saves of mosquitto's in-memory state (its default is 1800): a crash loses
-    what arrived since the last save (docs/brokers.md)."""
+    autosave_interval_s: int = 1
+    """Seconds between saves of mosquitto's in-memory state (its default is 1800): a crash of
+    mosquitto loses what it had acknowledged to devices but not yet delivered to kilowatch since the
+    last save (docs/brokers.md). Counters recover such a loss, the hourly script's messages do not;
+    the state it saves is small (kilowatch's session keeps up), so saving every second is cheap."""
     max_inflight_messages: int = 1000
     """Unacknowledged QoS 1/2 messages per client (default 20). kilowatch acknowledges after each
     store commit, so 20 would cap ingest at 20 messages per commit; the rest is not dropped but
