@@ -239,7 +239,7 @@ class InProcess:
     async def _serve(self, on_ready: Callable[[Running], None]) -> None:
         try:
             await serve(self.settings, self._stop, on_ready=on_ready, web=None)
-        except Exception as err:
+        except Exception as err:  # how it ended is one of the figures
             self.exit_message = f"{type(err).__name__}: {err}"
 
     def _task_done(self) -> bool:
@@ -1003,8 +1003,14 @@ async def _main(
         f"{devices} Gen2 devices ({', '.join(MODELS)}) + Gen1 + Tasmota at {timing.speed:g}x, "
         f"faults: {', '.join(names)}"
     )
+    failed: dict[str, str] = {}
     for name in names:
-        results[name] = await run_fault(FAULTS[name], devices, timing, seed, keep)
+        try:
+            results[name] = await run_fault(FAULTS[name], devices, timing, seed, keep)
+        except Exception as err:  # one broken run must not cost the other faults' figures
+            failed[name] = f"{type(err).__name__}: {err}"
+            print(f"{name}: the bench itself failed: {failed[name]}")
+            continue
         report(name, results[name])
     worst = max((f["worst_wh"] for f in results.values()), default=0.0)
     plugs = max((f["plugs_worst_wh"] for f in results.values()), default=0.0)
@@ -1018,9 +1024,10 @@ async def _main(
         "all_kept_running": all(f["kept_running"] for f in results.values()),
         "seconds": round(time.monotonic() - t0, 1),
         "faults": results,
+        "bench_failures": failed,
     }
     print(json.dumps(summary, default=str))
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
