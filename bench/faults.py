@@ -248,6 +248,9 @@ class InProcess:
     def alive(self) -> bool:
         return self._task is not None and not self._task.done()
 
+    def abandon(self) -> None:
+        """Nothing to do: the run's task group cancels serve() when the run fails."""
+
     async def health(self) -> tuple[str, list[str]]:
         if self.running is None or not self.alive():
             return "down", []
@@ -332,6 +335,11 @@ class Subprocess:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def abandon(self) -> None:
+        """Kill it if it still runs (the run failed before stopping it)."""
+        if self.alive():
+            self.kill9()
 
     def kill9(self) -> None:
         assert self.proc is not None
@@ -785,30 +793,33 @@ async def _drive(run: Run, fault: Fault, devices: int, seed: int) -> dict[str, A
     watch = await asyncio.to_thread(CounterWatch, run.broker.port)
     truth_path = run.tmp / "truth.json"
     real_start = datetime.now(UTC)
-    async with asyncio.TaskGroup() as tg:
-        await run.kilowatch.start(tg)
-        await asyncio.sleep(1.0)  # its SUBSCRIBE reaches mosquitto before the first publish
-        sampler = tg.create_task(_sample_health(run))
-        fleet = Fleet(
-            devices=devices, models=MODELS, vendors=VENDORS, broker=run.broker.url,
-            speed=run.timing.speed, start=DAY1.timestamp() - LEAD_S, seed=seed, http=False,
-            engine=None, truth_path=truth_path,
-        )  # fmt: skip
-        async with fleet:
-            run.fleet = fleet
-            await fleet.wait_connected(timeout=30)
-            await fault.act(run)
-            end = _next_midnight(fleet.clock.now() + 3600)
-            await fleet.wait_until(end + TAIL_S)
-            fleet.clock.set_speed(CONFIRM_SPEED)
-            await asyncio.sleep(run.timing.confirm_s)
-            gen2 = tuple(d.id for d in fleet.devices)
-            plugs = tuple(p.id for p in fleet.publishers)
-        caught_up = await _catch_up(run)
-        kept_running = run.kilowatch.alive()
-        sampler.cancel()
-        ended = await run.kilowatch.stop()
-    watch.close()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            await run.kilowatch.start(tg)
+            await asyncio.sleep(1.0)  # its SUBSCRIBE reaches mosquitto before the first publish
+            sampler = tg.create_task(_sample_health(run))
+            fleet = Fleet(
+                devices=devices, models=MODELS, vendors=VENDORS, broker=run.broker.url,
+                speed=run.timing.speed, start=DAY1.timestamp() - LEAD_S, seed=seed, http=False,
+                engine=None, truth_path=truth_path,
+            )  # fmt: skip
+            async with fleet:
+                run.fleet = fleet
+                await fleet.wait_connected(timeout=30)
+                await fault.act(run)
+                end = _next_midnight(fleet.clock.now() + 3600)
+                await fleet.wait_until(end + TAIL_S)
+                fleet.clock.set_speed(CONFIRM_SPEED)
+                await asyncio.sleep(run.timing.confirm_s)
+                gen2 = tuple(d.id for d in fleet.devices)
+                plugs = tuple(p.id for p in fleet.publishers)
+            caught_up = await _catch_up(run)
+            kept_running = run.kilowatch.alive()
+            sampler.cancel()
+            ended = await run.kilowatch.stop()
+    finally:
+        watch.close()
+        run.kilowatch.abandon()
     figures: dict[str, Any] = {
         "fault": fault.what,
         "store": fault.store,
