@@ -14,6 +14,7 @@ the seed's hour hashes must equal the truth to the milliwatt-hour.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import date
@@ -273,3 +274,30 @@ async def test_the_pipelines_commit_step_stores_a_batch_once_through_a_node_outa
         await Committer(store, stats, sleep=sleep).commit(b)
         assert len(waits) == 2 and stats.commit_failures == 2
         await check_exactly_once(store, [batch(0), b])
+
+
+# -- a process replaced while its command is held: the successor fences it out --------------------
+
+
+async def test_a_replaced_writers_late_command_is_refused(node_ports: list[int]) -> None:
+    """bench/faults.py's kill-late: a process's commit is held by the network, the process is
+    replaced (killed, or stopped), its successor reads the ledger states and counts the
+    redelivered messages again; then the held command reaches the server. It must be refused:
+    the successor claimed the store (a higher generation on every floor) before reading."""
+    async with proxied(node_ports, socket_timeout=SHORT_TIMEOUT_S) as (old, proxies):
+        await old.load_ledger_states()  # the old process is the ingest's writer
+        for proxy in proxies:  # every connection of the old process: its retries wait too
+            proxy.stall(6 * SHORT_TIMEOUT_S)
+        held = asyncio.create_task(old.commit(batch(1)))
+        await asyncio.sleep(SHORT_TIMEOUT_S / 2)  # the command is on its way, held
+        url = "redis://" + ",".join(f"127.0.0.1:{p}" for p in node_ports) + "/0"
+        async with RedisStore(url) as new:
+            await new.load_ledger_states()  # claims the store, then reads
+            await commit_until_stored(new, batch(1))  # the same messages, counted by the new one
+            for proxy in proxies:
+                await proxy.settled()  # the old command has reached the server now
+            with contextlib.suppress(StoreError):
+                await held  # timed out, or refused: either way it did not count
+            with pytest.raises(StoreError, match="another kilowatch took over"):
+                await old.commit(batch(2))  # and nothing later of the old writer counts either
+            await check_exactly_once(new, [batch(0), batch(1)])

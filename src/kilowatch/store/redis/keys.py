@@ -79,6 +79,13 @@ class Keys:
         """The seed's hourly hash key ``<prefix>:<MAC>_<hour start>``."""
         return f"{self.prefix}:{mac}_{hour}"
 
+    def floor(self, slot: int | None = None) -> str:
+        """The writer floor: ``P:kw:floor`` on one server, ``P:kw:floor:{<tag>}`` in hash slot
+        ``slot`` of a cluster (see :meth:`~.writes.Writer.claim`)."""
+        if slot is None:
+            return self.kw("floor")
+        return self.kw("floor", "{" + slot_tag(slot) + "}")
+
     def fence(self, lane: str, slot: int | None = None) -> str:
         """The commit fence of writer ``lane``: ``P:kw:fence:<lane>`` on one server, or in hash
         slot ``slot`` of a cluster ``P:kw:fence:{<tag>}:<lane>``."""

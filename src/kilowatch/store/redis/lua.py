@@ -246,6 +246,10 @@ COMMIT_SUBSCRIPTS = {LD_ADD_LUA: "L"}
 
 _COMMIT_TEMPLATE = """
 local seq = tonumber(ARGV[1])
+local floor = tonumber(redis.call('GET', KEYS[2]) or '0')
+if floor > tonumber(ARGV[3]) then
+  return redis.error_reply('KWSTALE writer generation ' .. ARGV[3] .. ' < ' .. floor)
+end
 local done = redis.call('GET', KEYS[1])
 if done and tonumber(done) >= seq then return 0 end
 local unpack, min, format, sub, find = unpack, math.min, string.format, string.sub, string.find
@@ -275,7 +279,7 @@ local function mwh(text)
   return format('%.0f', math.floor(wh_value * 1000 + 0.5))
 end
 %(functions)s
-local i, n = 3, #ARGV
+local i, n = 4, #ARGV
 while i <= n do
   local head = ARGV[i]
   local colon = find(head, ':', 2, true)
@@ -337,14 +341,25 @@ def _commit_lua() -> str:
 
 
 COMMIT_LUA = _commit_lua()
+RAISE_FLOOR_LUA = """
+local floor = tonumber(redis.call('GET', KEYS[1]) or '0')
+if floor < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+"""
+"""Raise a floor (``KEYS[1]``) to a writer's generation (``ARGV[1]``), never lower it: two
+processes starting at once leave the newer generation's floor."""
 """One commit's share of one group of keys (a whole batch on one server, one hash slot's on a
 cluster), applied at most once: run atomically by the server, so a retry -- ours, or redis-py's
 after a lost reply -- of a commit that already got through changes nothing.
 
 ``KEYS[1]`` the group's fence (``P:kw:fence:...``, see :meth:`~.keys.Keys.fence`): the sequence
-number of the last commit of this writer applied to the group. ``KEYS[2..]`` every key the ops
-touch. ``ARGV[1]`` this commit's sequence number, ``ARGV[2]`` the fence's expiry (s), then the
-ops, each a head ``<code><key index (into KEYS)>:<argument count>`` and its arguments (codes:
+number of the last commit of this writer applied to the group. ``KEYS[2]`` the group's floor
+(``P:kw:floor...``, see :meth:`~.keys.Keys.floor`): the generation of the newest writer that
+loaded the ledger states; a writer of an older generation is refused (``KWSTALE``) before anything
+is written, so a command of a process that was replaced, delivered late, cannot add what its
+successor counts again. ``KEYS[3..]`` every key the ops touch. ``ARGV[1]`` this commit's sequence
+number, ``ARGV[2]`` the fence's expiry (s), ``ARGV[3]`` the writer's generation, then the ops,
+each a head ``<code><key index (into KEYS)>:<argument count>`` and its arguments (codes:
 :data:`COMMIT_OPS`, :data:`COMMIT_SUBSCRIPTS`); a count of 0: one argument follows, the op's
 arguments joined by spaces (numbers and names without blanks: one string for redis-py to pack
 instead of dozens, which is most of a commit's cost in Python).

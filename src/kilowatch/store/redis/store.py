@@ -224,6 +224,9 @@ class RedisStore:
         return await self._energy.table(query)
 
     async def load_ledger_states(self) -> dict[ChannelKey, dict[str, Any]]:
+        # The ingest resumes from what it reads here: first fence out every older writer, so
+        # that none of its commands, delivered late, lands after the states were read.
+        await self._writer.claim()
         return await self._records.load_ledger_states()
 
     async def devices(self) -> list[DeviceRecord]:

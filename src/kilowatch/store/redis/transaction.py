@@ -36,13 +36,15 @@ class Ops:
         self.items.append((method, key, args))
 
 
-def encode(fence: str, items: Sequence[Command], seq: int) -> tuple[list[str], list[Any]]:
+def encode(
+    fence: str, floor: str, items: Sequence[Command], seq: int, generation: int
+) -> tuple[list[str], list[Any]]:
     """``KEYS`` and ``ARGV`` of :data:`~.lua.COMMIT_LUA` for ``items`` behind ``fence``.
 
     An op on the same key and of a mergeable kind as the one before it joins it; an op whose
     arguments are all numbers or names without blanks goes as one string (count 0)."""
-    index: dict[str, int] = {fence: 1}
-    keys = [fence]
+    index: dict[str, int] = {fence: 1, floor: 2}
+    keys = [fence, floor]
     ops: list[tuple[str, int, list[Any]]] = []
     last_code, last_key = "", ""
     for method, key, args in items:
@@ -56,7 +58,7 @@ def encode(fence: str, items: Sequence[Command], seq: int) -> tuple[list[str], l
             keys.append(key)
         ops.append((code, at, flat))
         last_code, last_key = code, key
-    argv: list[Any] = [seq, FENCE_TTL_S]
+    argv: list[Any] = [seq, FENCE_TTL_S, generation]
     for code, at, flat in ops:
         if _joinable(flat):
             argv += (f"{code}{at}:0", " ".join(map(str, flat)))
@@ -95,7 +97,9 @@ def _flatten(method: str, args: tuple[Any, ...]) -> tuple[str, list[Any]]:
     return code, list(args)
 
 
-async def execute(conn: Connection, ops: Ops, *, lane: str, seq: int) -> None:
+async def execute(
+    conn: Connection, ops: Ops, *, lane: str, seq: int, generation: int = 0
+) -> None:
     """Apply ``ops`` as commit number ``seq`` of writer ``lane``, each group at most once.
 
     On a server the whole batch is one script call; on a cluster one per hash slot (a channel's
@@ -106,7 +110,7 @@ async def execute(conn: Connection, ops: Ops, *, lane: str, seq: int) -> None:
     if not ops.items:
         return
     if not conn.is_cluster:
-        await _run(conn, conn.keys.fence(lane), ops.items, seq)
+        await _run(conn, conn.keys.fence(lane), conn.keys.floor(), ops.items, seq, generation)
         return
     groups: dict[int, list[Command]] = {}
     for item in ops.items:
@@ -114,7 +118,8 @@ async def execute(conn: Connection, ops: Ops, *, lane: str, seq: int) -> None:
 
     async def bounded(slot: int, group: list[Command]) -> None:
         async with conn.transactions:
-            await _run(conn, conn.keys.fence(lane, slot), group, seq)
+            fence, floor = conn.keys.fence(lane, slot), conn.keys.floor(slot)
+            await _run(conn, fence, floor, group, seq, generation)
 
     # every slot's call is awaited, even after one failed; then the first error
     results = await asyncio.gather(
@@ -125,8 +130,10 @@ async def execute(conn: Connection, ops: Ops, *, lane: str, seq: int) -> None:
             raise result
 
 
-async def _run(conn: Connection, fence: str, items: Sequence[Command], seq: int) -> None:
-    keys, argv = encode(fence, items, seq)
+async def _run(
+    conn: Connection, fence: str, floor: str, items: Sequence[Command], seq: int, generation: int
+) -> None:
+    keys, argv = encode(fence, floor, items, seq, generation)
     client = conn.client
     try:
         await client.evalsha(COMMIT_SHA, len(keys), *keys, *argv)

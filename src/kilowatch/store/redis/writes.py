@@ -11,6 +11,7 @@ from typing import Any
 
 from redis import exceptions as redis_errors
 
+from kilowatch.errors import StoreError
 from kilowatch.model.messages import Reading
 from kilowatch.model.slots import SLOT_SECONDS, ChannelKey
 from kilowatch.query.grouping import HOURLY, coarser, sum_deltas
@@ -20,12 +21,14 @@ from kilowatch.store.redis.columns import add_columns
 from kilowatch.store.redis.connection import Connection, store_error
 from kilowatch.store.redis.keys import DAY, MARKER, SEP, glob_escape, month_start, year_start
 from kilowatch.store.redis.localdays import LocalDays
-from kilowatch.store.redis.lua import DROP_LUA
+from kilowatch.store.redis.lua import DROP_LUA, RAISE_FLOOR_LUA
 from kilowatch.store.redis.seed import SeedIndex
 from kilowatch.store.redis.transaction import Ops, execute
 
 DROP_CHUNK = 1000
 """Slot-day hashes cut per pipelined round trip of :meth:`Writer.drop_slots_before`."""
+FLOORS_PER_ROUND_TRIP = 2048
+"""Floors raised per pipelined round trip when a writer claims a cluster (16 384 in all)."""
 COMMITS_REMEMBERED = 1024
 """Commit ids whose sequence number a writer remembers: committing one of the last 1 024
 batches again is a no-op; an older one would be a new commit."""
@@ -50,6 +53,8 @@ class Writer:
         """device -> (mac, fw_ver) as stored, then as updated by commits, for the seed hashes
         kilowatch writes."""
         self.lane = uuid.uuid4().hex
+        self.generation = 0
+        """Raised by :meth:`claim`; 0 for a writer that never loaded the ledger states."""
         self._seq = 0
         self._seqs: OrderedDict[str, int] = OrderedDict()
         """Commit id -> sequence number, the last :data:`COMMITS_REMEMBERED`."""
@@ -61,10 +66,39 @@ class Writer:
             async with self._conn.commits:
                 await self._known_macs(batch)
                 ops = self._commit_ops(batch)
-                await execute(self._conn, ops, lane=self.lane, seq=self._seq_of(batch.commit_id))
+                await execute(
+                    self._conn, ops, lane=self.lane, seq=self._seq_of(batch.commit_id),
+                    generation=self.generation,
+                )  # fmt: skip
             self._seed.mark_known(k for m, k, _ in ops.items if m == "seed_hour")
+        except redis_errors.ResponseError as err:
+            if str(err).startswith("KWSTALE"):
+                raise StoreError(
+                    f"another kilowatch took over this store ({err}): this process's commits are "
+                    "refused so that they cannot count what the newer one counts again; stop one "
+                    "of them"
+                ) from err
+            raise store_error("commit to Redis failed", err) from err
         except (redis_errors.RedisError, OSError) as err:
             raise store_error("commit to Redis failed", err) from err
+
+    async def claim(self) -> None:
+        """Become the store's newest writer, before the ledger states are read: a generation
+        from ``P:kw:generation`` and every floor raised to it (one key on a server, one per hash
+        slot on a cluster). From then on a commit of an older writer -- a process this one
+        replaces, whose command the network delivers late -- is refused, so it cannot add energy
+        that this process, resuming from the states it reads now, counts again."""
+        conn = self._conn
+        try:
+            self.generation = int(await conn.client.incr(self._keys.kw("generation")))
+            slots: list[int | None] = list(range(16384)) if conn.is_cluster else [None]
+            for first in range(0, len(slots), FLOORS_PER_ROUND_TRIP):
+                pipe = conn.client.pipeline(transaction=False)
+                for slot in slots[first : first + FLOORS_PER_ROUND_TRIP]:
+                    pipe.eval(RAISE_FLOOR_LUA, 1, self._keys.floor(slot), self.generation)
+                await pipe.execute()
+        except (redis_errors.RedisError, OSError) as err:
+            raise store_error("cannot claim the Redis store for this writer", err) from err
 
     def _seq_of(self, commit_id: str) -> int:
         seq = self._seqs.get(commit_id)
