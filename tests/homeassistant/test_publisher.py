@@ -91,7 +91,8 @@ async def test_home_assistant_discovers_the_meters(
         async with running_service(settings):
             pub.publish_many([switch(t0, device, total=1000.0, power=50.0),
                               switch(t0 + 60, device, total=1010.0, power=60.0)])  # fmt: skip
-            await poll(lambda: ha.payloads(config_topic), what="the energy sensor's config")
+            await poll(lambda: ha.payloads(config_topic) and ha.payloads(power_config),
+                       what="both sensors' configs")  # fmt: skip
             config = json.loads(ha.payloads(config_topic)[-1])
             assert (config["device_class"], config["state_class"]) == ("energy", "total_increasing")
             assert config["unit_of_measurement"] == "kWh"
