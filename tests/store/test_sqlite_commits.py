@@ -5,6 +5,7 @@ again is a no-op (the conformance suite checks the rule on every backend)."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -48,3 +49,37 @@ async def test_commit_ids_are_pruned_to_the_last_ones(
     finally:
         conn.close()
     assert kept == [batches[3].commit_id, batches[4].commit_id, batches[0].commit_id]
+
+
+async def test_a_full_database_says_so_and_takes_the_batch_once_there_is_room(
+    tmp_path: Path,
+) -> None:
+    """SQLite rolls a transaction back by itself when the database is full: the error must say
+    "full" (not "cannot rollback - no transaction is active"), nothing of the batch is stored,
+    and the same batch commits whole once there is room again."""
+    from kilowatch.errors import StoreError
+    from kilowatch.store.sqlite import SqliteStore
+
+    big = Batch(slots=[SlotEnergy(f"dev-{i}", "switch:0", 1_761_177_600 + 900 * (i % 96),
+                                  1_000 + i, 0) for i in range(3_000)])  # fmt: skip
+    async with open_store(f"sqlite:///{tmp_path}/full.db") as store:
+        assert isinstance(store, SqliteStore)
+
+        def pragma(value: int | None) -> Callable[[sqlite3.Connection], int]:
+            sql = "PRAGMA max_page_count" + ("" if value is None else f" = {value}")
+            return lambda conn: int(conn.execute(sql).fetchone()[0])
+
+        limit = await store._writer.run(pragma(None))
+        await store._writer.run(pragma(1))  # clamped to the pages the file has now
+        with pytest.raises(StoreError, match="full"):
+            await store.commit(big)
+        assert await store.energy(DAY_QUERY) == []
+        await store._writer.run(pragma(limit))
+        await store.commit(big)
+        rows = await store.energy(DAY_QUERY)
+        assert sum(r.energy_wh for r in rows) * 1000 == pytest.approx(
+            sum(s.import_mwh for s in big.slots)
+        )
+
+
+DAY_QUERY = EnergyQuery(by="day", tz="UTC", start=date(2025, 10, 20), end=date(2025, 10, 26))

@@ -18,7 +18,7 @@ from kilowatch.query.periods import LocalDays
 from kilowatch.store import records
 from kilowatch.store.protocol import Batch
 from kilowatch.store.sqlite import devices, journal, meta
-from kilowatch.store.sqlite.connection import refused_value
+from kilowatch.store.sqlite.connection import refused_value, transaction
 
 _ADD_SLOT = """
 INSERT INTO slots (device, channel, slot, import_mwh, export_mwh, estimated, n)
@@ -62,13 +62,11 @@ _ADD_LOCAL_DAY = _add_day_sql("local_days")
 def commit(conn: sqlite3.Connection, batch: Batch, days: LocalDays | None) -> None:
     """Apply ``batch`` in one transaction, all or nothing; ``days``: the local zone whose days
     are kept, if any. A value SQLite refuses is an :class:`~kilowatch.errors.UnstorableError`."""
-    conn.execute("BEGIN IMMEDIATE")
     try:
-        if _first_commit(conn, batch.commit_id):
-            _apply(conn, batch, days)
-        conn.execute("COMMIT")
+        with transaction(conn):
+            if _first_commit(conn, batch.commit_id):
+                _apply(conn, batch, days)
     except BaseException as err:
-        conn.execute("ROLLBACK")
         refused = refused_value("commit refused", err)
         if refused is not None:
             raise refused from err

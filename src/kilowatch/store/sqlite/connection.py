@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from kilowatch.errors import StoreError, UnstorableError
@@ -34,6 +36,21 @@ def connect(path: Path) -> sqlite3.Connection:
     # of kilowatch, but a power cut can lose the last commits)
     conn.execute("PRAGMA synchronous = FULL")
     return conn
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``; on any error ``ROLLBACK`` and the error raised as it
+    was. SQLite rolls back by itself when the database or disk is full (SQLITE_FULL): a
+    ``ROLLBACK`` then fails with "no transaction is active", which must not hide why."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def store_error(what: str, err: sqlite3.Error) -> StoreError:
@@ -69,4 +86,4 @@ def refused_value(what: str, err: BaseException) -> UnstorableError | None:
     return out
 
 
-__all__ = ["BUSY_TIMEOUT_MS", "connect", "path_of", "refused_value", "store_error"]
+__all__ = ["BUSY_TIMEOUT_MS", "connect", "path_of", "refused_value", "store_error", "transaction"]

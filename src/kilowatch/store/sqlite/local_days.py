@@ -14,6 +14,7 @@ from typing import Any
 
 from kilowatch.query.periods import LocalDays, plan
 from kilowatch.store.sqlite.buckets import key_sql
+from kilowatch.store.sqlite.connection import transaction
 
 
 def stored_zone(conn: sqlite3.Connection) -> tuple[str, bool] | None:
@@ -25,15 +26,10 @@ def stored_zone(conn: sqlite3.Connection) -> tuple[str, bool] | None:
 def start_zone(conn: sqlite3.Connection, tz: str) -> None:
     """``tz`` becomes the zone, not ready, and every local day is dropped (to be rebuilt), in one
     transaction."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         conn.execute("DELETE FROM local_zone")
         conn.execute("INSERT INTO local_zone VALUES (?, 0)", (tz,))
         conn.execute("DELETE FROM local_days")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def mark_ready(conn: sqlite3.Connection, tz: str) -> None:
@@ -75,8 +71,7 @@ def rebuild_channel(conn: sqlite3.Connection, days: LocalDays, device: str, chan
                 "FROM hours WHERE device = ? AND channel = ? AND hour < ?"
             )
             args += [*key, first_hour if first_hour is not None else 2**62]
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         conn.execute("DELETE FROM local_days WHERE device = ? AND channel = ?", key)
         if parts:
             conn.execute(
@@ -85,10 +80,6 @@ def rebuild_channel(conn: sqlite3.Connection, days: LocalDays, device: str, chan
                 + ") GROUP BY d",
                 (*key, *args),
             )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 __all__ = ["mark_ready", "rebuild_channel", "start_zone", "stored_zone"]

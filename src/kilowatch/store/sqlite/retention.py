@@ -6,6 +6,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
+from kilowatch.store.sqlite.connection import transaction
+
 DROP_CHANNELS_PER_JOB = 50
 """Channels whose old slots one writer job drops (commits go on between jobs)."""
 
@@ -13,17 +15,12 @@ DROP_CHANNELS_PER_JOB = 50
 def drop_slots(conn: sqlite3.Connection, channels: Sequence[tuple[str, str]], cut: int) -> int:
     """Retention for some channels in one transaction: one primary-key range each."""
     dropped = 0
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         for device, channel in channels:
             dropped += conn.execute(
                 "DELETE FROM slots WHERE device = ? AND channel = ? AND slot < ?",
                 (device, channel, cut),
             ).rowcount
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return dropped
 
 
