@@ -374,9 +374,14 @@ async def serve(
         _log_totals(pipeline.stats)
     if abandoned:
         raise StoreError(
-            f"stopped without storing {abandoned} messages: the store still failed after "
-            f"stop_timeout_s={settings.stop_timeout_s:g} (last error: {pipeline.stats.last_error});"
-            " they were not acknowledged, "
+            f"stopped without storing {abandoned} messages: after "
+            f"stop_timeout_s={settings.stop_timeout_s:g} the store "
+            + (
+                f"still failed (last error: {pipeline.stats.last_error})"
+                if pipeline.stats.last_error
+                else "had still not answered a commit"
+            )
+            + "; they were not acknowledged, "
             + (
                 "and the embedded broker keeps nothing across a restart: they are lost"
                 if broker.kind == EMBEDDED
