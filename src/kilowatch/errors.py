@@ -15,6 +15,13 @@ text, and their message says what happened, with the evidence, and what to do. T
     ├── BrokerError            the MQTT broker could not be started or reached
     │   └── ProtocolError      a client broke MQTT's rules (``reason`` slug)
     │       └── PacketTooLargeError
+    ├── DeviceError            a device could not do what was asked (``device``)
+    │   ├── DeviceConnectionError  unreachable: refused, reset, no route, offline
+    │   ├── DeviceTimeoutError     no answer within the bounded wait (``seconds``)
+    │   ├── InvalidAuthError       the device wants a password, or another one
+    │   └── RpcCallError           the device answered with an error (``code``, ``message``)
+    ├── FleetError             a fleet operation cannot start: a bad profile, bad TLS material,
+    │                          a script the device cannot hold (``subject``)
     └── Problem                an HTTP answer of the web API that is not a success (RFC 9457)
 
 No other module of kilowatch defines an exception class (tests/test_architecture.py checks it).
@@ -99,6 +106,54 @@ class PacketTooLargeError(ProtocolError):
     """The client announced a packet larger than the broker's ``max_packet_size``."""
 
 
+class DeviceError(KilowatchError):
+    """A Shelly device could not do what was asked. ``device`` names it (its id, or its address
+    while the id is not known yet)."""
+
+    def __init__(self, device: str, message: str) -> None:
+        super().__init__(f"{device}: {message}")
+        self.device = device
+
+
+class DeviceConnectionError(DeviceError):
+    """The device cannot be reached: connection refused or reset, no route, rebooting, offline."""
+
+
+class DeviceTimeoutError(DeviceError):
+    """The device did not answer within ``seconds`` (every device wait is bounded)."""
+
+    def __init__(self, device: str, message: str, *, seconds: float) -> None:
+        super().__init__(device, message)
+        self.seconds = seconds
+
+
+class InvalidAuthError(DeviceError):
+    """The device has a password (digest auth, ``Shelly.SetAuth``) and none or a wrong one was
+    given."""
+
+
+class RpcCallError(DeviceError):
+    """The device answered the call with an error frame: ``code`` and ``message`` are the device's
+    own (``-105 Argument 'id', value 3 not found!``; ``404 No handler for X``), ``method`` the
+    call's."""
+
+    def __init__(self, device: str, method: str, code: int, message: str) -> None:
+        super().__init__(device, f"{method} failed: {code} {message}")
+        self.method = method
+        self.code = code
+        self.message = message
+
+
+class FleetError(KilowatchError):
+    """A fleet operation cannot start or go on because of its input: an invalid profile, TLS
+    material a device would refuse, a script larger than the device can hold. ``subject`` is what
+    is at fault (a file, a device id)."""
+
+    def __init__(self, subject: str, message: str) -> None:
+        super().__init__(f"{subject}: {message}")
+        self.subject = subject
+
+
 PROBLEM_TYPE_BASE = "https://kilowatch.dev/problems/"
 """Problem ``type`` URIs are identifiers (RFC 9457 §3.1.1), not fetched; docs/api.md lists them."""
 
@@ -153,12 +208,18 @@ __all__ = [
     "BrokerError",
     "ConfigError",
     "DecodeError",
+    "DeviceConnectionError",
+    "DeviceError",
+    "DeviceTimeoutError",
+    "FleetError",
+    "InvalidAuthError",
     "InvalidQueryError",
     "KilowatchError",
     "LedgerStateError",
     "PacketTooLargeError",
     "Problem",
     "ProtocolError",
+    "RpcCallError",
     "StoreError",
     "UnstorableError",
 ]

@@ -34,6 +34,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "energy",
     "devices",
     "broker",
+    "fleet",
     "simulate",
     "demo",
 )

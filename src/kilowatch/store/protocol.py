@@ -61,6 +61,52 @@ class DeviceRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class DeployedScript:
+    """The script kilowatch installed on a device: what the seed's ``script:<MAC>`` key holds."""
+
+    name: str
+    version: str | None
+    sha256: str
+    """Hex SHA-256 of the code as uploaded (after per-device values were filled in)."""
+    script_id: int | None = None
+    """The device's slot (``Script.Create``'s id)."""
+    deployed_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A device in the fleet registry (``kilowatch fleet``): what discovery found and adoption
+    decided. In :meth:`Store.register`, ``None`` fields leave what is stored as it is.
+
+    Secrets are never here: ``credentials`` is a reference into the owner-only secrets file.
+    """
+
+    device: str
+    """The device id (``shellypmminig3-ecda3bc4ddb0``)."""
+    mac: str | None = None
+    model: str | None = None
+    gen: int | None = None
+    fw_ver: str | None = None
+    app: str | None = None
+    address: str | None = None
+    """``host`` or ``host:port`` on the LAN (``None``: reachable over MQTT only)."""
+    transport: str | None = None
+    """How kilowatch reaches it for RPC: ``lan`` or ``mqtt``."""
+    prefix: str | None = None
+    """Its MQTT topic prefix."""
+    credentials: str | None = None
+    """Reference of its secrets (device password, broker password) in the secrets file."""
+    name: str | None = None
+    room: str | None = None
+    discovered_by: str | None = None
+    """``scan``, ``mdns`` or ``broker`` (the first that found it)."""
+    adopted_at: float | None = None
+    seen_at: float | None = None
+    """When discovery or an operation last reached it."""
+    script: DeployedScript | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A message that could not be decoded: kept (bounded) so a user can see what and why."""
 
@@ -164,6 +210,16 @@ class Store(Protocol):
     async def dead_letter_counts(self) -> dict[str, int]:
         """Count of dead letters ever seen, by reason."""
 
+    async def register(self, records: Sequence[Registration]) -> None:
+        """Add or update fleet registry entries (``None`` fields keep what is stored). On Redis
+        also writes the seed's ``device:<MAC>`` (and, with a script, ``script:<MAC>``) hashes."""
+
+    async def registry(self) -> list[Registration]:
+        """Every registered device, sorted by id."""
+
+    async def unregister(self, device: str) -> bool:
+        """Remove a device from the registry (its energy stays); whether it was there."""
+
     async def get_meta(self, key: str) -> Any | None:
         """A JSON value kept by other parts of kilowatch (settings, users, tokens)."""
 
@@ -173,7 +229,9 @@ class Store(Protocol):
 __all__ = [
     "Batch",
     "DeadLetter",
+    "DeployedScript",
     "DeviceRecord",
     "DeviceUpdate",
+    "Registration",
     "Store",
 ]

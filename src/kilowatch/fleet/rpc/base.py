@@ -1,0 +1,183 @@
+"""The transport-independent face of a Shelly Gen2+ device's RPC (``shared/shelly-api.md`` §2).
+
+A :class:`Transport` carries one call and returns the frame's ``result`` (or raises one of the
+:class:`~kilowatch.errors.DeviceError` family). :class:`ShellyRpc` sits on any transport (LAN over
+aioshelly, MQTT for remote sites) and gives:
+
+* a small per-device concurrency limit (the firmware serves at most 6 non-persistent channels,
+  §3; scripts at most 5 concurrent calls);
+* a bounded timeout on every call;
+* typed methods named after the RPC they send (``script_put_code`` ↔ ``Script.PutCode``).
+
+It knows nothing of the ledger, the store or the broker, like aioshelly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from kilowatch.errors import DeviceTimeoutError
+
+CALL_TIMEOUT_S = 10.0
+"""Default bound of one RPC call (a device on a busy Wi-Fi answers in well under a second)."""
+DEVICE_CONCURRENCY = 3
+"""Calls in flight to one device at once: below the firmware's 6 channels (§3), leaving room for
+the owner's app and Home Assistant."""
+SCRIPT_CHUNK = 1024
+"""Characters per ``Script.PutCode`` / ``Shelly.Put*`` call: the official uploader's chunk
+(``SYMBOLS_IN_CHUNK = 1024``, §14.1)."""
+
+
+class Transport(Protocol):
+    """Carries RPC calls to one device."""
+
+    @property
+    def label(self) -> str:
+        """How errors name the device: its id when known, else its address."""
+        ...
+
+    async def call(self, method: str, params: Mapping[str, Any] | None, *, timeout: float) -> Any:
+        """Send one request frame and return its ``result`` (``None`` when the device returns
+        none). Raises ``DeviceConnectionError``, ``DeviceTimeoutError``, ``InvalidAuthError`` or
+        ``RpcCallError``; never a foreign exception."""
+        ...
+
+    async def close(self) -> None:
+        """Release the connection (idempotent)."""
+        ...
+
+
+class ShellyRpc:
+    """One device's RPC: typed methods over a :class:`Transport`. An async context manager that
+    closes the transport."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        timeout: float = CALL_TIMEOUT_S,
+        concurrency: int = DEVICE_CONCURRENCY,
+    ) -> None:
+        self.transport = transport
+        self.timeout = timeout
+        self._limit = asyncio.Semaphore(concurrency)
+
+    @property
+    def label(self) -> str:
+        return self.transport.label
+
+    async def __aenter__(self) -> ShellyRpc:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.transport.close()
+
+    async def call(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Any:
+        """Call ``method``; at most ``concurrency`` calls are in flight, each bounded by
+        ``timeout`` (default :data:`CALL_TIMEOUT_S`)."""
+        seconds = self.timeout if timeout is None else timeout
+        async with self._limit:
+            try:
+                async with asyncio.timeout(seconds):
+                    return await self.transport.call(method, params, timeout=seconds)
+            except TimeoutError as err:
+                raise DeviceTimeoutError(
+                    self.label, f"{method}: no answer within {seconds:g} s", seconds=seconds
+                ) from err
+
+    # --- Shelly.* (§10) ---------------------------------------------------------------------
+
+    async def get_device_info(self) -> dict[str, Any]:
+        return dict(await self.call("Shelly.GetDeviceInfo"))
+
+    async def get_status(self) -> dict[str, Any]:
+        return dict(await self.call("Shelly.GetStatus"))
+
+    async def get_config(self) -> dict[str, Any]:
+        return dict(await self.call("Shelly.GetConfig"))
+
+    async def reboot(self, delay_ms: int = 1000) -> None:
+        await self.call("Shelly.Reboot", {"delay_ms": delay_ms})
+
+    async def set_auth(self, realm: str, ha1: str | None) -> None:
+        """``Shelly.SetAuth``: ``ha1`` = sha256("admin:<realm>:<password>"), ``None`` removes it."""
+        await self.call("Shelly.SetAuth", {"user": "admin", "realm": realm, "ha1": ha1})
+
+    async def put_pem(self, method: str, data: str | None, *, append: bool) -> int:
+        """``Shelly.PutUserCA`` / ``PutTLSClientCert`` / ``PutTLSClientKey``: one chunk."""
+        result = await self.call(method, {"data": data, "append": append})
+        return int(result.get("len", 0)) if isinstance(result, dict) else 0
+
+    # --- Sys (§11), MQTT (§7) ---------------------------------------------------------------
+
+    async def sys_get_status(self) -> dict[str, Any]:
+        return dict(await self.call("Sys.GetStatus"))
+
+    async def sys_get_config(self) -> dict[str, Any]:
+        return dict(await self.call("Sys.GetConfig"))
+
+    async def sys_set_config(self, config: Mapping[str, Any]) -> bool:
+        """Returns ``restart_required``."""
+        result = await self.call("Sys.SetConfig", {"config": dict(config)})
+        return bool(result.get("restart_required")) if isinstance(result, dict) else False
+
+    async def mqtt_get_config(self) -> dict[str, Any]:
+        return dict(await self.call("MQTT.GetConfig"))
+
+    async def mqtt_set_config(self, config: Mapping[str, Any]) -> bool:
+        """Returns ``restart_required`` (true for MQTT on current firmware, §7.1)."""
+        result = await self.call("MQTT.SetConfig", {"config": dict(config)})
+        return bool(result.get("restart_required")) if isinstance(result, dict) else False
+
+    async def mqtt_get_status(self) -> dict[str, Any]:
+        return dict(await self.call("MQTT.GetStatus"))
+
+    # --- Script.* (§14) ---------------------------------------------------------------------
+
+    async def script_list(self) -> list[dict[str, Any]]:
+        result = await self.call("Script.List")
+        return list(result.get("scripts", [])) if isinstance(result, dict) else []
+
+    async def script_create(self, name: str) -> int:
+        return int((await self.call("Script.Create", {"name": name}))["id"])
+
+    async def script_put_code(self, script_id: int, code: str, *, append: bool) -> int:
+        result = await self.call(
+            "Script.PutCode", {"id": script_id, "code": code, "append": append}
+        )
+        return int(result.get("len", 0)) if isinstance(result, dict) else 0
+
+    async def script_get_code(self, script_id: int, *, offset: int = 0) -> dict[str, Any]:
+        return dict(await self.call("Script.GetCode", {"id": script_id, "offset": offset}))
+
+    async def script_start(self, script_id: int) -> bool:
+        return bool((await self.call("Script.Start", {"id": script_id})).get("was_running"))
+
+    async def script_stop(self, script_id: int) -> bool:
+        return bool((await self.call("Script.Stop", {"id": script_id})).get("was_running"))
+
+    async def script_get_status(self, script_id: int) -> dict[str, Any]:
+        return dict(await self.call("Script.GetStatus", {"id": script_id}))
+
+    async def script_get_config(self, script_id: int) -> dict[str, Any]:
+        return dict(await self.call("Script.GetConfig", {"id": script_id}))
+
+    async def script_set_config(self, script_id: int, config: Mapping[str, Any]) -> None:
+        await self.call("Script.SetConfig", {"id": script_id, "config": dict(config)})
+
+    async def script_delete(self, script_id: int) -> None:
+        await self.call("Script.Delete", {"id": script_id})
+
+
+__all__ = ["CALL_TIMEOUT_S", "DEVICE_CONCURRENCY", "SCRIPT_CHUNK", "ShellyRpc", "Transport"]
