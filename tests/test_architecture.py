@@ -236,6 +236,18 @@ def test_the_simulator_stands_on_the_ground_floor_only() -> None:
     assert wrong == []
 
 
+def test_the_rpc_client_stands_alone() -> None:
+    """``kilowatch.fleet.rpc`` speaks RPC and knows nothing of the rest of kilowatch (like
+    aioshelly): it imports only ``kilowatch.errors`` and libraries."""
+    wrong = [
+        f"{imp.importer}:{imp.line} imports {imp.target}"
+        for imp in IMPORTS
+        if imp.importer.startswith("kilowatch.fleet.rpc") and imp.target.startswith("kilowatch")
+        and not imp.target.startswith(("kilowatch.fleet.rpc", "kilowatch.errors"))
+    ]  # fmt: skip
+    assert wrong == []
+
+
 def _lines(path: Path) -> int:
     return len(path.read_text().splitlines())
 
