@@ -4,7 +4,7 @@
 name, the password's hash (never the password: it is shown once, when it is made), the topics the
 device may publish and read, when it was created and last rotated, and whether it is revoked.
 
-Everything here but the four ``async`` store functions and :func:`write_private` is pure: records
+Everything here but the ``async`` store functions and :func:`write_private` is pure: records
 in, mosquitto's ``password_file`` and ``acl_file`` text out (:func:`render_password_file`,
 :func:`render_acl_file`). The password hashes are mosquitto 2.x's own ``$7$`` format
 (PBKDF2-HMAC-SHA512), so mosquitto checks them itself and the file needs no conversion.
@@ -32,7 +32,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from kilowatch.broker.passwords import mosquitto_hash
+from kilowatch.broker.passwords import mosquitto_hash, verify_password
 from kilowatch.errors import ConfigError
 from kilowatch.store.protocol import Store
 
@@ -176,13 +176,19 @@ def topics_for(
 
 
 def new_credential(
-    device: str, *, kind: DeviceKind, prefix: str | None, now: float
+    device: str,
+    *,
+    kind: DeviceKind,
+    prefix: str | None,
+    now: float,
+    password: str | None = None,
 ) -> tuple[Credential, str]:
-    """A fresh record for ``device`` and its password (shown once, never stored)."""
+    """A fresh record for ``device`` and its password (shown once, never stored); ``password``
+    is generated unless given."""
     device = check_device_id(device)
     prefix = check_prefix(device if prefix is None else prefix, kind)
     publish, subscribe = topics_for(kind, device, prefix)
-    password = generate_password()
+    password = generate_password() if password is None else password
     record = Credential(
         device=device,
         user=device,
@@ -196,10 +202,18 @@ def new_credential(
     return record, password
 
 
-def rotate(record: Credential, *, now: float) -> tuple[Credential, str]:
-    """``record`` with a new password (the old one stops working at the broker's next reload)."""
-    password = generate_password()
+def rotate(
+    record: Credential, *, now: float, password: str | None = None
+) -> tuple[Credential, str]:
+    """``record`` with a new password, generated unless given (the old one stops working at the
+    broker's next reload)."""
+    password = generate_password() if password is None else password
     return replace(record, password_hash=mosquitto_hash(password), rotated=now), password
+
+
+def accepts(record: Credential, password: str) -> bool:
+    """Whether the broker lets ``record``'s user in with ``password`` (active, hash matches)."""
+    return not record.revoked and verify_password(password, record.password_hash)
 
 
 def revoke(record: Credential, *, now: float) -> Credential:
@@ -313,16 +327,76 @@ async def add_device(
     return record, password
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewUser:
+    """One device of :func:`add_devices`: its kind, its prefix (``None``: the device id) and its
+    password (``None``: one is generated)."""
+
+    device: str
+    kind: DeviceKind = DeviceKind.SHELLY
+    prefix: str | None = None
+    password: str | None = None
+
+
+async def add_devices(
+    store: Store, items: Iterable[NewUser], *, now: float
+) -> dict[str, tuple[Credential, str]]:
+    """:func:`add_device` for many devices in one read and one write of the store's meta (so
+    concurrent adoptions cannot lose each other's records): ``{device: (record, password)}``.
+
+    All or nothing: a device that is active already, listed twice or invalid is a
+    :class:`ConfigError` and nothing is written. Revoked devices get new credentials.
+    """
+    items = list(items)
+    _no_duplicates(item.device for item in items)
+    records = await credentials(store)
+    made: dict[str, tuple[Credential, str]] = {}
+    for item in items:
+        old = records.get(item.device)
+        if old is not None and not old.revoked:
+            raise ConfigError(
+                f"device {item.device!r} already has credentials; for a new password run: "
+                f"kilowatch broker user rotate {item.device}"
+            )
+        record, password = new_credential(
+            item.device, kind=item.kind, prefix=item.prefix, now=now, password=item.password
+        )
+        made[item.device] = (record, password)
+    if made:
+        records.update({device: record for device, (record, _) in made.items()})
+        await _save(store, records)
+    return made
+
+
+async def rotate_devices(
+    store: Store, passwords: Mapping[str, str | None], *, now: float
+) -> dict[str, tuple[Credential, str]]:
+    """:func:`rotate_device` for many devices in one read and one write: ``passwords`` maps each
+    device to its new password (``None``: one is generated). All or nothing: an unknown or revoked
+    device is a :class:`ConfigError` and nothing is written."""
+    records = await credentials(store)
+    done: dict[str, tuple[Credential, str]] = {}
+    for device, password in passwords.items():
+        record = _active_record(records, device)
+        done[device] = rotate(record, now=now, password=password)
+    if done:
+        records.update({device: record for device, (record, _) in done.items()})
+        await _save(store, records)
+    return done
+
+
+def _no_duplicates(devices: Iterable[str]) -> None:
+    seen: set[str] = set()
+    for device in devices:
+        if device in seen:
+            raise ConfigError(f"device {device!r} is listed twice")
+        seen.add(device)
+
+
 async def rotate_device(store: Store, device: str, *, now: float) -> tuple[Credential, str]:
     """Give ``device`` a new password; return the record and the password (shown once)."""
     records = await credentials(store)
-    record = _existing(records, device)
-    if record.revoked:
-        raise ConfigError(
-            f"device {device!r} is revoked; to let it in again run: kilowatch broker user add "
-            f"{device} --kind {record.kind.value} --prefix {record.prefix}"
-        )
-    records[device], password = rotate(record, now=now)
+    records[device], password = rotate(_active_record(records, device), now=now)
     await _save(store, records)
     return records[device], password
 
@@ -333,6 +407,16 @@ async def revoke_device(store: Store, device: str, *, now: float) -> Credential:
     records[device] = revoke(_existing(records, device), now=now)
     await _save(store, records)
     return records[device]
+
+
+def _active_record(records: Mapping[str, Credential], device: str) -> Credential:
+    record = _existing(records, device)
+    if record.revoked:
+        raise ConfigError(
+            f"device {device!r} is revoked; to let it in again run: kilowatch broker user add "
+            f"{device} --kind {record.kind.value} --prefix {record.prefix}"
+        )
+    return record
 
 
 def _existing(records: Mapping[str, Credential], device: str) -> Credential:
@@ -350,8 +434,11 @@ __all__ = [
     "SERVICE_USER",
     "Credential",
     "DeviceKind",
+    "NewUser",
     "TopicRule",
+    "accepts",
     "add_device",
+    "add_devices",
     "check_device_id",
     "check_prefix",
     "credentials",
@@ -364,6 +451,7 @@ __all__ = [
     "revoke_device",
     "rotate",
     "rotate_device",
+    "rotate_devices",
     "topic_rules",
     "topics_for",
     "write_private",
