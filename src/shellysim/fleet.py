@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import ipaddress
+import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -64,6 +66,78 @@ def parse_broker(url: str) -> dict[str, Any]:
     }
 
 
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _addresses(spec: str) -> tuple[Iterator[Address], int]:
+    """The usable host addresses ``spec`` names, lazily, and how many there are."""
+    spec = spec.strip()
+    try:
+        if "/" in spec:
+            try:
+                net = ipaddress.ip_network(spec)
+            except ValueError as err:
+                if "host bits set" not in str(err):
+                    raise
+                base = ipaddress.ip_network(spec, strict=False)
+                raise SimConfigError(
+                    f"--http-hosts {spec!r} has host bits set: did you mean {base}?"
+                ) from None
+            # hosts() leaves out the network and broadcast addresses (except in /31 and /32)
+            count = net.num_addresses - (2 if net.num_addresses > 2 else 0)
+            return iter(net.hosts()), count
+        if "-" in spec:
+            first_s, _, last_s = spec.partition("-")
+            first, last = (
+                ipaddress.ip_address(first_s.strip()),
+                ipaddress.ip_address(last_s.strip()),
+            )
+            if first.version != last.version or last < first:  # type: ignore[operator]
+                raise SimConfigError(
+                    f"--http-hosts {spec!r}: a range goes from a lower to a higher address "
+                    "of the same IP version"
+                )
+            count = int(last) - int(first) + 1
+            return (ipaddress.ip_address(int(first) + k) for k in range(count)), count
+        return iter([ipaddress.ip_address(spec)]), 1
+    except ValueError as err:
+        raise SimConfigError(
+            f"--http-hosts {spec!r}: {err}; expected a network (127.0.1.0/24), a range "
+            "(127.0.1.1-127.0.2.244) or an address"
+        ) from None
+
+
+def parse_hosts(spec: str | Sequence[str], count: int) -> list[str]:
+    """The first ``count`` usable host addresses of ``spec``, one per device.
+
+    ``spec`` is a network (``"127.0.1.0/24"``: its usable hosts, .1 to .254), an inclusive range
+    (``"127.0.1.1-127.0.2.244"``), a single address, a comma-separated list of those, or a
+    sequence of them. Raises :class:`SimConfigError` when it holds fewer than ``count`` addresses
+    or names one twice.
+    """
+    parts = [p for p in spec.split(",") if p.strip()] if isinstance(spec, str) else list(spec)
+    if not parts:
+        raise SimConfigError("--http-hosts is empty: give a network, a range or addresses")
+    iterators, total = [], 0
+    for part in parts:
+        it, n = _addresses(part)
+        iterators.append(it)
+        total += n
+    shown = spec if isinstance(spec, str) else ",".join(spec)
+    if total < count:
+        raise SimConfigError(
+            f"--http-hosts {shown} has {total} usable address(es), {count} devices need "
+            f"{count}: give a larger range (a /24 holds 254)"
+        )
+    hosts = [str(a) for a in itertools.islice(itertools.chain(*iterators), count)]
+    seen: set[str] = set()
+    for host in hosts:
+        if host in seen:
+            raise SimConfigError(f"--http-hosts {shown} names {host} twice")
+        seen.add(host)
+    return hosts
+
+
 def _default_engine() -> ScriptEngineLike | None:
     try:
         module = importlib.import_module("shellysim.scripting")
@@ -88,6 +162,7 @@ class Fleet:
         http: bool = True,
         http_host: str = "127.0.0.1",
         http_port_base: int | None = None,
+        http_hosts: str | Sequence[str] | None = None,
         unprovisioned: bool = False,
         truth_path: Path | None = None,
         engine: ScriptEngineLike | str | None = AUTO,
@@ -98,10 +173,19 @@ class Fleet:
         clock: SimClock | None = None,
         loads: Sequence[tuple[LoadKind, ...] | None] = (),
         faults: Sequence[Fault] = (),
+        mdns: bool = False,
+        mdns_interfaces: Sequence[str] | None = None,
     ) -> None:
         """``clock`` replaces the fleet's own ``SimClock(start, speed)`` (``kilowatch demo`` uses a
         clock that catches up with real time); ``loads[i % len(loads)]`` overrides device i's
-        model-default loads (``None`` keeps them)."""
+        model-default loads (``None`` keeps them).
+
+        ``http_hosts`` stands each device on its own address (:func:`parse_hosts`: device *i* gets
+        the *i*-th usable address), on port 80 like a real device, or on port ``http_port_base``
+        of each address when that is given; without it every device listens on ``http_host``,
+        port ``http_port_base + i`` (default: ports the OS hands out). ``mdns`` advertises every
+        device over mDNS (:class:`shellysim.mdns.Advertiser`, on ``mdns_interfaces``, given as
+        addresses; default: every interface) while the fleet runs; it needs ``http``."""
         if devices < 0:
             raise SimConfigError(f"--devices must be 0 or more, got {devices}")
         specs = [model_spec(m) for m in models]
@@ -138,7 +222,14 @@ class Fleet:
         self.publishers = make_publishers(
             vendors, clock=self.clock, truth=self.truth, seed=seed, broker=broker
         )
-        self._server = DeviceServer(self.devices, host=http_host, port_base=http_port_base)
+        hosts = parse_hosts(http_hosts, devices) if http_hosts is not None else None
+        self._server = DeviceServer(
+            self.devices, host=http_host, port_base=http_port_base, hosts=hosts
+        )
+        self.mdns = mdns or mdns_interfaces is not None
+        if self.mdns and not http:
+            raise SimConfigError("mDNS advertises the devices' HTTP addresses: it needs http")
+        self.mdns_interfaces = list(mdns_interfaces) if mdns_interfaces is not None else None
         self._stack = contextlib.AsyncExitStack()
         self._tasks: asyncio.TaskGroup | None = None
         self._jobs: list[asyncio.Task[None]] = []
@@ -154,8 +245,16 @@ class Fleet:
         raise KeyError(device_id)
 
     def url(self, device: Device) -> str:
-        """``http://host:port`` of a device."""
+        """``http://`` + :meth:`address` of a device."""
         return self._server.url(device)
+
+    def address(self, device: Device) -> str:
+        """Where a device listens: ``host`` when its port is 80, else ``host:port``."""
+        return self._server.address(device)
+
+    def host(self, device: Device) -> str:
+        """The address a device listens on."""
+        return self._server.hosts[device.id]
 
     def port(self, device: Device) -> int:
         """HTTP port of a device."""
@@ -184,6 +283,16 @@ class Fleet:
                 await self._stack.enter_async_context(dev)
             if self.http:
                 await self._stack.enter_async_context(self._server)
+            if self.mdns:
+                from shellysim.mdns import Advertiser  # needs zeroconf, only when asked for
+
+                advertiser = Advertiser(
+                    self.devices,
+                    [self.host(d) for d in self.devices],
+                    ports=[self.port(d) for d in self.devices],
+                    interfaces=self.mdns_interfaces,
+                )
+                await self._stack.enter_async_context(advertiser)
             self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
             self._jobs.append(self._tasks.create_task(self._ticker()))
             for link in self.mqtt.values():
@@ -263,4 +372,4 @@ class Fleet:
                 await asyncio.sleep(0.05)
 
 
-__all__ = ["Fleet", "parse_broker"]
+__all__ = ["Fleet", "parse_broker", "parse_hosts"]

@@ -32,7 +32,9 @@ HELP = (
     "kilowatch simulate --devices 5 --broker mqtt://127.0.0.1:1883 --speed 60\n\n"
     "kilowatch simulate --devices 500 --models pm1,switch,3em,em --http-port-base 20000 "
     "--broker mqtt://127.0.0.1:1883 --duration 600 --truth truth.json\n\n"
-    "kilowatch simulate --devices 2 --unprovisioned --http-port-base 8081"
+    "kilowatch simulate --devices 2 --unprovisioned --http-port-base 8081\n\n"
+    "kilowatch simulate --devices 200 --unprovisioned --http-hosts 127.0.1.0/24   "
+    "# each on port 80 of its own address (as root)"
 )
 
 
@@ -136,6 +138,25 @@ def register(app: typer.Typer) -> None:
             max=65535,
             help="Device i listens on P+i (default: free ports).",
         ),
+        http_hosts: str | None = typer.Option(
+            None,
+            "--http-hosts",
+            help="Stand device i on the i-th address of this network, range or list "
+            "(127.0.1.0/24, 127.0.1.1-127.0.2.244, a,b,c), on port 80 like a real device "
+            "(--http-port-base P: port P of each address).",
+        ),
+        mdns: bool = typer.Option(
+            False,
+            "--mdns",
+            help="Advertise every device over mDNS (_shelly._tcp, _http._tcp): multicast on "
+            "your network; best with --http-hosts.",
+        ),
+        mdns_interfaces: str | None = typer.Option(
+            None,
+            "--mdns-interfaces",
+            help="Comma-separated addresses of the interfaces to advertise on (implies --mdns; "
+            "default: every interface).",
+        ),
         unprovisioned: bool = typer.Option(
             False, "--unprovisioned", help="Start like new devices: MQTT disabled, no script."
         ),
@@ -162,7 +183,7 @@ def register(app: typer.Typer) -> None:
         from shellysim.faults import chaos_plan
         from shellysim.fleet import Fleet
 
-        if http_port_base is not None and http_port_base + devices - 1 > 65535:
+        if http_hosts is None and http_port_base is not None and http_port_base + devices > 65536:
             raise ConfigError(
                 f"--http-port-base {http_port_base} leaves no room for {devices} ports"
             )
@@ -175,6 +196,9 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             http_host=http_host,
             http_port_base=http_port_base,
+            http_hosts=http_hosts,
+            mdns=mdns,
+            mdns_interfaces=_split(mdns_interfaces) if mdns_interfaces is not None else None,
             unprovisioned=unprovisioned,
             truth_path=Path(truth) if truth else None,
             script=_read_script(script),
@@ -202,6 +226,8 @@ def register(app: typer.Typer) -> None:
                 lines.append(f"MQTT: {fleet.broker_config['server']}")
             if fleet.truth_path:
                 lines.append(f"truth: {fleet.truth_path}")
+            if fleet.mdns:
+                lines.append("mDNS: advertising _shelly._tcp and _http._tcp")
             return lines
 
         asyncio.run(_run_until_stopped(fleet, duration, describe))
