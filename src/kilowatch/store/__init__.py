@@ -7,7 +7,15 @@ URL). What is asked of it is :mod:`kilowatch.query`'s vocabulary. See docs/stora
 
 from __future__ import annotations
 
-from kilowatch.store.protocol import Batch, DeadLetter, DeviceRecord, DeviceUpdate, Store
+from kilowatch.store.protocol import (
+    Batch,
+    DeadLetter,
+    DeployedScript,
+    DeviceRecord,
+    DeviceUpdate,
+    Registration,
+    Store,
+)
 from kilowatch.store.url import scheme_of
 
 
@@ -27,4 +35,13 @@ def open_store(url: str) -> Store:
     return RedisStore(url)
 
 
-__all__ = ["Batch", "DeadLetter", "DeviceRecord", "DeviceUpdate", "Store", "open_store"]
+__all__ = [
+    "Batch",
+    "DeadLetter",
+    "DeployedScript",
+    "DeviceRecord",
+    "DeviceUpdate",
+    "Registration",
+    "Store",
+    "open_store",
+]

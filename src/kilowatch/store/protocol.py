@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from kilowatch.query.table import EnergyTable
 
 
-
 @dataclass(frozen=True, slots=True)
 class DeviceUpdate:
     """A partial update of a device record: ``None`` fields are left as they are."""
@@ -51,10 +50,12 @@ class DeviceRecord:
     fw_ver: str | None = None
     available_update: str | None = None
     name: str | None = None
-    """The name the device reports about itself."""
+    """The name the device reports about itself; for a device in the fleet registry, the
+    registry's name when it has one (what the installer chose)."""
     label: str | None = None
     """The name a user gave it in kilowatch (rename); shown instead of ``name`` when set."""
     room: str | None = None
+    """The user's room, else the fleet registry's."""
     ip: str | None = None
     source: str | None = None
     channels: tuple[str, ...] = ()
@@ -76,7 +77,8 @@ class DeployedScript:
 @dataclass(frozen=True, slots=True)
 class Registration:
     """A device in the fleet registry (``kilowatch fleet``): what discovery found and adoption
-    decided. In :meth:`Store.register`, ``None`` fields leave what is stored as it is.
+    decided. In :meth:`Store.register`, ``None`` fields leave what is stored as it is, and ``""``
+    clears a text field; ``script=None`` keeps the stored script, a script replaces it whole.
 
     Secrets are never here: ``credentials`` is a reference into the owner-only secrets file.
     """
@@ -150,7 +152,8 @@ class Store(Protocol):
     async def __aenter__(self) -> Self: ...
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None,
+        self,
+        exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
@@ -189,9 +192,15 @@ class Store(Protocol):
         """The zone whose local days are built and maintained (``None``: none, or still
         rebuilding)."""
 
-    async def devices(self) -> list[DeviceRecord]: ...
+    async def devices(self) -> list[DeviceRecord]:
+        """Every device seen or in the fleet registry (a registered device that never published
+        too), by id. The registry fills in what the device's own record lacks (model, gen,
+        firmware, MAC, ip from its address, room when the user set none); its ``name`` shows
+        over the device's reported one, the user's ``label`` over both."""
 
-    async def device(self, device: str) -> DeviceRecord | None: ...
+    async def device(self, device: str) -> DeviceRecord | None:
+        """One device's record as :meth:`devices` shows it; ``None`` if neither seen nor
+        registered."""
 
     async def set_device_label(
         self, device: str, *, label: str | None = None, room: str | None = None
@@ -211,14 +220,21 @@ class Store(Protocol):
         """Count of dead letters ever seen, by reason."""
 
     async def register(self, records: Sequence[Registration]) -> None:
-        """Add or update fleet registry entries (``None`` fields keep what is stored). On Redis
-        also writes the seed's ``device:<MAC>`` (and, with a script, ``script:<MAC>``) hashes."""
+        """Add or update fleet registry entries (``None`` fields keep what is stored, ``""``
+        clears a text field; a device named twice ends as the last record says), in one
+        transaction (SQLite, one Redis server) or one pipeline (a cluster). On Redis also writes
+        the seed's ``device:<MAC>`` (and, with a script, ``script:<MAC>``) hashes; see
+        docs/storage.md, "Fleet registry". A record that cannot be stored (a device id that is
+        empty, not printable or holds whitespace; a MAC that is not 12 hex digits; a SHA-256
+        that is not 64; a value of the wrong type) raises :class:`UnstorableError` naming the
+        device and field, and nothing of the call is stored."""
 
     async def registry(self) -> list[Registration]:
         """Every registered device, sorted by id."""
 
     async def unregister(self, device: str) -> bool:
-        """Remove a device from the registry (its energy stays); whether it was there."""
+        """Remove a device from the registry (its energy and device record stay; on Redis its
+        seed ``device:<MAC>`` and ``script:<MAC>`` go); whether it was there."""
 
     async def get_meta(self, key: str) -> Any | None:
         """A JSON value kept by other parts of kilowatch (settings, users, tokens)."""

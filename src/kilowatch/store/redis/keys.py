@@ -27,6 +27,11 @@
 - ``P:<MAC>_<hour start>`` the seed's hourly hash (``fw_ver``, ``hourly_energy_usage``,
   ``hourly_ret_energy_usage``, ``id``, ``mac``, ``operational``, ``timestamp``) plus our marker
   field ``kw``; ``device:<MAC>`` the seed's device hash.
+- ``P:kw:device:{D}:registry`` hash per registered device: the fleet registry's fields (``script``
+  as JSON), in the device's hash slot; ``P:kw:registry`` the set of registered ids. With them the
+  seed's ``device:<MAC>`` (``id``, ``mac``, ``model``, ``gen``, ``fw_ver``, ``app``, ``name``,
+  ``address``, ``prefix``, ``room``) and ``script:<MAC>`` (``name``, ``version``, ``sha256``,
+  ``script_id``, ``deployed_at``, ``id``), without the prefix (see :mod:`.registry`).
 - ``P:kw:seed`` sorted set indexing hourly hashes written by someone else (an EMQX sink): member
   ``<device id>\\t<key>``, score = hour start (see :mod:`kilowatch.store.redis.seed`).
 - ``P:kw:fence:<lane>`` (one server) or ``P:kw:fence:{<tag>}:<lane>`` (a cluster: one per hash
@@ -75,6 +80,10 @@ class Keys:
         """The device record hash ``P:kw:device:{D}`` (the head of the device's other keys)."""
         return self.kw("device", "{" + device + "}")
 
+    def registration(self, device: str) -> str:
+        """The fleet registry's hash of ``device``, ``P:kw:device:{D}:registry``."""
+        return self.dev(device) + ":registry"
+
     def seed_key(self, mac: str, hour: int) -> str:
         """The seed's hourly hash key ``<prefix>:<MAC>_<hour start>``."""
         return f"{self.prefix}:{mac}_{hour}"
@@ -92,6 +101,16 @@ class Keys:
         if slot is None:
             return self.kw("fence", lane)
         return self.kw("fence", "{" + slot_tag(slot) + "}", lane)
+
+
+def seed_device_key(mac: str) -> str:
+    """The seed's device hash ``device:<MAC>`` (no prefix: the seed's tools read it so)."""
+    return f"device:{mac}"
+
+
+def seed_script_key(mac: str) -> str:
+    """The seed's hash of the script deployed to a device, ``script:<MAC>`` (no prefix)."""
+    return f"script:{mac}"
 
 
 _SLOT_TAGS: list[str] = []

@@ -4,7 +4,8 @@ Cluster, in a layout that keeps the seed's (:mod:`.keys`; full table in docs/sto
 :class:`RedisStore` owns the lifecycle (connect, background tasks, close) and composes the parts:
 :mod:`.writes` (commits), :mod:`.energy` (energy queries), :mod:`.reads` (other records),
 :mod:`.seed` (the index of externally written hours), :mod:`.localdays` (energy per local day),
-:mod:`.columns` (packed hour columns).
+:mod:`.columns` (packed hour columns), :mod:`.registry` (the fleet registry and the seed's
+``device:<MAC>``, ``script:<MAC>``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -23,7 +24,8 @@ from kilowatch.model.messages import Event, LogLine, Reading
 from kilowatch.model.slots import ChannelKey
 from kilowatch.query.energy import EnergyQuery, EnergyRow
 from kilowatch.query.table import EnergyTable
-from kilowatch.store.protocol import Batch, DeadLetter, DeviceRecord
+from kilowatch.store import registry
+from kilowatch.store.protocol import Batch, DeadLetter, DeviceRecord, Registration
 from kilowatch.store.redis.columns import HourColumns
 from kilowatch.store.redis.connection import (
     CLOSE_TIMEOUT_S,
@@ -35,6 +37,7 @@ from kilowatch.store.redis.connection import (
 from kilowatch.store.redis.energy import EnergyReader
 from kilowatch.store.redis.localdays import LocalDays
 from kilowatch.store.redis.reads import RecordReader
+from kilowatch.store.redis.registry import Registry
 from kilowatch.store.redis.seed import SEED_REFRESH_S, SEED_REFRESH_SPACING, SeedIndex
 from kilowatch.store.redis.writes import Writer
 from kilowatch.store.url import RedisTarget, parse_redis
@@ -68,6 +71,7 @@ class RedisStore:
         self._writer = Writer(self._conn, self._seed, self._local)
         self._energy = EnergyReader(self._conn, self._seed, self._columns, self._local)
         self._records = RecordReader(self._conn, self._seed)
+        self._registry = Registry(self._conn)
         self._refresher: asyncio.Task[None] | None = None
         self._build: asyncio.Task[None] | None = None
         self._tasks: asyncio.TaskGroup | None = None
@@ -200,6 +204,13 @@ class RedisStore:
     async def put_meta(self, key: str, value: Any) -> None:
         await self._writer.put_meta(key, value)
 
+    async def register(self, records: Sequence[Registration]) -> None:
+        """Merge ``records`` into the fleet registry: see :meth:`Registry.register`."""
+        await self._registry.register(list(records))
+
+    async def unregister(self, device: str) -> bool:
+        return await self._registry.unregister(device)
+
     async def drop_slots_before(self, before: int) -> int:
         """Retention: see :meth:`Writer.drop_slots_before`."""
         return await self._writer.drop_slots_before(before)
@@ -230,10 +241,17 @@ class RedisStore:
         return await self._records.load_ledger_states()
 
     async def devices(self) -> list[DeviceRecord]:
-        return await self._records.devices()
+        """Every device seen or registered, with its registry data (see
+        :func:`~kilowatch.store.registry.with_registration`)."""
+        recs = await self._records.devices()
+        return registry.merge_devices(recs, await self._registry.all())
 
     async def device(self, device: str) -> DeviceRecord | None:
-        return await self._records.device(device)
+        rec = await self._records.device(device)
+        return registry.with_registration(rec, await self._registry.get(device))
+
+    async def registry(self) -> list[Registration]:
+        return await self._registry.all()
 
     async def latest(self, device: str | None = None) -> list[Reading]:
         return await self._records.latest(device)

@@ -86,6 +86,15 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE commits (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
     """,
+    # 5: the fleet registry (Store.register): what discovery found and adoption decided; the
+    # deployed script as JSON (it is read and replaced whole)
+    """
+    CREATE TABLE fleet_devices (
+        device TEXT PRIMARY KEY, mac TEXT, model TEXT, fw_ver TEXT, app TEXT, address TEXT,
+        transport TEXT, prefix TEXT, credentials TEXT, name TEXT, room TEXT, discovered_by TEXT,
+        gen INTEGER, adopted_at REAL, seen_at REAL, script TEXT
+    );
+    """,
 )
 """Schema migrations in order; ``schema_version.version`` is how many have been applied."""
 

@@ -13,6 +13,7 @@ import functools
 import logging
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -23,9 +24,10 @@ from kilowatch.model.slots import ChannelKey
 from kilowatch.query.energy import EnergyQuery, EnergyRow
 from kilowatch.query.periods import LocalDays, Plan, plan
 from kilowatch.query.table import EnergyTable
-from kilowatch.store import records
-from kilowatch.store.protocol import Batch, DeadLetter, DeviceRecord
+from kilowatch.store import records, registry
+from kilowatch.store.protocol import Batch, DeadLetter, DeviceRecord, Registration
 from kilowatch.store.sqlite import devices, journal, local_days, meta
+from kilowatch.store.sqlite import registry as fleet
 from kilowatch.store.sqlite.commit import commit
 from kilowatch.store.sqlite.connection import path_of
 from kilowatch.store.sqlite.energy import energy_table
@@ -170,6 +172,17 @@ class SqliteStore:
         raw = records.dumps(value).decode()
         await self._writer.run(lambda conn: meta.put_meta(conn, key, raw))
 
+    async def register(self, records: Sequence[Registration]) -> None:
+        """Merge ``records`` into the ``fleet_devices`` table in one transaction (see
+        :meth:`Store.register`)."""
+        regs = list(records)
+        registry.check(regs)  # UnstorableError before anything is queued
+        if regs:
+            await self._writer.run(lambda conn: fleet.register(conn, regs))
+
+    async def unregister(self, device: str) -> bool:
+        return await self._writer.run(lambda conn: fleet.unregister(conn, device))
+
     # -- reads -----------------------------------------------------------------------------------
 
     async def load_ledger_states(self) -> dict[ChannelKey, dict[str, Any]]:
@@ -184,11 +197,16 @@ class SqliteStore:
         return await self._readers.run(lambda conn: energy_table(conn, p, query, days))
 
     async def devices(self) -> list[DeviceRecord]:
-        return await self._readers.run(lambda conn: devices.device_records(conn, None))
+        """Every device seen or registered, with its registry data (see
+        :func:`~kilowatch.store.registry.with_registration`)."""
+        return await self._readers.run(lambda conn: fleet.device_records(conn, None))
 
     async def device(self, device: str) -> DeviceRecord | None:
-        found = await self._readers.run(lambda conn: devices.device_records(conn, device))
+        found = await self._readers.run(lambda conn: fleet.device_records(conn, device))
         return found[0] if found else None
+
+    async def registry(self) -> list[Registration]:
+        return await self._readers.run(fleet.registrations)
 
     async def latest(self, device: str | None = None) -> list[Reading]:
         return await self._readers.run(lambda conn: devices.latest(conn, device))
