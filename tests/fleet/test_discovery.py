@@ -19,10 +19,12 @@ from kilowatch.fleet.discovery import (
     Unsupported,
     found_from_info,
     from_broker,
+    from_mdns,
     merge,
     parse_targets,
     scan,
 )
+from kilowatch.fleet.mdns import MdnsFound
 from kilowatch.fleet.rpc.lan import probe as lan_probe
 from kilowatch.fleet.rpc.mqtt import MqttRpc
 from kilowatch.testing import MosquittoServer
@@ -271,7 +273,8 @@ async def test_the_broker_s_online_devices_answer_over_mqtt(mosquitto: Mosquitto
         await fleet.wait_connected()
         async with MqttRpc("127.0.0.1", mosquitto.port) as mqtt:
             started = time.perf_counter()
-            found = await from_broker(mqtt, wait=1.0, concurrency=4)
+            # a stale retained "true" of an earlier test's device costs at most the 3 s timeout
+            found = await from_broker(mqtt, wait=1.0, concurrency=4, timeout=3.0)
             elapsed = time.perf_counter() - started
         ours = [f for f in found if f.device in {d.id for d in fleet.devices}]
         assert [f.device for f in ours] == sorted(d.id for d in fleet.devices)
@@ -280,3 +283,19 @@ async def test_the_broker_s_online_devices_answer_over_mqtt(mosquitto: Mosquitto
             assert f.address is None and f.how is How.BROKER
             assert f.prefix == dev.id and f.mac == dev.mac and f.gen >= 2
         assert elapsed < 6
+
+
+async def test_mdns_adverts_are_confirmed_by_the_device_itself(http_fleet: Fleet) -> None:
+    # What browse() returns (it is tested in a network namespace of its own): adverts of two
+    # real devices, one of them twice (IPv4 and IPv6 answers), and a stale one nothing answers.
+    real = http_fleet.devices[:2]
+    adverts = [
+        MdnsFound(dev.id, (http_fleet.host(dev),), 80, 2, f"{dev.id}._shelly._tcp.local.")
+        for dev in (*real, real[0])
+    ] + [MdnsFound("shellyplus1pm-gone", ("127.0.41.250",), 80, 2, "gone._shelly._tcp.local.")]
+    async with aiohttp.ClientSession() as session:
+        found = await from_mdns(adverts, session, timeout=1.0)
+    assert [(f.device, f.address, f.how) for f in found] == [
+        (dev.id, http_fleet.address(dev), How.MDNS) for dev in real
+    ]
+    assert all(f.mac == dev.mac and f.fw_ver == "1.4.4" for f, dev in zip(found, real, strict=True))
