@@ -10,7 +10,7 @@ from kilowatch.model.slots import ChannelKey
 from kilowatch.query.grouping import HOURLY
 from kilowatch.store import records
 from kilowatch.store.protocol import DeadLetter, DeviceRecord
-from kilowatch.store.redis.connection import Connection
+from kilowatch.store.redis.connection import Command, Connection
 from kilowatch.store.redis.seed import SeedIndex
 
 
@@ -37,8 +37,13 @@ class RecordReader:
         )
         seed_ids = await self._seed.ids()
         ids = sorted({n.decode() for n in names} | seed_ids)
-        found = [await self._device(d, d in seed_ids) for d in ids]
-        return [d for d in found if d is not None]
+        # every device's hash and channels in one pipelined round trip, not one per device
+        cmds: list[Command] = []
+        for d in ids:
+            key = self._keys.dev(d)
+            cmds += [("hgetall", key, ()), ("smembers", key + ":channels", ())]
+        got = await self._conn.call("cannot read devices", self._conn.pipeline_read(cmds))
+        return [_record(d, got[2 * i], got[2 * i + 1], d in seed_ids) for i, d in enumerate(ids)]
 
     async def device(self, device: str) -> DeviceRecord | None:
         return await self._device(device, device in await self._seed.ids())
@@ -57,9 +62,7 @@ class RecordReader:
         )
         if not known and not seeded:
             return None
-        names = {c.decode() for c in channels} | ({HOURLY} if seeded else set())
-        decoded = {k.decode(): v.decode() for k, v in values.items()}
-        return records.device_record(device, decoded, sorted(names))
+        return _record(device, values, channels, seeded)
 
     async def latest(self, device: str | None = None) -> list[Reading]:
         conn = self._conn
@@ -108,3 +111,13 @@ class RecordReader:
             "cannot read a setting", self._conn.client.hget(self._keys.kw("meta"), key)
         )
         return None if raw is None else records.loads(raw)
+
+
+def _record(
+    device: str, values: dict[bytes, bytes], channels: set[bytes], seeded: bool
+) -> DeviceRecord:
+    """A device's record from its hash and channel set (``seeded``: it has external hours,
+    shown as channel ``hourly``)."""
+    names = {c.decode() for c in channels} | ({HOURLY} if seeded else set())
+    decoded = {k.decode(): v.decode() for k, v in values.items()}
+    return records.device_record(device, decoded, sorted(names))
