@@ -19,7 +19,7 @@ from kilowatch.fleet.scriptdeploy import (
 )
 from shellysim import Fleet
 
-from .simrpc import FrameTransport, frame_rpc
+from .simrpc import Recording, lan_rpc
 
 HELLO = 'let greeting = "hello";\nprint(greeting);\n'
 
@@ -31,11 +31,9 @@ async def fleet() -> AsyncIterator[Fleet]:
 
 
 @pytest.fixture
-async def device(fleet: Fleet) -> AsyncIterator[tuple[ShellyRpc, FrameTransport]]:
-    dev = fleet.devices[0]
-    rpc, transport = frame_rpc(fleet.url(dev), dev.id)
-    async with rpc:
-        yield rpc, transport
+async def device(fleet: Fleet) -> AsyncIterator[tuple[ShellyRpc, Recording]]:
+    async with lan_rpc(fleet, fleet.devices[0]) as pair:
+        yield pair
 
 
 def filler(chars: int) -> str:
@@ -45,7 +43,7 @@ def filler(chars: int) -> str:
 
 
 async def test_deploy_fresh_then_unchanged(
-    fleet: Fleet, device: tuple[ShellyRpc, FrameTransport]
+    fleet: Fleet, device: tuple[ShellyRpc, Recording]
 ) -> None:
     rpc, transport = device
     spec = ScriptSpec("kilowatch", HELLO, version="1")
@@ -72,7 +70,7 @@ async def test_deploy_fresh_then_unchanged(
 
 
 async def test_changed_code_stops_uploads_starts(
-    fleet: Fleet, device: tuple[ShellyRpc, FrameTransport]
+    fleet: Fleet, device: tuple[ShellyRpc, Recording]
 ) -> None:
     rpc, transport = device
     await deploy_script(rpc, ScriptSpec("kilowatch", HELLO))
@@ -93,7 +91,7 @@ async def test_changed_code_stops_uploads_starts(
 
 
 async def test_chunks_of_a_5000_character_script(
-    fleet: Fleet, device: tuple[ShellyRpc, FrameTransport]
+    fleet: Fleet, device: tuple[ShellyRpc, Recording]
 ) -> None:
     rpc, transport = device
     code = filler(5000)
@@ -107,7 +105,7 @@ async def test_chunks_of_a_5000_character_script(
 
 
 async def test_multibyte_code_reads_back_across_pages(
-    fleet: Fleet, device: tuple[ShellyRpc, FrameTransport]
+    fleet: Fleet, device: tuple[ShellyRpc, Recording]
 ) -> None:
     # GetCode pages hold 2048 bytes; a 3-byte character straddles the first page's end.
     code = "let s = '" + "€" * 1500 + "';\n"
@@ -119,7 +117,7 @@ async def test_multibyte_code_reads_back_across_pages(
 
 
 async def test_over_limit_refused_before_any_call(
-    device: tuple[ShellyRpc, FrameTransport],
+    device: tuple[ShellyRpc, Recording],
 ) -> None:
     rpc, transport = device
     code = filler(SCRIPT_LIMIT_BYTES + 1)
@@ -134,7 +132,7 @@ async def test_over_limit_refused_before_any_call(
 
 
 async def test_device_limit_below_ours_is_a_fleet_error(
-    device: tuple[ShellyRpc, FrameTransport],
+    device: tuple[ShellyRpc, Recording],
 ) -> None:
     rpc, _ = device
     with pytest.raises(FleetError, match=r"does not fit on this device.*-108"):
@@ -142,7 +140,7 @@ async def test_device_limit_below_ours_is_a_fleet_error(
 
 
 async def test_syntax_error_reports_device_errors(
-    fleet: Fleet, device: tuple[ShellyRpc, FrameTransport]
+    fleet: Fleet, device: tuple[ShellyRpc, Recording]
 ) -> None:
     rpc, _ = device
     with pytest.raises(FleetError, match="reports errors after start: syntax_error"):
@@ -159,7 +157,7 @@ async def test_syntax_error_reports_device_errors(
 
 
 async def test_crashed_script_with_same_code_is_restarted(
-    fleet: Fleet, device: tuple[ShellyRpc, FrameTransport]
+    fleet: Fleet, device: tuple[ShellyRpc, Recording]
 ) -> None:
     rpc, transport = device
     spec = ScriptSpec("crashy", HELLO)
@@ -175,7 +173,7 @@ async def test_crashed_script_with_same_code_is_restarted(
     assert slot.running and slot.errors == []
 
 
-async def test_no_free_slot(fleet: Fleet, device: tuple[ShellyRpc, FrameTransport]) -> None:
+async def test_no_free_slot(fleet: Fleet, device: tuple[ShellyRpc, Recording]) -> None:
     rpc, _ = device
     for n in range(10):
         await rpc.script_create(f"other{n}")
@@ -187,7 +185,7 @@ async def test_no_free_slot(fleet: Fleet, device: tuple[ShellyRpc, FrameTranspor
     assert result.script_id == 10 and not result.created
 
 
-async def test_enable_flag_alone(fleet: Fleet, device: tuple[ShellyRpc, FrameTransport]) -> None:
+async def test_enable_flag_alone(fleet: Fleet, device: tuple[ShellyRpc, Recording]) -> None:
     rpc, transport = device
     await deploy_script(rpc, ScriptSpec("kilowatch", HELLO, enable=True))
     off = ScriptSpec("kilowatch", HELLO, enable=False)
@@ -200,9 +198,7 @@ async def test_enable_flag_alone(fleet: Fleet, device: tuple[ShellyRpc, FrameTra
     assert not fleet.devices[0].scripts.slots[result.script_id].enable
 
 
-async def test_per_device_placeholders(
-    fleet: Fleet, device: tuple[ShellyRpc, FrameTransport]
-) -> None:
+async def test_per_device_placeholders(fleet: Fleet, device: tuple[ShellyRpc, Recording]) -> None:
     dev = fleet.devices[0]
     template = (
         'let ID = "{{ device.id }}"; let MAC = "{{device.mac}}";\n'

@@ -25,7 +25,7 @@ from shellysim import Fleet
 from shellysim.device import Device
 
 from .pem import NOW, Pki, issue, key_pem, new_key, pki
-from .simrpc import FrameTransport, frame_rpc
+from .simrpc import Recording, lan_rpc
 
 
 @pytest.fixture
@@ -35,11 +35,10 @@ async def fleet() -> AsyncIterator[Fleet]:
 
 
 @pytest.fixture
-async def device(fleet: Fleet) -> AsyncIterator[tuple[ShellyRpc, FrameTransport, Device]]:
+async def device(fleet: Fleet) -> AsyncIterator[tuple[ShellyRpc, Recording, Device]]:
     dev = fleet.devices[0]
-    rpc, transport = frame_rpc(fleet.url(dev), dev.id)
-    async with rpc:
-        yield rpc, transport, dev
+    async with lan_rpc(fleet, dev) as (rpc, recording):
+        yield rpc, recording, dev
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +61,7 @@ async def test_valid_material_uploads_then_second_run_changes_nothing(
     kind: str,
     rsa_pki: Pki,
     ec_pki: Pki,
-    device: tuple[ShellyRpc, FrameTransport, Device],
+    device: tuple[ShellyRpc, Recording, Device],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     rpc, transport, dev = device
@@ -89,7 +88,8 @@ async def test_valid_material_uploads_then_second_run_changes_nothing(
     if kind == "rsa":  # an RSA chain is longer than one 1024-character chunk
         assert chunks > 3 and transport.sent.count("Shelly.PutTLSClientCert") > 1
     assert await material_on_device(rpc) == material.sha256
-    assert material.key not in caplog.text and "PRIVATE KEY" not in caplog.text
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("kilowatch"))
+    assert "uploaded" in ours and "PRIVATE KEY" not in ours and material.key not in ours
 
     sent = len(transport.sent)
     assert await ensure_material(rpc, load(p)) == []
@@ -255,7 +255,7 @@ def test_garbage_and_files(tmp_path: Path, ec_pki: Pki) -> None:
 
 
 async def test_refused_material_sends_nothing(
-    device: tuple[ShellyRpc, FrameTransport, Device], ec_pki: Pki
+    device: tuple[ShellyRpc, Recording, Device], ec_pki: Pki
 ) -> None:
     rpc, transport, dev = device
     for bad in (
@@ -269,7 +269,7 @@ async def test_refused_material_sends_nothing(
 
 
 async def test_device_refusal_leaves_no_record(
-    device: tuple[ShellyRpc, FrameTransport, Device], ec_pki: Pki
+    device: tuple[ShellyRpc, Recording, Device], ec_pki: Pki
 ) -> None:
     rpc, _, _ = device
     await upload_material(rpc, load(ec_pki))
@@ -280,3 +280,18 @@ async def test_device_refusal_leaves_no_record(
         await upload_material(rpc, forged)
     assert info.value.code == -103 and info.value.method == "Shelly.PutTLSClientKey"
     assert await material_on_device(rpc) is None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="aioshelly's WsRPC logs every frame's params at DEBUG (send/result lines), so with "
+    "DEBUG on the 'aioshelly' logger the private key, like any password sent, reaches the log; "
+    "the LAN transport needs a redacting filter (reported to the coordinator)",
+)
+async def test_no_key_material_in_any_log_at_debug(
+    device: tuple[ShellyRpc, Recording, Device], ec_pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    rpc, _, _ = device
+    caplog.set_level(logging.DEBUG)
+    await upload_material(rpc, load(ec_pki))
+    assert "PRIVATE KEY" not in caplog.text
