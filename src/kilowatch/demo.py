@@ -28,12 +28,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from pydantic import ValidationError
 
 from kilowatch.errors import ConfigError
+from kilowatch.fleet.discovery import scan
+from kilowatch.fleet.registry import record_found
 from kilowatch.service.config import Settings, default_data_dir, default_timezone
 from kilowatch.service.server import Running, serve
-from kilowatch.store import Store
+from kilowatch.store import Registration, Store
 from kilowatch.web.app import start_web
 from shellysim import Fleet, LoadKind, SimClock
 
@@ -211,6 +214,28 @@ async def check_store_is_free(store: Store, fleet: Fleet) -> None:
         )
 
 
+def home_names(fleet: Fleet) -> dict[str, str]:
+    """Device id → the name an installer would give it (``boiler``, ``air conditioner``...)."""
+    return {
+        dev.id: what.split(" (")[0] for dev, (_, what, _) in zip(fleet.devices, HOME, strict=True)
+    }
+
+
+async def register_home(store: Store, fleet: Fleet) -> int:
+    """Find the home's devices the way ``kilowatch fleet discover`` does (``GET /shelly`` on each
+    device's address) and register them with their names, so the dashboard shows names, models and
+    firmware from the registry. Returns how many were found."""
+    async with aiohttp.ClientSession() as session:
+        found = await scan([fleet.address(dev) for dev in fleet.devices], session=session)
+    now = time.time()
+    await record_found(store, found, now=now)
+    names = home_names(fleet)
+    await store.register(
+        [Registration(device=f.device, name=names[f.device]) for f in found if f.device in names]
+    )
+    return len(found)
+
+
 async def ensure_demo_login(store: Store) -> tuple[str, str] | None:
     """``(user, password)`` to show: the demo user, created when the store has no users; ``None``
     when the store has users of its own (they are left alone)."""
@@ -273,6 +298,7 @@ async def run_demo(
                 home = make_home(broker_url, clock, options.seed)
                 await check_store_is_free(running.store, home)
                 await stack.enter_async_context(home)
+                await register_home(running.store, home)
                 for line in banner(options, settings, state, home, clock, wiped):
                     echo(line)
                 await _until(stop, _wait_caught_up(clock))

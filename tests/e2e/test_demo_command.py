@@ -19,6 +19,7 @@ import httpx
 from kilowatch.demo import HOME, CatchUpClock
 from kilowatch.query.energy import EnergyQuery
 from kilowatch.store import open_store
+from kilowatch.web.views import display_name
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 DAYS = 0.25
@@ -89,6 +90,16 @@ def test_demo_backfills_serves_and_stops_on_sigint(tmp_path: Path) -> None:
                     found[str(row.device)] = found.get(str(row.device), 0) + 1
             total = [r for r in await store.energy(replace(query, group="total")) if r.energy_wh]
             return found, len(total)
+
+    async def shown() -> dict[str, tuple[str | None, str | None]]:
+        async with open_store(store_url) as store:
+            return {display_name(r): (r.model, r.fw_ver) for r in await store.devices()}
+
+    # the devices are in the fleet registry: names, models and firmware, not raw ids and "-"
+    names = asyncio.run(shown())
+    for name in ("boiler", "air conditioner", "mains, three phases", "balcony PV feeding in"):
+        model, fw = names[name]
+        assert model and fw, names
 
     by_device, hours_with_energy = asyncio.run(rows())
     # every simulated Shelly device reached the ledger with back-filled (simulated-time) data...
