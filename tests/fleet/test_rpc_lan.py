@@ -20,7 +20,7 @@ from kilowatch.errors import (
     InvalidAuthError,
     RpcCallError,
 )
-from kilowatch.fleet.rpc import LanTransport, ShellyRpc, connect_lan, probe
+from kilowatch.fleet.rpc import LanTransport, ShellyRpc, connect_lan, lan_session, probe
 from kilowatch.fleet.rpc.lan import split_address
 from shellysim import Device, Fleet, ha1_for
 
@@ -323,3 +323,20 @@ async def test_the_per_device_concurrency_limit_holds(
         results = await asyncio.wait_for(asyncio.gather(*calls), WAIT_S)
     assert [r["mac"] for r in results] == [dev.mac] * 10
     assert gate.most == 3
+
+
+async def test_more_devices_than_aiohttps_default_cap_stay_connected_at_once() -> None:
+    """Each device's WebSocket holds a connection of the session: lan_session() has no cap."""
+    count = 120  # aiohttp's default connector allows 100
+    async with Fleet(devices=count, engine=None) as fleet, lan_session() as session:
+        everyone = asyncio.Barrier(count)
+
+        async def one(dev: Device) -> str:
+            where = address(fleet, dev)
+            async with await connect_lan(where, session=session, timeout=5.0) as rpc:
+                await rpc.sys_get_status()
+                await asyncio.wait_for(everyone.wait(), WAIT_S)  # all connected at once
+                return str((await rpc.get_device_info())["id"])
+
+        ids = await asyncio.gather(*(one(d) for d in fleet.devices))
+    assert ids == [d.id for d in fleet.devices]

@@ -9,7 +9,7 @@ from kilowatch.fleet.rpc.base import (
     ShellyRpc,
     Transport,
 )
-from kilowatch.fleet.rpc.lan import PROBE_TIMEOUT_S, LanTransport, connect_lan, probe
+from kilowatch.fleet.rpc.lan import PROBE_TIMEOUT_S, LanTransport, connect_lan, lan_session, probe
 from kilowatch.fleet.rpc.mqtt import MqttRpc, MqttVersion
 
 __all__ = [
@@ -23,5 +23,6 @@ __all__ = [
     "ShellyRpc",
     "Transport",
     "connect_lan",
+    "lan_session",
     "probe",
 ]

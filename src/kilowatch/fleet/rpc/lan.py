@@ -280,6 +280,14 @@ class LanTransport:
             await self._drop()
 
 
+def lan_session() -> aiohttp.ClientSession:
+    """A ``ClientSession`` fit for a fleet (call it inside the running loop; close it after the
+    devices): no cap on open connections. Each device's WebSocket holds one of the session's
+    connections while it is open, and aiohttp's default connector allows 100: with a default
+    session the 101st device open at once waits for a free slot until its call times out."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+
 async def connect_lan(
     address: str,
     *,
@@ -295,10 +303,19 @@ async def connect_lan(
     ``password``: the device password (digest auth, user ``admin``); ``device_id``: its id when
     known (the digest realm and how errors name it; otherwise the address names it until a
     password makes the transport ask the device). ``session`` stays the caller's: share one
-    session across devices and close it after them.
+    session across devices and close it after them; its connector's ``limit`` caps how many
+    devices can be connected at once (see :func:`lan_session`).
     """
     transport = LanTransport(address, session=session, password=password, device_id=device_id)
     return ShellyRpc(transport, timeout=timeout, concurrency=concurrency)
 
 
-__all__ = ["HTTP_PORT", "PROBE_TIMEOUT_S", "LanTransport", "connect_lan", "probe", "split_address"]
+__all__ = [
+    "HTTP_PORT",
+    "PROBE_TIMEOUT_S",
+    "LanTransport",
+    "connect_lan",
+    "lan_session",
+    "probe",
+    "split_address",
+]
