@@ -321,3 +321,24 @@ async def test_env_password_change_is_planned_and_applied(
     dev = lab.fleet.devices[0]
     assert dev.auth_ha1 == ha1_for(dev.id, "two-2")
     assert (await lab.apply(second)).summary()["unchanged"] == 3
+
+
+async def test_a_script_not_started_at_boot_runs_after_the_reboot(
+    lab: Lab, profile_dir: Path, env: dict[str, str]
+) -> None:
+    text = (
+        '[mqtt]\nserver = "127.0.0.1:1"\n\n'
+        '[[scripts]]\nname = "manual"\nfile = "announce.js"\nenable = false\n'
+        '[scripts.vars]\nsite = "s"\ntopic = "t"\n'
+    )
+    (profile_dir / "manual.toml").write_text(text)
+    profile = load_profile(profile_dir / "manual.toml", env=env)
+    report = await lab.apply(profile)
+    assert report.summary()["ok"] == 3, report.to_json()
+    assert report.devices[0].steps == ("mqtt", "scripts", "reboot", "scripts", "verify")
+    for dev in lab.fleet.devices:
+        (slot,) = dev.scripts.slots.values()
+        assert slot.running and not slot.enable
+    lab.sent.clear()
+    assert (await lab.apply(profile)).summary()["unchanged"] == 3
+    assert lab.writes() == []

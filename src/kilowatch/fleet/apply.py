@@ -323,7 +323,6 @@ class _Engine:
     async def _attempt(self, state: _Device) -> Status:
         reg = state.reg
         self.tell.step(reg.device, "plan")
-        restart = False
         async with self.opener(reg) as rpc:
             plan = await self._plan(rpc, reg)
             if state.first is None:
@@ -335,17 +334,17 @@ class _Engine:
             if self.options.dry_run:
                 state.steps = [s.value for s in plan.steps]
                 return Status.PLANNED
-            for step in plan.steps:
-                if step is Step.REBOOT:
-                    restart = True
-                    continue
-                self.tell.step(reg.device, step.value)
-                restart |= await self._run(step, rpc, reg, plan)
-                state.steps.append(step.value)
+            restart = await self._steps(rpc, reg, plan, state)
         if restart:
             self.tell.step(reg.device, Step.REBOOT.value)
             await self._reboot(reg)
             state.steps.append(Step.REBOOT.value)
+            # A reboot stops what does not start at boot (a script with enable = false): one
+            # more pass puts it back before the verification.
+            async with self.opener(reg) as rpc:
+                again = await self._plan(rpc, reg)
+                if again.pending:
+                    await self._steps(rpc, reg, again, state)
         self.tell.step(reg.device, "verify")
         async with self.opener(reg) as rpc:
             after = await self._plan(rpc, reg)
@@ -354,6 +353,20 @@ class _Engine:
             raise FleetError(reg.device, f"still differs after apply: {left}")
         state.steps.append("verify")
         return Status.OK
+
+    async def _steps(
+        self, rpc: ShellyRpc, reg: Registration, plan: DevicePlan, state: _Device
+    ) -> bool:
+        """Run the steps ``plan`` needs but the reboot; returns whether a reboot is due."""
+        restart = False
+        for step in plan.steps:
+            if step is Step.REBOOT:
+                restart = True
+                continue
+            self.tell.step(reg.device, step.value)
+            restart |= await self._run(step, rpc, reg, plan)
+            state.steps.append(step.value)
+        return restart
 
     async def _run(self, step: Step, rpc: ShellyRpc, reg: Registration, plan: DevicePlan) -> bool:
         """Run one step; returns whether the device asked for a restart."""
@@ -411,8 +424,16 @@ class _Engine:
         assert password is not None
         realm = want.device.id
         ha1 = hashlib.sha256(f"{REALM_USER}:{realm}:{password}".encode()).hexdigest()
+        if not plan.info.get("auth_en"):
+            # Kept before the device has it: a device without auth ignores the password, so
+            # this is harmless if SetAuth fails, and an answer lost after the device took the
+            # password cannot lock kilowatch out (the next attempt reuses it).
+            await self.passwords.put(reg, password)
+            await rpc.set_auth(realm, ha1)
+            return
+        # A rotation: the old password stays until the device took the new one; every later
+        # connection (reboot, verify) uses the new one.
         await rpc.set_auth(realm, ha1)
-        # Kept only once the device took it; every later connection (reboot, verify) uses it.
         await self.passwords.put(reg, password)
 
     async def _reboot(self, reg: Registration) -> None:

@@ -236,7 +236,12 @@ def _script_specs(profile: Profile, device: DeviceValues) -> tuple[ScriptSpec, .
     specs = []
     for entry in profile.scripts:
         values = {
-            "device": {"id": device.id, "mac": device.mac, "name": device.name},
+            "device": {
+                "id": device.id,
+                "mac": device.mac,
+                "name": device.name,
+                "room": device.room,
+            },
             "vars": {k: fill(v, device) for k, v in entry.vars.items()},
         }
         code = render(entry.code, values, subject=f"script {entry.name!r} for {device.id}")
