@@ -169,6 +169,8 @@ async def test_calls_succeed_and_error_frames_carry_the_devices_code(
         with pytest.raises(RpcCallError) as unknown:
             await rpc.call("Nope.Nothing")
         assert (unknown.value.code, unknown.value.message) == (404, "No handler for Nope.Nothing")
+        with pytest.raises(FleetError, match="cannot be sent as JSON"):
+            await rpc.call("KVS.Set", {"key": "k", "value": object()})
         # the connection is still good after error frames
         sid = await rpc.script_create("kw")
         assert await rpc.script_put_code(sid, "let a = 1;", append=False) == 10

@@ -70,6 +70,8 @@ async def test_calls_round_trip_and_errors_carry_the_devices_code(
                     "Argument 'id', value 9 not found!",
                 )
                 assert err.value.method == "Script.GetStatus"
+                with pytest.raises(FleetError, match="cannot be sent as JSON"):
+                    await rpc.call("KVS.Set", {"key": "k", "value": object()})
                 assert (await rpc.mqtt_get_config())["enable"] is True
 
 

@@ -44,6 +44,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
+import orjson
 from aioshelly import exceptions as shelly_errors
 from aioshelly.common import get_info
 from aioshelly.rpc_device.wsrpc import RPCSource, WsRPC
@@ -208,6 +209,8 @@ class LanTransport:
             ) from err
         except (shelly_errors.ShellyError, aiohttp.ClientError, OSError, RuntimeError) as err:
             raise self._translate(method, err, timeout) from err
+        except orjson.JSONEncodeError as err:
+            raise FleetError(method, f"its params cannot be sent as JSON: {err}") from err
 
     def _translate(self, method: str, err: Exception, timeout: float) -> DeviceError:
         if isinstance(err, shelly_errors.DeviceConnectionTimeoutError):

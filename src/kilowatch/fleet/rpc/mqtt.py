@@ -539,15 +539,19 @@ class _MqttTransport:
         """One call; see :class:`~kilowatch.fleet.rpc.base.Transport`."""
         if self._closed:
             raise DeviceConnectionError(self.label, f"{method}: this device's RPC was closed")
-        frame: dict[str, Any] = {"id": self.owner.next_id(), "src": self.src, "method": method}
+        call_id = self.owner.next_id()
+        frame: dict[str, Any] = {"id": call_id, "src": self.src, "method": method}
         if params is not None:
             frame["params"] = dict(params)
-        call_id = frame["id"]
+        try:
+            payload = orjson.dumps(frame)
+        except orjson.JSONEncodeError as err:
+            raise FleetError(method, f"its params cannot be sent as JSON: {err}") from err
         try:
             async with asyncio.timeout(timeout):
                 await self.owner.subscribe(self)
                 answer = self._pending[call_id] = asyncio.get_running_loop().create_future()
-                self.owner.publish(self, f"{self.prefix}/rpc", orjson.dumps(frame))
+                self.owner.publish(self, f"{self.prefix}/rpc", payload)
                 reply = await answer
         except TimeoutError as err:
             raise DeviceTimeoutError(
@@ -598,8 +602,8 @@ class _MqttTransport:
         if self._closed:
             return
         self._closed = True
+        self.owner.release(self)  # before connection_lost() forgets the subscription
         self.connection_lost(f"{self.label}'s RPC was closed")
-        self.owner.release(self)
 
 
 def _check_prefix(prefix: str) -> None:
