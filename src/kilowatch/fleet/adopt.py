@@ -78,6 +78,8 @@ REBOOT_DELAY_MS = 1000
 """``Shelly.Reboot``'s ``delay_ms``: the firmware's default, time for the answer to get out."""
 POLL_S = 0.25
 """Between two looks at a rebooting device, its MQTT status, or the store."""
+STORE_POLL_S = 0.5
+"""Between two looks at the store for the devices' energy (one look serves every device)."""
 POLL_CALL_S = 3.0
 """Bound of one call while polling a device that may be rebooting (a down device often does not
 answer at all rather than refuse)."""
@@ -229,13 +231,14 @@ async def adopt(
         plans = []
     if plans:
         watch = _StoreWatch(store)
+        registrar = _Registrar(store)
         await watch.snapshot()
         limit = asyncio.Semaphore(max(1, options.concurrency))
 
         async def one(plan: _Plan) -> None:
             async with limit:
                 t0 = clock()
-                ctx = _Device(plan, store, opener, secrets_box, options, watch)
+                ctx = _Device(plan, store, opener, secrets_box, options, watch, registrar)
                 try:
                     outcome = await ctx.run(clock)
                 except KilowatchError as err:
@@ -350,6 +353,7 @@ class _Device:
         box: SecretBox,
         options: AdoptOptions,
         watch: _StoreWatch,
+        registrar: _Registrar,
     ) -> None:
         self.plan = plan
         self.reg = plan.reg
@@ -359,6 +363,7 @@ class _Device:
         self.box = box
         self.options = options
         self.watch = watch
+        self.registrar = registrar
         self.password: str | None = None
         """The password the device accepts now (``None``: it has none)."""
         self.step = Step.CONNECT
@@ -387,7 +392,9 @@ class _Device:
         finally:
             await self.rpc.close()
         self.step = Step.STORE
-        await self.watch.wait(self.device, fresh=not adopted, deadline=deadline)
+        await self.watch.wait(
+            self.device, fresh=not adopted, deadline=deadline, wait_s=self.options.wait_s
+        )
         self.step = Step.REGISTER
         now = clock()
         # already adopted: it keeps its date, unless it was set up by hand and is kilowatch's now
@@ -563,7 +570,7 @@ class _Device:
             prefix=self.plan.prefix, credentials=self.device,
             adopted_at=now if adopted_at is None else adopted_at, seen_at=now, script=None,
         )  # fmt: skip
-        await self.store.register([reg])
+        await self.registrar.register(reg)
 
 
 def _str(value: Any) -> str | None:
@@ -573,40 +580,83 @@ def _str(value: Any) -> str | None:
 # --- the store: has the device's energy arrived? ------------------------------------------------
 
 
-class _StoreWatch:
-    """Answers "has a reading with an energy counter of this device reached the store" for many
-    devices with one ``store.latest()`` per :data:`POLL_S`, however many wait."""
+class _Registrar:
+    """Registers devices in as few ``store.register`` calls as there are moments they finish:
+    whoever ends while a call is in flight goes into the next one (hundreds of devices ending
+    together would otherwise queue one store write each)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._before: dict[tuple[str, str], float] = {}
+        self._pending: list[tuple[Registration, asyncio.Future[None]]] = []
+        self._lock = asyncio.Lock()
+
+    async def register(self, reg: Registration) -> None:
+        """Return once ``reg`` is stored; the store's error if the call holding it failed."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((reg, future))
+        async with self._lock:
+            if not future.done():
+                batch, self._pending = self._pending, []
+                try:
+                    await self.store.register([r for r, _ in batch])
+                except KilowatchError as err:
+                    for _, f in batch:
+                        f.set_exception(err)
+                except BaseException:
+                    # cancelled: the others were not stored, the next holder takes them
+                    self._pending[:0] = [(r, f) for r, f in batch if f is not future]
+                    raise
+                else:
+                    for _, f in batch:
+                        f.set_result(None)
+        await future
+
+
+class _StoreWatch:
+    """Answers "has the energy of this device reached the store" for many devices with one look
+    at the store per :data:`STORE_POLL_S`, however many wait.
+
+    Energy has reached the store when the ledger state of one of the device's channels was
+    committed (kilowatch's intake saves it with every counter reading it accounts, in the same
+    commit as the energy), or when its latest reading carries a counter. The latest reading alone
+    would not do: a power-only reading replaces it, and its writes are throttled. A device being
+    adopted must show a state or counter reading newer than the ones stored when the run began.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._states: dict[tuple[str, str], dict[str, Any]] = {}
+        self._readings: dict[tuple[str, str], float] = {}
         self._waiting: dict[str, list[tuple[bool, asyncio.Future[None]]]] = {}
         self._wake = asyncio.Event()
         self._stopped = False
 
     async def snapshot(self) -> None:
         """Remember what is stored now: a device adopted now must show something newer."""
-        self._before = {(r.device, r.channel): r.ts for r in await self.store.latest()
-                        if r.energy_wh is not None}  # fmt: skip
+        self._states = await self.store.load_ledger_states()
+        self._readings = {(r.device, r.channel): r.ts for r in await self.store.latest()
+                          if r.energy_wh is not None}  # fmt: skip
 
-    async def wait(self, device: str, *, fresh: bool, deadline: float) -> None:
+    async def wait(self, device: str, *, fresh: bool, deadline: float, wait_s: float) -> None:
+        """Until the device's energy is in the store (``fresh``: newer than the snapshot);
+        :class:`DeviceTimeoutError` at ``deadline`` (loop time)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(device, []).append((fresh, future))
+        waiter = (fresh, future)
+        self._waiting.setdefault(device, []).append(waiter)
         self._wake.set()
-        timeout = max(0.0, deadline - asyncio.get_running_loop().time())
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout_at(deadline):
                 await future
         except TimeoutError:
             raise DeviceTimeoutError(
-                device, f"connected, but no energy of it reached the store within {timeout:.0f} s "
-                "(--wait); check that kilowatch serve runs on this store and reads its topics",
-                seconds=timeout,
+                device, f"connected, but none of its energy reached the store within "
+                f"{wait_s:g} s (--wait); check that kilowatch serve runs on this store and "
+                "reads its topics", seconds=wait_s,
             ) from None  # fmt: skip
         finally:
             waiters = self._waiting.get(device, [])
-            if (fresh, future) in waiters:
-                waiters.remove((fresh, future))
+            if waiter in waiters:
+                waiters.remove(waiter)
             if not waiters:
                 self._waiting.pop(device, None)
 
@@ -621,17 +671,30 @@ class _StoreWatch:
                 await self._wake.wait()
                 continue
             try:
-                readings = await self.store.latest()
+                seen, fresh = await self._look()
             except KilowatchError:
-                readings = []  # the store may be busy; the waiters' deadlines bound this
-            for r in readings:
-                if r.energy_wh is None or r.device not in self._waiting:
-                    continue
-                before = self._before.get((r.device, r.channel))
-                for fresh, future in self._waiting[r.device]:
-                    if not future.done() and (not fresh or before is None or r.ts > before):
+                seen, fresh = set(), set()  # the store may be busy; the waiters' deadlines bound it
+            for device in seen & set(self._waiting):
+                for wants_fresh, future in self._waiting[device]:
+                    if not future.done() and (not wants_fresh or device in fresh):
                         future.set_result(None)
-            await asyncio.sleep(POLL_S)
+            await asyncio.sleep(STORE_POLL_S)
+
+    async def _look(self) -> tuple[set[str], set[str]]:
+        """Devices with energy in the store, and those with energy newer than the snapshot."""
+        seen: set[str] = set()
+        fresh: set[str] = set()
+        for key, state in (await self.store.load_ledger_states()).items():
+            seen.add(key[0])
+            if self._states.get(key) != state:
+                fresh.add(key[0])
+        for r in await self.store.latest():
+            if r.energy_wh is not None:
+                seen.add(r.device)
+                before = self._readings.get((r.device, r.channel))
+                if before is None or r.ts > before:
+                    fresh.add(r.device)
+        return seen, fresh
 
 
 __all__ = [
