@@ -208,7 +208,9 @@ async def test_apply_converges_then_a_second_apply_writes_nothing(
             "reboot",
             "verify",
         )
-        assert result.notices == ("firmware 1.4.4 below >= 1.5.1: use fleet update (issue 12)",)
+        assert result.notices == (
+            "firmware 1.4.4 below minimum 1.5.1: use fleet update (issue 12)",
+        )
         assert result.attempts == 1 and result.error is None
     for dev, reg in zip(lab.fleet.devices, lab.regs, strict=True):
         held = lab.box.get(dev.id)
@@ -242,7 +244,7 @@ async def test_apply_converges_then_a_second_apply_writes_nothing(
     }
     assert body["devices"][0]["status"] == "unchanged"
     assert body["devices"][0]["notices"] == [
-        "firmware 1.4.4 below >= 1.5.1: use fleet update (issue 12)"
+        "firmware 1.4.4 below minimum 1.5.1: use fleet update (issue 12)"
     ]
 
 
@@ -342,3 +344,19 @@ async def test_a_script_not_started_at_boot_runs_after_the_reboot(
     lab.sent.clear()
     assert (await lab.apply(profile)).summary()["unchanged"] == 3
     assert lab.writes() == []
+
+
+async def test_firmware_drift_is_reported_never_applied(lab: Lab, profile_dir: Path) -> None:
+    text = '[firmware]\nstage = "stable"\n'
+    profile = parse_profile(profile_dir / "fw.toml", text, env={})
+    plans = await lab.plan(profile)
+    assert [str(c) for c in plans[0].changes] == ["firmware: 1.4.4 → 1.5.1 (stable)"]
+    assert plans[0].pending == ()
+    report = await lab.apply(profile)
+    assert report.summary()["unchanged"] == 3 and not report.failed
+    assert report.devices[0].notices == (
+        "firmware 1.4.4, 1.5.1 (stable) offered: use fleet update (issue 12)",
+    )
+    assert lab.writes() == []
+    current = parse_profile(profile_dir / "fw.toml", '[firmware]\nminimum = "1.4.4"\n', env={})
+    assert all(p.changes == () for p in await lab.plan(current))

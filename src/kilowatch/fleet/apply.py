@@ -203,10 +203,15 @@ def notices(plan: DevicePlan) -> tuple[str, ...]:
     """The advisory changes of a plan, as the report words them."""
     out = []
     for change in plan.changes:
-        if change.step is Step.FIRMWARE:
+        if change.step is not Step.FIRMWARE:
+            continue
+        wanted = str(change.desired)
+        if wanted.startswith(">= "):
             out.append(
-                f"firmware {change.actual} below {change.desired}: use fleet update (issue 12)"
+                f"firmware {change.actual} below minimum {wanted[3:]}: use fleet update (issue 12)"
             )
+        else:
+            out.append(f"firmware {change.actual}, {wanted} offered: use fleet update (issue 12)")
     return tuple(out)
 
 

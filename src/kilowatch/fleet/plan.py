@@ -349,7 +349,12 @@ async def _script_changes(rpc: ShellyRpc, want: Desired) -> list[Change]:
         words = script_changes(await script_state(rpc, spec.name), spec)
         if words:
             changes.append(
-                Change(Step.SCRIPTS, f"script:{spec.name}", "; ".join(words), spec.sha256[:12])
+                Change(
+                    Step.SCRIPTS,
+                    f"script:{spec.name}",
+                    "; ".join(words),
+                    f"{spec.size} bytes, sha256 {spec.sha256[:12]}",
+                )
             )
     return changes
 
