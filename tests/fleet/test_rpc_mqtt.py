@@ -5,14 +5,16 @@ waiters and coming back, devices online, and the managed mosquitto's per-device 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from kilowatch.broker.credentials import DeviceKind, add_device
 from kilowatch.broker.mosquitto import Listener, ManagedMosquitto, MosquittoOptions, find_mosquitto
+from kilowatch.broker.tls import ensure_local_tls, export_ca, tls_dir
 from kilowatch.errors import (
     BrokerError,
     DeviceConnectionError,
@@ -22,7 +24,7 @@ from kilowatch.errors import (
 )
 from kilowatch.fleet.rpc import MqttRpc, MqttVersion, ShellyRpc
 from kilowatch.fleet.rpc.mqtt import _MqttTransport
-from kilowatch.store import open_store
+from kilowatch.store import Store, open_store
 from kilowatch.testing import MosquittoServer
 from kilowatch.testing.servers import free_port
 from shellysim import Fleet
@@ -32,13 +34,8 @@ pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto 2.x 
 WAIT_S = 10.0
 FAST = MosquittoOptions(autosave_interval_s=1, backoff_min_s=0.1, backoff_max_s=0.5)
 # Seeds no other test uses: the shared broker keeps retained <id>/online of every test's devices.
-SEED_ROUND_TRIP, SEED_CONCURRENT, SEED_DROP, SEED_ONLINE, SEED_ACL = (
-    0x4B31,
-    0x4B32,
-    0x4B33,
-    0x4B34,
-    0x4B35,
-)
+SEED_ROUND_TRIP, SEED_CONCURRENT, SEED_DROP = 0x4B31, 0x4B32, 0x4B33
+SEED_ONLINE, SEED_ACL, SEED_TLS = 0x4B34, 0x4B35, 0x4B36
 
 
 async def until(predicate: Callable[[], bool], what: str) -> None:
@@ -171,34 +168,62 @@ async def test_online_prefixes_lists_the_devices_online(mosquitto: MosquittoServ
             assert ids - {gone.id} <= online
 
 
-async def test_replies_reach_kilowatch_through_the_managed_mosquittos_acl(
-    tmp_path: Path,
-) -> None:
-    device_id = Fleet(devices=1, http=False, engine=None, seed=SEED_ACL).devices[0].id
+@pytest.fixture
+async def managed(tmp_path: Path) -> AsyncIterator[tuple[Store, ManagedMosquitto]]:
+    """The managed mosquitto (its per-device ACL), a plain and a TLS listener, and its store."""
+    files = ensure_local_tls(tls_dir(tmp_path), [])
+    listeners = [Listener(port=0), Listener(port=0, tls=files)]
     async with (
         open_store(f"sqlite:///{tmp_path}/kilowatch.db") as store,
-        ManagedMosquitto(tmp_path, store, listeners=[Listener(port=0)], options=FAST) as broker,
+        ManagedMosquitto(tmp_path, store, listeners=listeners, options=FAST) as broker,
     ):
-        _, password = await add_device(
-            store, device_id, kind=DeviceKind.SHELLY, prefix=None, now=time.time()
+        yield store, broker
+
+
+async def test_replies_reach_kilowatch_through_the_managed_mosquittos_acl(
+    managed: tuple[Store, ManagedMosquitto],
+) -> None:
+    store, broker = managed
+    device_id = Fleet(devices=1, http=False, engine=None, seed=SEED_ACL).devices[0].id
+    _, password = await add_device(
+        store, device_id, kind=DeviceKind.SHELLY, prefix=None, now=time.time()
+    )
+    await broker.reload()
+    url = f"mqtt://{device_id}:{password}@127.0.0.1:{broker.port}"
+    async with Fleet(devices=1, http=False, engine=None, broker=url, seed=SEED_ACL) as fleet:
+        await fleet.wait_connected()
+        kilowatch = MqttRpc(
+            "127.0.0.1", broker.port, username=broker.user, password=broker.password
         )
-        await broker.reload()
-        url = f"mqtt://{device_id}:{password}@127.0.0.1:{broker.port}"
-        async with Fleet(devices=1, http=False, engine=None, broker=url, seed=SEED_ACL) as fleet:
-            await fleet.wait_connected()
-            async with (
-                MqttRpc(
-                    "127.0.0.1", broker.port, username=broker.user, password=broker.password
-                ) as mqtt,
-                mqtt.device(device_id, timeout=5.0) as rpc,
-            ):
-                assert (await rpc.get_device_info())["id"] == device_id
-                # the same request with a src outside the device's prefix: the device's
-                # reply is refused by the ACL, so it never arrives
-                outside = _MqttTransport(
-                    mqtt, device_id, src=f"kilowatch-{mqtt.token}-out", label=device_id
-                )
-                async with ShellyRpc(outside, timeout=1.0) as stray:
-                    with pytest.raises(DeviceTimeoutError):
-                        await stray.get_device_info()
-                assert (await rpc.sys_get_status())["mac"] == fleet.devices[0].mac
+        async with kilowatch as mqtt, mqtt.device(device_id, timeout=5.0) as rpc:
+            assert (await rpc.get_device_info())["id"] == device_id
+            # the same request with a src outside the device's prefix: the device's reply is
+            # refused by the ACL, so it never arrives
+            outside = _MqttTransport(
+                mqtt, device_id, src=f"kilowatch-{mqtt.token}-out", label=device_id
+            )
+            async with ShellyRpc(outside, timeout=1.0) as stray:
+                with pytest.raises(DeviceTimeoutError):
+                    await stray.get_device_info()
+            assert (await rpc.sys_get_status())["mac"] == fleet.devices[0].mac
+
+
+async def test_over_tls_with_kilowatchs_ca_and_a_refused_login(
+    managed: tuple[Store, ManagedMosquitto], tmp_path: Path
+) -> None:
+    _, broker = managed
+    async with Fleet(devices=1, http=False, engine=None, broker=broker.url,
+                     seed=SEED_TLS) as fleet:  # fmt: skip
+        await fleet.wait_connected()
+        dev = fleet.devices[0]
+        tls_port = broker.listeners[1].port
+        ca = ssl.create_default_context(cadata=export_ca(tls_dir(tmp_path))[0].decode())
+        kilowatch = MqttRpc(
+            "127.0.0.1", tls_port, username=broker.user, password=broker.password, tls=ca
+        )
+        async with kilowatch as mqtt, mqtt.device(dev.id, device_id=dev.id) as rpc:
+            results = await asyncio.gather(*(rpc.sys_get_status() for _ in range(6)))
+            assert {r["mac"] for r in results} == {dev.mac}
+        with pytest.raises(BrokerError, match="refused the connection"):
+            async with MqttRpc("127.0.0.1", tls_port, username=broker.user, password="x", tls=ca):
+                pass
