@@ -249,7 +249,8 @@ async def test_five_new_devices_are_adopted_and_a_second_run_changes_nothing(
 @needs_mosquitto
 async def test_faults_are_per_device_wrong_password_offline_slow_reboot(tmp_path: Path) -> None:
     """A device whose password is not the one given fails with InvalidAuthError, an address
-    nothing answers on fails to connect, a device that takes seconds to boot is still adopted;
+    nothing answers on fails to connect, a record that cannot be a broker user fails its check,
+    a device that takes seconds to boot is still adopted;
     the others are adopted all the same. The offline device's credentials are kept for the next
     run, which reuses them."""
     from shellysim import Fleet
@@ -264,8 +265,12 @@ async def test_faults_are_per_device_wrong_password_offline_slow_reboot(tmp_path
             offline = Registration(
                 device="shellypmminig3-0ff11e000000", address=f"127.0.0.1:{port}"
             )
-            regs = [registration(fleet, d) for d in fleet.devices] + [offline]
+            odd = Registration(device="kilowatch", address="127.0.0.1:9")  # the service's user
+            regs = [registration(fleet, d) for d in fleet.devices] + [offline, odd]
             results = by_device(await s.adopt(regs, password="not-the-password"))
+        assert (results["kilowatch"].step, results["kilowatch"].error_type) == (
+            Step.CHECK, "ConfigError"
+        )  # fmt: skip
         assert results[normal.id].outcome is Outcome.ADOPTED
         assert results[slow.id].outcome is Outcome.ADOPTED, results[slow.id]
         assert results[slow.id].seconds > 4.0

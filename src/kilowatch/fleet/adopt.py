@@ -50,6 +50,8 @@ from kilowatch.broker.credentials import (
     NewUser,
     accepts,
     add_devices,
+    check_device_id,
+    check_prefix,
     credentials,
     generate_password,
     rotate_devices,
@@ -214,11 +216,10 @@ async def adopt(
 
     plans: list[_Plan] = []
     for reg in registrations:
-        if reg.gen is not None and reg.gen < MIN_GEN:
-            err = FleetError(reg.device, f"a Gen{reg.gen} device has no RPC to adopt it with")
+        try:
+            plans.append(_checked(reg))
+        except KilowatchError as err:  # one odd record must not stop the others' credentials
             done(_failure(reg.device, Step.CHECK, err, 0.0))
-        else:
-            plans.append(_Plan(reg, reg.prefix or reg.device))
     try:
         stored = {r.device: r.adopted_at for r in await store.registry()}
         for plan in plans:
@@ -256,6 +257,13 @@ async def adopt(
             finally:
                 watch.stop()
     return [results[reg.device] for reg in registrations if reg.device in results]
+
+
+def _checked(reg: Registration) -> _Plan:
+    if reg.gen is not None and reg.gen < MIN_GEN:
+        raise FleetError(reg.device, f"a Gen{reg.gen} device has no RPC to adopt it with")
+    check_device_id(reg.device)
+    return _Plan(reg, check_prefix(reg.prefix or reg.device, DeviceKind.SHELLY))
 
 
 def _failure(device: str, step: Step, err: KilowatchError, seconds: float) -> DeviceResult:
