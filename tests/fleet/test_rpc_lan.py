@@ -4,6 +4,7 @@ offline and silent devices, and the per-device concurrency limit. Every wait is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -342,3 +343,32 @@ async def test_more_devices_than_aiohttps_default_cap_stay_connected_at_once() -
 
         ids = await asyncio.gather(*(one(d) for d in fleet.devices))
     assert ids == [d.id for d in fleet.devices]
+
+
+async def test_typed_methods_for_kvs_methods_list_and_firmware(
+    fleet: Fleet, session: aiohttp.ClientSession
+) -> None:
+    dev = fleet.devices[1]
+    async with await connect_lan(
+        address(fleet, dev), session=session, device_id=dev.id, timeout=2.0
+    ) as rpc:
+        assert "Shelly.GetStatus" in await rpc.list_methods()
+        stored = await rpc.kvs_set("site", "north")
+        assert (await rpc.kvs_get("site")) == {"etag": stored["etag"], "value": "north"}
+        with pytest.raises(RpcCallError) as stale:
+            await rpc.kvs_set("site", "south", etag="not-the-etag")
+        assert stale.value.code == -109
+        with pytest.raises(ValueError, match="exactly one"):
+            await rpc.update()
+
+        assert (await rpc.check_for_update())["stable"]["version"] == "1.5.1"
+        await rpc.update(stage="stable")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT_S
+        while True:  # the update ends in a reboot into the new firmware
+            assert loop.time() < deadline, "the update never finished"
+            with contextlib.suppress(DeviceConnectionError, DeviceTimeoutError):
+                if (await rpc.get_device_info())["ver"] == "1.5.1":
+                    break
+            await asyncio.sleep(0.05)
+        assert "stable" not in await rpc.check_for_update()

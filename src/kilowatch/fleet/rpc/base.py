@@ -119,6 +119,24 @@ class ShellyRpc:
         result = await self.call(method, {"data": data, "append": append})
         return int(result.get("len", 0)) if isinstance(result, dict) else 0
 
+    async def list_methods(self) -> list[str]:
+        """``Shelly.ListMethods``: what this device's firmware answers."""
+        result = await self.call("Shelly.ListMethods")
+        return [str(m) for m in result.get("methods", [])] if isinstance(result, dict) else []
+
+    async def check_for_update(self) -> dict[str, Any]:
+        """``Shelly.CheckForUpdate`` (§17): ``{stage: {"version", "build_id"}}`` for each stage
+        newer than the running firmware (``{}`` when up to date)."""
+        result = await self.call("Shelly.CheckForUpdate")
+        return dict(result) if isinstance(result, dict) else {}
+
+    async def update(self, *, stage: str | None = None, url: str | None = None) -> None:
+        """``Shelly.Update`` (§17) to ``stage`` (``"stable"``/``"beta"``) or from ``url``; the
+        device then reboots into the new firmware."""
+        if (stage is None) == (url is None):
+            raise ValueError("Shelly.Update takes exactly one of stage and url")
+        await self.call("Shelly.Update", {"stage": stage} if stage is not None else {"url": url})
+
     # --- Sys (§11), MQTT (§7) ---------------------------------------------------------------
 
     async def sys_get_status(self) -> dict[str, Any]:
@@ -178,6 +196,24 @@ class ShellyRpc:
 
     async def script_delete(self, script_id: int) -> None:
         await self.call("Script.Delete", {"id": script_id})
+
+    async def script_eval(self, script_id: int, code: str) -> Any:
+        """``Script.Eval`` in a running script: the expression's value (``result``)."""
+        result = await self.call("Script.Eval", {"id": script_id, "code": code})
+        return result.get("result") if isinstance(result, dict) else None
+
+    # --- KVS (§15) --------------------------------------------------------------------------
+
+    async def kvs_get(self, key: str) -> dict[str, Any]:
+        """``KVS.Get``: ``{"etag", "value"}``; RpcCallError -105 for a missing key."""
+        return dict(await self.call("KVS.Get", {"key": key}))
+
+    async def kvs_set(self, key: str, value: Any, *, etag: str | None = None) -> dict[str, Any]:
+        """``KVS.Set`` (with ``etag``: only if the value is still that one): ``{"etag", "rev"}``."""
+        params: dict[str, Any] = {"key": key, "value": value}
+        if etag is not None:
+            params["etag"] = etag
+        return dict(await self.call("KVS.Set", params))
 
 
 __all__ = ["CALL_TIMEOUT_S", "DEVICE_CONCURRENCY", "SCRIPT_CHUNK", "ShellyRpc", "Transport"]
