@@ -47,7 +47,7 @@ import aiohttp
 import orjson
 from aioshelly import exceptions as shelly_errors
 from aioshelly.common import get_info
-from aioshelly.rpc_device.wsrpc import RPCSource, WsRPC
+from aioshelly.rpc_device.wsrpc import WsRPC
 
 from kilowatch.errors import (
     DeviceConnectionError,
@@ -261,9 +261,11 @@ class LanTransport:
             return rpc
 
     @staticmethod
-    def _on_notification(source: RPCSource, method: str, params: dict[str, Any] | None) -> None:
+    def _on_notification(*notification: Any) -> None:
         """Notifications flow on the WebSocket after the first call (§4); the fleet reads the
-        device's state by calling, so they are dropped."""
+        device's state by calling, so they are dropped. (Variadic: aioshelly's callback
+        signature changed between releases, ``(method, params)`` then ``(source, method,
+        params)``.)"""
 
     async def _drop(self) -> None:
         rpc, self._rpc = self._rpc, None
