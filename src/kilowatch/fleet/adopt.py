@@ -73,9 +73,10 @@ DEFAULT_WAIT_S = 60.0
 """How long a device may take, after it was configured, to come back from its reboot, connect to
 the broker and have its energy stored. A real Shelly boots in 5-10 s and publishes its counters
 at its next minute rollover at the latest, so a minute covers it."""
-DEFAULT_CONCURRENCY = 32
+DEFAULT_CONCURRENCY = 64
 """Devices adopted at once. Each takes a few RPC calls and then mostly waits (reboot, broker,
-store), so many can overlap; the LAN transport bounds calls per device on its own."""
+store), so many overlap well: 500 simulated devices took 17 s at 64, 12 s at 128, on the 2-core
+development machine running the simulator, mosquitto and serve too."""
 REBOOT_DELAY_MS = 1000
 """``Shelly.Reboot``'s ``delay_ms``: the firmware's default, time for the answer to get out."""
 POLL_S = 0.25
