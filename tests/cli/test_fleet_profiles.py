@@ -5,6 +5,7 @@ fails while the others succeed; the JSON report; a dry run writes nothing."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import sys
@@ -122,6 +123,16 @@ async def test_plan_apply_report_and_a_device_offline(
             assert held.device_password not in out + err + report.read_text()
             assert dev.auth_ha1 == ha1_for(dev.id, held.device_password)
             assert dev.config["mqtt"]["topic_prefix"] == f"lab/{dev.id}"
+
+        async with open_store(url) as store:
+            scripts = {r.device: r.script for r in await store.registry()}
+        assert scripts[ids[2]] is None
+        for dev in fleet.devices[:2]:
+            (slot,) = dev.scripts.slots.values()
+            held_script = scripts[dev.id]
+            assert held_script is not None and held_script.name == "hello"
+            assert held_script.script_id == slot.id and held_script.deployed_at
+            assert held_script.sha256 == hashlib.sha256(slot.code.encode()).hexdigest()
 
         down.outage_until = 0.0  # back online: the next apply converges it, the rest unchanged
         code, out, err = await _run(

@@ -360,3 +360,47 @@ async def test_firmware_drift_is_reported_never_applied(lab: Lab, profile_dir: P
     assert lab.writes() == []
     current = parse_profile(profile_dir / "fw.toml", '[firmware]\nminimum = "1.4.4"\n', env={})
     assert all(p.changes == () for p in await lab.plan(current))
+
+
+class MaxInFlight:
+    """A progress listener that records the most devices worked on at once."""
+
+    def __init__(self) -> None:
+        self.now = self.most = 0
+        self.steps: list[tuple[str, str]] = []
+
+    def started(self, device: str) -> None:
+        self.now += 1
+        self.most = max(self.most, self.now)
+
+    def step(self, device: str, step: str) -> None:
+        self.steps.append((device, step))
+
+    def finished(self, device: str, status: Status) -> None:
+        self.now -= 1
+
+
+async def test_concurrency_is_bounded_and_progress_told(lab: Lab, profile: Profile) -> None:
+    seen = MaxInFlight()
+    report = await lab.apply(
+        profile, options=ApplyOptions(concurrency=2, retry=FAST), progress=seen
+    )
+    assert report.summary()["ok"] == 3
+    assert seen.most == 2 and seen.now == 0
+    one = [step for device, step in seen.steps if device == lab.regs[0].device]
+    assert one == ["plan", "tls", "mqtt", "system", "scripts", "auth", "reboot", "verify"]
+
+
+async def test_a_slow_reboot_is_waited_for_within_its_bound(lab: Lab, profile: Profile) -> None:
+    slow, too_slow = lab.fleet.devices[0], lab.fleet.devices[1]
+    slow.boot_time_s = 1.0
+    too_slow.boot_time_s = 6.0
+    options = ApplyOptions(retry=FAST, reboot_timeout_s=2.5)
+    report = await lab.apply(profile, options=options)
+    by_id = {d.device: d for d in report.devices}
+    assert by_id[slow.id].status is Status.OK and by_id[slow.id].attempts == 1
+    failed = by_id[too_slow.id]
+    assert failed.status is Status.FAILED, failed.to_json()
+    assert failed.error is not None
+    assert failed.error.type in {"DeviceTimeoutError", "DeviceConnectionError"}
+    assert failed.steps[-1] == "auth"  # everything done but the wait for its return

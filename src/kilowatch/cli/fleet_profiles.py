@@ -212,7 +212,7 @@ async def run_apply(job: Job, options: ApplyOptions, console: Console) -> ApplyR
         with _bar(console) as bar:
             verb = "dry run" if options.dry_run else "apply"
             progress = BarProgress(bar, len(job.targets), verb)
-            return await apply_fleet(
+            report = await apply_fleet(
                 job.profile,
                 job.targets,
                 opener,
@@ -220,6 +220,25 @@ async def run_apply(job: Job, options: ApplyOptions, console: Console) -> ApplyR
                 options=options,
                 progress=progress,
             )
+    await record_scripts(job, report)
+    return report
+
+
+async def record_scripts(job: Job, report: ApplyReport) -> None:
+    """Keep in the registry the profile's first script where this run deployed it: the
+    registration holds one script (the seed's ``script:<MAC>``)."""
+    if not job.profile.scripts:
+        return
+    first = job.profile.scripts[0].name
+    records = [
+        Registration(device=result.device, script=deployed)
+        for result in report.devices
+        for deployed in result.scripts
+        if deployed.name == first
+    ]
+    if records:
+        async with open_store(job.settings.store_url) as store:
+            await store.register(records)
 
 
 # --- rendering ------------------------------------------------------------------------------

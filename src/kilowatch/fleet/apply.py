@@ -52,7 +52,7 @@ from kilowatch.fleet.rpc.base import ShellyRpc
 from kilowatch.fleet.scriptdeploy import deploy_script
 from kilowatch.fleet.secrets import DeviceSecrets, SecretBox
 from kilowatch.fleet.tlsmaterial import upload_material
-from kilowatch.store.protocol import Registration
+from kilowatch.store.protocol import DeployedScript, Registration
 
 Opener = Callable[[Registration], AbstractAsyncContextManager[ShellyRpc]]
 """Gives an open :class:`ShellyRpc` to a registered device (closed on exit), using the password
@@ -127,6 +127,8 @@ class DeviceResult:
     error: ErrorInfo | None = None
     seconds: float = 0.0
     attempts: int = 0
+    scripts: tuple[DeployedScript, ...] = ()
+    """The scripts deployed to it by this run (for the registry's ``script`` record)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -138,6 +140,10 @@ class DeviceResult:
             "error": None if self.error is None else self.error.to_json(),
             "seconds": round(self.seconds, 3),
             "attempts": self.attempts,
+            "scripts": [
+                {"name": d.name, "version": d.version, "sha256": d.sha256, "id": d.script_id}
+                for d in self.scripts
+            ],
         }
 
 
@@ -267,6 +273,7 @@ class _Device:
     steps: list[str] = field(default_factory=list)
     first: DevicePlan | None = None
     attempts: int = 0
+    scripts: list[DeployedScript] = field(default_factory=list)
 
 
 class _Engine:
@@ -320,6 +327,7 @@ class _Engine:
             error=error,
             seconds=self.clock() - began,
             attempts=state.attempts,
+            scripts=tuple(state.scripts),
         )
 
     async def _plan(self, rpc: ShellyRpc, reg: Registration) -> DevicePlan:
@@ -334,6 +342,9 @@ class _Engine:
                 state.first = plan
             if not plan.pending:
                 if state.steps:
+                    # An earlier attempt did the work and lost the device before verifying:
+                    # this empty plan is the verification.
+                    state.steps.append("verify")
                     return Status.OK
                 return Status.PLANNED if state.first.pending else Status.UNCHANGED
             if self.options.dry_run:
@@ -369,11 +380,11 @@ class _Engine:
                 restart = True
                 continue
             self.tell.step(reg.device, step.value)
-            restart |= await self._run(step, rpc, reg, plan)
+            restart |= await self._run(step, rpc, plan, state)
             state.steps.append(step.value)
         return restart
 
-    async def _run(self, step: Step, rpc: ShellyRpc, reg: Registration, plan: DevicePlan) -> bool:
+    async def _run(self, step: Step, rpc: ShellyRpc, plan: DevicePlan, state: _Device) -> bool:
         """Run one step; returns whether the device asked for a restart."""
         changes = [c for c in plan.pending if c.step is step]
         want = plan.desired
@@ -395,10 +406,19 @@ class _Engine:
             names = {c.field.partition(":")[2] for c in changes}
             for spec in want.scripts:
                 if spec.name in names:
-                    await deploy_script(rpc, spec)
+                    done = await deploy_script(rpc, spec)
+                    state.scripts.append(
+                        DeployedScript(
+                            name=spec.name,
+                            version=spec.version,
+                            sha256=done.sha256,
+                            script_id=done.script_id,
+                            deployed_at=time.time(),
+                        )
+                    )
             return False
         if step is Step.AUTH:
-            await self._auth(rpc, reg, plan)
+            await self._auth(rpc, state.reg, plan)
             return False
         raise FleetError(plan.device, f"no step {step.value!r} in apply")  # pragma: no cover
 
