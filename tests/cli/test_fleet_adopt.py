@@ -92,7 +92,7 @@ async def test_adopt_all_reports_per_device_and_exits_1_when_one_failed(tmp_path
             ])  # fmt: skip
         server = f"127.0.0.1:{running.mqtt_port}"
         common = ["--mqtt-server", server, "--wait", "20", *_args(settings)]
-        out = await asyncio.to_thread(_cli, tmp_path, "--all", "--format", "json", *common)
+        out = await asyncio.to_thread(_cli, tmp_path, "--all", "--json", *common)
         assert out.returncode == 1, out.stderr
         assert "loopback address" in out.stderr  # the explicit loopback server is warned about
         report = json.loads(out.stdout)

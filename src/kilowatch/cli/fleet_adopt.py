@@ -325,12 +325,14 @@ def register(group: typer.Typer) -> None:
             DEFAULT_CONCURRENCY, "--concurrency", help="Devices adopted at once."
         ),
         fmt: str = typer.Option("table", "--format", help="table or json."),
+        as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
         store: str | None = _STORE,
         data_dir: str | None = _DATA_DIR,
         config: str | None = _CONFIG,
     ) -> None:
         if fmt not in FORMATS:
             raise ConfigError(f"unknown --format {fmt!r}; use one of: {', '.join(FORMATS)}")
+        fmt = "json" if as_json else fmt
         if not devices and not all_ and not selects:
             raise ConfigError("name the devices to adopt: device ids, --all or --select KEY=GLOB")
         if wait <= 0 or concurrency < 1:
