@@ -85,8 +85,9 @@ def commands_for(argv: Sequence[str]) -> tuple[str, ...]:
 def missing_simulator() -> str | None:
     """The first dependency of the simulator that is missing (a name for pip), or ``None``.
 
-    ``shellysim`` imports aiohttp and cryptography; scripts on simulated devices run in mini-racer's
-    V8 (module ``py_mini_racer``), looked up without loading it. All three are the ``sim`` extra.
+    ``shellysim`` imports aiohttp and cryptography (base dependencies too, for the fleet and the
+    broker's CA); scripts on simulated devices run in mini-racer's V8 (module ``py_mini_racer``),
+    looked up without loading it. The ``sim`` extra names aiohttp and mini-racer.
     """
     try:
         importlib.import_module("shellysim")
