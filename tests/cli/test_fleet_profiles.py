@@ -125,7 +125,9 @@ async def test_plan_apply_report_and_a_device_offline(
             assert dev.config["mqtt"]["topic_prefix"] == f"lab/{dev.id}"
 
         async with open_store(url) as store:
-            scripts = {r.device: r.script for r in await store.registry()}
+            registry = {r.device: r for r in await store.registry()}
+        assert registry[ids[0]].prefix == f"lab/{ids[0]}" and registry[ids[2]].prefix is None
+        scripts = {device: r.script for device, r in registry.items()}
         assert scripts[ids[2]] is None
         for dev in fleet.devices[:2]:
             (slot,) = dev.scripts.slots.values()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,10 @@ from kilowatch.fleet.apply import (
 )
 from kilowatch.fleet.plan import MQTT_PASS_KEY, Step
 from kilowatch.fleet.profile import Profile, load_profile, parse_profile
+from kilowatch.fleet.registry import open_rpc
 from kilowatch.fleet.rpc.base import ShellyRpc, Transport
 from kilowatch.fleet.rpc.lan import connect_lan
+from kilowatch.fleet.rpc.mqtt import MqttRpc
 from kilowatch.fleet.scriptdeploy import SCRIPT_LIMIT_BYTES
 from kilowatch.fleet.secrets import DeviceSecrets, SecretBox
 from kilowatch.store.protocol import Registration
@@ -404,3 +406,40 @@ async def test_a_slow_reboot_is_waited_for_within_its_bound(lab: Lab, profile: P
     assert failed.error is not None
     assert failed.error.type in {"DeviceTimeoutError", "DeviceConnectionError"}
     assert failed.steps[-1] == "auth"  # everything done but the wait for its return
+
+
+async def test_over_mqtt_a_device_is_configured_but_never_cut_off(
+    tmp_path: Path, mosquitto: MosquittoServer
+) -> None:
+    """A device kilowatch reaches only through the broker (a remote site): system settings and
+    scripts apply over MQTT RPC; changing the MQTT link it is reached by is refused."""
+    async with (
+        Fleet(devices=2, models=["pm1"], broker=mosquitto.url, tick_s=0.05) as fleet,
+        MqttRpc("127.0.0.1", mosquitto.port) as mqtt,
+        aiohttp.ClientSession() as session,
+    ):
+        await fleet.wait_connected()
+        box = SecretBox(tmp_path / "secrets.json")
+        regs = [
+            Registration(device=d.id, mac=d.mac, transport="mqtt", prefix=d.id, name="Remote")
+            for d in fleet.devices
+        ]
+
+        def opener(reg: Registration) -> AbstractAsyncContextManager[ShellyRpc]:
+            return open_rpc(reg, secrets=box, session=session, mqtt=mqtt)
+
+        where = tmp_path / "remote.toml"
+        text = '[system]\nname = "{{ device.name }}"\ntz = "Europe/Lisbon"\n'
+        remote = parse_profile(where, text, env={})
+        report = await apply_fleet(remote, regs, opener, passwords=SecretPasswords(box))
+        assert report.summary()["ok"] == 2, report.to_json()
+        assert all(d.config["sys"]["location"]["tz"] == "Europe/Lisbon" for d in fleet.devices)
+        again = await apply_fleet(remote, regs, opener, passwords=SecretPasswords(box))
+        assert again.summary()["unchanged"] == 2
+
+        moved = parse_profile(where, '[mqtt]\nserver = "127.0.0.9:1883"\n', env={})
+        report = await apply_fleet(moved, regs, opener, passwords=SecretPasswords(box))
+        assert report.summary()["failed"] == 2
+        error = report.devices[0].error
+        assert error is not None and "would cut kilowatch off" in error.message
+        assert all(d.config["mqtt"]["server"] != "127.0.0.9:1883" for d in fleet.devices)

@@ -220,22 +220,30 @@ async def run_apply(job: Job, options: ApplyOptions, console: Console) -> ApplyR
                 options=options,
                 progress=progress,
             )
-    await record_scripts(job, report)
+    if not options.dry_run:
+        await record(job, report)
     return report
 
 
-async def record_scripts(job: Job, report: ApplyReport) -> None:
-    """Keep in the registry the profile's first script where this run deployed it: the
-    registration holds one script (the seed's ``script:<MAC>``)."""
-    if not job.profile.scripts:
-        return
-    first = job.profile.scripts[0].name
-    records = [
-        Registration(device=result.device, script=deployed)
-        for result in report.devices
-        for deployed in result.scripts
-        if deployed.name == first
-    ]
+def registry_updates(profile: Profile, report: ApplyReport) -> list[Registration]:
+    """What the registry learns from an apply, per device changed: its new topic prefix, and
+    the profile's first script as deployed (a registration holds one script, the seed's
+    ``script:<MAC>``)."""
+    first = profile.scripts[0].name if profile.scripts else None
+    out = []
+    for result in report.devices:
+        if result.status is not Status.OK:
+            continue
+        prefix = next((c.desired for c in result.changes if c.field == "mqtt.topic_prefix"), None)
+        script = next((d for d in result.scripts if d.name == first), None)
+        if prefix is not None or script is not None:
+            out.append(Registration(device=result.device, prefix=prefix, script=script))
+    return out
+
+
+async def record(job: Job, report: ApplyReport) -> None:
+    """Keep :func:`registry_updates` in the store."""
+    records = registry_updates(job.profile, report)
     if records:
         async with open_store(job.settings.store_url) as store:
             await store.register(records)

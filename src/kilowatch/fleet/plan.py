@@ -332,6 +332,25 @@ async def _mqtt_changes(rpc: ShellyRpc, want: Desired) -> list[Change]:
     return changes
 
 
+OWN_LINK = ("enable", "server", "user", "pass", "topic_prefix", "ssl_ca", "use_client_cert")
+"""MQTT settings a device reached over the broker needs to stay reachable."""
+
+
+def _check_reachable(reg: Registration, changes: Sequence[Change]) -> None:
+    """Refuse to change the MQTT link of a device kilowatch reaches over that very link: after
+    the reboot it would answer on another broker or prefix, or not at all."""
+    if reg.transport != "mqtt":
+        return
+    cut = [c.field for c in changes if c.field.partition(".")[2] in OWN_LINK]
+    if cut:
+        raise FleetError(
+            reg.device,
+            f"reached over MQTT only, so changing {', '.join(cut)} would cut kilowatch off "
+            "from it; apply those on the LAN (discover it there first), or leave them out of "
+            "the profile for this device (--select)",
+        )
+
+
 async def _system_changes(rpc: ShellyRpc, want: Desired) -> list[Change]:
     if not want.system:
         return []
@@ -418,7 +437,9 @@ async def read_plan(
     sys = await rpc.sys_get_status()
     changes: list[Change] = []
     changes += await _tls_changes(rpc, want)
-    changes += await _mqtt_changes(rpc, want)
+    mqtt = await _mqtt_changes(rpc, want)
+    _check_reachable(reg, mqtt)
+    changes += mqtt
     changes += await _system_changes(rpc, want)
     changes += await _script_changes(rpc, want)
     changes += _auth_changes(want, info, await passwords.get(reg))
