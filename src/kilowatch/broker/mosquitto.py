@@ -244,6 +244,9 @@ def render_config(
         # In flight is not dropped, it is throttled: the window must not cap ingest (see
         # MosquittoOptions.max_inflight_messages); what does not fit waits in the queue above.
         f"max_inflight_messages {options.max_inflight_messages}",
+        # Nagle's algorithm holds back a small packet until the last one is acknowledged: an MQTT
+        # RPC round trip to a device (kilowatch fleet over MQTT) took ~44 ms instead of ~0.5 ms.
+        "set_tcp_nodelay true",
     ]
     if options.persistent_client_expiration:
         lines.append(f"persistent_client_expiration {options.persistent_client_expiration}")

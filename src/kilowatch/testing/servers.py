@@ -128,6 +128,7 @@ class MosquittoServer(_Process):
             "max_queued_messages 0",  # 0 = unlimited: the broker never drops for a slow subscriber
             "max_inflight_messages 0",
             "max_keepalive 3600",
+            "set_tcp_nodelay true",  # as the managed mosquitto: small RPC frames are not held back
             "log_dest stdout",
             "log_type error",
             "log_type warning",
