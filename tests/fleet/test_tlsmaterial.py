@@ -282,12 +282,6 @@ async def test_device_refusal_leaves_no_record(
     assert await material_on_device(rpc) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aioshelly's WsRPC logs every frame's params at DEBUG (send/result lines), so with "
-    "DEBUG on the 'aioshelly' logger the private key, like any password sent, reaches the log; "
-    "the LAN transport needs a redacting filter (reported to the coordinator)",
-)
 async def test_no_key_material_in_any_log_at_debug(
     device: tuple[ShellyRpc, Recording, Device], ec_pki: Pki, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -57,9 +57,11 @@ from kilowatch.errors import (
     InvalidAuthError,
     RpcCallError,
 )
+from kilowatch.fleet.rpc import redact
 from kilowatch.fleet.rpc.base import CALL_TIMEOUT_S, DEVICE_CONCURRENCY, ShellyRpc
 
 log = logging.getLogger(__name__)
+redact.install()  # aioshelly logs frames with their params at DEBUG: passwords, keys
 
 PROBE_TIMEOUT_S = 3.0
 """Default bound of one ``GET /shelly``: a device on the LAN answers in well under a second, and a
