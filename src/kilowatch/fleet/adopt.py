@@ -3,16 +3,21 @@
 :func:`adopt` takes registered devices (what discovery found) and, for each, does what an installer
 would do by hand, in the one order that is safe to repeat after a crash at any point:
 
-1. **credentials** (for every device at once, before any device is touched): its MQTT user on the
-   managed mosquitto and, with ``set_password``, a device password. The passwords are saved in the
-   owner-only secrets file *first*, then the users in the store (one read and one write of the
-   credentials, :func:`~kilowatch.broker.credentials.add_devices`), then the broker reloads them.
-   A device is never told a password that is not saved, and a user that a device already logs in
-   with is kept: a second run finds the saved password matches the stored hash and changes
-   nothing. A run that crashed in between finds a saved password the broker does not know and
-   replaces it before any device is told.
-2. **connect**: ``Shelly.GetDeviceInfo`` (open even on a device with a password) says whether the
-   device wants one; the saved one and then the one given (``password``) are tried.
+1. **connect**: ``Shelly.GetDeviceInfo`` (open even on a device with a password) must name the
+   registered id and says whether the device wants a password; the saved one and then the one
+   given (``password``) are tried.
+2. **credentials**: its MQTT user on the managed mosquitto and, with ``set_password``, a device
+   password. They are decided for every device at the start from one read of the store and the
+   secrets file, and written only for devices that answered, so an unreachable device that
+   already logs in with a user kilowatch lost the password of (made by hand with ``kilowatch
+   broker user add``) keeps working. The passwords are saved in the owner-only secrets file
+   *first*, then the users in the store, then the broker reloads them; devices reaching this
+   step together share one read and one write of the credentials
+   (:func:`~kilowatch.broker.credentials.add_devices`) and one reload. A device is never told a
+   password that is not saved, and a user that a device already logs in with is kept: a second
+   run finds the saved password matches the stored hash and changes nothing. A run that crashed
+   in between finds a saved password the broker does not know, or the other way round, and
+   replaces it before the device is told.
 3. **tls** (``tls``): the CA of kilowatch's broker, ``Shelly.PutUserCA``, unless the device
    records that it holds it (:func:`~kilowatch.fleet.tlsmaterial.ensure_material`).
 4. **mqtt**: ``MQTT.SetConfig`` (server, user, password, prefix, ``ssl_ca``, ``rpc_ntf``,
@@ -20,9 +25,9 @@ would do by hand, in the one order that is safe to repeat after a crash at any p
 5. **auth** (``set_password``): ``Shelly.SetAuth`` with the saved device password.
 6. **reboot** when the device says ``restart_required``, and wait (bounded) until it is back: its
    uptime starts again, or it was seen down and answers again.
-7. **publish**: ``MQTT.GetStatus`` says connected; **store**: a reading with an energy counter of
-   the device reached the store after the adoption started (the running ``kilowatch serve``'s
-   intake put it there).
+7. **publish**: ``MQTT.GetStatus`` says connected; **store**: a counter of the device was
+   committed to the store after the adoption started (the running ``kilowatch serve``'s intake
+   put it there; see :class:`_StoreWatch`).
 8. **register**: the registry entry (transport, prefix, credentials reference, ``adopted_at``).
 
 A device whose MQTT config is already what it should be, with the kept credentials, connected and
@@ -107,8 +112,8 @@ class Step(StrEnum):
     """The steps of one adoption, in order; a failure names the one it stopped at."""
 
     CHECK = "check"
-    CREDENTIALS = "credentials"
     CONNECT = "connect"
+    CREDENTIALS = "credentials"
     TLS = "tls"
     MQTT = "mqtt"
     AUTH = "auth"
@@ -156,8 +161,8 @@ class DeviceResult:
     error_type: str | None = None
     """The error's class name (``InvalidAuthError``, ``DeviceConnectionError``...)."""
     changed: tuple[str, ...] = ()
-    """What was done, in order: ``credentials``, ``device-password``, ``tls``, ``mqtt``,
-    ``auth``, ``reboot``."""
+    """What was done, in order: ``device-password`` (made), ``credentials``, ``tls``,
+    ``mqtt``, ``auth``, ``reboot``."""
     seconds: float = 0.0
 
     @property
@@ -179,7 +184,7 @@ class DeviceResult:
 
 @dataclass(slots=True)
 class _Plan:
-    """What phase 1 decided for one device."""
+    """What was decided for one device at the start (see :func:`_decide`)."""
 
     reg: Registration
     prefix: str
@@ -189,6 +194,10 @@ class _Plan:
     changed: list[str] = field(default_factory=list)
     adopted_at: float | None = None
     """When the registry says it was adopted (``None``: never)."""
+    user: str | None = None
+    """``add`` or ``rotate`` when its broker user must be written, else ``None`` (kept)."""
+    save: bool = False
+    """Whether its secrets must be written (new broker or device password)."""
 
 
 # --- the whole run --------------------------------------------------------------------------------
@@ -225,8 +234,7 @@ async def adopt(
         stored = {r.device: r.adopted_at for r in await store.registry()}
         for plan in plans:
             plan.adopted_at = stored.get(plan.reg.device)
-        await _prepare_credentials(store, plans, secrets_box, options, clock())
-        await reload()
+        await _decide(store, plans, secrets_box, options)
     except KilowatchError as err:
         for plan in plans:
             done(_failure(plan.reg.device, Step.CREDENTIALS, err, clock() - started))
@@ -234,13 +242,14 @@ async def adopt(
     if plans:
         watch = _StoreWatch(store)
         registrar = _Registrar(store)
+        writer = _CredentialWriter(store, secrets_box, reload, clock)
         await watch.snapshot()
         limit = asyncio.Semaphore(max(1, options.concurrency))
 
         async def one(plan: _Plan) -> None:
             async with limit:
                 t0 = clock()
-                ctx = _Device(plan, store, opener, secrets_box, options, watch, registrar)
+                ctx = _Device(plan, opener, options, writer, watch, registrar)
                 try:
                     outcome = await ctx.run(clock)
                 except KilowatchError as err:
@@ -274,54 +283,94 @@ def _failure(device: str, step: Step, err: KilowatchError, seconds: float) -> De
     )  # fmt: skip
 
 
-# --- phase 1: credentials for every device, in one write ----------------------------------------
+# --- credentials: decided at the start, written once a device answered -------------------------
 
 
-async def _prepare_credentials(
-    store: Store,
-    plans: Sequence[_Plan],
-    box: SecretBox,
-    options: AdoptOptions,
-    now: float,
+async def _decide(
+    store: Store, plans: Sequence[_Plan], box: SecretBox, options: AdoptOptions
 ) -> None:
-    """Decide every device's broker password (kept, or new) and device password; save what is
-    new to the secrets file, then to the store, in that order (module doc, step 1)."""
+    """Decide every device's broker password (the kept one if the broker accepts it, else a new
+    one) and device password, from one read of the credentials and of the secrets file. Writes
+    nothing (:class:`_CredentialWriter` does, device by device)."""
     records = await credentials(store)
-    to_add: list[NewUser] = []
-    to_rotate: dict[str, str | None] = {}
-    saved: dict[str, DeviceSecrets] = {}
     devices = [plan.reg.device for plan in plans]
     kept_secrets = await asyncio.to_thread(lambda: {d: box.get(d) for d in devices})
     for plan in plans:
-        device = plan.reg.device
-        kept = kept_secrets[device]
-        record = records.get(device)
-        if record is not None and not record.revoked:
+        kept = kept_secrets[plan.reg.device]
+        record = records.get(plan.reg.device)
+        active = record is not None and not record.revoked
+        if record is not None and active:
             plan.prefix = record.prefix  # its topics are the record's: keep what the ACL allows
         plan.device_password = kept.device_password if kept is not None else None
         broker = kept.broker_password if kept is not None else None
-        new_device_password = options.set_password and plan.device_password is None
-        if new_device_password:
+        if options.set_password and plan.device_password is None:
             plan.device_password = _new_device_password()
             plan.changed.append("device-password")
+            plan.save = True
         if broker is not None and record is not None and accepts(record, broker):
             plan.broker_password = broker
         else:
             plan.broker_password = generate_password()
             plan.changed.append("credentials")
-            if record is not None and not record.revoked:
-                to_rotate[device] = plan.broker_password
-            else:
-                to_add.append(NewUser(device=device, kind=DeviceKind.SHELLY, prefix=plan.prefix,
-                                      password=plan.broker_password))  # fmt: skip
-        if new_device_password or "credentials" in plan.changed:
-            saved[device] = DeviceSecrets(plan.device_password, plan.broker_password)
-    if saved:
-        await asyncio.to_thread(box.put_many, saved)
-    if to_add:
-        await add_devices(store, to_add, now=now)
-    if to_rotate:
-        await rotate_devices(store, to_rotate, now=now)
+            plan.user = "rotate" if active else "add"
+            plan.save = True
+
+
+class _CredentialWriter:
+    """Writes the credentials of devices that answered: secrets file, then store, then broker
+    reload. Devices arriving while a write is under way share the next one (one read and one
+    write of the credentials, one reload, however many devices)."""
+
+    def __init__(
+        self, store: Store, box: SecretBox, reload: Reload, clock: Callable[[], float]
+    ) -> None:
+        self.store = store
+        self.box = box
+        self.reload = reload
+        self.clock = clock
+        self._pending: list[tuple[_Plan, asyncio.Future[None]]] = []
+        self._lock = asyncio.Lock()
+
+    async def write(self, plan: _Plan) -> None:
+        """Return once ``plan``'s secrets are saved and the broker knows its user."""
+        if not plan.save:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((plan, future))
+        async with self._lock:
+            if not future.done():
+                batch, self._pending = self._pending, []
+                try:
+                    await self._write([p for p, _ in batch])
+                except KilowatchError as err:
+                    for _, f in batch:
+                        f.set_exception(err)
+                except BaseException:
+                    self._pending[:0] = [(p, f) for p, f in batch if f is not future]
+                    raise
+                else:
+                    for _, f in batch:
+                        f.set_result(None)
+        await future
+
+    async def _write(self, plans: Sequence[_Plan]) -> None:
+        saved = {p.reg.device: DeviceSecrets(p.device_password, p.broker_password) for p in plans}
+        await asyncio.to_thread(self.box.put_many, saved)
+        added = [
+            NewUser(device=p.reg.device, kind=DeviceKind.SHELLY, prefix=p.prefix,
+                    password=p.broker_password)
+            for p in plans if p.user == "add"
+        ]  # fmt: skip
+        rotated = {p.reg.device: p.broker_password for p in plans if p.user == "rotate"}
+        now = self.clock()
+        if added:
+            await add_devices(self.store, added, now=now)
+        if rotated:
+            await rotate_devices(self.store, rotated, now=now)
+        if added or rotated:
+            await self.reload()
+        for p in plans:  # written: a retry of this device must not write them again
+            p.user, p.save = None, False
 
 
 def _new_device_password() -> str:
@@ -357,19 +406,17 @@ class _Device:
     def __init__(
         self,
         plan: _Plan,
-        store: Store,
         opener: Opener,
-        box: SecretBox,
         options: AdoptOptions,
+        writer: _CredentialWriter,
         watch: _StoreWatch,
         registrar: _Registrar,
     ) -> None:
         self.plan = plan
         self.reg = plan.reg
         self.device = plan.reg.device
-        self.store = store
         self.opener = opener
-        self.box = box
+        self.writer = writer
         self.options = options
         self.watch = watch
         self.registrar = registrar
@@ -384,6 +431,8 @@ class _Device:
         self.step = Step.CONNECT
         self.rpc, info = await self._connect()
         try:
+            self.step = Step.CREDENTIALS
+            await self.writer.write(self.plan)
             self.step = Step.MQTT
             want = mqtt_config(
                 server=self.options.server, user=self.device, prefix=self.plan.prefix,
@@ -460,9 +509,9 @@ class _Device:
                 raise
             self.password = password
             if not self.options.set_password and password != self.plan.device_password:
-                # the owner's password works: keep it, so later fleet commands reach the device
-                entry = DeviceSecrets(password, self.plan.broker_password)
-                await asyncio.to_thread(self.box.put, self.device, entry)
+                # the owner's password works: keep it (step 2), so later commands reach it
+                self.plan.device_password = password
+                self.plan.save = True
             return rpc
         assert error is not None
         raise InvalidAuthError(
