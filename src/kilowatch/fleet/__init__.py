@@ -1,20 +1,20 @@
-"""kilowatch.fleet: the automation half: discover, adopt, configure and update Shelly devices.
+"""kilowatch.fleet: the automation half: discover, adopt and configure Shelly devices.
 
-Built today: ``scripts``, the Shelly scripts kilowatch ships as package data (``hourly_energy.js``).
+- ``rpc``: the device RPC client (:class:`~kilowatch.fleet.rpc.ShellyRpc` over the LAN with
+  aioshelly, or over MQTT for remote sites); typed errors; knows nothing of the rest of kilowatch.
+- ``discovery`` and ``mdns``: address-range scans of ``GET /shelly``, mDNS (``_shelly._tcp``),
+  devices online on the broker.
+- ``registry``: found devices into the store's registry, selections, an RPC client per registered
+  device; ``secrets``: the owner-only secrets file.
+- ``adopt``: from a new device to metering in one call.
+- ``profile``, ``plan``, ``apply``: desired state in TOML, the drift per device, convergence with
+  bounded concurrency, ordered steps, retries and a per-device report.
+- ``scriptdeploy`` and ``tlsmaterial``: the device-side steps for scripts and TLS material.
+- ``scripts``: the Shelly scripts kilowatch ships as package data (``hourly_energy.js``).
 
-Planned, not built yet (this room is where that code goes; docs/architecture.md names each):
+Planned (issue "Fleet II"): ``firmware`` (staged rollouts) and ``logs`` (device debug logs, events).
 
-- ``fleet.rpc``: the device RPC client: aioshelly over HTTP/WebSocket on the LAN, an MQTT transport
-  (``<prefix>/rpc``) for remote sites; typed errors; knows nothing of the ledger or the store.
-- ``fleet.discovery``: mDNS (``_shelly._tcp``), address-range scans of ``GET /shelly``, devices seen
-  on the broker.
-- ``fleet.registry``: the device registry kept in the store (and the seed's ``device:<MAC>``,
-  ``script:<MAC>`` keys on Redis).
-- ``fleet.profiles``: desired state in TOML; ``plan`` (the difference per device) and ``apply``
-  (bounded concurrency, ordered steps, retries, a per-device report).
-- ``fleet.firmware`` and ``fleet.logs``: staged rollouts; device debug logs and events.
-
-The rule for what goes here: fleet code may use the store, the broker's credentials and the MQTT
-codec below it; the web app and the CLI above it call it. The RPC client itself stays free of the
-rest of kilowatch, like aioshelly.
+The rule for what goes here: fleet code may use the store and the broker's credentials below it;
+the web app and the CLI above it call it. The RPC client stays free of the rest of kilowatch, like
+aioshelly (tests/test_architecture.py checks it).
 """
