@@ -33,8 +33,8 @@ HELP = (
     "kilowatch simulate --devices 500 --models pm1,switch,3em,em --http-port-base 20000 "
     "--broker mqtt://127.0.0.1:1883 --duration 600 --truth truth.json\n\n"
     "kilowatch simulate --devices 2 --unprovisioned --http-port-base 8081\n\n"
-    "kilowatch simulate --devices 200 --unprovisioned --http-hosts 127.0.1.0/24   "
-    "# each on port 80 of its own address (as root)"
+    "kilowatch simulate --devices 200 --unprovisioned --http-hosts 127.0.1.0/24\n\n"
+    "(--http-hosts: each device on port 80 of its own address, as a real one; needs root)"
 )
 
 

@@ -101,7 +101,7 @@ class DeployResult:
 # --- per-device values ----------------------------------------------------------------------
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*)*)\s*\}\}")
-_DEVICE_FIELDS = ("id", "mac", "name")
+_DEVICE_FIELDS = ("id", "mac", "name", "room")
 # Characters that could end or corrupt the JavaScript string literal a value is written in.
 # Espruino has no \u escapes (§14.2), hence \xHH; U+2028/2029 end a line in older JS parsers.
 _JS_ESCAPES = {"\\": "\\\\", '"': '\\"', "'": "\\'", "`": "\\`", "\n": "\\n", "\r": "\\r"}
