@@ -229,3 +229,8 @@ def test_unknown_placeholders_are_named() -> None:
     # Nothing in a template runs: an expression is just an unknown placeholder.
     with pytest.raises(FleetError, match="unknown placeholder"):
         render("{{ __import__ }}", values)
+
+
+def test_the_device_room_is_a_placeholder() -> None:
+    values = {"device": {"id": "shellyx", "mac": "AA", "name": "boiler", "room": "cellar"}}
+    assert render('let ROOM = "{{ device.room }}";', values) == 'let ROOM = "cellar";'
