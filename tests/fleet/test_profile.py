@@ -164,3 +164,16 @@ def test_fill_uses_the_device_values() -> None:
     assert fill("{{ vars.x }}", device, {"x": "1"}) == "1"
     with pytest.raises(FleetError, match="has no room"):
         fill("{{ device.room }}", device)
+
+
+def test_a_profile_names_the_shipped_metering_script(where: Path) -> None:
+    from kilowatch.fleet.scripts import read_script
+
+    profile = parse(where, "[[scripts]]\nname = 'kilowatch'\nfile = 'kilowatch:hourly_energy.js'\n")
+    assert profile.scripts[0].code == read_script("hourly_energy.js")
+    refused(
+        where,
+        "[[scripts]]\nname = 'k'\nfile = 'kilowatch:nope.js'\n",
+        "scripts[0].file",
+        "kilowatch:hourly_energy.js",
+    )

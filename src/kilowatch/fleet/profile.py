@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from kilowatch.errors import FleetError
+from kilowatch.fleet.scripts import SHIPPED_PREFIX, SHIPPED_SCRIPTS, read_script
 from kilowatch.fleet.tlsmaterial import TlsMaterial, load_material
 
 DEVICE_FIELDS = ("id", "mac", "name", "room")
@@ -337,18 +338,31 @@ def _relative(t: _Table, name: str, *, required: bool = False) -> Path | None:
     return path
 
 
+def _script_source(t: _Table) -> tuple[Path, str]:
+    """``file``: a path relative to the profile, or ``kilowatch:<name>``, a script kilowatch ships
+    (``kilowatch:hourly_energy.js``, the metering script)."""
+    text = t.string("file", required=True)
+    if text is not None and text.startswith(SHIPPED_PREFIX):
+        name = text.removeprefix(SHIPPED_PREFIX)
+        if name not in SHIPPED_SCRIPTS:
+            shipped = ", ".join(SHIPPED_PREFIX + n for n in SHIPPED_SCRIPTS)
+            raise t.fail("file", f"a file, or a script kilowatch ships: {shipped}")
+        return Path(SHIPPED_PREFIX + name), read_script(name)
+    path = _relative(t, "file", required=True)
+    assert path is not None
+    try:
+        return path, path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise FleetError(str(t.path), f"{t.key('file')}: cannot read {path}: {err}") from err
+
+
 def _script(t: _Table, names: set[str]) -> ScriptEntry:
     name = t.string("name", required=True)
     assert name is not None
     if name in names:
         raise t.fail("name", "unique among [[scripts]]")
     names.add(name)
-    path = _relative(t, "file", required=True)
-    assert path is not None
-    try:
-        code = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise FleetError(str(t.path), f"{t.key('file')}: cannot read {path}: {err}") from err
+    path, code = _script_source(t)
     enable = t.boolean("enable")
     version = t.get("version")
     if version is not None and (not isinstance(version, str) or not version):

@@ -10,6 +10,9 @@ from importlib import resources
 
 HOURLY_ENERGY = "hourly_energy.js"
 """File name of the hourly metering script."""
+SHIPPED_SCRIPTS = (HOURLY_ENERGY,)
+"""Every script shipped here; a profile names one as ``file = "kilowatch:<name>"``."""
+SHIPPED_PREFIX = "kilowatch:"
 
 
 def read_script(name: str = HOURLY_ENERGY) -> str:
@@ -17,4 +20,4 @@ def read_script(name: str = HOURLY_ENERGY) -> str:
     return resources.files(__name__).joinpath(name).read_text(encoding="utf-8")
 
 
-__all__ = ["HOURLY_ENERGY", "read_script"]
+__all__ = ["HOURLY_ENERGY", "SHIPPED_PREFIX", "SHIPPED_SCRIPTS", "read_script"]
