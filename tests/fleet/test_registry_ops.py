@@ -97,6 +97,16 @@ async def test_a_sighting_keeps_what_it_cannot_know(store: Store) -> None:
     assert (await store.registry())[0].prefix == "home/boiler"
 
 
+async def test_the_reported_name_only_fills_in_an_empty_one(store: Store) -> None:
+    await record_found(store, [_found(PM, name="shelly-default")], now=NOW)
+    assert (await store.registry())[0].name == "shelly-default"
+    await store.register([Registration(PM, name="boiler")])  # the installer's name
+    # a profile set the device's own name from it: a later sighting keeps the installer's
+    seen = _found(PM, name="boiler (cellar)")
+    assert await record_found(store, [seen], now=NOW + 1) == RecordSummary(unchanged=(PM,))
+    assert (await store.registry())[0].name == "boiler"
+
+
 # --- select -------------------------------------------------------------------------------------
 
 REGS = [

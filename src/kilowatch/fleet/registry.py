@@ -85,7 +85,7 @@ async def record_found(store: Store, found: Sequence[Found], *, now: float) -> R
 
     What is stored and a sighting cannot know stays: who found it first (``discovered_by``), a
     prefix the broker showed when this sighting has none, the transport and address of a device
-    now seen on the broker only, a secrets reference adoption set.
+    now seen on the broker only, a secrets reference adoption set, the name once it has one.
     """
     stored = {r.device: r for r in await store.registry()}
     records: list[Registration] = []
@@ -117,6 +117,11 @@ def _keep_stored(record: Registration, found: Found, old: Registration) -> Regis
         keep["transport"] = None
     if old.credentials is not None:
         keep["credentials"] = None
+    if old.name is not None:
+        # The registry's name is the installer's (``{{ device.name }}`` in profiles): the name a
+        # device reports only fills it in once. Taking it again at each sighting would feed a
+        # profile's ``name = "{{ device.name }} ({{ device.room }})"`` its own output.
+        keep["name"] = None
     return replace(record, **keep)
 
 
