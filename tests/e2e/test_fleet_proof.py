@@ -8,12 +8,14 @@ installer would:
 1. **discover** by scanning both networks: every device lands in the registry;
 2. **adopt** them all in one call: per-device broker users, kilowatch's CA uploaded, MQTT over
    TLS, reboot, until each is connected and its energy is in the store;
-3. **apply** a profile: the shipped metering script, a generated device password per device, the
-   debug log over MQTT, the system name from ``{{ device.id }}``.
+3. **apply** a profile: the shipped metering script (``kilowatch:hourly_energy.js``), a generated
+   device password per device, the debug log over MQTT, the system name from ``{{ device.id }}``;
+   the registry records the script as ``kilowatch fleet apply`` does (``registry_updates``).
 
 Then every device is connected and publishing, its energy is in the store (within the counters
-the simulator really had), the broker finds them all, the registry knows how to reach each, a
-second apply changes nothing, the secrets file is owner-only and no log line holds a password.
+the simulator really had), its debug log lines too, the broker finds them all, the registry knows
+how to reach each and which script runs there, a second apply changes nothing, the secrets file
+is owner-only and no log line (``kilowatch`` at DEBUG, the rest at INFO) holds a password.
 
 The faults run in the same calls as the 200, each with its own outcome while the others succeed:
 a device offline, a device whose password kilowatch has wrong, a device that takes 4 s to boot, a
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import logging
 import stat
 import time
@@ -49,6 +52,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from kilowatch.broker.credentials import accepts, credentials
 from kilowatch.broker.mosquitto import find_mosquitto, reload_running
 from kilowatch.broker.tls import export_ca, tls_dir
+from kilowatch.cli.fleet_profiles import registry_updates
 from kilowatch.errors import FleetError
 from kilowatch.fleet.adopt import AdoptOptions, Outcome, adopt
 from kilowatch.fleet.adopt import Step as AdoptStep
@@ -109,7 +113,7 @@ password = "generate"
 
 [[scripts]]
 name = "kilowatch-hourly"
-file = "hourly_energy.js"
+file = "kilowatch:hourly_energy.js"
 enable = true
 version = "1"
 """
@@ -312,7 +316,6 @@ async def test_200_devices_discovered_adopted_provisioned_with_faults_per_device
     began = time.monotonic()
     profiles = tmp_path / "profiles"
     profiles.mkdir()
-    (profiles / "hourly_energy.js").write_text(METERING_SCRIPT.read_text())
     (profiles / "fleet.toml").write_text(PROFILE)
     # {{ device.id }} in the code: the limit is checked on the code as it is for each device
     pad = SCRIPT_LIMIT_BYTES - len("let ID = '';\n// \n") - 10
@@ -410,6 +413,7 @@ async def test_200_devices_discovered_adopted_provisioned_with_faults_per_device
         apply_s = time.monotonic() - t_apply
         applied = await counters(fleet)
         results = by_device(report.devices)
+        await s.store.register(registry_updates(profile, report))  # as kilowatch fleet apply
         for device in ids | {slow.id, control.id}:
             result = results[device]
             assert result.status is Status.OK, result.to_json()
@@ -491,6 +495,9 @@ async def test_200_devices_discovered_adopted_provisioned_with_faults_per_device
             assert (reg.transport, reg.prefix, reg.credentials) == ("lan", dev.id, dev.id)
             assert reg.address == fleet.address(dev) and reg.mac == dev.mac
             assert reg.adopted_at is not None and reg.discovered_by == "scan"
+            assert reg.script is not None, dev.id
+            assert (reg.script.name, reg.script.version) == ("kilowatch-hourly", "1")
+            assert reg.script.sha256 == hashlib.sha256(METERING_SCRIPT.read_bytes()).hexdigest()
 
         # a second apply changes nothing
         revs = {d.id: (await d.call("Sys.GetStatus", None))["cfg_rev"] for d in fleet.devices}
