@@ -73,7 +73,6 @@ from kilowatch.fleet.secrets import SecretBox  # noqa: E402
 from kilowatch.store.protocol import Registration  # noqa: E402
 from kilowatch.testing import MosquittoServer  # noqa: E402
 
-METERING_SCRIPT = ROOT / "src" / "kilowatch" / "fleet" / "scripts" / "hourly_energy.js"
 FLEET_HOSTS = "127.0.70.1-127.0.71.244"
 """500 addresses (.70.1 to .71.244, .70.255 and .71.0 included: all of 127/8 is loopback)."""
 SAMPLE_HOSTS = "127.0.72.1-127.0.72.254"
@@ -97,7 +96,7 @@ password = "generate"
 
 [[scripts]]
 name = "kilowatch-hourly"
-file = "hourly_energy.js"
+file = "kilowatch:hourly_energy.js"
 enable = true
 version = "1"
 """
@@ -278,7 +277,6 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         raise SystemExit("--hosts and --sample-hosts overlap")
     if not all(ipaddress.IPv4Address(h).is_loopback for h in fleet_hosts + sample_hosts):
         raise SystemExit("only loopback addresses may be used")
-    (work / "hourly_energy.js").write_text(METERING_SCRIPT.read_text())
     box = SecretBox.in_data_dir(work / "data")
     with MosquittoServer() as broker:
         server = f"127.0.0.1:{broker.port}"
