@@ -192,6 +192,22 @@ class Store(Protocol):
         """The zone whose local days are built and maintained (``None``: none, or still
         rebuilding)."""
 
+    async def estimated_slots(
+        self, *, start: int, end: int, device: str | None = None
+    ) -> list[tuple[str, str, int]]:
+        """``(device, channel, slot start)`` of every slot marked estimated whose start is in
+        ``[start, end)`` (unix seconds), of one device or all, sorted."""
+
+    async def replace_estimated(self, measured: Sequence[SlotEnergy]) -> int:
+        """Measured energy for slots that hold estimated energy (rule 7 of
+        docs/energy-accounting.md): each slot of ``measured`` that is marked estimated *takes*
+        ``import_mwh``/``export_mwh`` as its whole energy (a value, not a delta) and is no longer
+        estimated; hours, days, months and local days follow by the difference. A slot that is
+        not estimated (measured already, or never written) is left as it is, so a second call
+        with the same values changes nothing: safe to repeat after an unknown outcome. Atomic per
+        device (all of a device's slots in the call, or none). Returns how many slots took a
+        value. ``estimated`` of the values is ignored."""
+
     async def devices(self) -> list[DeviceRecord]:
         """Every device seen or in the fleet registry (a registered device that never published
         too), by id. The registry fills in what the device's own record lacks (model, gen,
