@@ -66,7 +66,14 @@ def test_shelly_prefix_filters():
 
 
 def test_names(registry):
-    assert registry.names == ("hourly", "shelly-gen1", "tasmota", "zigbee2mqtt", "shelly")
+    assert registry.names == (
+        "hourly",
+        "shelly-http",
+        "shelly-gen1",
+        "tasmota",
+        "zigbee2mqtt",
+        "shelly",
+    )
 
 
 def test_unknown_topic(registry, state):

@@ -36,6 +36,7 @@ from kilowatch.decode.payload import (
 )
 from kilowatch.decode.shelly import ShellyDecoder
 from kilowatch.decode.shelly_gen1 import ShellyGen1Decoder
+from kilowatch.decode.shelly_http import ShellyHttpDecoder
 from kilowatch.decode.state import DecoderState
 from kilowatch.decode.tasmota import TasmotaDecoder
 from kilowatch.decode.zigbee2mqtt import Zigbee2MqttDecoder
@@ -321,6 +322,7 @@ def default_registry(options: DecoderOptions | None = None) -> DecoderRegistry:
     return DecoderRegistry(
         [
             HourlyDecoder(),
+            ShellyHttpDecoder(),
             ShellyGen1Decoder(),
             TasmotaDecoder(full_topics=options.tasmota_full_topics),
             Zigbee2MqttDecoder(base_topics=options.zigbee2mqtt_base_topics),
