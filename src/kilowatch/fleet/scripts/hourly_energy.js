@@ -2,9 +2,11 @@
 //
 // At every full UTC hour it publishes the energy of the hour that just ended, QoS 1, to
 // /system/<device id>/status as
-//   {"fw_ver","hourly_energy_usage","hourly_ret_energy_usage","id","mac","operational","timestamp"}
-// (Wh; timestamp = unix start of that hour), computed from the cumulative counters of the meter
-// (pm1:0, switch:0, emdata:0 or the em1data channels).
+//   {"fw_ver","hourly_energy_usage","hourly_ret_energy_usage","id","mac","operational","timestamp",
+//    "total_energy","total_ret_energy"}
+// (Wh; timestamp = unix start of that hour; total_* = the meter's cumulative counters at the
+// hour's end), computed from the cumulative counters of the meter (pm1:0, switch:0, emdata:0 or
+// the em1data channels).
 // Hours that cannot be published while MQTT is down are kept, in RAM and in KVS, and published
 // oldest first when MQTT is back; the counters at the start of the current hour are kept in KVS,
 // so a restart or reboot loses nothing. KVS use is bounded: CFG.maxKeys queue keys of at most 253
@@ -14,7 +16,7 @@
 let CFG = {
   topic: null, // null: "/system/<device id>/status"
   prefix: "kwh_", // KVS keys: kwh_base, kwh_q0 .. kwh_q<maxKeys-1>
-  maxKeys: 8, // queue keys in KVS; about 13 hours each, so 100 hours or more
+  maxKeys: 10, // queue keys in KVS; 7 hours each at worst (35-character entries), so >= 70 hours
   maxHours: 96, // hours kept while MQTT is down; the oldest go first beyond this
   valueMax: 253, // KVS value length limit (shelly-api.md §15)
   resendS: 120 // hours published this recently before a disconnect are published again
@@ -23,7 +25,7 @@ let CFG = {
 let info = Shelly.getDeviceInfo();
 let topic = CFG.topic || "/system/" + info.id + "/status";
 let base = null; // {h: hour start, e: Wh, r: returned Wh, partial} when the current hour began
-let queue = []; // [hour index, Wh, returned Wh] not yet published, oldest first
+let queue = []; // [hour index, Wh, ret Wh, counter Wh, ret counter Wh] to publish, oldest first
 let saved = []; // what each KVS queue key holds, to write only what changed
 let sent = []; // [entry, time] of recent publishes, re-sent if MQTT drops soon after
 let timer = null;
@@ -99,15 +101,22 @@ function r3(x) {
   return Math.round(x * 1000) / 1000;
 }
 
-// --- KVS encoding: "<hour index>:<mWh>:<mWh>" in base 36, joined by "|" ----------------------
+// --- KVS encoding: "<hour index>:<mWh>:<mWh>:<counter mWh>:<counter mWh>" in base 36, joined
+// by "|" (entries of an older version have no counters: they are published without them) ------
+function b36(wh) {
+  return Math.round(wh * 1000).toString(36);
+}
+
 function enc(q) {
-  return q[0].toString(36) + ":" + Math.round(q[1] * 1000).toString(36) + ":" +
-    Math.round(q[2] * 1000).toString(36);
+  let s = q[0].toString(36) + ":" + b36(q[1]) + ":" + b36(q[2]);
+  return q.length > 3 ? s + ":" + b36(q[3]) + ":" + b36(q[4]) : s;
 }
 
 function dec(s) {
   let p = s.split(":");
-  return [parseInt(p[0], 36), parseInt(p[1], 36) / 1000, parseInt(p[2], 36) / 1000];
+  let q = [parseInt(p[0], 36)];
+  for (let i = 1; i < p.length; i++) q.push(parseInt(p[i], 36) / 1000);
+  return q;
 }
 
 function chunks() {
@@ -150,7 +159,7 @@ function persistBase() {
 
 // --- publishing -----------------------------------------------------------------------------------
 function message(q) {
-  return JSON.stringify({
+  let m = {
     fw_ver: info.ver,
     hourly_energy_usage: q[1],
     hourly_ret_energy_usage: q[2],
@@ -158,7 +167,12 @@ function message(q) {
     mac: info.mac,
     operational: true,
     timestamp: q[0] * 3600
-  });
+  };
+  if (q.length > 3) {
+    m.total_energy = q[3];
+    m.total_ret_energy = q[4];
+  }
+  return JSON.stringify(m);
 }
 
 function flush() {
@@ -195,7 +209,7 @@ function close(m) {
   let r = m.r >= base.r ? m.r - base.r : m.r;
   let idx = base.h / 3600;
   if (queue.length > 0 && queue[queue.length - 1][0] === idx) queue.pop();
-  queue.push([idx, r3(e), r3(r)]);
+  queue.push([idx, r3(e), r3(r), r3(m.e), r3(m.r)]);
   while (queue.length > CFG.maxHours) {
     print("kwh: backlog full, dropping hour " + queue[0][0] * 3600);
     queue.shift();
