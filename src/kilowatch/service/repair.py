@@ -1,0 +1,307 @@
+"""Repair of estimated energy (issue 13, "Never lose an hour"): where a device kept the truth,
+estimated slots (rule 7 of docs/energy-accounting.md: a gap's energy spread evenly) take the
+measured energy instead.
+
+Two sources:
+
+- the hours of the on-device metering script (channel ``hourly``, docs/scripting.md): an hour
+  the script measured fixes the estimated 15-minute slots of the device's one metered channel in
+  that hour (:func:`repair_from_hours`; the store only);
+- the device's own history (``EMData``/``EM1Data``), through a backfill function handed in by
+  the caller (``kilowatch.fleet.history.backfill`` behind ``open_rpc`` in ``kilowatch serve``).
+
+:class:`Repairer` runs both, every ``repair_interval_s``, over the last ``repair_window_h``
+hours, inside serve's task group. Everything it writes goes through
+:meth:`Store.replace_estimated`, which touches only slots still marked estimated: a repair
+repeated after an unknown outcome, or by two services at once, changes nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from kilowatch.errors import KilowatchError
+from kilowatch.model.slots import SlotEnergy
+from kilowatch.query.energy import EnergyQuery, EnergyRow
+from kilowatch.store import Registration, Store
+
+log = logging.getLogger(__name__)
+
+HOUR_S = 3600
+SLOT_S = 900
+HOURLY = "hourly"
+"""The metering script's channel (kilowatch.decode.hourly)."""
+SCRIPT_CHANNELS = frozenset({"pm1:0", "switch:0", "em:0"})
+"""Channels whose energy the script's hour measures when they are the device's only top-level
+channel (hourly_energy.js reads ``pm1:0``, ``switch:0`` or ``emdata:0``, the total of ``em:0``)."""
+
+HistoryBackfill = Callable[[Registration, int, int], Awaitable[int | None]]
+"""``(registered device, start, end) -> slots repaired``, or ``None`` when the device keeps no
+history (no ``EMData``/``EM1Data``). Raises for a device that cannot be reached or answers badly."""
+
+
+@dataclass
+class RepairReport:
+    """What one repair from the script's hours did."""
+
+    slots: int = 0
+    """Estimated slots that took measured energy."""
+    hours: int = 0
+    """Hours those slots belong to."""
+    inconsistent: int = 0
+    """Hours left alone: their measured slots already hold more than the script's hour."""
+    skipped_devices: list[str] = field(default_factory=list)
+    """Devices with estimated slots the script's hour cannot be attributed to (several
+    top-level channels, or a channel the script does not read)."""
+
+
+def _mwh(wh: float) -> int:
+    return round(wh * 1000)
+
+
+def _stamp(row: EnergyRow) -> int:
+    return int(row.start.timestamp())
+
+
+def _top_level(channel: str) -> bool:
+    return "/" not in channel and channel != HOURLY
+
+
+def _split(total: int, n: int) -> list[int]:
+    """``total`` in ``n`` integer shares, the remainder on the last."""
+    share = total // n
+    return [share] * (n - 1) + [total - share * (n - 1)]
+
+
+async def repair_from_hours(store: Store, *, start: int, end: int) -> RepairReport:
+    """Replace estimated slots in ``[start, end)`` (unix seconds) with the script's hours.
+
+    For each device with estimated slots on its only top-level channel ``c`` (``pm1:0``,
+    ``switch:0`` or ``em:0``; never a phase) and a stored ``hourly`` value ``V`` for the UTC hour
+    of those slots: the hour's estimated slots of ``c`` take ``V`` minus the hour's measured
+    (not estimated) slots of ``c``, split evenly (integer mWh, the remainder to the last slot),
+    import and export alike, when neither difference is negative; otherwise the hour is left
+    estimated and counted in :attr:`RepairReport.inconsistent`. Idempotent.
+    """
+    report = RepairReport()
+    slots = await store.estimated_slots(start=start, end=end)
+    by_device: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for device, channel, slot in slots:
+        by_device[device].append((channel, slot))
+    for device, estimated in by_device.items():
+        hours = sorted({slot - slot % HOUR_S for _, slot in estimated})
+        rows = await store.energy(
+            EnergyQuery(
+                by="15min",
+                tz="UTC",
+                start=datetime.fromtimestamp(hours[0], UTC),
+                end=datetime.fromtimestamp(hours[-1] + HOUR_S, UTC),
+                devices=(device,),
+                group="channel",
+            )
+        )
+        tops = {row.channel for row in rows if row.channel and _top_level(row.channel)}
+        tops |= {channel for channel, _ in estimated if _top_level(channel)}
+        if len(tops) != 1 or not tops <= SCRIPT_CHANNELS:
+            report.skipped_devices.append(device)
+            continue
+        (channel,) = tops
+        measured = _repair_device(device, channel, hours, estimated, rows, report)
+        if measured:
+            report.slots += await store.replace_estimated(measured)
+    return report
+
+
+def _repair_device(
+    device: str,
+    channel: str,
+    hours: Iterable[int],
+    estimated: list[tuple[str, int]],
+    rows: list[EnergyRow],
+    report: RepairReport,
+) -> list[SlotEnergy]:
+    """The replacement values of one device's estimated slots on ``channel``."""
+    est_by_hour: dict[int, list[int]] = defaultdict(list)
+    for ch, slot in estimated:
+        if ch == channel:
+            est_by_hour[slot - slot % HOUR_S].append(slot)
+    script: dict[int, list[int]] = {}
+    measured: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    for row in rows:
+        slot = _stamp(row)
+        hour = slot - slot % HOUR_S
+        if row.channel == HOURLY:
+            acc = script.setdefault(hour, [0, 0])
+        elif row.channel == channel and not row.estimated:
+            acc = measured[hour]
+        else:
+            continue
+        acc[0] += _mwh(row.energy_wh)
+        acc[1] += _mwh(row.returned_energy_wh)
+    out: list[SlotEnergy] = []
+    for hour in hours:
+        targets = sorted(set(est_by_hour.get(hour, ())))
+        value = script.get(hour)
+        if not targets or value is None:
+            continue
+        rest_in = value[0] - measured[hour][0]
+        rest_out = value[1] - measured[hour][1]
+        if rest_in < 0 or rest_out < 0:
+            report.inconsistent += 1
+            continue
+        report.hours += 1
+        for slot, imp, exp in zip(
+            targets, _split(rest_in, len(targets)), _split(rest_out, len(targets)), strict=True
+        ):
+            out.append(SlotEnergy(device, channel, slot, imp, exp))
+    return out
+
+
+@dataclass
+class RepairStats:
+    """Counters of a :class:`Repairer` since it started (for health and metrics)."""
+
+    passes: int = 0
+    slots_from_hours: int = 0
+    slots_from_history: int = 0
+    inconsistent_hours: int = 0
+    backfill_failures: int = 0
+    last_error: str | None = None
+
+
+@dataclass
+class _Backoff:
+    failures: int = 0
+    until: float = 0.0
+
+
+class Repairer:
+    """The repair service of ``kilowatch serve``: :meth:`run` in serve's task group.
+
+    Every ``interval_s``, and soon after :meth:`wake` (a device came back online), it repairs the
+    last ``window_h`` hours: first from the script's hours (the store only), then, when a
+    ``backfill`` is given, from the history of every registered device with estimated slots in
+    the window, at most ``concurrency`` at a time. A device whose backfill fails is not asked
+    again for ``backoff_s`` (doubling per failure, at most ``backoff_max_s``).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        interval_s: float = 60.0,
+        window_h: float = 168.0,
+        backfill: HistoryBackfill | None = None,
+        concurrency: int = 4,
+        backoff_s: float = 60.0,
+        backoff_max_s: float = 3600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._interval_s = interval_s
+        self._window_s = int(window_h * HOUR_S)
+        self._backfill = backfill
+        self._limit = asyncio.Semaphore(max(1, concurrency))
+        self._backoff_s = backoff_s
+        self._backoff_max_s = backoff_max_s
+        self._clock = clock
+        self._backoffs: dict[str, _Backoff] = {}
+        self._wake = asyncio.Event()
+        self.stats = RepairStats()
+
+    def wake(self) -> None:
+        """Repair soon (a device came back online: its hours and history are arriving)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Repair every ``interval_s`` (or on :meth:`wake`) until cancelled; a store error is
+        logged and the next pass tries again."""
+        while True:
+            try:
+                await self.repair_once()
+            except KilowatchError as exc:
+                self.stats.last_error = str(exc)
+                log.warning("repair failed: %s", exc)
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(self._interval_s):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def repair_once(self) -> RepairStats:
+        """One pass over the window; returns what this pass did (the totals are :attr:`stats`)."""
+        now = self._clock()
+        end = int(now) - int(now) % SLOT_S + SLOT_S
+        start = end - self._window_s
+        done = RepairStats(passes=1)
+        hours = await repair_from_hours(self._store, start=start, end=end)
+        done.slots_from_hours = hours.slots
+        done.inconsistent_hours = hours.inconsistent
+        if self._backfill is not None:
+            await self._history(start, end, done)
+        self._add(done)
+        if done.slots_from_hours or done.slots_from_history or done.backfill_failures:
+            log.info(
+                "repair: %d slots from script hours, %d from device history, %d hours "
+                "inconsistent, %d backfills failed",
+                done.slots_from_hours, done.slots_from_history, done.inconsistent_hours,
+                done.backfill_failures,
+            )  # fmt: skip
+        return done
+
+    def _add(self, done: RepairStats) -> None:
+        s = self.stats
+        s.passes += 1
+        s.slots_from_hours += done.slots_from_hours
+        s.slots_from_history += done.slots_from_history
+        s.inconsistent_hours += done.inconsistent_hours
+        s.backfill_failures += done.backfill_failures
+        if done.last_error:
+            s.last_error = done.last_error
+
+    async def _history(self, start: int, end: int, done: RepairStats) -> None:
+        backfill = self._backfill
+        assert backfill is not None
+        pending = {
+            device for device, _, _ in await self._store.estimated_slots(start=start, end=end)
+        }
+        if not pending:
+            return
+        now = self._clock()
+        regs = [
+            reg
+            for reg in await self._store.registry()
+            if reg.device in pending and self._backoffs.get(reg.device, _Backoff()).until <= now
+        ]
+
+        async def one(reg: Registration) -> None:
+            async with self._limit:
+                try:
+                    n = await backfill(reg, start, end)
+                except (KilowatchError, OSError, TimeoutError) as exc:
+                    b = self._backoffs.setdefault(reg.device, _Backoff())
+                    b.failures += 1
+                    delay = min(self._backoff_max_s, self._backoff_s * 2 ** (b.failures - 1))
+                    b.until = self._clock() + delay
+                    done.backfill_failures += 1
+                    done.last_error = f"{reg.device}: {exc}"
+                    log.warning(
+                        "backfill of %s failed (next try in %gs): %s", reg.device, delay, exc
+                    )
+                    return
+                self._backoffs.pop(reg.device, None)
+                done.slots_from_history += n or 0
+
+        async with asyncio.TaskGroup() as tg:
+            for reg in regs:
+                tg.create_task(one(reg))
+
+
+__all__ = ["HistoryBackfill", "RepairReport", "RepairStats", "Repairer", "repair_from_hours"]
