@@ -42,6 +42,11 @@ DEFAULT_MQTTS_PORT = 8883
 DEFAULT_COMMIT_STALL_S = 30.0
 """Default ``commit_stall_s``: :data:`kilowatch.intake.stats.STALL_S` (not imported: loading the
 settings must not load the MQTT client)."""
+DEFAULT_POLL_INTERVAL_S = 10.0
+"""Default ``poll_interval_s`` (:data:`kilowatch.service.poller.POLL_INTERVAL_S`; not imported:
+loading the settings must not load the RPC client)."""
+DEFAULT_POLL_CONCURRENCY = 32
+"""Default ``poll_concurrency`` (:data:`kilowatch.service.poller.POLL_CONCURRENCY`)."""
 DEFAULT_STOP_TIMEOUT_S = 5.0
 """Default ``stop_timeout_s``: with the MQTT disconnect (at most 2 s) and closing the store, a stop
 takes well under 10 s even while the store fails."""
@@ -253,11 +258,43 @@ class Settings(BaseModel):
         description="Seconds a stop (SIGTERM, SIGINT) keeps trying to commit what is in flight; "
         "then kilowatch exits 1 without acknowledging it (the broker delivers it again).",
     )
+    # -- repair of estimated energy (docs/configuration.md, src/kilowatch/service/repair.py) ----
+    repair_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds between two repairs of estimated slots (from the metering script's "
+        "hours and from device history).",
+    )
+    repair_window_h: float = Field(
+        default=168.0, gt=0, description="Hours back from now that each repair looks at."
+    )
+    repair_concurrency: int = Field(
+        default=4, ge=1, description="Device history backfills in flight at once."
+    )
     # -- Home Assistant MQTT discovery (docs/homeassistant.md) -----------------------------------
     homeassistant: bool = Field(
         default=False,
         description="Publish Home Assistant MQTT discovery configs and states of every meter "
         "(energy in kWh, power in W) on the broker kilowatch reads.",
+    )
+
+    # -- devices without MQTT: HTTP polling (docs/polling.md) --------------------------------------
+    poll: tuple[str, ...] = Field(
+        default=(),
+        description="Registered devices to poll over HTTP (Shelly.GetStatus): --select "
+        "expressions ('transport=lan,model=S3PM*', a device id, '*'); a device matching any one "
+        "is polled. ';'-separated in a flag or variable.",
+    )
+    poll_gen1: tuple[str, ...] = Field(
+        default=(), description="Shelly Gen1 devices to poll over HTTP (GET /status): host[:port]."
+    )
+    poll_interval_s: float = Field(
+        default=DEFAULT_POLL_INTERVAL_S, gt=0, description="Seconds between two polls of a device."
+    )
+    poll_concurrency: int = Field(
+        default=DEFAULT_POLL_CONCURRENCY,
+        ge=1,
+        description="Polls in flight at once, across all polled devices.",
     )
 
     @field_validator("tz")
@@ -291,6 +328,7 @@ class Settings(BaseModel):
         "tasmota_full_topics",
         "zigbee2mqtt_base_topics",
         "topic_sources",
+        "poll_gen1",
         mode="before",
     )
     @classmethod
@@ -298,6 +336,15 @@ class Settings(BaseModel):
         # Environment variables and flags give one string: comma-separated.
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("poll", mode="before")
+    @classmethod
+    def _split_selections(cls, value: Any) -> Any:
+        # A selection joins its terms with commas (--select model=S3PM*,room=hall): in a flag or
+        # variable, selections are separated by semicolons instead.
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(";") if part.strip())
         return value
 
     @field_validator("topic_sources")

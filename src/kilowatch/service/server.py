@@ -42,10 +42,12 @@ from kilowatch.decode.registry import DecoderOptions, default_registry
 from kilowatch.errors import BrokerError, ConfigError, StoreError
 from kilowatch.intake.client import MqttIntake, MqttOptions
 from kilowatch.intake.live import LiveHub
-from kilowatch.intake.pipeline import Pipeline
+from kilowatch.intake.pipeline import DeliverySource, Pipeline
 from kilowatch.intake.stats import IngestHealth, IngestStats
 from kilowatch.ledger import Ledger
 from kilowatch.service.config import BrokerMode, LogFormat, Settings, parse_broker_url
+from kilowatch.service.poller import PolledSource, Poller, PollStats
+from kilowatch.service.repair import Repairer, RepairStats, fleet_backfill
 from kilowatch.service.retention import run_retention
 from kilowatch.store import Store, open_store
 
@@ -119,6 +121,10 @@ class Running:
     """Which broker the intake reads: ``managed`` (mosquitto), ``embedded`` or ``external``."""
     mosquitto: ManagedMosquitto | None = None
     """The managed mosquitto, when that is the broker."""
+    repair: RepairStats | None = None
+    """The repair service's counters (estimated slots replaced: docs/configuration.md)."""
+    poll: PollStats | None = None
+    """The HTTP poller's counters, when it runs (``poll`` or ``poll_gen1`` set)."""
 
 
 WebStarter = Callable[[asyncio.TaskGroup, Running, asyncio.Event], Awaitable[object]]
@@ -304,15 +310,38 @@ async def _start_embedded(stack: AsyncExitStack, settings: Settings, store: Stor
     return _Broker(EMBEDDED, mqtt_options(settings, embedded_port=broker.port))
 
 
-def ingest_metrics(stats: IngestStats) -> dict[str, float]:
+def ingest_metrics(stats: IngestStats, poll: PollStats | None = None) -> dict[str, float]:
     """Ingest counters for the web app's ``/metrics`` (commit failures by kind, and the gauges,
-    come with :attr:`Running.health`)."""
-    return {
+    come with :attr:`Running.health`); with ``poll``, the poller's (``polls``,
+    ``poll_failures``)."""
+    out: dict[str, float] = {
         "received": stats.received,
         "committed": stats.committed,
         "batches": stats.batches,
         "dead_letters": sum(stats.dead_letters.values()),
     }
+    if poll is not None:
+        out["polls"] = poll.polls
+        out["poll_failures"] = poll.failures
+    return out
+
+
+def start_poller(settings: Settings, store: Store, source: PolledSource) -> Poller | None:
+    """The HTTP poller of ``poll`` / ``poll_gen1`` (docs/polling.md), feeding ``source``; ``None``
+    when neither is set. Raises ``FleetError`` for a ``poll`` expression with an unknown key."""
+    if not settings.poll and not settings.poll_gen1:
+        return None
+    from kilowatch.fleet.secrets import SecretBox
+
+    return Poller(
+        source.put,
+        store=store,
+        selection=settings.poll,
+        gen1_hosts=settings.poll_gen1,
+        interval_s=settings.poll_interval_s,
+        concurrency=settings.poll_concurrency,
+        secrets=SecretBox.in_data_dir(settings.data_dir),
+    )
 
 
 async def serve(
@@ -340,16 +369,34 @@ async def serve(
         )
         options = broker.options
         intake = await stack.enter_async_context(MqttIntake(options, registry.subscriptions()))
+        # Estimated slots take measured energy: the script's hours, registered devices' history.
+        backfill = await stack.enter_async_context(
+            fleet_backfill(store, data_dir=settings.data_dir)
+        )
+        repairer = Repairer(
+            store,
+            interval_s=settings.repair_interval_s,
+            window_h=settings.repair_window_h,
+            backfill=backfill,
+            concurrency=settings.repair_concurrency,
+        )
+        # Polled answers join the MQTT deliveries in one stream: the ledger has one owner.
+        source = PolledSource(intake)
+        poller = start_poller(settings, store, source)
         running = Running(
             settings, store, hub, pipeline.stats, options.host, options.port, pipeline.health,
             broker=broker.kind, mosquitto=broker.mosquitto,
+            poll=poller.stats if poller is not None else None,
         )  # fmt: skip
         abandoned = 0
         async with asyncio.TaskGroup() as tg:
             connector = tg.create_task(intake.run(), name="mqtt")
-            ingest = tg.create_task(pipeline.run(intake), name="ingest")
-            stats = tg.create_task(_log_stats(pipeline.stats), name="stats")
+            ingest = tg.create_task(pipeline.run(source), name="ingest")
+            polling = tg.create_task(poller.run(), name="poll") if poller is not None else None
+            stats = tg.create_task(_log_stats(pipeline.stats, running.poll), name="stats")
             retention = tg.create_task(run_retention(store), name="retention")
+            running.repair = repairer.stats
+            repairing = tg.create_task(repairer.run(), name="repair")
             if settings.homeassistant:  # MQTT discovery for Home Assistant: docs/homeassistant.md
                 from kilowatch.service.homeassistant import publish_to_homeassistant
 
@@ -366,12 +413,16 @@ async def serve(
                 on_ready(running)
             await stop.wait()
             log.info("stopping: committing what is in flight")
+            if polling is not None:
+                polling.cancel()
             intake.stop_taking()
-            abandoned = await _drain(ingest, intake, pipeline, settings, broker.kind)
+            source.stop_taking()
+            abandoned = await _drain(ingest, source, pipeline, settings, broker.kind)
             connector.cancel()
             stats.cancel()
             retention.cancel()
-        _log_totals(pipeline.stats)
+            repairing.cancel()
+        _log_totals(pipeline.stats, poll=running.poll)
     if abandoned:
         raise StoreError(
             f"stopped without storing {abandoned} messages: after "
@@ -394,7 +445,7 @@ async def serve(
 
 async def _drain(
     ingest: asyncio.Task[None],
-    intake: MqttIntake,
+    intake: DeliverySource,
     pipeline: Pipeline,
     settings: Settings,
     broker_kind: str,
@@ -434,7 +485,7 @@ async def _wait_connected(intake: MqttIntake, stop: asyncio.Event) -> None:
         stopped.cancel()
 
 
-async def _log_stats(stats: IngestStats) -> None:
+async def _log_stats(stats: IngestStats, poll: PollStats | None = None) -> None:
     last = time.monotonic()
     committed = stats.committed
     while True:
@@ -442,15 +493,24 @@ async def _log_stats(stats: IngestStats) -> None:
         now = time.monotonic()
         rate = (stats.committed - committed) / (now - last)
         last, committed = now, stats.committed
-        _log_totals(stats, rate=rate)
+        _log_totals(stats, rate=rate, poll=poll)
 
 
-def _log_totals(stats: IngestStats, *, rate: float | None = None) -> None:
+def _log_totals(
+    stats: IngestStats, *, rate: float | None = None, poll: PollStats | None = None
+) -> None:
     dead = " ".join(f"dead_{reason}={n}" for reason, n in sorted(stats.dead_letters.items()))
+    polled = (
+        f" poll_devices={poll.devices} polls={poll.polls} poll_failures={poll.failures} "
+        f"poll_in_backoff={poll.in_backoff}"
+        if poll is not None
+        else ""
+    )
     log.info(
-        "ingest received=%d committed=%d batches=%d commit_failures=%d%s%s",
+        "ingest received=%d committed=%d batches=%d commit_failures=%d%s%s%s",
         stats.received, stats.committed, stats.batches, stats.commit_failures,
         f" rate_per_s={rate:.1f}" if rate is not None else "",
+        polled,
         f" {dead}" if dead else "",
     )  # fmt: skip
 
@@ -465,9 +525,7 @@ def _redact(url: str) -> str:
     return f"{scheme}://{user + ':***@' if user else '***@'}{host}"
 
 
-async def run_until_signalled(
-    settings: Settings, *, web: WebStarter | None = None
-) -> IngestStats:
+async def run_until_signalled(settings: Settings, *, web: WebStarter | None = None) -> IngestStats:
     """:func:`serve` until SIGINT or SIGTERM (a second signal stops without flushing)."""
     import signal
 

@@ -269,7 +269,7 @@ async def start_web(tg: asyncio.TaskGroup, running: Running, stop: asyncio.Event
         running.store,
         live=running.hub,
         site_tz=settings.tz,
-        ingest_stats=lambda: ingest_metrics(stats),
+        ingest_stats=lambda: ingest_metrics(stats, running.poll),
         ingest_health=running.health,
     )
     web = tg.create_task(

@@ -1,0 +1,178 @@
+"""The HTTP poller against simulated devices on their own loopback addresses (127.0.80.x:80).
+
+Real components throughout: ``shellysim`` devices (unprovisioned: MQTT off, so the poller is the
+only way their energy arrives), a SQLite store, the real pipeline and ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from kilowatch.decode.registry import default_registry
+from kilowatch.errors import FleetError
+from kilowatch.intake.pipeline import Pipeline
+from kilowatch.ledger import Ledger
+from kilowatch.service.poller import PolledSource, Poller
+from kilowatch.store import Store, open_store
+from kilowatch.store.protocol import Registration
+from shellysim import Fleet
+
+SPEED = 60.0
+
+
+@dataclass
+class Rig:
+    fleet: Fleet
+    store: Store
+    source: PolledSource
+    pipeline: Pipeline
+    ingest: asyncio.Task[None]
+
+    async def drain(self) -> None:
+        """Stop taking answers; commit everything taken (the store stays open)."""
+        self.source.stop_taking()
+        await asyncio.wait_for(asyncio.shield(self.ingest), 10)
+
+
+@contextlib.asynccontextmanager
+async def rig(tmp_path: Path, hosts: str, n: int, models: list[str]) -> AsyncIterator[Rig]:
+    async with (
+        Fleet(devices=n, models=models, http_hosts=hosts, unprovisioned=True, speed=SPEED) as fleet,
+        open_store(f"sqlite:///{tmp_path / 'k.db'}") as store,
+    ):
+        await store.register(
+            [
+                Registration(
+                    device=d.id,
+                    address=fleet.address(d),
+                    transport="lan",
+                    gen=2,
+                    model=d.spec.model,
+                )
+                for d in fleet.devices
+            ]
+        )
+        source = PolledSource(None)
+        pipeline = Pipeline(
+            registry=default_registry(),
+            ledger=Ledger(await store.load_ledger_states()),
+            store=store,
+        )
+        ingest = asyncio.create_task(pipeline.run(source))
+        r = Rig(fleet, store, source, pipeline, ingest)
+        try:
+            yield r
+        finally:
+            await r.drain()
+
+
+@contextlib.asynccontextmanager
+async def polling(poller: Poller) -> AsyncIterator[Poller]:
+    task = asyncio.create_task(poller.run())
+    try:
+        yield poller
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.02)
+
+
+async def test_polled_status_reaches_the_store_through_the_ledger(tmp_path: Path) -> None:
+    async with rig(tmp_path, "127.0.80.1-127.0.80.3", 3, ["pm1", "3em", "switch"]) as r:
+        poller = Poller(r.source.put, store=r.store, selection=["*"], interval_s=0.1)
+        async with polling(poller):
+            await until(lambda: poller.stats.polls >= 30)
+            assert poller.targets == sorted(d.id for d in r.fleet.devices)
+            await asyncio.sleep(1.0)  # one more minute of simulated energy
+        assert poller.stats.failures == 0 and poller.stats.in_backoff == 0
+        # the channels of every model, stamped by the devices (no dead letters)
+        assert not r.pipeline.stats.dead_letters
+        latest = {(x.device, x.channel): x for x in await r.store.latest()}
+        ids = [d.id for d in r.fleet.devices]
+        wanted = {(ids[0], "pm1:0"), (ids[1], "em:0"), (ids[1], "em:0/a"), (ids[2], "switch:0")}
+        assert wanted <= set(latest)
+        assert all(abs(latest[k].ts - r.fleet.clock.now()) < 2 * SPEED for k in wanted)
+        devices = {d.device: d for d in await r.store.devices()}
+        assert set(devices) == set(ids)
+        assert all(devices[i].source == "shelly-http" for i in ids)
+
+
+async def test_selection_is_any_of_the_expressions_and_refreshes(tmp_path: Path) -> None:
+    async with rig(tmp_path, "127.0.80.11-127.0.80.13", 3, ["pm1", "3em", "switch"]) as r:
+        pm, em, sw = r.fleet.devices
+        poller = Poller(
+            r.source.put,
+            store=r.store,
+            selection=[f"model={pm.spec.model}", em.id],
+            interval_s=0.1,
+            refresh_s=0.2,
+        )
+        async with polling(poller):
+            await until(lambda: poller.stats.devices == 2)
+            assert poller.targets == sorted([pm.id, em.id])
+            # a new registration matching a selection joins at the next refresh
+            await r.store.register([Registration(device=sw.id, model=pm.spec.model)])
+            await until(lambda: sw.id in poller.targets)
+    with pytest.raises(FleetError):
+        Poller(r.source.put, store=r.store, selection=["colour=red"])
+
+
+async def test_a_device_that_stops_answering_backs_off_and_recovers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="kilowatch.poll")
+    async with rig(tmp_path, "127.0.80.21-127.0.80.22", 2, ["pm1"]) as r:
+        quiet, steady = r.fleet.devices
+        poller = Poller(
+            r.source.put,
+            store=r.store,
+            selection=["*"],
+            interval_s=0.05,
+            backoff_max_s=0.8,
+            rng=random.Random(1),
+        )
+        async with polling(poller):
+            await until(lambda: poller.stats.polls >= 10)
+            quiet.fault_outage(3 * SPEED)  # three real seconds without network
+            await until(lambda: poller.stats.in_backoff == 1)
+            assert poller.stats.backing_off == {quiet.id}
+            await asyncio.sleep(2.0)
+            # without backoff it would have failed 40 times in 2 s; with it, a handful
+            failures = poller.stats.failures
+            assert 3 <= failures <= 8
+            await until(lambda: poller.stats.in_backoff == 0, timeout=5.0)
+            answered = poller.stats.polls
+            await until(lambda: poller.stats.polls >= answered + 10)
+        assert poller.stats.failures == failures or poller.stats.failures <= 9
+    lines = [rec.getMessage() for rec in caplog.records if quiet.id in rec.getMessage()]
+    # one line when it stopped answering, one when it came back: not one per attempt
+    assert sum("does not answer" in line for line in lines) == 1, lines
+    assert sum("answers again" in line for line in lines) == 1, lines
+    assert not any(
+        steady.id in rec.getMessage() and "answer" in rec.getMessage() for rec in caplog.records
+    )
+
+
+async def test_concurrency_is_bounded_across_devices(tmp_path: Path) -> None:
+    async with rig(tmp_path, "127.0.80.31-127.0.80.50", 20, ["pm1"]) as r:
+        poller = Poller(
+            r.source.put, store=r.store, selection=["*"], interval_s=0.01, concurrency=3
+        )
+        async with polling(poller):
+            await until(lambda: poller.stats.polls >= 300)
+        assert poller.max_in_flight == 3
+        assert poller.stats.failures == 0
