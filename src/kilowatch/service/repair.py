@@ -22,9 +22,11 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from kilowatch.errors import KilowatchError
 from kilowatch.model.slots import SlotEnergy
@@ -40,6 +42,13 @@ HOURLY = "hourly"
 SCRIPT_CHANNELS = frozenset({"pm1:0", "switch:0", "em:0"})
 """Channels whose energy the script's hour measures when they are the device's only top-level
 channel (hourly_energy.js reads ``pm1:0``, ``switch:0`` or ``emdata:0``, the total of ``em:0``)."""
+
+NO_HISTORY_RECHECK_S = 86_400.0
+"""A device that said it keeps no history is asked again only after this (a firmware update
+may add it)."""
+BACKFILL_SLACK_S = 120
+"""Device history is asked only up to this long before now: the slot the device came back in
+must first get its last minutes from the ledger (kilowatch.fleet.history.backfill)."""
 
 HistoryBackfill = Callable[[Registration, int, int], Awaitable[int | None]]
 """``(registered device, start, end) -> slots repaired``, or ``None`` when the device keeps no
@@ -297,11 +306,49 @@ class Repairer:
                     )
                     return
                 self._backoffs.pop(reg.device, None)
-                done.slots_from_history += n or 0
+                if n is None:  # no EMData/EM1Data: do not ask every pass
+                    self._backoffs[reg.device] = _Backoff(until=now + NO_HISTORY_RECHECK_S)
+                    return
+                done.slots_from_history += n
 
         async with asyncio.TaskGroup() as tg:
             for reg in regs:
                 tg.create_task(one(reg))
 
 
-__all__ = ["HistoryBackfill", "RepairReport", "RepairStats", "Repairer", "repair_from_hours"]
+@asynccontextmanager
+async def fleet_backfill(
+    store: Store, *, data_dir: Path, slack_s: int = BACKFILL_SLACK_S
+) -> AsyncIterator[HistoryBackfill]:
+    """The :data:`HistoryBackfill` of ``kilowatch serve``: each registered device reached through
+    ``kilowatch.fleet.registry.open_rpc`` (on the LAN, its password from the secrets file in
+    ``data_dir``) and repaired by ``kilowatch.fleet.history.backfill`` up to ``slack_s`` before
+    now. One HTTP session for all, closed on exit."""
+    import aiohttp
+
+    from kilowatch.fleet.history import NO_HISTORY, backfill
+    from kilowatch.fleet.registry import open_rpc
+    from kilowatch.fleet.secrets import SecretBox
+
+    secrets = SecretBox.in_data_dir(data_dir)
+    async with aiohttp.ClientSession() as session:
+
+        async def one(reg: Registration, start: int, end: int) -> int | None:
+            end = min(end, int(time.time()) - slack_s)
+            if end <= start:
+                return 0
+            async with open_rpc(reg, secrets=secrets, session=session, mqtt=None) as rpc:
+                report = await backfill(store, rpc, reg.device, start=start, end=end)
+            return None if report.note == NO_HISTORY else report.replaced
+
+        yield one
+
+
+__all__ = [
+    "HistoryBackfill",
+    "RepairReport",
+    "RepairStats",
+    "Repairer",
+    "fleet_backfill",
+    "repair_from_hours",
+]
