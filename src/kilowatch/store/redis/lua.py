@@ -372,3 +372,179 @@ retry would apply again -- and the fence is still set; the reply is then that co
 (the retry that follows is a no-op). Out of memory, the first write fails and so does every later
 one (Redis refuses a script's writes only until its first one succeeds): nothing is applied.
 Long argument runs go to one command in chunks under Lua's ``unpack`` limit."""
+
+_SEED_FUNCTIONS = """
+local format = string.format
+local function int(x) return format('%.0f', x) end
+local function wh(mwh)
+  local sign = ''
+  if mwh < 0 then sign, mwh = '-', -mwh end
+  local frac = mwh % 1000
+  local text = sign .. format('%.0f', (mwh - frac) / 1000)
+  if frac == 0 then return text end
+  return (string.gsub(text .. format('.%03d', frac), '0+$', ''))
+end
+local function mwh(text)
+  local wh_value = tonumber(text)
+  if not wh_value then return '0' end
+  return format('%.0f', math.floor(wh_value * 1000 + 0.5))
+end
+local function seed_add(key, di, de)
+  if redis.call('HGET', key, 'kw') ~= '1' then return 0 end
+  if redis.call('HEXISTS', key, 'kwi') == 0 then
+    local old = redis.call('HMGET', key, 'hourly_energy_usage', 'hourly_ret_energy_usage')
+    redis.call('HSET', key, 'kwi', mwh(old[1]), 'kwe', mwh(old[2]))
+  end
+  local imp = redis.call('HINCRBY', key, 'kwi', int(di))
+  local exp = redis.call('HINCRBY', key, 'kwe', int(de))
+  redis.call('HSET', key, 'hourly_energy_usage', wh(imp), 'hourly_ret_energy_usage', wh(exp))
+  return 1
+end
+"""
+"""Lua shared by the replacement scripts: ``int`` (a number as exact integer text: Redis turns a
+Lua number into ``%.14g`` text), ``wh``/``mwh`` as in :data:`COMMIT_LUA`, and ``seed_add``: add
+mWh to one of *our* seed hour hashes (marker ``kw``; an external or missing one is left alone:
+its energy is not the channels')."""
+
+REPLACE_LUA = (
+    _SEED_FUNCTIONS
+    + """
+local zone, rep = ARGV[1], tonumber(ARGV[2])
+if rep > 0 then
+  local nonce = redis.call('HGET', KEYS[rep], '.nonce')
+  if nonce then
+    local out = {0, nonce}
+    local h = redis.call('HGETALL', KEYS[rep])
+    for i = 1, #h, 2 do
+      if h[i] ~= '.nonce' then out[#out + 1] = h[i]; out[#out + 1] = h[i + 1] end
+    end
+    return out
+  end
+end
+-- first every read: a key of the wrong type fails the script before anything is written
+local todo = {}
+for i = 5, #ARGV do
+  local a = {}
+  for word in string.gmatch(ARGV[i], '%S+') do a[#a + 1] = word end
+  local s, f = KEYS[tonumber(a[1])], a[2]
+  local got = redis.call('HMGET', s, f .. 'x', f, f .. 'e')
+  if got[1] then
+    a.di = tonumber(a[13]) - (tonumber(got[2]) or 0)
+    a.de = tonumber(a[14]) - (tonumber(got[3]) or 0)
+    todo[#todo + 1] = a
+  end
+end
+local hours, hour_list, lds, seeds, seed_list = {}, {}, {}, {}, {}
+for _, a in ipairs(todo) do
+  local s, f, h = KEYS[tonumber(a[1])], a[2], KEYS[tonumber(a[3])]
+  local hb, at = KEYS[tonumber(a[4])], a[5]
+  local d, dat, est, slot = KEYS[tonumber(a[6])], a[7], KEYS[tonumber(a[8])], tonumber(a[9])
+  local di, de = a.di, a.de
+  redis.call('HSET', s, f, a[13], f .. 'e', a[14])
+  redis.call('HDEL', s, f .. 'x')
+  redis.call('ZREM', est, a[9])
+  local i4 = 4 * tonumber(at)
+  redis.call('HINCRBY', h, at, int(di))
+  redis.call('HINCRBY', h, at .. 'e', int(de))
+  redis.call('BITFIELD', hb, 'INCRBY', 'i64', '#' .. i4, int(di),
+             'INCRBY', 'i64', '#' .. (i4 + 1), int(de))
+  redis.call('HINCRBY', d, dat, int(di))
+  redis.call('HINCRBY', d, dat .. 'e', int(de))
+  local hour = slot - slot % 3600
+  local hk = a[3] .. ' ' .. a[4] .. ' ' .. at .. ' ' .. a[8] .. ' ' .. int(hour)
+  if not hours[hk] then hours[hk] = true; hour_list[#hour_list + 1] = {h, hb, at, est, hour} end
+  local ld = a[10]
+  if not lds[ld] then lds[ld] = {} end
+  local day = lds[ld][a[11]]
+  if not day then day = {0, 0}; lds[ld][a[11]] = day end
+  day[1], day[2] = day[1] + di, day[2] + de
+  if a[12] ~= '0' then
+    local acc = seeds[a[12]]
+    if not acc then acc = {0, 0}; seeds[a[12]] = acc; seed_list[#seed_list + 1] = a[12] end
+    acc[1], acc[2] = acc[1] + di, acc[2] + de
+  end
+end
+-- an hour stays estimated while another of its slots is (the index keeps the ones retention cut)
+for _, x in ipairs(hour_list) do
+  if redis.call('ZCOUNT', x[4], int(x[5]), int(x[5] + 3599)) == 0 then
+    redis.call('HDEL', x[1], x[3] .. 'x')
+    redis.call('BITFIELD', x[2], 'SET', 'i64', '#' .. (4 * tonumber(x[3]) + 3), 0)
+  end
+end
+-- the local days as a commit keeps them (LD_ADD_LUA): another zone's, or none, is untrusted
+for ld, days in pairs(lds) do
+  local key = KEYS[tonumber(ld)]
+  local z = redis.call('HGET', key, 'z')
+  if zone == '' or (z and z ~= zone) then
+    redis.call('HSET', key, 'z', '!')
+  else
+    if not z then redis.call('HSET', key, 'z', zone) end
+    for name, sums in pairs(days) do
+      redis.call('HINCRBY', key, name, int(sums[1]))
+      redis.call('HINCRBY', key, name .. 'e', int(sums[2]))
+    end
+  end
+  redis.call('HINCRBY', key, 'v', 1)
+end
+if rep == 0 then
+  for _, name in ipairs(seed_list) do
+    local sums = seeds[name]
+    seed_add(KEYS[tonumber(name)], sums[1], sums[2])
+  end
+  return {#todo}
+end
+local out = {#todo, ARGV[3]}
+if #seed_list > 0 then
+  redis.call('HSET', KEYS[rep], '.nonce', ARGV[3])
+  for _, name in ipairs(seed_list) do
+    local sums = seeds[name]
+    local value = int(sums[1]) .. ' ' .. int(sums[2])
+    redis.call('HSET', KEYS[rep], name, value)
+    out[#out + 1] = name
+    out[#out + 1] = value
+  end
+  redis.call('EXPIRE', KEYS[rep], tonumber(ARGV[4]))
+end
+return out
+"""
+)
+"""Measured energy for the estimated slots of one group of channels (all of a device's on one
+server, with its seed hour hashes; one channel on a cluster), atomically: a slot's "is it
+estimated" is read in the same script that replaces it.
+
+``ARGV[1]`` the zone whose local days the process keeps (empty: none), ``ARGV[2]`` the index in
+``KEYS`` of the channel's replay record (0 on one server: the seed hashes are in ``KEYS`` and
+written here), ``ARGV[3]`` a fresh nonce, ``ARGV[4]`` the record's expiry (s), then one argument
+per slot: ``s f h hb at d dat est slot ld lday seed imp exp`` -- the ``KEYS`` indexes of its
+slot-day hash, hour hash, hour columns, day hash, estimated set and local-day hash, with its field
+in each (``f``, ``at``, ``dat``, ``lday``), its start, its seed (a ``KEYS`` index on one server,
+the hour on a cluster, ``0``: none) and its measured import and export mWh.
+
+A slot whose ``<f>x`` is set takes the amounts, loses the mark and leaves the estimated set; the
+hour, its columns, the day, the local day and the seed hour take the difference; the hour's mark
+goes when no slot of it is left in the estimated set. Returns ``{slots replaced}`` on one server.
+On a cluster the seed hours live in other hash slots: the differences are kept in the replay
+record (``.nonce`` and ``<hour> = "di de"``) and returned, ``{replaced, nonce, hour, "di de",
+...}``, for :data:`SEED_ADD_LUA` to apply; while the record exists the script only returns it
+(``replaced`` 0), so a retry after a lost reply finishes the seed hours and replaces nothing
+twice."""
+
+SEED_ADD_LUA = (
+    _SEED_FUNCTIONS
+    + """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+seed_add(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
+redis.call('SET', KEYS[2], 1, 'EX', tonumber(ARGV[3]))
+return 1
+"""
+)
+"""Add a replacement's difference (``ARGV[1]`` import, ``ARGV[2]`` export mWh) to a seed hour
+hash (``KEYS[1]``) once: ``KEYS[2]`` is a fence beside it (same hash slot) named by the replay's
+nonce, kept ``ARGV[3]`` seconds."""
+
+REPLAY_DONE_LUA = """
+if redis.call('HGET', KEYS[1], '.nonce') == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+"""Drop a channel's replay record (``KEYS[1]``) once its seed hours are done, if it is still the
+one of nonce ``ARGV[1]``."""

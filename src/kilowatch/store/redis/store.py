@@ -21,7 +21,7 @@ from redis import exceptions as redis_errors
 
 from kilowatch.errors import StoreError
 from kilowatch.model.messages import Event, LogLine, Reading
-from kilowatch.model.slots import ChannelKey
+from kilowatch.model.slots import ChannelKey, SlotEnergy
 from kilowatch.query.energy import EnergyQuery, EnergyRow
 from kilowatch.query.table import EnergyTable
 from kilowatch.store import registry
@@ -38,8 +38,10 @@ from kilowatch.store.redis.energy import EnergyReader
 from kilowatch.store.redis.localdays import LocalDays
 from kilowatch.store.redis.reads import RecordReader
 from kilowatch.store.redis.registry import Registry
+from kilowatch.store.redis.repair import Repairer
 from kilowatch.store.redis.seed import SEED_REFRESH_S, SEED_REFRESH_SPACING, SeedIndex
 from kilowatch.store.redis.writes import Writer
+from kilowatch.store.sqlite.repair import check_measured
 from kilowatch.store.url import RedisTarget, parse_redis
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,7 @@ class RedisStore:
         self._columns = HourColumns(self._conn)
         self._local = LocalDays(self._conn)
         self._writer = Writer(self._conn, self._seed, self._local)
+        self._repairer = Repairer(self._conn, self._local)
         self._energy = EnergyReader(self._conn, self._seed, self._columns, self._local)
         self._records = RecordReader(self._conn, self._seed)
         self._registry = Registry(self._conn)
@@ -210,6 +213,16 @@ class RedisStore:
 
     async def unregister(self, device: str) -> bool:
         return await self._registry.unregister(device)
+
+    async def replace_estimated(self, measured: Sequence[SlotEnergy]) -> int:
+        """Measured energy for estimated slots: one script per device on a server, per channel
+        on a cluster (see :mod:`.repair`)."""
+        return await self._repairer.replace(check_measured(measured))
+
+    async def estimated_slots(
+        self, *, start: int, end: int, device: str | None = None
+    ) -> list[tuple[str, str, int]]:
+        return await self._repairer.estimated_slots(start, end, device)
 
     async def drop_slots_before(self, before: int) -> int:
         """Retention: see :meth:`Writer.drop_slots_before`."""

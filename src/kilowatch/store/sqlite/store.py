@@ -20,7 +20,7 @@ from typing import Any, Self
 
 from kilowatch.errors import StoreError
 from kilowatch.model.messages import Event, LogLine, Reading
-from kilowatch.model.slots import ChannelKey
+from kilowatch.model.slots import ChannelKey, SlotEnergy
 from kilowatch.query.energy import EnergyQuery, EnergyRow
 from kilowatch.query.periods import LocalDays, Plan, plan
 from kilowatch.query.table import EnergyTable
@@ -32,6 +32,9 @@ from kilowatch.store.sqlite.commit import commit
 from kilowatch.store.sqlite.connection import path_of
 from kilowatch.store.sqlite.energy import energy_table
 from kilowatch.store.sqlite.readers import Readers
+from kilowatch.store.sqlite.repair import check_measured
+from kilowatch.store.sqlite.repair import estimated_slots as list_estimated
+from kilowatch.store.sqlite.repair import replace_estimated as replace_slots
 from kilowatch.store.sqlite.retention import DROP_CHANNELS_PER_JOB, drop_slots
 from kilowatch.store.sqlite.schema import migrate
 from kilowatch.store.sqlite.writer import Writer
@@ -151,6 +154,20 @@ class SqliteStore:
             job = functools.partial(drop_slots, channels=chunk, cut=cut)
             dropped += await self._writer.run(job)
         return dropped
+
+    async def replace_estimated(self, measured: Sequence[SlotEnergy]) -> int:
+        """Measured energy for estimated slots, in one transaction (see
+        :func:`.repair.replace_estimated`)."""
+        rows = check_measured(measured)  # UnstorableError before anything is queued
+        if not rows:
+            return 0
+        # the zone is read when the job runs in the writer, in order with zone changes
+        return await self._writer.run(lambda conn: replace_slots(conn, rows, self._days))
+
+    async def estimated_slots(
+        self, *, start: int, end: int, device: str | None = None
+    ) -> list[tuple[str, str, int]]:
+        return await self._readers.run(lambda conn: list_estimated(conn, start, end, device))
 
     async def local_days_zone(self) -> str | None:
         days = self._days
