@@ -202,6 +202,44 @@ class ShellyRpc:
         result = await self.call("Script.Eval", {"id": script_id, "code": code})
         return result.get("result") if isinstance(result, dict) else None
 
+    # --- EMData / EM1Data history (§13.5) ----------------------------------------------------
+
+    async def emdata_get_records(self, emdata_id: int, ts: int | None = None) -> dict[str, Any]:
+        """``EMData.GetRecords``: ``{"data_blocks": [{"ts", "period", "records"}, ...]}``, the
+        contiguous stored intervals (from ``ts`` when given)."""
+        return await self._history("EMData.GetRecords", emdata_id, ts, None)
+
+    async def emdata_get_data(
+        self, emdata_id: int, ts: int, end_ts: int | None = None
+    ) -> dict[str, Any]:
+        """``EMData.GetData`` with keys: ``{"keys", "data": [{"ts", "period", "values"}],
+        "next_record_ts"?}``, 60-second records from ``ts`` (up to ``end_ts``); one answer holds
+        as many rows as the device wants to send, the rest follows from ``next_record_ts``."""
+        return await self._history("EMData.GetData", emdata_id, ts, end_ts)
+
+    async def em1data_get_records(self, em1data_id: int, ts: int | None = None) -> dict[str, Any]:
+        """``EM1Data.GetRecords``: as :meth:`emdata_get_records`."""
+        return await self._history("EM1Data.GetRecords", em1data_id, ts, None)
+
+    async def em1data_get_data(
+        self, em1data_id: int, ts: int, end_ts: int | None = None
+    ) -> dict[str, Any]:
+        """``EM1Data.GetData``: as :meth:`emdata_get_data`, with EM1Data's 14 keys."""
+        return await self._history("EM1Data.GetData", em1data_id, ts, end_ts)
+
+    async def _history(
+        self, method: str, component_id: int, ts: int | None, end_ts: int | None
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {"id": component_id}
+        if ts is not None:
+            params["ts"] = ts
+        if end_ts is not None:
+            params["end_ts"] = end_ts
+        if method.endswith("GetData"):
+            params["add_keys"] = True  # the column names travel with the rows (§13.5)
+        result = await self.call(method, params)
+        return dict(result) if isinstance(result, dict) else {}
+
     # --- KVS (§15) --------------------------------------------------------------------------
 
     async def kvs_get(self, key: str) -> dict[str, Any]:
