@@ -71,7 +71,7 @@ async def test_the_script_stays_within_the_device_limits_through_a_long_outage(
     mosquitto: MosquittoServer,
 ) -> None:
     tight = ScriptLimits(
-        timers=1, calls=1, status_handlers=0, event_handlers=0, mqtt_subscriptions=0
+        timers=1, calls=1, status_handlers=1, event_handlers=0, mqtt_subscriptions=0
     )
     fleet = Fleet(
         devices=1,

@@ -71,6 +71,8 @@ class LabHost:
         self._queue: list[_Scheduled] = []
         self._seq = itertools.count()
         self._status_listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        self.hour_reports = True
+        """Report pm1:0's counters at every full hour, as a device's minute rollover does."""
         self._event_listeners: list[Callable[[dict[str, Any]], None]] = []
         self._conn_listeners: list[Callable[[bool], None]] = []
         self.runtimes: list[ScriptRuntime] = []
@@ -187,6 +189,20 @@ class LabHost:
         return float(self.statuses["pm1:0"]["aenergy"]["total"])
 
     def _integrate(self, until: float) -> None:
+        # Like a device, report the counters at every full hour (minute_ts = the hour): the
+        # metering script takes them as the hour's boundary.
+        while (boundary := (self.clock // HOUR + 1) * HOUR) <= until:
+            self._add_energy(boundary)
+            if self.hour_reports:
+                report = {
+                    "total": self.energy(),
+                    "by_minute": [0, 0, 0],
+                    "minute_ts": int(boundary),
+                }
+                self.change_status("pm1:0", {"aenergy": report})
+        self._add_energy(until)
+
+    def _add_energy(self, until: float) -> None:
         meter = self.statuses["pm1:0"]
         meter["aenergy"]["total"] = round(
             meter["aenergy"]["total"] + self.power_w * (until - self.clock) / HOUR, 6
@@ -828,3 +844,19 @@ async def test_hourly_script_resends_what_it_published_just_before_a_disconnect(
     got = hourly_messages(host)
     assert [m["timestamp"] for m in got] == [int(T0), int(T0 + HOUR), int(T0 + HOUR)]
     assert got[1] == got[2]
+
+
+async def test_hourly_script_without_the_hours_report_waits_then_reads_the_counters(
+    engine: ScriptEngine,
+) -> None:
+    host = LabHost(now=T0 - 1)
+    host.set_connected(True)
+    await start(engine, host, HOURLY)
+    await host.advance(1)  # T0: the partial first hour closes unreported
+    host.hour_reports = False  # a device that was busy at the next full hour: no report of it
+    await run_hours(host, [1000.0])
+    host.power_w = 0.0
+    await host.advance(1)
+    assert hourly_messages(host) == [], "waits for the meter's report of the full hour"
+    await host.advance(90)  # CFG.markWaitS: then the counters as they are now
+    assert [m["hourly_energy_usage"] for m in hourly_messages(host)] == pytest.approx([1000.0])

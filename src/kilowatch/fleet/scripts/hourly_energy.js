@@ -19,7 +19,8 @@ let CFG = {
   maxKeys: 10, // queue keys in KVS; 7 hours each at worst (35-character entries), so >= 70 hours
   maxHours: 96, // hours kept while MQTT is down; the oldest go first beyond this
   valueMax: 253, // KVS value length limit (shelly-api.md §15)
-  resendS: 120 // hours published this recently before a disconnect are published again
+  resendS: 120, // hours published this recently before a disconnect are published again
+  markWaitS: 90 // how long after a full hour to wait for the meter's report of it
 };
 
 let info = Shelly.getDeviceInfo();
@@ -30,6 +31,8 @@ let saved = []; // what each KVS queue key holds, to write only what changed
 let sent = []; // [entry, time] of recent publishes, re-sent if MQTT drops soon after
 let timer = null;
 let ready = false;
+let mark = null; // {h, e, r}: the counters pm1/switch reported as the hour h began
+let waiting = false; // the hour turned; waiting (at most markWaitS) for its mark
 
 // --- one RPC at a time, in order (KVS writes must not overtake each other) ------------------
 let jobs = [];
@@ -216,6 +219,23 @@ function close(m) {
   }
 }
 
+// pm1 and switch report their counters at every minute rollover, the full hour's with minute_ts
+// = that hour: the counters at the hour itself, however late the timer fires. Without such a
+// report (emdata, a device that was down at the hour) the counters when the timer fires count.
+function onStatus(ev) {
+  if (!source || source[0] === "emdata" || source[0] === "em1data") return;
+  if (ev.component !== source[0] + ":0" || !ev.delta || !ev.delta.aenergy) return;
+  let a = ev.delta.aenergy;
+  if (typeof a.minute_ts !== "number" || a.minute_ts % 3600 !== 0) return;
+  if (mark !== null && mark.h === a.minute_ts) return; // only the rollover's report
+  let ret = ev.delta.ret_aenergy ? ev.delta.ret_aenergy.total : meter().r;
+  mark = {h: a.minute_ts, e: a.total, r: ret};
+  if (waiting) {
+    Timer.clear(timer);
+    tick();
+  }
+}
+
 function arm() {
   let t = now();
   let ms = (hourOf(t) + 3600 - t) * 1000 + 1;
@@ -227,6 +247,16 @@ function tick() {
   let t = now();
   let h = hourOf(t);
   let m = meter();
+  let marked = mark !== null && mark.h === h;
+  let metered = source !== null && source[0] !== "emdata" && source[0] !== "em1data";
+  if (m && metered && base !== null && h > base.h && !marked && !waiting &&
+      t - h < CFG.markWaitS) {
+    waiting = true;
+    timer = Timer.set((h + CFG.markWaitS - t) * 1000, false, tick);
+    return;
+  }
+  waiting = false;
+  if (marked) m = {e: mark.e, r: mark.r};
   if (m && t > 1e9) {
     if (base === null || h < base.h) {
       base = {h: h, e: m.e, r: m.r, partial: true};
@@ -244,6 +274,8 @@ function tick() {
 
 function loaded() {
   ready = true;
+  meter(); // finds the source before the first report
+  Shelly.addStatusHandler(onStatus);
   MQTT.setConnectHandler(flush);
   MQTT.setDisconnectHandler(lost);
   tick();
