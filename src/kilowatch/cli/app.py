@@ -35,6 +35,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "devices",
     "broker",
     "fleet",
+    "backfill",
     "simulate",
     "demo",
 )
