@@ -4,14 +4,19 @@ whose slots a gap left estimated."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
-from kilowatch.errors import DeviceError
+from kilowatch.cli.app import app
+from kilowatch.cli.backfill import SETTLE_S, pick, time_range
+from kilowatch.errors import ConfigError, DeviceError, FleetError, KilowatchError
 from kilowatch.fleet.history import (
     NO_HISTORY,
     NOTHING_ESTIMATED,
@@ -27,14 +32,16 @@ from kilowatch.fleet.history import (
 from kilowatch.fleet.rpc.base import ShellyRpc
 from kilowatch.model.slots import SlotEnergy, slot_of
 from kilowatch.query.energy import EnergyQuery
-from kilowatch.store import Batch, Store, open_store
+from kilowatch.service.config import load_settings
+from kilowatch.store import Batch, Registration, Store, open_store
+from kilowatch.testing.servers import free_port
 from shellysim import Fleet
 from shellysim.clock import SimClock
 
 from .simrpc import lan_rpc
 
 H = 1_773_000_000 // 3600 * 3600
-"""A UTC full hour (2026-03-08 19:00): slots H, H+900, ..."""
+"""A UTC full hour (2026-03-08 20:00): slots H, H+900, ..."""
 EM1_KEYS = ["total_act_energy", "total_act_ret_energy", "max_act_power"]
 
 
@@ -385,3 +392,78 @@ async def test_a_device_without_history_is_told_not_failed(store: Store) -> None
             assert recording.sent == ["Shelly.GetStatus"]
     assert report == BackfillReport(dev.id, estimated=1, left=1, calls=1, note=NO_HISTORY)
     assert await store.estimated_slots(start=H, end=H + 900) == [(dev.id, "pm1:0", H)]
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def test_the_commands_range_defaults_to_a_week_and_never_reaches_now() -> None:
+    settings = load_settings({"tz": "Europe/Sofia"}, env={})
+    now = H + 3600.5
+    assert time_range(None, None, settings, now=now) == (
+        H + 3600 - SETTLE_S - 7 * 86400,
+        H + 3600 - SETTLE_S,
+    )
+    first, last = time_range("2026-03-01", "2099-01-01", settings, now=now)
+    assert (first, last) == (int(datetime(2026, 2, 28, 22, tzinfo=UTC).timestamp()), last)
+    assert last == H + 3600 - SETTLE_S
+    assert time_range("2026-03-08T10:00+00:00", "2026-03-08T11:00Z", settings, now=now) == (
+        H - 10 * 3600,
+        H - 9 * 3600,
+    )
+    with pytest.raises(ConfigError, match="empty range"):
+        time_range("2026-03-09", "2026-03-08", settings, now=now)
+
+
+def test_the_command_picks_registered_devices_by_id_glob() -> None:
+    regs = [Registration(d) for d in ("shellypro3em-aa", "shellyproem50-bb", "shellypmminig3-cc")]
+    assert [r.device for r in pick(regs, ["shellypro*", "SHELLYPRO3EM-AA"])] == [
+        "shellypro3em-aa",
+        "shellyproem50-bb",
+    ]
+    with pytest.raises(FleetError, match="no registered device"):
+        pick(regs, ["shellyplug*"])
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    """``kilowatch ARGS`` in this process: (exit code, stdout or the error's one line)."""
+    result = CliRunner().invoke(
+        app, list(args), env={"KILOWATCH_STORE": "", "KILOWATCH_CONFIG": ""}
+    )
+    if isinstance(result.exception, KilowatchError):
+        return 1, str(result.exception)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout
+
+
+def test_the_command_reports_each_device_and_fails_when_one_failed(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    closed = f"127.0.0.1:{free_port()}"  # nothing listens there: refused
+
+    async def prepare() -> None:
+        async with open_store(url) as store:
+            await store.register(
+                [Registration("shellypro3em-aa", address=closed, transport="lan"),
+                 Registration("shellyproem50-bb", address=closed, transport="lan")]
+            )  # fmt: skip
+            slot = SlotEnergy("shellypro3em-aa", "em:0", H, 100, 0, True)
+            await store.commit(Batch(slots=[slot]))
+
+    asyncio.run(prepare())
+    common = ["--from", "2026-03-08T00:00Z", "--to", "2026-03-09T00:00Z", "--store", url]
+    common += ["--data-dir", str(tmp_path)]
+    code, out = invoke("backfill", *common)
+    assert (code, out) == (1, "name the devices to backfill (ids, globs allowed) or pass --all")
+    code, out = invoke("backfill", "shellyplug*", *common)
+    assert code == 1 and "no registered device" in out
+    code, out = invoke("backfill", "--all", *common, "--format", "json")
+    assert code == 1
+    reports = {r["device"]: r for r in json.loads(out)["devices"]}
+    failed = reports["shellypro3em-aa"]
+    assert closed in failed["error"] and (failed["estimated"], failed["left"]) == (1, 1)
+    assert reports["shellyproem50-bb"]["note"] == NOTHING_ESTIMATED  # not contacted
+    code, out = invoke("backfill", "shellyproem50-bb", *common)
+    assert code == 0 and "shellyproem50-bb" in out and "nothing estimated" in out
+    code, out = invoke("backfill", "--all", *common[:-2], "--store", f"sqlite:///{tmp_path}/no.db")
+    assert code == 1 and "no store at" in out

@@ -16,7 +16,6 @@ from kilowatch.fleet.history.backfill import (
     backfill,
     backfill_fleet,
     fetch_records,
-    history_backfill,
 )
 from kilowatch.fleet.history.records import (
     HISTORY_TYPES,
@@ -39,7 +38,6 @@ __all__ = [
     "backfill",
     "backfill_fleet",
     "fetch_records",
-    "history_backfill",
     "history_channels",
     "history_components",
     "merged_ranges",

@@ -6,8 +6,6 @@ they measured to the store for the slots a gap left estimated (docs/backfill.md)
 * :func:`backfill`: one device: the store's estimated slots → the records they need → the store.
 * :func:`backfill_fleet`: many registered devices, a bounded number at a time; a failure stays
   with its device.
-* :func:`history_backfill`: the same for one registered device, shaped as
-  ``kilowatch.service.repair.HistoryBackfill``.
 """
 
 from __future__ import annotations
@@ -166,7 +164,10 @@ async def _backfill(
     start: int,
     end: int,
     components: Sequence[str] | None,
+    keep_errors: bool = False,
 ) -> BackfillReport:
+    """:func:`backfill` with the device opened only when needed; ``keep_errors``: a device's
+    failure becomes the report's ``error`` instead of an exception."""
     first = -(-start // SLOT_SECONDS) * SLOT_SECONDS
     last = slot_of(end)
     estimated = (
@@ -177,23 +178,31 @@ async def _backfill(
     wanted = {(channel, slot) for _, channel, slot in estimated}
     calls = 0
     measured: list[SlotEnergy] = []
-    async with opener() as rpc:
-        if components is None:
-            components = history_components(await rpc.get_status())
-            calls += 1
-        if not components:
-            return BackfillReport(
-                device, estimated=len(wanted), left=len(wanted), calls=calls, note=NO_HISTORY
-            )
-        for component in components:
-            channels = history_channels(component)
-            kind, _, cid = component.partition(":")
-            slots = sorted({slot for channel, slot in wanted if channel in channels})
-            for lo, hi in merged_ranges(slots):
-                answers = await fetch_records(rpc, kind, int(cid), start=lo, end=hi)
-                calls += len(answers)
-                rows = slot_energy_from_records(device, component, answers, start=lo, end=hi)
-                measured += [r for r in rows if (r.channel, r.slot) in wanted]
+    try:
+        async with opener() as rpc:
+            if components is None:
+                components = history_components(await rpc.get_status())
+                calls += 1
+            if not components:
+                return BackfillReport(
+                    device, estimated=len(wanted), left=len(wanted), calls=calls, note=NO_HISTORY
+                )
+            for component in components:
+                channels = history_channels(component)
+                kind, _, cid = component.partition(":")
+                slots = sorted({slot for channel, slot in wanted if channel in channels})
+                for lo, hi in merged_ranges(slots):
+                    answers = await fetch_records(rpc, kind, int(cid), start=lo, end=hi)
+                    calls += len(answers)
+                    rows = slot_energy_from_records(device, component, answers, start=lo, end=hi)
+                    measured += [r for r in rows if (r.channel, r.slot) in wanted]
+    except (DeviceError, FleetError) as err:
+        if not keep_errors:
+            raise
+        # nothing was written: every estimated slot is still estimated
+        return BackfillReport(
+            device, estimated=len(wanted), left=len(wanted), calls=calls, error=str(err)
+        )
     replaced = await store.replace_estimated(measured) if measured else 0
     return BackfillReport(
         device,
@@ -230,17 +239,15 @@ async def backfill_fleet(
 
     async def one(reg: Registration) -> BackfillReport:
         async with gate:
-            try:
-                report = await _backfill(
-                    store,
-                    lambda: open_device(reg),
-                    reg.device,
-                    start=start,
-                    end=end,
-                    components=None,
-                )
-            except (DeviceError, FleetError) as err:
-                report = BackfillReport(reg.device, error=str(err))
+            report = await _backfill(
+                store,
+                lambda: open_device(reg),
+                reg.device,
+                start=start,
+                end=end,
+                components=None,
+                keep_errors=True,
+            )
         if done is not None:
             told = done(report)
             if told is not None:
@@ -252,23 +259,6 @@ async def backfill_fleet(
     return [t.result() for t in tasks]
 
 
-def history_backfill(
-    store: Store,
-    open_device: Callable[[Registration], AbstractAsyncContextManager[ShellyRpc]],
-) -> Callable[[Registration, int, int], Awaitable[int | None]]:
-    """:func:`backfill` as ``kilowatch.service.repair.HistoryBackfill``: ``(registered device,
-    start, end)`` → slots replaced, ``None`` for a device without history. Errors propagate
-    (the caller backs off)."""
-
-    async def run(reg: Registration, start: int, end: int) -> int | None:
-        report = await _backfill(
-            store, lambda: open_device(reg), reg.device, start=start, end=end, components=None
-        )
-        return None if report.note == NO_HISTORY else report.replaced
-
-    return run
-
-
 __all__ = [
     "CONCURRENCY",
     "NOTHING_ESTIMATED",
@@ -277,5 +267,4 @@ __all__ = [
     "backfill",
     "backfill_fleet",
     "fetch_records",
-    "history_backfill",
 ]
