@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+from kilowatch.ledger import Ledger
+from kilowatch.model.messages import Interval
 from kilowatch.model.slots import SlotEnergy
 from kilowatch.query.energy import EnergyQuery
 from kilowatch.service.repair import Repairer, repair_from_hours
@@ -70,10 +72,15 @@ async def test_script_hours_replace_estimates(tmp_path: Path) -> None:
         rows += [slot(tem, "em:0", H + i * Q, 30, 0, True) for i in range(4)]
         rows += [slot(tem, "em:0/a", H + i * Q, 10, 0, True) for i in range(4)]
         rows += hourly(tem, H, 222)
-        await store.commit(Batch(slots=rows))
+        # hour H+4: estimated; the script said 0 Wh, which leaves no slot, only ledger memory
+        rows += [slot(pm, "pm1:0", H + 4 * 3600 + i * Q, 25, 0, True) for i in range(4)]
+        ledger = Ledger({})
+        assert ledger.add_interval(Interval(pm, "hourly", H + 4 * 3600, H + 5 * 3600, 0.0)) == []
+        await store.commit(Batch(slots=rows, ledger_states=ledger.take_dirty_states()))
 
-        report = await repair_from_hours(store, start=H, end=H + 4 * 3600)
-        assert report.hours == 3 and report.slots == 3 + 4 + 4
+        report = await repair_from_hours(store, start=H, end=H + 5 * 3600)
+        assert report.hours == 4 and report.slots == 3 + 4 + 4 + 4
+        assert await hours_of(store, pm, H + 4 * 3600, H + 5 * 3600) == {H + 4 * 3600: (0, False)}
         assert report.inconsistent == 1
         assert report.skipped_devices == [em]
         got = await hours_of(store, pm, H, H + 4 * 3600)
@@ -90,7 +97,7 @@ async def test_script_hours_replace_estimates(tmp_path: Path) -> None:
         )  # fmt: skip
         assert [round(r.energy_wh * 1000) for r in quarters] == [100, 300, 300, 300]
         assert [round(r.returned_energy_wh * 1000) for r in quarters] == [0, 2, 2, 3]
-        again = await repair_from_hours(store, start=H, end=H + 4 * 3600)
+        again = await repair_from_hours(store, start=H, end=H + 5 * 3600)
         assert again.slots == 0 and again.hours == 0, "idempotent: nothing estimated is left"
 
 

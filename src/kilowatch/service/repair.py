@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from kilowatch.errors import KilowatchError
+from kilowatch.ledger.intervals import IntervalMemory
 from kilowatch.model.slots import SlotEnergy
 from kilowatch.query.energy import EnergyQuery, EnergyRow
 from kilowatch.store import Registration, Store
@@ -103,6 +104,7 @@ async def repair_from_hours(store: Store, *, start: int, end: int) -> RepairRepo
     by_device: dict[str, list[tuple[str, int]]] = defaultdict(list)
     for device, channel, slot in slots:
         by_device[device].append((channel, slot))
+    memory = _ScriptHours(store)
     for device, estimated in by_device.items():
         hours = sorted({slot - slot % HOUR_S for _, slot in estimated})
         rows = await store.energy(
@@ -121,10 +123,50 @@ async def repair_from_hours(store: Store, *, start: int, end: int) -> RepairRepo
             report.skipped_devices.append(device)
             continue
         (channel,) = tops
-        measured = _repair_device(device, channel, hours, estimated, rows, report)
+        script = _script_hours(rows)
+        if any(h not in script for h in hours):
+            # A script hour of 0 Wh leaves no slot; the ledger's memory of intervals has it.
+            for h, value in (await memory.of(device)).items():
+                script.setdefault(h, value)
+        measured = _repair_device(device, channel, hours, estimated, rows, script, report)
         if measured:
             report.slots += await store.replace_estimated(measured)
     return report
+
+
+class _ScriptHours:
+    """The script's hours as the ledger remembers them (``IntervalMemory`` of each device's
+    ``hourly`` channel: the last 7 days, zeros included), loaded once per repair when needed."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._states: dict[tuple[str, str], dict[str, object]] | None = None
+
+    async def of(self, device: str) -> dict[int, list[int]]:
+        if self._states is None:
+            self._states = dict(await self._store.load_ledger_states())
+        state = self._states.get((device, HOURLY)) or {}
+        data = state.get("intervals")
+        if not isinstance(data, dict):
+            return {}
+        seen = IntervalMemory.from_json(data).seen
+        return {
+            start: [imp, exp]
+            for start, (stop, imp, exp) in seen.items()
+            if stop - start == HOUR_S and start % HOUR_S == 0
+        }
+
+
+def _script_hours(rows: list[EnergyRow]) -> dict[int, list[int]]:
+    """``hour start -> [import mWh, export mWh]`` of the ``hourly`` rows."""
+    script: dict[int, list[int]] = {}
+    for row in rows:
+        if row.channel == HOURLY:
+            slot = _stamp(row)
+            acc = script.setdefault(slot - slot % HOUR_S, [0, 0])
+            acc[0] += _mwh(row.energy_wh)
+            acc[1] += _mwh(row.returned_energy_wh)
+    return script
 
 
 def _repair_device(
@@ -133,6 +175,7 @@ def _repair_device(
     hours: Iterable[int],
     estimated: list[tuple[str, int]],
     rows: list[EnergyRow],
+    script: dict[int, list[int]],
     report: RepairReport,
 ) -> list[SlotEnergy]:
     """The replacement values of one device's estimated slots on ``channel``."""
@@ -140,19 +183,13 @@ def _repair_device(
     for ch, slot in estimated:
         if ch == channel:
             est_by_hour[slot - slot % HOUR_S].append(slot)
-    script: dict[int, list[int]] = {}
     measured: dict[int, list[int]] = defaultdict(lambda: [0, 0])
     for row in rows:
-        slot = _stamp(row)
-        hour = slot - slot % HOUR_S
-        if row.channel == HOURLY:
-            acc = script.setdefault(hour, [0, 0])
-        elif row.channel == channel and not row.estimated:
-            acc = measured[hour]
-        else:
-            continue
-        acc[0] += _mwh(row.energy_wh)
-        acc[1] += _mwh(row.returned_energy_wh)
+        if row.channel == channel and not row.estimated:
+            slot = _stamp(row)
+            acc = measured[slot - slot % HOUR_S]
+            acc[0] += _mwh(row.energy_wh)
+            acc[1] += _mwh(row.returned_energy_wh)
     out: list[SlotEnergy] = []
     for hour in hours:
         targets = sorted(set(est_by_hour.get(hour, ())))
