@@ -860,3 +860,30 @@ async def test_hourly_script_without_the_hours_report_waits_then_reads_the_count
     assert hourly_messages(host) == [], "waits for the meter's report of the full hour"
     await host.advance(90)  # CFG.markWaitS: then the counters as they are now
     assert [m["hourly_energy_usage"] for m in hourly_messages(host)] == pytest.approx([1000.0])
+
+
+async def test_hourly_script_counter_reset_and_restart_during_an_outage(
+    engine: ScriptEngine,
+) -> None:
+    host = LabHost(now=T0 - 1)
+    host.set_connected(True)
+    rt = await start(engine, host, HOURLY)
+    host.power_w = 1000.0
+    await host.advance(1)  # T0: the partial first hour closes unreported
+    host.set_connected(False)
+    await host.advance(HOUR + HOUR / 2)  # hour 0 queued; half of hour 1
+    host.statuses["pm1:0"]["aenergy"]["total"] = 0.0  # a firmware update zeroed the counter
+    await rt.stop()  # ... and rebooted the device
+    host.runtimes.remove(rt)
+    await host.advance(HOUR / 4)
+    await start(engine, host, HOURLY)
+    await host.advance(HOUR / 4 + 2 * HOUR + 1)  # hours 1, 2 and 3 close, MQTT still down
+    assert hourly_messages(host) == []
+    host.set_connected(True)
+    await host.settle()
+    got = hourly_messages(host)
+    assert [m["timestamp"] for m in got] == [int(T0 + i * HOUR) for i in range(4)]
+    # hour 1 counts what flowed after the reset only; nothing twice
+    assert [m["hourly_energy_usage"] for m in got] == pytest.approx(
+        [1000.0, 500.0, 1000.0, 1000.0], abs=0.002
+    )
