@@ -1,10 +1,13 @@
-"""repair_from_hours and the Repairer on a real SQLite store: the script's hours replace the
-estimated slots of their hour; what cannot be attributed or does not add up is left alone."""
+"""repair_from_hours (real SQLite and Redis stores) and the Repairer (SQLite): the script's hours
+replace the estimated slots of their hour; what cannot be attributed or does not add up is left
+alone."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+
+import pytest
 
 from kilowatch.ledger import Ledger
 from kilowatch.model.messages import Interval
@@ -49,8 +52,16 @@ async def hours_of(
     return {int(r.start.timestamp()): (round(r.energy_wh * 1000), r.estimated) for r in rows}
 
 
-async def test_script_hours_replace_estimates(tmp_path: Path) -> None:
-    async with open_store(f"sqlite:///{tmp_path}/k.db") as store:
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/k.db"
+    url: str = request.getfixturevalue("redis_url")
+    return url
+
+
+async def test_script_hours_replace_estimates(store_url: str) -> None:
+    async with open_store(store_url) as store:
         pm = "shellypmminig3-000000000001"
         em = "shellyproem50-000000000002"
         tem = "shellypro3em-000000000003"
