@@ -10,9 +10,10 @@ is not applied twice.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -280,3 +281,50 @@ async def test_a_lost_reply_then_a_retry_stores_once(node_ports: list[int], time
             assert await store.energy(q) == await twin.energy(q), q
         assert await seed_hours(store) == await seed_hours(twin)
         assert await store.replace_estimated(measured()) == 0
+
+
+async def test_commits_racing_a_replacement_leave_every_rollup_consistent(store: Store) -> None:
+    """Commits adding to the estimated slots while they are replaced: each lands wholly before
+    (overwritten with the rest of the estimate) or after (added to the measured value), and
+    15-minute, hour, day and local-day answers agree."""
+    await store.use_local_zone(ZONE, wait=True)
+    t0 = ts("2026-06-01T00:00")
+    chans = [(DEV, "switch:0"), (PRO, "em:0")]
+    await store.commit(
+        Batch(
+            slots=[
+                SlotEnergy(d, c, t0 + 900 * i, 1_000, 0, True) for d, c in chans for i in range(96)
+            ]
+        )
+    )
+    deltas = [
+        Batch(slots=[SlotEnergy(d, c, t0 + 900 * i, 1, 0) for d, c in chans for i in range(96)])
+        for _ in range(20)
+    ]
+    repl = [SlotEnergy(d, c, t0 + 900 * i, 500, 0) for d, c in chans for i in range(96)]
+
+    async def commits() -> None:
+        for b in deltas:
+            await store.commit(b)
+
+    _, taken = await asyncio.gather(commits(), store.replace_estimated(repl))
+    assert taken == 2 * 96
+    day = (date(2026, 6, 1), date(2026, 6, 2))
+    sums: dict[tuple[str, str], dict[str | None, int]] = {}
+    wide = day[1] + timedelta(days=1)  # local days of ZONE holding all of the UTC day
+    shapes = [("15min", "UTC", day[1]), ("hour", "UTC", day[1]), ("day", "UTC", day[1])]
+    shapes += [("hour", ZONE, wide), ("day", ZONE, wide), ("month", ZONE, wide)]
+    for by, tz, end in shapes:
+        query = EnergyQuery(by=by, tz=tz, start=day[0], end=end, group="device")  # type: ignore[arg-type]
+        rows = await store.energy(query)
+        assert not any(r.estimated for r in rows)
+        per: dict[str | None, int] = {}
+        for r in rows:
+            per[r.device] = per.get(r.device, 0) + round(r.energy_wh * 1000)
+        sums[(by, tz)] = per
+    assert len(set(map(str, sums.values()))) == 1, sums
+    slots15 = await store.energy(
+        EnergyQuery(by="15min", tz="UTC", start=day[0], end=day[1])  # type: ignore[arg-type]
+    )
+    for r in slots15:  # the measured 500 plus the deltas committed after the replacement
+        assert 500 <= round(r.energy_wh * 1000) <= 520
