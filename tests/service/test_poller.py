@@ -23,7 +23,8 @@ from kilowatch.ledger import Ledger
 from kilowatch.service.poller import PolledSource, Poller
 from kilowatch.store import Store, open_store
 from kilowatch.store.protocol import Registration
-from shellysim import Fleet
+from shellysim import Fleet, SimClock, Truth
+from shellysim.gen1http import Gen1HttpPlug
 
 SPEED = 60.0
 
@@ -176,3 +177,27 @@ async def test_concurrency_is_bounded_across_devices(tmp_path: Path) -> None:
             await until(lambda: poller.stats.polls >= 300)
         assert poller.max_in_flight == 3
         assert poller.stats.failures == 0
+
+
+async def test_a_gen1_device_is_polled_by_address(tmp_path: Path) -> None:
+    clock = SimClock(speed=SPEED)
+    truth = Truth()
+    async with (
+        Gen1HttpPlug(host="127.0.80.60", clock=clock, truth=truth, seed=3) as plug,
+        rig(tmp_path, "127.0.80.61", 1, ["pm1"]) as r,
+    ):
+        poller = Poller(r.source.put, gen1_hosts=[plug.address], interval_s=0.05)
+        async with polling(poller):
+            await until(lambda: poller.stats.polls >= 20)
+            # known by its address until /settings named it: that key stays
+            assert poller.targets == [plug.address]
+        await r.drain()
+        assert poller.stats.failures == 0 and not r.pipeline.stats.dead_letters
+        [latest] = [x for x in await r.store.latest() if x.device == plug.id]
+        assert latest.channel == "relay/0"
+        assert abs(latest.ts - clock.now()) < 3 * SPEED  # its unixtime, not the receipt
+        [device] = [d for d in await r.store.devices() if d.device == plug.id]
+        assert device.gen == 1 and device.source == "shelly-http" and device.mac == plug.mac
+        assert latest.energy_wh == pytest.approx(
+            truth.total(plug.id, "relay/0", 0, 2e9)[0], abs=0.1
+        )
