@@ -235,7 +235,9 @@ async def test_backfill_from_emdata_and_em1data_matches_the_truth(
         assert abs(exported - sum(s[1] for s in slots) * 1000) <= bound, (device, channel, hour)
     assert len(hours_after) == 5 * 6
     hour_off = _hour_errors(truth, ids, hours_before, hours_after)
-    print(f"worst slot error, mWh: {worst}; gap hours before -> after: {hour_off}")
+    calls = {d: (r["estimated"], r["calls"]) for d, r in by_device.items()}
+    print(f"worst slot error, mWh: {worst}; gap hours before -> after: {hour_off}; "
+          f"(estimated slots, calls) per device: {calls}")  # fmt: skip
     assert hour_off["after"] < hour_off["before"]
 
     # a second backfill finds nothing estimated: no call, no write
