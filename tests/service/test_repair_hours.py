@@ -4,13 +4,15 @@ alone."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from kilowatch.intake.live import LiveHub
 from kilowatch.ledger import Ledger
-from kilowatch.model.messages import Interval
+from kilowatch.model.messages import Interval, Reading
 from kilowatch.model.slots import SlotEnergy
 from kilowatch.query.energy import EnergyQuery
 from kilowatch.service.repair import Repairer, repair_from_hours
@@ -138,3 +140,24 @@ async def test_repairer_backfills_registered_devices_and_backs_off(tmp_path: Pat
         await repairer.repair_once()
         assert calls == [bad]
         assert repairer.stats.passes == 3 and repairer.stats.backfill_failures == 2
+
+
+async def test_a_device_coming_back_wakes_the_repairer(tmp_path: Path) -> None:
+    async with open_store(f"sqlite:///{tmp_path}/k.db") as store:
+        hub = LiveHub()
+        repairer = Repairer(store, interval_s=100.0)
+        async with asyncio.TaskGroup() as tg:
+            runner = tg.create_task(repairer.run())
+            watcher = tg.create_task(repairer.watch(hub, gap_s=900, delay_s=0.05))
+            await asyncio.sleep(0.1)
+            assert repairer.stats.passes == 1  # the first pass, at start
+            dev = "shellypmminig3-000000000001"
+            hub.publish([Reading(dev, "pm1:0", H), Reading(dev, "pm1:0", H + 60)])
+            await asyncio.sleep(0.3)
+            assert repairer.stats.passes == 1, "no gap: no extra pass"
+            hub.publish([Reading(dev, "pm1:0", H + 60 + 7200)])  # back after two hours
+            async with asyncio.timeout(5):
+                while repairer.stats.passes < 2:
+                    await asyncio.sleep(0.02)
+            runner.cancel()
+            watcher.cancel()

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from kilowatch.errors import KilowatchError
+from kilowatch.intake.live import LiveHub
 from kilowatch.ledger.intervals import IntervalMemory
 from kilowatch.model.slots import SlotEnergy
 from kilowatch.query.energy import EnergyQuery, EnergyRow
@@ -50,6 +51,9 @@ may add it)."""
 BACKFILL_SLACK_S = 120
 """Device history is asked only up to this long before now: the slot the device came back in
 must first get its last minutes from the ledger (kilowatch.fleet.history.backfill)."""
+
+BACK_GAP_S = 900.0
+"""A device whose readings resume after more than this (its own clock) came back from a gap."""
 
 HistoryBackfill = Callable[[Registration, int, int], Awaitable[int | None]]
 """``(registered device, start, end) -> slots repaired``, or ``None`` when the device keeps no
@@ -264,6 +268,24 @@ class Repairer:
     def wake(self) -> None:
         """Repair soon (a device came back online: its hours and history are arriving)."""
         self._wake.set()
+
+    async def watch(self, hub: LiveHub, *, gap_s: float = BACK_GAP_S, delay_s: float = 5.0) -> None:
+        """Call :meth:`wake` ``delay_s`` after a device comes back: a reading stamped more than
+        ``gap_s`` after that device's previous one (a gap the ledger spread and marked
+        estimated). The delay lets the hours the script kept arrive first. Until cancelled."""
+        last: dict[str, float] = {}
+        loop = asyncio.get_running_loop()
+        async with hub.subscribe() as queue:
+            while True:
+                back = False
+                for reading in await queue.get():
+                    prev = last.get(reading.device)
+                    if prev is not None and reading.ts - prev > gap_s:
+                        back = True
+                    if prev is None or reading.ts > prev:
+                        last[reading.device] = reading.ts
+                if back:
+                    loop.call_later(delay_s, self.wake)
 
     async def run(self) -> None:
         """Repair every ``interval_s`` (or on :meth:`wake`) until cancelled; a store error is

@@ -397,6 +397,8 @@ async def serve(
             retention = tg.create_task(run_retention(store), name="retention")
             running.repair = repairer.stats
             repairing = tg.create_task(repairer.run(), name="repair")
+            # a device whose readings resume after a gap: repair soon, not at the next interval
+            watching = tg.create_task(repairer.watch(hub), name="repair-watch")
             if settings.homeassistant:  # MQTT discovery for Home Assistant: docs/homeassistant.md
                 from kilowatch.service.homeassistant import publish_to_homeassistant
 
@@ -422,6 +424,7 @@ async def serve(
             stats.cancel()
             retention.cancel()
             repairing.cancel()
+            watching.cancel()
         _log_totals(pipeline.stats, poll=running.poll)
     if abandoned:
         raise StoreError(
