@@ -20,9 +20,12 @@ from kilowatch.decode.registry import default_registry
 from kilowatch.errors import FleetError
 from kilowatch.intake.pipeline import Pipeline
 from kilowatch.ledger import Ledger
+from kilowatch.service.config import load_settings
 from kilowatch.service.poller import PolledSource, Poller
+from kilowatch.service.server import Running, ingest_metrics, serve
 from kilowatch.store import Store, open_store
 from kilowatch.store.protocol import Registration
+from kilowatch.testing.servers import free_port
 from shellysim import Fleet, SimClock, Truth
 from shellysim.gen1http import Gen1HttpPlug
 
@@ -201,3 +204,51 @@ async def test_a_gen1_device_is_polled_by_address(tmp_path: Path) -> None:
         assert latest.energy_wh == pytest.approx(
             truth.total(plug.id, "relay/0", 0, 2e9)[0], abs=0.1
         )
+
+
+async def test_serve_takes_mqtt_and_polled_devices_into_one_pipeline(tmp_path: Path) -> None:
+    """``kilowatch serve`` with ``poll``: a device publishing over MQTT and a polled one, side by
+    side in one pipeline (PolledSource), both in the store; the poll counters in ``/metrics``."""
+    port = free_port()
+    store_url = f"sqlite:///{tmp_path / 'k.db'}"
+    settings = load_settings(
+        {
+            "broker": "embedded", "store": store_url, "mqtt_port": port, "tz": "UTC",
+            "mqtt_client_id": "kw-poll-serve", "data_dir": str(tmp_path / "data"),
+            "poll": "id=shelly*;model=nothing", "poll_interval_s": 0.1,
+        },
+        env={},
+    )  # fmt: skip
+    async with (
+        Fleet(devices=1, broker=f"mqtt://127.0.0.1:{port}", speed=SPEED) as publishing,
+        Fleet(
+            devices=1, http_hosts="127.0.80.70", unprovisioned=True, speed=SPEED, seed=7
+        ) as polled,
+    ):
+        [quiet] = polled.devices
+        async with open_store(store_url) as store:
+            await store.register(
+                [Registration(device=quiet.id, address=polled.address(quiet), transport="lan")]
+            )
+        stop = asyncio.Event()
+        ready: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
+        async with asyncio.TaskGroup() as tg:
+            served = tg.create_task(serve(settings, stop, on_ready=ready.set_result))
+            running = await ready
+            loud = publishing.devices[0]
+
+            async def sources() -> dict[str, str | None]:
+                return {d.device: d.source for d in await running.store.devices()}
+
+            async with asyncio.timeout(20):
+                while (await sources()).keys() < {loud.id, quiet.id}:
+                    await asyncio.sleep(0.1)
+            found = await sources()
+            assert found[loud.id] == "shelly" and found[quiet.id] == "shelly-http"
+            assert running.poll is not None and running.poll.polls > 0
+            assert running.poll.devices == 1  # the MQTT device is not registered: not polled
+            metrics = ingest_metrics(running.stats, running.poll)
+            assert metrics["polls"] > 0 and metrics["poll_failures"] == 0
+            stop.set()
+            stats = await served
+        assert not stats.dead_letters
