@@ -21,7 +21,7 @@ from pathlib import Path
 from kilowatch.fleet.scripts import read_script
 from kilowatch.query.energy import EnergyQuery
 from kilowatch.service.config import load_settings
-from kilowatch.service.server import Running, serve
+from kilowatch.service.server import Running, ingest_metrics, serve
 from kilowatch.store import Store, open_store
 from kilowatch.testing import MosquittoServer
 from shellysim import Fleet
@@ -152,6 +152,8 @@ async def test_every_hour_is_measured_after_outages_a_reboot_and_duplicates(
     worst = max(abs(stored.get(h, (0, 0, False))[0] - imp) for h, (imp, _) in truth.items())
     stats = running[0].repair
     assert stats is not None and stats.slots_from_hours >= 3 * 8, stats
+    metrics = ingest_metrics(running[0].stats, running[0].poll, stats)  # what /metrics shows
+    assert metrics["repaired_slots_from_hours"] == stats.slots_from_hours
     print(
         f"\n24 h simulated in {simulated:.1f} s; repaired {stats.slots_from_hours} slots "
         f"in {stats.passes} passes, {stats.inconsistent_hours} inconsistent hour(s); "

@@ -310,10 +310,14 @@ async def _start_embedded(stack: AsyncExitStack, settings: Settings, store: Stor
     return _Broker(EMBEDDED, mqtt_options(settings, embedded_port=broker.port))
 
 
-def ingest_metrics(stats: IngestStats, poll: PollStats | None = None) -> dict[str, float]:
+def ingest_metrics(
+    stats: IngestStats, poll: PollStats | None = None, repair: RepairStats | None = None
+) -> dict[str, float]:
     """Ingest counters for the web app's ``/metrics`` (commit failures by kind, and the gauges,
     come with :attr:`Running.health`); with ``poll``, the poller's (``polls``,
-    ``poll_failures``)."""
+    ``poll_failures``); with ``repair``, the repair service's (``repaired_slots_from_hours``,
+    ``repaired_slots_from_history``, ``repair_inconsistent_hours``,
+    ``repair_backfill_failures``)."""
     out: dict[str, float] = {
         "received": stats.received,
         "committed": stats.committed,
@@ -323,6 +327,11 @@ def ingest_metrics(stats: IngestStats, poll: PollStats | None = None) -> dict[st
     if poll is not None:
         out["polls"] = poll.polls
         out["poll_failures"] = poll.failures
+    if repair is not None:
+        out["repaired_slots_from_hours"] = repair.slots_from_hours
+        out["repaired_slots_from_history"] = repair.slots_from_history
+        out["repair_inconsistent_hours"] = repair.inconsistent_hours
+        out["repair_backfill_failures"] = repair.backfill_failures
     return out
 
 

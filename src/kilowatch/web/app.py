@@ -269,7 +269,7 @@ async def start_web(tg: asyncio.TaskGroup, running: Running, stop: asyncio.Event
         running.store,
         live=running.hub,
         site_tz=settings.tz,
-        ingest_stats=lambda: ingest_metrics(stats, running.poll),
+        ingest_stats=lambda: ingest_metrics(stats, running.poll, running.repair),
         ingest_health=running.health,
     )
     web = tg.create_task(
@@ -284,7 +284,6 @@ async def start_web(tg: asyncio.TaskGroup, running: Running, stop: asyncio.Event
     port: int = sock.getsockname()[1]
     log.info("web app listening url=http://%s:%d", settings.http_host, port)
     return port
-
 
 
 __all__ = ["bind", "create_app", "serve_web", "start_web"]
