@@ -18,6 +18,8 @@ import pytest
 
 from kilowatch.decode.registry import default_registry
 from kilowatch.errors import FleetError
+from kilowatch.fleet.rpc import connect_lan, lan_session
+from kilowatch.fleet.secrets import DeviceSecrets, SecretBox
 from kilowatch.intake.pipeline import Pipeline
 from kilowatch.ledger import Ledger
 from kilowatch.service.config import load_settings
@@ -26,7 +28,7 @@ from kilowatch.service.server import Running, ingest_metrics, serve
 from kilowatch.store import Store, open_store
 from kilowatch.store.protocol import Registration
 from kilowatch.testing.servers import free_port
-from shellysim import Fleet, SimClock, Truth
+from shellysim import Fleet, SimClock, Truth, ha1_for
 from shellysim.gen1http import Gen1HttpPlug
 
 SPEED = 60.0
@@ -252,3 +254,25 @@ async def test_serve_takes_mqtt_and_polled_devices_into_one_pipeline(tmp_path: P
             stop.set()
             stats = await served
         assert not stats.dead_letters
+
+
+async def test_a_device_with_a_password_is_polled_with_the_one_in_the_secrets_file(
+    tmp_path: Path,
+) -> None:
+    async with rig(tmp_path, "127.0.80.71", 1, ["pm1"]) as r:
+        [dev] = r.fleet.devices
+        async with lan_session() as session:
+            rpc = await connect_lan(r.fleet.address(dev), session=session)
+            async with rpc:
+                await rpc.set_auth(dev.id, ha1_for(dev.id, "s3cret-pass"))
+        box = SecretBox(tmp_path / "fleet" / "secrets.json")
+        box.put(dev.id, DeviceSecrets(device_password="wrong"))
+        await r.store.register([Registration(device=dev.id, credentials=dev.id)])
+        poller = Poller(r.source.put, store=r.store, selection=["*"], interval_s=0.05, secrets=box)
+        async with polling(poller):
+            await until(lambda: poller.stats.failures >= 1)
+            assert poller.stats.polls == 0
+            # the right password, written while it runs, is read again after a refusal
+            box.put(dev.id, DeviceSecrets(device_password="s3cret-pass"))
+            await until(lambda: poller.stats.polls >= 5)
+        assert poller.stats.in_backoff == 0

@@ -42,7 +42,7 @@ import aiohttp
 import orjson
 
 from kilowatch.decode.shelly_http import GEN1_STATUS, GEN2_STATUS, topic_for
-from kilowatch.errors import DeviceError, FleetError, KilowatchError
+from kilowatch.errors import DeviceError, FleetError, InvalidAuthError, KilowatchError
 from kilowatch.fleet.registry import open_rpc, select
 from kilowatch.fleet.rpc import ShellyRpc, lan_session
 from kilowatch.fleet.rpc.lan import split_address
@@ -82,7 +82,8 @@ class PollStats:
     devices: int = 0
     """Devices polled now."""
     backing_off: set[str] = field(default_factory=set)
-    """Devices that did not answer their last poll (asked again after a backoff)."""
+    """Devices that did not answer their last poll (asked again after a backoff), by the key
+    :attr:`Poller.targets` lists."""
 
     @property
     def in_backoff(self) -> int:
@@ -290,7 +291,7 @@ class Poller:
         for key in [k for k in self._targets if k not in wanted]:
             self._tasks.pop(key).cancel()
             target = self._targets.pop(key)
-            self.stats.backing_off.discard(target.device or key)
+            self.stats.backing_off.discard(key)
             await self._close(target)
             log.info("poll: stopped polling device=%s", key)
         for key, target in wanted.items():
@@ -345,7 +346,7 @@ class Poller:
                 target.failures,
             )
             target.failures = 0
-            self.stats.backing_off.discard(target.device or target.key)
+            self.stats.backing_off.discard(target.key)
 
     def _failed(self, target: _Target, error: Exception) -> float:
         """Count the failure; the delay until the next poll."""
@@ -359,7 +360,7 @@ class Poller:
                 target.address,
                 str(error),
             )
-            self.stats.backing_off.add(name)
+            self.stats.backing_off.add(target.key)
         ceiling = min(self.backoff_max_s, self.interval_s * 2.0 ** min(target.failures, 30))
         return self.rng.uniform(ceiling / 2, ceiling)
 
@@ -371,6 +372,10 @@ class Poller:
                     topic, payload = await self._poll_gen1(target)
                 else:
                     topic, payload = await self._poll_gen2(target)
+        except InvalidAuthError as err:
+            # the password may have changed in the secrets file: read it again next time
+            await self._close(target)
+            return err
         except (DeviceError, FleetError, aiohttp.ClientError, OSError, ValueError) as err:
             return err
         except TimeoutError:
