@@ -21,6 +21,8 @@
   queries in that zone over whole local days read one script per channel (or per 250 channels
   on one server) instead of UTC day rows corrected by hours. See
   :mod:`kilowatch.store.redis.localdays`.
+- ``P:kw:{D|C}:rep:<sha1>`` a cluster's replay record of a replacement of estimated slots
+  (:mod:`.repair`), until the seed hours took its differences.
 - ``P:kw:{D|C}:ledger`` the channel's ledger state (JSON). ``{D|C}`` is a hash tag: on a cluster one
   channel's energy, local days and ledger state live in one slot and are committed in one
   MULTI/EXEC.
