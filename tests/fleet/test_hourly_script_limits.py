@@ -5,7 +5,7 @@ The simulated device runs the real script in V8 with limits far tighter than a d
 timer, one call in flight, no handlers or subscriptions): past any of them the script would throw
 and stop. Its KVS is shared with another script's 39 keys of the longest value, so the metering
 script has 11 keys of the device's 50; every KVS state is sampled while the backlog grows over
-60 hours and drains.
+30 hours and drains.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from shellysim.scripting import ScriptEngine, ScriptLimits
 
 HOUR = 3600
 T0 = 1_720_717_200  # a full UTC hour
-OUTAGE_H = 60
+OUTAGE_H = 30
 CODE_MAX = 15_000
 KEY_MAX, VALUE_MAX, KEYS_MAX = 42, 253, 50
 OTHER_KEYS = KEYS_MAX - 11
@@ -80,8 +80,8 @@ async def test_the_script_stays_within_the_device_limits_through_a_long_outage(
         http=False,
         engine=ScriptEngine(limits=tight),
         script=read_script(),
-        speed=36_000,  # ten simulated hours per real second
-        start=T0 - 600,  # the first hour, T0 .. T0 + 1 h, is partial at this speed
+        speed=7_200,  # two simulated hours per real second: a loaded machine still sees each hour
+        start=T0 - 600,  # the script loads around T0: the first hour may be partial
         tick_s=0.05,
     )
     dev = fleet.devices[0]
@@ -108,7 +108,8 @@ async def test_the_script_stays_within_the_device_limits_through_a_long_outage(
             await fleet.wait_until(T0 + 2.5 * HOUR)
             dev.fault_outage(OUTAGE_H * HOUR)
             await fleet.wait_until(T0 + (OUTAGE_H + 4) * HOUR + 60)
-            async with asyncio.timeout(20):
+            # generous: the backlog drains at one call at a time, slower on a loaded machine
+            async with asyncio.timeout(90):
                 while len(set(collector.stamps())) < OUTAGE_H + 3:
                     await asyncio.sleep(0.05)
             slot = next(iter(dev.scripts.slots.values()))
@@ -118,7 +119,9 @@ async def test_the_script_stays_within_the_device_limits_through_a_long_outage(
         collector.close()
     stamps = collector.stamps()
     hours = [T0 + i * HOUR for i in range(1, OUTAGE_H + 4)]
-    firsts = list(dict.fromkeys(stamps))  # later hours may follow: the clock ran on
+    # later hours may follow (the clock ran on); the hour T0 is whole only when the script loaded
+    # before it began, which depends on how fast the machine is
+    firsts = [s for s in dict.fromkeys(stamps) if s >= hours[0]]
     assert firsts[: len(hours)] == hours, "every hour of the outage arrived, oldest first"
     assert peak["keys"] <= KEYS_MAX and peak["key_len"] <= KEY_MAX
     assert peak["value_len"] <= VALUE_MAX

@@ -275,7 +275,11 @@ function tick() {
 function loaded() {
   ready = true;
   meter(); // finds the source before the first report
-  Shelly.addStatusHandler(onStatus);
+  // Only pm1/switch report their counters at the full hour; a Pro 3EM's status changes many
+  // times a minute, and handling each costs the device's CPU for nothing.
+  if (!source || (source[0] !== "emdata" && source[0] !== "em1data")) {
+    Shelly.addStatusHandler(onStatus);
+  }
   MQTT.setConnectHandler(flush);
   MQTT.setDisconnectHandler(lost);
   tick();
