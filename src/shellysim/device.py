@@ -303,6 +303,13 @@ class Device:
         """Every meter of this device."""
         return [m for c in self.channels.values() for m in c.meters()]
 
+    def _get_status(self, params: r.Params) -> dict[str, Any]:
+        """``Shelly.GetStatus``: the counters as of now, as a device reads its meter when asked
+        (not as of the fleet's last tick: a poller stamping them with ``sys.unixtime`` would see
+        energy up to a tick late)."""
+        self.tick()
+        return self.status()
+
     def tick(self) -> None:
         """Integrate energy up to now and notify changes.
 
@@ -548,7 +555,7 @@ class Device:
                 "Script.SetConfig": self.scripts.set_config,
                 "Script.GetStatus": lambda p: self.scripts.slot(p).status(),
                 "Shelly.GetDeviceInfo": lambda p: self.device_info(),
-                "Shelly.GetStatus": lambda p: self.status(),
+                "Shelly.GetStatus": self._get_status,
                 "Shelly.GetConfig": lambda p: self.full_config(),
                 "Shelly.GetComponents": self._get_components,
                 "Shelly.ListMethods": lambda p: {"methods": self.method_names()},
