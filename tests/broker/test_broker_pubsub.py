@@ -46,11 +46,15 @@ def test_qos2_subscription_gets_the_publishers_qos(
     pub.publish("q2/a", b"exactly once", qos=2)
     pub.publish("q2/b", b"at least once", qos=1)
     pub.publish("q2/c", b"at most once", qos=0)
-    assert [(m.payload, m.qos) for m in sub.expect(3)] == [
-        (b"exactly once", 2),
-        (b"at least once", 1),
-        (b"at most once", 0),
-    ]
+    # each message at the QoS it was published with; their order across QoS levels is not the
+    # point (a QoS 2 message is released after its PUBREL, so a QoS 1 one may overtake it)
+    assert sorted((m.payload, m.qos) for m in sub.expect(3)) == sorted(
+        [
+            (b"exactly once", 2),
+            (b"at least once", 1),
+            (b"at most once", 0),
+        ]
+    )
 
 
 def test_wildcards_and_dollar_topics(broker: BrokerThread, clients: Callable[..., Client]) -> None:
