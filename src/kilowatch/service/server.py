@@ -389,9 +389,11 @@ async def serve(
             backfill=backfill,
             concurrency=settings.repair_concurrency,
         )
-        # Polled answers join the MQTT deliveries in one stream: the ledger has one owner.
-        source = PolledSource(intake)
-        poller = start_poller(settings, store, source)
+        # Polled answers join the MQTT deliveries in one stream: the ledger has one owner. Without
+        # polling the pipeline takes the intake's batches directly, as it always has.
+        polled = PolledSource(intake)
+        poller = start_poller(settings, store, polled)
+        source: DeliverySource = polled if poller is not None else intake
         running = Running(
             settings, store, hub, pipeline.stats, options.host, options.port, pipeline.health,
             broker=broker.kind, mosquitto=broker.mosquitto,
@@ -427,7 +429,7 @@ async def serve(
             if polling is not None:
                 polling.cancel()
             intake.stop_taking()
-            source.stop_taking()
+            polled.stop_taking()
             abandoned = await _drain(ingest, source, pipeline, settings, broker.kind)
             connector.cancel()
             stats.cancel()
