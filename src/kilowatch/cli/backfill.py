@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import ssl
 import time
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager, nullcontext
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import aiohttp
 import orjson
@@ -25,15 +24,15 @@ from rich.console import Console
 from rich.table import Table
 
 from kilowatch.cli.energy import parse_when
+from kilowatch.cli.fleet_profiles import broker_client
 from kilowatch.cli.stores import open_existing
 from kilowatch.errors import ConfigError, FleetError
 from kilowatch.fleet.history import CONCURRENCY, BackfillReport, backfill_fleet
 from kilowatch.fleet.registry import open_rpc
 from kilowatch.fleet.rpc.base import ShellyRpc
-from kilowatch.fleet.rpc.mqtt import MqttRpc
 from kilowatch.fleet.secrets import SecretBox
 from kilowatch.query.periods import zone
-from kilowatch.service.config import Settings, load_settings, parse_broker_url
+from kilowatch.service.config import Settings, load_settings
 from kilowatch.store.protocol import Registration
 
 HELP = (
@@ -93,22 +92,6 @@ def pick(registrations: Sequence[Registration], patterns: Sequence[str]) -> list
     return [r for r in registrations if r.device in picked]
 
 
-def _mqtt(url: str | None, settings: Settings) -> AbstractAsyncContextManager[Any]:
-    if url is None:
-        return nullcontext(None)
-    try:
-        address = parse_broker_url(url)
-    except ValueError as err:
-        raise ConfigError(f"bad --broker {url!r}: {err}") from None
-    tls = None
-    if address.tls:
-        ca = str(settings.mqtt_ca) if settings.mqtt_ca is not None else None
-        tls = ssl.create_default_context(cafile=ca)
-    return MqttRpc(
-        address.host, address.port, username=address.user, password=address.password, tls=tls
-    )
-
-
 async def run(
     settings: Settings,
     patterns: Sequence[str],
@@ -126,7 +109,7 @@ async def run(
         targets = list(registry) if everything else pick(registry, patterns)
         async with (
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session,
-            _mqtt(broker, settings) as mqtt,
+            broker_client(broker, settings) as mqtt,
         ):
 
             def opener(reg: Registration) -> AbstractAsyncContextManager[ShellyRpc]:

@@ -132,7 +132,9 @@ def prepare(
     return Job(profile, targets, settings, broker, concurrency)
 
 
-def _mqtt_client(url: str | None, settings: Settings) -> AbstractAsyncContextManager[Any]:
+def broker_client(url: str | None, settings: Settings) -> AbstractAsyncContextManager[Any]:
+    """The ``MqttRpc`` of ``--broker URL`` (TLS against the settings' ``mqtt_ca`` for
+    ``mqtts://``), or a context giving ``None`` without one."""
     if url is None:
         return nullcontext(None)
     try:
@@ -155,7 +157,7 @@ async def _devices(job: Job) -> AsyncIterator[Any]:
     connector = aiohttp.TCPConnector(limit=0)
     async with (
         aiohttp.ClientSession(connector=connector) as session,
-        _mqtt_client(job.broker, job.settings) as mqtt,
+        broker_client(job.broker, job.settings) as mqtt,
     ):
 
         def opener(reg: Registration) -> AbstractAsyncContextManager[ShellyRpc]:
@@ -392,4 +394,4 @@ def register(group: typer.Typer) -> None:
             raise typer.Exit(1)
 
 
-__all__ = ["BarProgress", "prepare", "register", "render_plan", "render_report"]
+__all__ = ["BarProgress", "broker_client", "prepare", "register", "render_plan", "render_report"]
