@@ -24,11 +24,11 @@ from kilowatch.model.slots import SLOT_SECONDS
 from kilowatch.query.grouping import HOURLY
 from kilowatch.query.periods import LocalDays as ZoneDays
 from kilowatch.store import records
+from kilowatch.store.measured import Measured
 from kilowatch.store.redis.connection import Connection, store_error
 from kilowatch.store.redis.keys import DAY, month_start, year_start
 from kilowatch.store.redis.localdays import LocalDays
 from kilowatch.store.redis.lua import REPLACE_LUA, REPLAY_DONE_LUA, SEED_ADD_LUA
-from kilowatch.store.sqlite.repair import Measured
 
 REPLAY_TTL_S = 7 * 86400
 """How long a cluster channel's replay record (and each seed hour's fence) is kept: a replacement

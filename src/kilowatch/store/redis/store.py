@@ -25,6 +25,7 @@ from kilowatch.model.slots import ChannelKey, SlotEnergy
 from kilowatch.query.energy import EnergyQuery, EnergyRow
 from kilowatch.query.table import EnergyTable
 from kilowatch.store import registry
+from kilowatch.store.measured import check_measured
 from kilowatch.store.protocol import Batch, DeadLetter, DeviceRecord, Registration
 from kilowatch.store.redis.columns import HourColumns
 from kilowatch.store.redis.connection import (
@@ -41,7 +42,6 @@ from kilowatch.store.redis.registry import Registry
 from kilowatch.store.redis.repair import Repairer
 from kilowatch.store.redis.seed import SEED_REFRESH_S, SEED_REFRESH_SPACING, SeedIndex
 from kilowatch.store.redis.writes import Writer
-from kilowatch.store.sqlite.repair import check_measured
 from kilowatch.store.url import RedisTarget, parse_redis
 
 log = logging.getLogger(__name__)

@@ -25,6 +25,7 @@ from kilowatch.query.energy import EnergyQuery, EnergyRow
 from kilowatch.query.periods import LocalDays, Plan, plan
 from kilowatch.query.table import EnergyTable
 from kilowatch.store import records, registry
+from kilowatch.store.measured import check_measured
 from kilowatch.store.protocol import Batch, DeadLetter, DeviceRecord, Registration
 from kilowatch.store.sqlite import devices, journal, local_days, meta
 from kilowatch.store.sqlite import registry as fleet
@@ -32,7 +33,6 @@ from kilowatch.store.sqlite.commit import commit
 from kilowatch.store.sqlite.connection import path_of
 from kilowatch.store.sqlite.energy import energy_table
 from kilowatch.store.sqlite.readers import Readers
-from kilowatch.store.sqlite.repair import check_measured
 from kilowatch.store.sqlite.repair import estimated_slots as list_estimated
 from kilowatch.store.sqlite.repair import replace_estimated as replace_slots
 from kilowatch.store.sqlite.retention import DROP_CHANNELS_PER_JOB, drop_slots
