@@ -38,6 +38,7 @@ LEVELS: dict[str, int] = {
     "kilowatch.intake": 4,
     "kilowatch.fleet": 5,
     "kilowatch.homeassistant": 5,
+    "kilowatch.alerts": 5,
     "kilowatch.service": 6,
     "kilowatch.web": 7,
     "kilowatch.testing": 8,

@@ -22,6 +22,7 @@ text, and their message says what happened, with the evidence, and what to do. T
     │   └── RpcCallError           the device answered with an error (``code``, ``message``)
     ├── FleetError             a fleet operation cannot start: a bad profile, bad TLS material,
     │                          a script the device cannot hold (``subject``)
+    ├── DeliveryError          an alert notification was not delivered (``channel``, ``retryable``)
     └── Problem                an HTTP answer of the web API that is not a success (RFC 9457)
 
 No other module of kilowatch defines an exception class (tests/test_architecture.py checks it).
@@ -154,6 +155,17 @@ class FleetError(KilowatchError):
         self.subject = subject
 
 
+class DeliveryError(KilowatchError):
+    """An alert notification was not delivered through a channel (webhook, e-mail, push).
+    ``retryable`` is false when trying again cannot help (a 4xx other than 408/429, a refused
+    recipient); the sender retries the others with backoff."""
+
+    def __init__(self, channel: str, message: str, *, retryable: bool = True) -> None:
+        super().__init__(f"{channel}: {message}")
+        self.channel = channel
+        self.retryable = retryable
+
+
 PROBLEM_TYPE_BASE = "https://kilowatch.dev/problems/"
 """Problem ``type`` URIs are identifiers (RFC 9457 §3.1.1), not fetched; docs/api.md lists them."""
 
@@ -208,6 +220,7 @@ __all__ = [
     "BrokerError",
     "ConfigError",
     "DecodeError",
+    "DeliveryError",
     "DeviceConnectionError",
     "DeviceError",
     "DeviceTimeoutError",

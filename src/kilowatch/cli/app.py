@@ -36,6 +36,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "broker",
     "fleet",
     "backfill",
+    "logs",
+    "alerts",
     "simulate",
     "demo",
 )

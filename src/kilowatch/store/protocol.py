@@ -109,6 +109,45 @@ class Registration:
 
 
 @dataclass(frozen=True, slots=True)
+class PowerMinute:
+    """A channel's mean active power over one UTC minute (the device page's 24-hour chart).
+
+    ``minute`` is a unix time that is a multiple of 60; ``power_w`` the mean of the readings with
+    a power value the pipeline saw in ``[minute, minute + 60)``; ``samples`` how many. It is a
+    *value*: writing the same minute again replaces it (safe to repeat), so a batch retried or
+    replayed after a restart never doubles anything. Kept as long as the retention setting keeps
+    slots (at most 48 hours are asked for)."""
+
+    device: str
+    channel: str
+    minute: int
+    power_w: float
+    samples: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One fleet action, for ``kilowatch fleet audit``, ``/api/v1/audit`` and the Audit page.
+
+    ``id`` names the entry: appending an entry whose id is stored already changes nothing (a
+    retry after an unknown outcome stores it once); an action that ends appends a second entry
+    with its own id (``result`` = the outcome) and ``detail["started"]`` = the first's id.
+    ``actor`` says who: ``cli:<os user>``, ``web:<user>``, ``api:<token name>``, ``service``.
+    ``action`` is a dotted slug: ``fleet.adopt``, ``fleet.apply``, ``firmware.update``,
+    ``credentials.rotate``, ``settings.change``, ``alerts.rules``, ``device.rename``...
+    ``result``: ``started``, ``ok``, ``failed``, ``partial``, ``halted``, ``refused``.
+    ``detail`` is JSON-able (no secrets: never a password)."""
+
+    id: str
+    ts: float
+    actor: str
+    action: str
+    devices: tuple[str, ...] = ()
+    result: str = "ok"
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A message that could not be decoded: kept (bounded) so a user can see what and why."""
 
@@ -140,6 +179,8 @@ class Batch:
     events: Sequence[Event] = ()
     logs: Sequence[LogLine] = ()
     dead_letters: Sequence[DeadLetter] = ()
+    power: Sequence[PowerMinute] = ()
+    """Minute means of power; values that replace what a minute held (see :class:`PowerMinute`)."""
     commit_id: str = field(default_factory=lambda: uuid.uuid4().hex, compare=False)
 
 
@@ -232,6 +273,27 @@ class Store(Protocol):
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]: ...
 
+    async def power(self, device: str, *, start: int, end: int) -> list[PowerMinute]:
+        """The minute means of ``device``'s channels whose minute is in ``[start, end)`` (unix
+        seconds), sorted by channel then minute."""
+
+    async def audit_append(self, entries: Sequence[AuditEntry]) -> None:
+        """Add entries to the audit log in one write; an id already stored is skipped (safe to
+        repeat). Kept bounded (newest 100 000) and no older than the retention setting allows
+        slots. A detail that cannot be stored raises :class:`UnstorableError` and nothing of
+        the call is stored."""
+
+    async def audit(
+        self,
+        *,
+        limit: int = 100,
+        device: str | None = None,
+        action: str | None = None,
+        before: float | None = None,
+    ) -> list[AuditEntry]:
+        """Newest first: at most ``limit`` entries, of one device (``device`` in its devices),
+        whose action is ``action`` or starts with ``action + "."``, older than ``before``."""
+
     async def dead_letter_counts(self) -> dict[str, int]:
         """Count of dead letters ever seen, by reason."""
 
@@ -259,11 +321,13 @@ class Store(Protocol):
 
 
 __all__ = [
+    "AuditEntry",
     "Batch",
     "DeadLetter",
     "DeployedScript",
     "DeviceRecord",
     "DeviceUpdate",
+    "PowerMinute",
     "Registration",
     "Store",
 ]

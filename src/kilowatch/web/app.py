@@ -26,7 +26,7 @@ from kilowatch.intake.live import LiveHub
 from kilowatch.intake.stats import IngestHealth
 from kilowatch.service.server import Running, ingest_metrics
 from kilowatch.store.protocol import Store
-from kilowatch.web import api, openapi, pages, problems
+from kilowatch.web import alertpages, api, devicedata, fleetpages, openapi, pages, problems
 from kilowatch.web.deps import WebState, require_viewer
 from kilowatch.web.metrics import CONTENT_TYPE, render
 from kilowatch.web.site import load_site, zone
@@ -63,13 +63,15 @@ def create_app(
     ingest_health: Callable[[], IngestHealth] | None = None,
     clock: Callable[[], float] = time.time,
     on_admin_created: Callable[[str], None] = _print_admin_password,
+    running: Running | None = None,
 ) -> FastAPI:
     """The dashboard and ``/api/v1`` over an open ``store``.
 
     ``site_tz`` is the default site time zone until a user changes it in Settings; ``cookie_secure``
     forces the session cookie's Secure flag (default: on for HTTPS and loopback); ``ingest_stats``
     returns counters for ``/metrics``; ``ingest_health`` the ingest's health for ``/metrics`` and
-    ``/api/v1/health``; ``on_admin_created`` receives the first admin's password.
+    ``/api/v1/health``; ``on_admin_created`` receives the first admin's password; ``running``: the service it runs in
+    (fleet actions and alerts need it).
     """
     zone(site_tz)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -86,6 +88,7 @@ def create_app(
         cookie_secure=cookie_secure,
         ingest_stats=ingest_stats,
         ingest_health=ingest_health,
+        running=running,
     )
 
     @contextlib.asynccontextmanager
@@ -122,6 +125,9 @@ def create_app(
     openapi.install(app)
     app.include_router(api.router)
     app.include_router(pages.router)
+    app.include_router(devicedata.router)
+    app.include_router(fleetpages.router)
+    app.include_router(alertpages.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     @app.get(
@@ -271,6 +277,7 @@ async def start_web(tg: asyncio.TaskGroup, running: Running, stop: asyncio.Event
         site_tz=settings.tz,
         ingest_stats=lambda: ingest_metrics(stats, running.poll, running.repair),
         ingest_health=running.health,
+        running=running,
     )
     web = tg.create_task(
         serve_web(app, settings.http_host, settings.http_port, sock=sock), name="web"

@@ -17,6 +17,7 @@ from kilowatch.accounts.users import Principal
 from kilowatch.errors import Problem
 from kilowatch.intake.live import LiveHub
 from kilowatch.intake.stats import IngestHealth
+from kilowatch.service.server import Running
 from kilowatch.store.protocol import Store
 from kilowatch.web.site import SiteSettings
 
@@ -44,6 +45,9 @@ class WebState:
     site: SiteSettings = field(default_factory=SiteSettings)
     ingest_health: Callable[[], IngestHealth] | None = None
     """The service's ingest health (``/api/v1/health``, ``/metrics``); ``None``: no ingest runs."""
+    running: Running | None = None
+    """The running service (settings, data dir, broker, alerts) when the app runs inside
+    ``kilowatch serve``; ``None`` in tests of the web app alone (fleet actions then refuse)."""
 
 
 def web_state(request: Request) -> WebState:
