@@ -70,8 +70,8 @@ def create_app(
     ``site_tz`` is the default site time zone until a user changes it in Settings; ``cookie_secure``
     forces the session cookie's Secure flag (default: on for HTTPS and loopback); ``ingest_stats``
     returns counters for ``/metrics``; ``ingest_health`` the ingest's health for ``/metrics`` and
-    ``/api/v1/health``; ``on_admin_created`` receives the first admin's password; ``running``: the service it runs in
-    (fleet actions and alerts need it).
+    ``/api/v1/health``; ``on_admin_created`` receives the first admin's password; ``running``:
+    the service it runs in (fleet actions and alerts need it).
     """
     zone(site_tz)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
