@@ -15,7 +15,7 @@ It knows nothing of the ledger, the store or the broker, like aioshelly.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from kilowatch.errors import DeviceTimeoutError
@@ -28,6 +28,9 @@ the owner's app and Home Assistant."""
 SCRIPT_CHUNK = 1024
 """Characters per ``Script.PutCode`` / ``Shelly.Put*`` call: the official uploader's chunk
 (``SYMBOLS_IN_CHUNK = 1024``, §14.1)."""
+
+Listener = Callable[[str, dict[str, Any]], None]
+"""Receives a device's notifications: ``(method, params)``, e.g. ``("NotifyEvent", {...})``."""
 
 
 class Transport(Protocol):
@@ -76,6 +79,18 @@ class ShellyRpc:
 
     async def close(self) -> None:
         await self.transport.close()
+
+    async def listen(self, callback: Listener) -> Callable[[], None] | None:
+        """Receive the device's notifications (``NotifyEvent``, ``NotifyStatus``, §9) as
+        ``callback(method, params)`` until the returned function is called, when the transport
+        carries them (``listen`` on the LAN WebSocket and on MQTT); ``None`` when it does not.
+        Best effort: notifications sent while a connection is down are lost, so a caller that
+        needs a state reads it by calling too."""
+        listen = getattr(self.transport, "listen", None)
+        if listen is None:
+            return None
+        remove: Callable[[], None] = await listen(callback)
+        return remove
 
     async def call(
         self,
@@ -254,4 +269,11 @@ class ShellyRpc:
         return dict(await self.call("KVS.Set", params))
 
 
-__all__ = ["CALL_TIMEOUT_S", "DEVICE_CONCURRENCY", "SCRIPT_CHUNK", "ShellyRpc", "Transport"]
+__all__ = [
+    "CALL_TIMEOUT_S",
+    "DEVICE_CONCURRENCY",
+    "SCRIPT_CHUNK",
+    "Listener",
+    "ShellyRpc",
+    "Transport",
+]

@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -58,7 +58,7 @@ from kilowatch.errors import (
     RpcCallError,
 )
 from kilowatch.fleet.rpc import redact
-from kilowatch.fleet.rpc.base import CALL_TIMEOUT_S, DEVICE_CONCURRENCY, ShellyRpc
+from kilowatch.fleet.rpc.base import CALL_TIMEOUT_S, DEVICE_CONCURRENCY, Listener, ShellyRpc
 
 log = logging.getLogger(__name__)
 redact.install()  # aioshelly logs frames with their params at DEBUG: passwords, keys
@@ -176,6 +176,7 @@ class LanTransport:
         self._suspect = False
         self._closed = False
         self._connecting = asyncio.Lock()
+        self._listeners: list[Listener] = []
 
     @property
     def label(self) -> str:
@@ -262,12 +263,25 @@ class LanTransport:
             log.debug("rpc connected device=%s address=%s", self.label, self.address)
             return rpc
 
-    @staticmethod
-    def _on_notification(*notification: Any) -> None:
-        """Notifications flow on the WebSocket after the first call (§4); the fleet reads the
-        device's state by calling, so they are dropped. (Variadic: aioshelly's callback
-        signature changed between releases, ``(method, params)`` then ``(source, method,
-        params)``.)"""
+    async def listen(self, callback: Listener) -> Callable[[], None]:
+        """Receive the device's notifications, ``callback(method, params)``, from now until the
+        returned function is called. They flow on the WebSocket after the first call of each
+        connection (§4): a connection opened again after a reboot carries them again from its
+        first call on."""
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback) if callback in self._listeners else None
+
+    def _on_notification(self, *notification: Any) -> None:
+        """A notification (variadic: aioshelly's callback signature changed between releases,
+        ``(method, params)`` then ``(source, method, params)``): handed to the listeners, if
+        any (the fleet mostly reads a device's state by calling)."""
+        if len(notification) < 2 or not self._listeners:
+            return
+        method, params = notification[-2], notification[-1]
+        if not isinstance(method, str) or not isinstance(params, dict):
+            return  # aioshelly's own "the WebSocket closed" notice carries no params
+        for listener in list(self._listeners):
+            listener(method, params)
 
     async def _drop(self) -> None:
         rpc, self._rpc = self._rpc, None

@@ -41,7 +41,7 @@ import secrets
 import socket
 import ssl
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Literal, Self
 
@@ -57,7 +57,7 @@ from kilowatch.errors import (
     FleetError,
     RpcCallError,
 )
-from kilowatch.fleet.rpc.base import CALL_TIMEOUT_S, DEVICE_CONCURRENCY, ShellyRpc
+from kilowatch.fleet.rpc.base import CALL_TIMEOUT_S, DEVICE_CONCURRENCY, Listener, ShellyRpc
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,8 @@ MAX_PREFIX = 300
 """Shelly's limit for ``topic_prefix`` (§7.1)."""
 ONLINE = "online"
 """The last topic level of a device's availability, ``<prefix>/online`` (§7.3)."""
+EVENTS = "events/rpc"
+"""Where a device publishes its notifications, ``<prefix>/events/rpc`` (§7.3)."""
 
 
 class MqttRpc:
@@ -129,6 +131,8 @@ class MqttRpc:
         self._up = False
         self._lost = asyncio.Event()
         self._routes: dict[str, _MqttTransport] = {}
+        self._listeners: dict[str, list[Listener]] = {}
+        """``<prefix>/events/rpc`` → who listens to that device's notifications."""
         self._subacks: dict[int, asyncio.Future[bool]] = {}
         self._online: dict[str, bytes] | None = None
         self._online_lock = asyncio.Lock()
@@ -370,6 +374,8 @@ class MqttRpc:
         transport = self._routes.get(msg.topic)
         if transport is not None:
             transport.deliver(msg.payload)
+        elif msg.topic in self._listeners:
+            _notify(self._listeners[msg.topic], msg.payload)
         elif self._online is not None and msg.topic.endswith(f"/{ONLINE}"):
             self._online[msg.topic[: -len(ONLINE) - 1]] = bytes(msg.payload)
 
@@ -445,6 +451,34 @@ class MqttRpc:
             del self._routes[transport.reply_topic]
             if self._up and transport.subscribed is not None:
                 self._client.unsubscribe(transport.reply_topic)
+
+    async def listen(self, prefix: str, callback: Listener) -> Callable[[], None]:
+        """Hand the notifications the device of ``prefix`` publishes on ``<prefix>/events/rpc``
+        to ``callback(method, params)`` until the returned function is called. The first
+        listener of a prefix subscribes (waiting, bounded, for the SUBACK), the last one gone
+        unsubscribes. Best effort: after a reconnect the subscription is not renewed (the
+        session is clean); callers read the state they need by calling too."""
+        topic = f"{prefix}/{EVENTS}"
+        listeners = self._listeners.setdefault(topic, [])
+        listeners.append(callback)
+
+        def remove() -> None:
+            if callback in listeners:
+                listeners.remove(callback)
+            if not listeners and self._listeners.get(topic) is listeners:
+                del self._listeners[topic]
+                if self._up:
+                    self._client.unsubscribe(topic)
+
+        if len(listeners) == 1 and self._up:
+            assert self._loop is not None
+            rc, mid = self._client.subscribe(topic, QOS)
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+                self._subacks[mid] = suback = self._loop.create_future()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                        await suback
+        return remove
 
     # --- public API -----------------------------------------------------------------------------
 
@@ -597,6 +631,10 @@ class _MqttTransport:
             if not answer.done():
                 answer.set_exception(DeviceConnectionError(self.label, why))
 
+    async def listen(self, callback: Listener) -> Callable[[], None]:
+        """The device's notifications (:meth:`MqttRpc.listen` on its prefix)."""
+        return await self.owner.listen(self.prefix, callback)
+
     async def close(self) -> None:
         """Unsubscribe the reply topic; calls still waiting fail (idempotent)."""
         if self._closed:
@@ -604,6 +642,20 @@ class _MqttTransport:
         self._closed = True
         self.owner.release(self)  # before connection_lost() forgets the subscription
         self.connection_lost(f"{self.label}'s RPC was closed")
+
+
+def _notify(listeners: list[Listener], payload: bytes | bytearray) -> None:
+    """A notification frame ``{"src", "dst", "method", "params"}`` to every listener."""
+    try:
+        frame = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return
+    if not isinstance(frame, dict):
+        return
+    method, params = frame.get("method"), frame.get("params")
+    if isinstance(method, str) and isinstance(params, dict):
+        for listener in list(listeners):
+            listener(method, params)
 
 
 def _check_prefix(prefix: str) -> None:
