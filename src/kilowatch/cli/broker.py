@@ -4,7 +4,8 @@
 mosquitto of the same data dir runs (``kilowatch serve`` started it), they rewrite its password
 and ACL files and make it reload them (SIGHUP): the change holds at once, and a revoked or rotated
 device's open connection is closed. When it does not run, only the store changes; the files are
-written from the store when ``serve`` next starts it.
+written from the store when ``serve`` next starts it. Each change is audited
+(``credentials.add``, ``credentials.rotate``, ``credentials.revoke`` by ``cli:<os user>``).
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ from kilowatch.broker.credentials import (
 )
 from kilowatch.broker.mosquitto import broker_dir, reload_running
 from kilowatch.broker.tls import export_ca, tls_dir
+from kilowatch.cli.fleet_audit import cli_actor
 from kilowatch.cli.stores import open_existing
 from kilowatch.errors import ConfigError
 from kilowatch.service.config import Settings, load_settings
 from kilowatch.store import open_store
+from kilowatch.store.audit import audited
 
 ADD_HELP = (
     "Create MQTT credentials for DEVICE on the managed mosquitto and print its password (shown "
@@ -94,22 +97,25 @@ async def _add(
     s: Settings, device: str, kind: str, prefix: str | None
 ) -> tuple[Credential, str, int | None]:
     async with open_store(s.store_url) as store:
-        record, password = await add_device(
-            store, device, kind=parse_kind(kind), prefix=prefix, now=time.time()
-        )
+        async with audited(store, cli_actor(), "credentials.add", devices=[device]):
+            record, password = await add_device(
+                store, device, kind=parse_kind(kind), prefix=prefix, now=time.time()
+            )
         return record, password, await reload_running(s.data_dir, store)
 
 
 async def _rotate(s: Settings, device: str) -> tuple[Credential, str, int | None]:
     async with open_existing(s.store_url) as store:
-        record, password = await rotate_device(store, device, now=time.time())
+        async with audited(store, cli_actor(), "credentials.rotate", devices=[device]):
+            record, password = await rotate_device(store, device, now=time.time())
         return record, password, await reload_running(s.data_dir, store)
 
 
 async def _revoke(s: Settings, device: str) -> tuple[Credential, bool, int | None]:
     async with open_existing(s.store_url) as store:
         before = (await credentials(store)).get(device)
-        record = await revoke_device(store, device, now=time.time())
+        async with audited(store, cli_actor(), "credentials.revoke", devices=[device]):
+            record = await revoke_device(store, device, now=time.time())
         was_revoked = before is not None and before.revoked
         return record, was_revoked, await reload_running(s.data_dir, store)
 

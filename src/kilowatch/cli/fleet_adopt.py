@@ -7,7 +7,7 @@ JSON) of the outcomes. Exit 1 when any device failed. No password is ever printe
 
 It needs ``kilowatch serve`` running with its managed mosquitto on the same data dir: the new
 users are loaded into that mosquitto (SIGHUP), and each device is confirmed by its energy reaching
-the store through serve's intake.
+the store through serve's intake. The run is audited (``fleet.adopt`` by ``cli:<os user>``).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from rich.table import Table
 
 from kilowatch.broker.mosquitto import broker_dir, reload_running, running_pid
 from kilowatch.broker.tls import export_ca, tls_dir
+from kilowatch.cli.fleet_audit import cli_actor
 from kilowatch.cli.stores import open_existing
 from kilowatch.errors import ConfigError
 from kilowatch.fleet.adopt import (
@@ -222,7 +223,7 @@ async def run(settings: Settings, request: Request, console: Console) -> list[De
 
                 return await adopt(
                     store, devices, opener=opener, secrets_box=box, options=request.options,
-                    reload=reload, on_result=advance,
+                    reload=reload, on_result=advance, actor=cli_actor(),
                 )  # fmt: skip
 
 

@@ -2,44 +2,40 @@
 
 A thin shell over :mod:`kilowatch.fleet.apply`: load the profile, pick the registered devices
 (``--select``, else the profile's ``[select]``), reach each through the registry's ``open_rpc``
-with its password from the secrets file, draw a Rich progress bar on stderr, print a table (or
-JSON) on stdout, and exit 1 when any device failed. Never prints a secret.
+with its password from the secrets file (:mod:`kilowatch.service.fleetctx`, shared with the
+dashboard), draw a Rich progress bar on stderr, print a table (or JSON) on stdout, and exit 1
+when any device failed. Never prints a secret. Each device's compliance is kept after a plan or
+an apply; an apply (not a dry run) is audited as ``fleet.apply`` by ``cli:<os user>``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import aiohttp
 import orjson
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from kilowatch.cli.fleet_audit import cli_actor
 from kilowatch.errors import ConfigError, FleetError
 from kilowatch.fleet.apply import (
     CONCURRENCY,
     ApplyOptions,
     ApplyReport,
-    SecretPasswords,
     Status,
-    apply_fleet,
-    plan_fleet,
 )
 from kilowatch.fleet.plan import DevicePlan
 from kilowatch.fleet.profile import Profile, load_profile
-from kilowatch.fleet.registry import open_rpc, parse_selection, select
-from kilowatch.fleet.rpc.base import ShellyRpc
-from kilowatch.fleet.rpc.mqtt import MqttRpc
-from kilowatch.fleet.secrets import SecretBox
-from kilowatch.service.config import Settings, load_settings, parse_broker_url
+from kilowatch.fleet.registry import parse_selection, select
+from kilowatch.service import fleetctx
+from kilowatch.service.config import Settings, load_settings
 from kilowatch.store import open_store
 from kilowatch.store.protocol import Registration
 
@@ -133,37 +129,8 @@ def prepare(
 
 
 def broker_client(url: str | None, settings: Settings) -> AbstractAsyncContextManager[Any]:
-    """The ``MqttRpc`` of ``--broker URL`` (TLS against the settings' ``mqtt_ca`` for
-    ``mqtts://``), or a context giving ``None`` without one."""
-    if url is None:
-        return nullcontext(None)
-    try:
-        address = parse_broker_url(url)
-    except ValueError as err:
-        raise ConfigError(f"bad --broker {url!r}: {err}") from None
-    tls = None
-    if address.tls:
-        ca = str(settings.mqtt_ca) if settings.mqtt_ca is not None else None
-        tls = ssl.create_default_context(cafile=ca)
-    return MqttRpc(
-        address.host, address.port, username=address.user, password=address.password, tls=tls
-    )
-
-
-@asynccontextmanager
-async def _devices(job: Job) -> AsyncIterator[Any]:
-    """The opener for ``job``'s devices and their passwords, with the sessions they need."""
-    box = SecretBox.in_data_dir(job.settings.data_dir)
-    connector = aiohttp.TCPConnector(limit=0)
-    async with (
-        aiohttp.ClientSession(connector=connector) as session,
-        broker_client(job.broker, job.settings) as mqtt,
-    ):
-
-        def opener(reg: Registration) -> AbstractAsyncContextManager[ShellyRpc]:
-            return open_rpc(reg, secrets=box, session=session, mqtt=mqtt)
-
-        yield opener, SecretPasswords(box)
+    """:func:`kilowatch.service.fleetctx.broker_client` (kept here: other commands import it)."""
+    return fleetctx.broker_client(url, settings)
 
 
 class BarProgress:
@@ -196,59 +163,38 @@ def _bar(console: Console) -> Progress:
 
 
 async def run_plan(job: Job, console: Console) -> list[DevicePlan]:
-    async with _devices(job) as (opener, passwords):
+    """Plan ``job``; each device's compliance (in sync, drifted, unreadable) is kept."""
+    async with (
+        open_store(job.settings.store_url) as store,
+        fleetctx.fleet_access(job.settings, job.broker) as access,
+    ):
         with _bar(console) as bar:
             progress = BarProgress(bar, len(job.targets), "plan")
-            return await plan_fleet(
-                job.profile,
-                job.targets,
-                opener,
-                passwords=passwords,
-                concurrency=job.concurrency,
-                progress=progress,
-            )
+            return await fleetctx.plan_and_record(
+                store, job.profile, job.targets, access,
+                concurrency=job.concurrency, progress=progress,
+            )  # fmt: skip
 
 
 async def run_apply(job: Job, options: ApplyOptions, console: Console) -> ApplyReport:
-    async with _devices(job) as (opener, passwords):
+    """Apply ``job`` (audited as ``fleet.apply`` by ``cli:<os user>`` unless a dry run); the
+    registry and each device's compliance learn the outcome."""
+    async with (
+        open_store(job.settings.store_url) as store,
+        fleetctx.fleet_access(job.settings, job.broker) as access,
+    ):
         with _bar(console) as bar:
             verb = "dry run" if options.dry_run else "apply"
             progress = BarProgress(bar, len(job.targets), verb)
-            report = await apply_fleet(
-                job.profile,
-                job.targets,
-                opener,
-                passwords=passwords,
-                options=options,
-                progress=progress,
-            )
-    if not options.dry_run:
-        await record(job, report)
-    return report
+            return await fleetctx.apply_and_record(
+                store, job.profile, job.targets, access,
+                actor=cli_actor(), options=options, progress=progress,
+            )  # fmt: skip
 
 
-def registry_updates(profile: Profile, report: ApplyReport) -> list[Registration]:
-    """What the registry learns from an apply, per device changed: its new topic prefix, and
-    the profile's first script as deployed (a registration holds one script, the seed's
-    ``script:<MAC>``)."""
-    first = profile.scripts[0].name if profile.scripts else None
-    out = []
-    for result in report.devices:
-        if result.status is not Status.OK:
-            continue
-        prefix = next((c.desired for c in result.changes if c.field == "mqtt.topic_prefix"), None)
-        script = next((d for d in result.scripts if d.name == first), None)
-        if prefix is not None or script is not None:
-            out.append(Registration(device=result.device, prefix=prefix, script=script))
-    return out
-
-
-async def record(job: Job, report: ApplyReport) -> None:
-    """Keep :func:`registry_updates` in the store."""
-    records = registry_updates(job.profile, report)
-    if records:
-        async with open_store(job.settings.store_url) as store:
-            await store.register(records)
+registry_updates = fleetctx.registry_updates
+"""Kept here under its old name (tests import it)."""
+apply_result = fleetctx.apply_result
 
 
 # --- rendering ------------------------------------------------------------------------------
@@ -394,4 +340,12 @@ def register(group: typer.Typer) -> None:
             raise typer.Exit(1)
 
 
-__all__ = ["BarProgress", "broker_client", "prepare", "register", "render_plan", "render_report"]
+__all__ = [
+    "BarProgress",
+    "apply_result",
+    "broker_client",
+    "prepare",
+    "register",
+    "render_plan",
+    "render_report",
+]

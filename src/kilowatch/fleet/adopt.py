@@ -46,6 +46,7 @@ import hashlib
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -72,6 +73,7 @@ from kilowatch.errors import (
 from kilowatch.fleet.rpc.base import ShellyRpc
 from kilowatch.fleet.secrets import DeviceSecrets, SecretBox
 from kilowatch.fleet.tlsmaterial import TlsMaterial, ensure_material, material_on_device
+from kilowatch.store.audit import audited
 from kilowatch.store.protocol import Registration, Store
 
 DEFAULT_WAIT_S = 60.0
@@ -213,9 +215,44 @@ async def adopt(
     reload: Reload,
     on_result: Callable[[DeviceResult], None] | None = None,
     clock: Callable[[], float] = time.time,
+    actor: str | None = None,
 ) -> list[DeviceResult]:
     """Adopt ``registrations`` (see the module doc); one :class:`DeviceResult` per device, in
-    the order given. ``on_result`` is told each one as it ends (progress)."""
+    the order given. ``on_result`` is told each one as it ends (progress).
+
+    ``actor`` (``cli:<os user>``...): the run is audited as ``fleet.adopt`` (result ``ok``,
+    ``partial`` or ``failed``, with the counts of each outcome), and each write of broker users
+    as ``credentials.add`` / ``credentials.rotate``; ``None`` records nothing."""
+
+    async def run() -> list[DeviceResult]:
+        return await _adopt(
+            store, registrations, opener=opener, secrets_box=secrets_box, options=options,
+            reload=reload, on_result=on_result, clock=clock, actor=actor,
+        )  # fmt: skip
+
+    if actor is None:
+        return await run()
+    devices = [reg.device for reg in registrations]
+    async with audited(store, actor, "fleet.adopt", devices=devices) as act:
+        results = await run()
+        failed = sum(not r.ok for r in results)
+        act.result = "ok" if not failed else "failed" if failed == len(results) else "partial"
+        act.detail = {o.value: sum(r.outcome is o for r in results) for o in Outcome}
+    return results
+
+
+async def _adopt(
+    store: Store,
+    registrations: Sequence[Registration],
+    *,
+    opener: Opener,
+    secrets_box: SecretBox,
+    options: AdoptOptions,
+    reload: Reload,
+    on_result: Callable[[DeviceResult], None] | None,
+    clock: Callable[[], float],
+    actor: str | None,
+) -> list[DeviceResult]:
     started = clock()
     results: dict[str, DeviceResult] = {}
 
@@ -242,7 +279,7 @@ async def adopt(
     if plans:
         watch = _StoreWatch(store)
         registrar = _Registrar(store)
-        writer = _CredentialWriter(store, secrets_box, reload, clock)
+        writer = _CredentialWriter(store, secrets_box, reload, clock, actor)
         await watch.snapshot()
         limit = asyncio.Semaphore(max(1, options.concurrency))
 
@@ -322,9 +359,15 @@ class _CredentialWriter:
     write of the credentials, one reload, however many devices)."""
 
     def __init__(
-        self, store: Store, box: SecretBox, reload: Reload, clock: Callable[[], float]
+        self,
+        store: Store,
+        box: SecretBox,
+        reload: Reload,
+        clock: Callable[[], float],
+        actor: str | None = None,
     ) -> None:
         self.store = store
+        self.actor = actor
         self.box = box
         self.reload = reload
         self.clock = clock
@@ -364,13 +407,20 @@ class _CredentialWriter:
         rotated = {p.reg.device: p.broker_password for p in plans if p.user == "rotate"}
         now = self.clock()
         if added:
-            await add_devices(self.store, added, now=now)
+            async with self._audited("credentials.add", [u.device for u in added]):
+                await add_devices(self.store, added, now=now)
         if rotated:
-            await rotate_devices(self.store, rotated, now=now)
+            async with self._audited("credentials.rotate", list(rotated)):
+                await rotate_devices(self.store, rotated, now=now)
         if added or rotated:
             await self.reload()
         for p in plans:  # written: a retry of this device must not write them again
             p.user, p.save = None, False
+
+    def _audited(self, action: str, devices: list[str]) -> AbstractAsyncContextManager[Any]:
+        if self.actor is None:
+            return nullcontext()
+        return audited(self.store, self.actor, action, devices=devices, detail={"by": "adopt"})
 
 
 def _new_device_password() -> str:
