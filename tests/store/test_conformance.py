@@ -8,11 +8,12 @@ from typing import Any
 import orjson
 import pytest
 
-from kilowatch.errors import InvalidQueryError, StoreError
+from kilowatch.errors import InvalidQueryError, StoreError, UnstorableError
 from kilowatch.model.messages import Event, LogLine, Reading
 from kilowatch.model.slots import SlotEnergy
 from kilowatch.query.energy import EnergyQuery, EnergyRow
 from kilowatch.store import Batch, DeadLetter, DeviceUpdate, Store, open_store, records
+from kilowatch.store.protocol import AuditEntry, PowerMinute
 
 DEV = "shellypmminig3-ecda3bc4ddb0"
 PRO = "shellypro3em-a0b1c2d3e4f5"
@@ -377,3 +378,218 @@ async def test_reopen_keeps_everything(store_url: str) -> None:
         assert await s.get_meta("k") == [1]
         record = await s.device(DEV)
         assert record is not None and record.fw_ver == "1.4.0"
+
+
+# -- power minutes ---------------------------------------------------------------------------------
+
+
+def minute(text: str) -> int:
+    return ts(text)
+
+
+async def test_power_round_trip_sorted_by_channel_then_minute(store: Store) -> None:
+    m0 = minute("2026-01-01T10:00")
+    await store.commit(
+        Batch(
+            power=[
+                PowerMinute(DEV, "switch:0", m0 + 60, 10.0, 6),
+                PowerMinute(DEV, "switch:0", m0, 123.4567, 3),  # kept to the milliwatt
+                PowerMinute(DEV, "pm1:0", m0 + 120, -5.5, 1),
+                PowerMinute(DEV, "pm1:0", m0 - 60, 1.0, 1),
+                PowerMinute(PRO, "em:0/a", m0, 99.0, 2),
+            ]
+        )
+    )
+    got = await store.power(DEV, start=m0, end=m0 + 180)
+    assert got == [
+        PowerMinute(DEV, "pm1:0", m0 + 120, -5.5, 1),
+        PowerMinute(DEV, "switch:0", m0, 123.457, 3),
+        PowerMinute(DEV, "switch:0", m0 + 60, 10.0, 6),
+    ]
+    assert await store.power(DEV, start=m0, end=m0 + 120) == got[1:]  # the end is excluded
+    assert await store.power(PRO, start=0, end=m0 + 86400) == [
+        PowerMinute(PRO, "em:0/a", m0, 99.0, 2)
+    ]
+    assert await store.power("nobody", start=0, end=m0 + 86400) == []
+
+
+async def test_power_minutes_are_replaced_not_added(store: Store) -> None:
+    """A batch committed again, or a later batch with the minute's new mean, replaces it."""
+    m0 = minute("2026-01-01T23:59")  # the next minute is on the next UTC day
+    first = Batch(power=[PowerMinute(DEV, "pm1:0", m0, 100.0, 2)])
+    for again in (first, first):
+        await store.commit(again)
+    await store.commit(Batch(power=[PowerMinute(DEV, "pm1:0", m0, 110.0, 3)]))
+    await store.commit(first)  # a replay of the old batch: a no-op, not the old value
+    await store.commit(Batch(power=[PowerMinute(DEV, "pm1:0", m0 + 60, 7.0, 1)]))
+    assert await store.power(DEV, start=m0, end=m0 + 120) == [
+        PowerMinute(DEV, "pm1:0", m0, 110.0, 3),
+        PowerMinute(DEV, "pm1:0", m0 + 60, 7.0, 1),
+    ]
+
+
+async def test_power_keeps_the_last_days_of_a_channel(store: Store) -> None:
+    d0 = minute("2026-03-01T12:00")
+    days = [d0 + k * 86400 for k in range(records.POWER_DAYS + 1)]
+    for t in days:
+        await store.commit(Batch(power=[PowerMinute(DEV, "pm1:0", t, 1.0, 1)]))
+    await store.commit(Batch(power=[PowerMinute(DEV, "switch:0", d0, 2.0, 1)]))
+    got = await store.power(DEV, start=0, end=days[-1] + 60)
+    assert [(p.channel, p.minute) for p in got] == [
+        *[("pm1:0", t) for t in days[1:]],  # the oldest day went when the newest came
+        ("switch:0", d0),  # another channel keeps its own days
+    ]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        PowerMinute(DEV, "pm1:0", 61, 1.0, 1),
+        PowerMinute(DEV, "pm1:0", 60, float("nan"), 1),
+        PowerMinute(DEV, "pm1:0", 60, 1e300, 1),
+        PowerMinute(DEV, "pm1:0", 60, 1.0, 0),
+        PowerMinute("", "pm1:0", 60, 1.0, 1),
+    ],
+)
+async def test_an_unstorable_power_minute_stores_nothing_of_its_batch(
+    store: Store, bad: PowerMinute
+) -> None:
+    good = slots(DEV, "pm1:0", "2026-01-01T00:00", 1)
+    with pytest.raises(UnstorableError):
+        await store.commit(Batch(slots=good, power=[PowerMinute(DEV, "pm1:0", 0, 1.0, 1), bad]))
+    assert await q(store, "day", "UTC", date(2026, 1, 1), date(2026, 1, 2)) == []
+    assert await store.power(DEV, start=0, end=120) == []
+
+
+async def test_a_day_of_power_of_three_channels_reads_back(store: Store) -> None:
+    m0 = minute("2026-05-05T00:00")
+    channels = ("em:0/a", "em:0/b", "em:0/c")
+    power = [
+        PowerMinute(PRO, c, m0 + 60 * i, i + k / 10, 1 + i % 7)
+        for k, c in enumerate(channels)
+        for i in range(1440)
+    ]
+    await store.commit(Batch(power=power))
+    got = await store.power(PRO, start=m0, end=m0 + 86400)
+    assert got == power
+
+
+# -- audit log -------------------------------------------------------------------------------------
+
+
+def entry(
+    n: int, action: str = "fleet.apply", devices: tuple[str, ...] = (DEV,), **kw: Any
+) -> AuditEntry:
+    return AuditEntry(
+        id=f"id-{n:04d}",
+        ts=1_767_225_600.5 + n,
+        actor="cli:ana",
+        action=action,
+        devices=devices,
+        result=kw.pop("result", "ok"),
+        detail=kw.pop("detail", {"n": n, "changes": [{"key": "sys.name", "to": "Boiler"}]}),
+    )
+
+
+async def test_audit_round_trip_newest_first_and_idempotent(store: Store) -> None:
+    assert await store.audit() == []
+    a, b, c = entry(1), entry(2, "firmware.update", (DEV, PRO)), entry(3, "settings.change", ())
+    await store.audit_append([a, b])
+    await store.audit_append([c, a])  # a is stored already: skipped
+    await store.audit_append([c])  # a retry after an unknown outcome
+    await store.audit_append([])
+    assert await store.audit() == [c, b, a]
+    assert await store.audit(limit=2) == [c, b]
+    assert await store.audit(limit=0) == []
+    same_time = [
+        AuditEntry(id=x, ts=5.0, actor="service", action="fleet.adopt") for x in ("b", "a", "c")
+    ]
+    await store.audit_append(same_time)
+    assert [e.id for e in await store.audit(before=6.0)] == ["c", "b", "a"]  # ties: by id
+
+
+async def test_audit_filters(store: Store) -> None:
+    await store.audit_append(
+        [
+            entry(1, "fleet.adopt", (DEV,)),
+            entry(2, "fleet.apply", (DEV, PRO)),
+            entry(3, "fleetwide.other", (PRO,)),
+            entry(4, "fleet", ()),
+            entry(5, "firmware.update", (PRO,)),
+            entry(6, "fleet.apply.retry", (DEV,)),
+        ]
+    )
+
+    async def ids(**kw: Any) -> list[int]:
+        return [int(e.id[3:]) for e in await store.audit(**kw)]
+
+    assert await ids(action="fleet") == [6, 4, 2, 1]
+    assert await ids(action="fleet.apply") == [6, 2]
+    assert await ids(device=PRO) == [5, 3, 2]
+    assert await ids(device=PRO, action="fleet") == [2]
+    assert await ids(device=DEV, before=entry(6).ts) == [2, 1]
+    assert await ids(before=entry(3).ts, limit=1) == [2]
+    assert await ids(device="nobody") == []
+
+
+async def test_audit_keeps_the_newest(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(records, "AUDIT_ENTRIES", 4)
+    await store.audit_append([entry(n) for n in (5, 1, 3)])
+    await store.audit_append([entry(n) for n in (2, 6, 4)])
+    assert [e.id for e in await store.audit()] == ["id-0006", "id-0005", "id-0004", "id-0003"]
+    assert [e.id for e in await store.audit(device=DEV)] == [
+        "id-0006", "id-0005", "id-0004", "id-0003",
+    ]  # fmt: skip
+    await store.audit_append([entry(1)])  # older than every kept one: in, and out again
+    assert len(await store.audit()) == 4
+
+
+def nested_dict(levels: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    "detail",
+    [
+        {"secret": object()},
+        {"deep": nested_dict(300)},
+        {"big": "x" * records.AUDIT_DETAIL_MAX_BYTES},
+        {1: "not a string key"},
+    ],
+)
+async def test_audit_detail_that_cannot_be_stored_stores_nothing(
+    store: Store, detail: dict[Any, Any]
+) -> None:
+    with pytest.raises(UnstorableError, match="id-0002"):
+        await store.audit_append([entry(1), entry(2, detail=detail)])
+    assert await store.audit() == []
+
+
+# -- retention of what is kept by time -------------------------------------------------------------
+
+
+async def test_retention_drops_power_audit_events_and_logs_older_than_the_cut(store: Store) -> None:
+    cut = minute("2026-02-02T10:00")
+    old, new = cut - 60, cut
+    await store.commit(
+        Batch(
+            power=[PowerMinute(DEV, "pm1:0", t, 1.0, 1) for t in (cut - 86400, old, new)],
+            events=[Event(DEV, float(t), "sys", "tick", {"t": t}) for t in (old, new)],
+            logs=[LogLine(DEV, float(t), f"at {t}") for t in (old, new)],
+        )
+    )
+    await store.commit(Batch(events=[Event(PRO, float(old), "sys", "tick")]))
+    await store.audit_append(
+        [AuditEntry(id=f"a{t}", ts=t + 0.5, actor="service", action="x") for t in (old, new)]
+    )
+    await store.drop_slots_before(cut + 1800)  # rounded down to the hour: cut
+    assert [p.minute for p in await store.power(DEV, start=0, end=new + 60)] == [new]
+    assert [e.id for e in await store.audit()] == [f"a{new}"]
+    assert [e.ts for e in await store.events(DEV)] == [new]
+    assert [e.ts for e in await store.events()] == [new]
+    assert await store.events(PRO) == []
+    assert [x.ts for x in await store.logs(DEV)] == [new]
+    assert [x.ts for x in await store.logs()] == [new]

@@ -34,7 +34,7 @@ from typing import Any
 from kilowatch.errors import KilowatchError, UnstorableError
 from kilowatch.intake.stats import CommitFailure, IngestStats
 from kilowatch.model.slots import ChannelKey, SlotEnergy
-from kilowatch.store.protocol import Batch, DeadLetter, Store
+from kilowatch.store.protocol import Batch, DeadLetter, PowerMinute, Store
 
 log = logging.getLogger("kilowatch.ingest")
 
@@ -63,7 +63,8 @@ def abbreviated(record: object) -> str:
 
 def split(batch: Batch) -> list[Batch]:
     """``batch`` as one batch per record, energy first: one per channel (its slots with its ledger
-    state), then each device update, latest reading, event, log line and dead letter."""
+    state), then each device update, latest reading, event, log line and dead letter, then one
+    per channel of its power minutes."""
     slots: dict[ChannelKey, list[SlotEnergy]] = {}
     for s in batch.slots:
         slots.setdefault((s.device, s.channel), []).append(s)
@@ -78,6 +79,10 @@ def split(batch: Batch) -> list[Batch]:
     units += [Batch(events=(e,)) for e in batch.events]
     units += [Batch(logs=(x,)) for x in batch.logs]
     units += [Batch(dead_letters=(d,)) for d in batch.dead_letters]
+    power: dict[ChannelKey, list[PowerMinute]] = {}
+    for p in batch.power:
+        power.setdefault((p.device, p.channel), []).append(p)
+    units += [Batch(power=minutes) for minutes in power.values()]
     return units
 
 
@@ -94,6 +99,7 @@ def merge(units: Sequence[Batch]) -> Batch:
         events=[e for u in units for e in u.events],
         logs=[x for u in units for x in u.logs],
         dead_letters=[d for u in units for d in u.dead_letters],
+        power=[p for u in units for p in u.power],
     )
 
 
@@ -123,8 +129,12 @@ def describe(unit: Batch) -> tuple[str, float | None, object]:
     if unit.logs:
         x = unit.logs[0]
         return f"a log line of {x.device}", x.ts, x
-    d = unit.dead_letters[0]
-    return f"a dead letter ({d.reason}) of topic {d.topic!r}", d.ts, d
+    if unit.dead_letters:
+        d = unit.dead_letters[0]
+        return f"a dead letter ({d.reason}) of topic {d.topic!r}", d.ts, d
+    p = unit.power[0]
+    what = f"the power of {p.device} {p.channel} ({len(unit.power)} minutes)"
+    return what, float(p.minute), list(unit.power)
 
 
 class Committer:

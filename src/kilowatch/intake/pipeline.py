@@ -10,6 +10,10 @@ Two stages run concurrently so that decoding the next batch overlaps committing 
   retried with backoff, nothing unstored is acknowledged; a record no store can hold is set aside
   as a dead letter and the rest of its batch is stored.
 
+Each reading with a power value also feeds the mean power of its channel's UTC minute
+(:class:`_PowerMeans`); a batch carries the current mean of every minute it touched, which
+replaces what the store held for that minute.
+
 A message that cannot be decoded never stops ingestion: it becomes a dead letter (topic, payload,
 reason), counted per reason and logged at most once per :data:`DEAD_LETTER_LOG_INTERVAL_S` and
 reason. Neither does an event or a log line that decodes but cannot be stored (JSON nested deeper
@@ -47,7 +51,7 @@ from kilowatch.model.messages import (
 )
 from kilowatch.model.slots import ChannelKey, SlotEnergy, merge_slot_energy
 from kilowatch.store import records
-from kilowatch.store.protocol import Batch, DeadLetter, DeviceUpdate, Store
+from kilowatch.store.protocol import Batch, DeadLetter, DeviceUpdate, PowerMinute, Store
 
 log = logging.getLogger("kilowatch.ingest")
 
@@ -63,6 +67,9 @@ PAYLOAD_LOG_EXCERPT = 120
 DECODER_CRASH = "decoder_crash"
 """Dead-letter reason for an exception a decoder did not translate (a bug: report it)."""
 LEDGER_ERROR = "ledger_error"
+POWER_MINUTES_OPEN = 5
+"""Minutes of a channel whose mean power is still being accumulated (the newest ones): a reading
+late by more (a device's backlog after an outage) is not counted in its minute's mean."""
 
 
 class DeliverySource(Protocol):
@@ -88,6 +95,76 @@ class LedgerLike(Protocol):
 
 
 _Staged = tuple[Batch, list[Reading], Sequence[Delivery]]
+
+
+class _ChannelMinutes:
+    """One channel's open minutes: minute -> ``[sum of power, samples]``, and the newest minute
+    already let go (``closed``)."""
+
+    __slots__ = ("closed", "open")
+
+    def __init__(self) -> None:
+        self.open: dict[int, list[float]] = {}
+        self.closed = -1
+
+
+class _PowerMeans:
+    """Mean power per channel and UTC minute (``floor(ts / 60) * 60``), for :class:`PowerMinute`.
+
+    Bounded: a channel keeps its :data:`POWER_MINUTES_OPEN` newest minutes open; opening a newer
+    one lets the oldest go. A reading for a minute that was let go, or that is older than every
+    open one while all are taken, is **ignored**: its mean was stored already, and a fresh mean of
+    the late readings alone would replace it with a mean of fewer samples. So is a reading whose
+    power is not a finite number. After a restart a minute's mean starts afresh with the first
+    reading this process sees (its earlier readings were stored with the mean before).
+    """
+
+    def __init__(self) -> None:
+        self._channels: dict[ChannelKey, _ChannelMinutes] = {}
+        self._touched: set[tuple[ChannelKey, int]] = set()
+        self._let_go_touched: list[PowerMinute] = []
+
+    def add(self, key: ChannelKey, ts: float, power_w: float) -> None:
+        if power_w - power_w != 0.0:  # NaN or infinite: no mean can take it
+            return
+        minute = int(ts // 60) * 60
+        ch = self._channels.get(key)
+        if ch is None:
+            ch = self._channels[key] = _ChannelMinutes()
+        acc = ch.open.get(minute)
+        if acc is None:
+            if minute <= ch.closed:
+                return
+            if len(ch.open) >= POWER_MINUTES_OPEN:
+                oldest = min(ch.open)
+                if minute < oldest:
+                    return
+                self._let_go(key, ch, oldest)
+            ch.open[minute] = [power_w, 1]
+        else:
+            acc[0] += power_w
+            acc[1] += 1
+        self._touched.add((key, minute))
+
+    def _let_go(self, key: ChannelKey, ch: _ChannelMinutes, minute: int) -> None:
+        acc = ch.open.pop(minute)
+        ch.closed = max(ch.closed, minute)
+        if (key, minute) in self._touched:  # its last samples still go out with this batch
+            self._touched.discard((key, minute))
+            n = int(acc[1])
+            self._let_go_touched.append(PowerMinute(key[0], key[1], minute, acc[0] / n, n))
+
+    def take(self) -> list[PowerMinute]:
+        """The current mean of every minute touched since the last call."""
+        out = self._let_go_touched
+        self._let_go_touched = []
+        channels = self._channels
+        for key, minute in self._touched:
+            acc = channels[key].open[minute]
+            n = int(acc[1])
+            out.append(PowerMinute(key[0], key[1], minute, acc[0] / n, n))
+        self._touched.clear()
+        return out
 
 
 class _RateLimitedLog:
@@ -150,6 +227,7 @@ class Pipeline:
         self._devices_written: dict[str, tuple[float, dict[str, Any]]] = {}
         self._latest_pending: dict[ChannelKey, Reading] = {}
         self._latest_written: dict[ChannelKey, float] = {}
+        self._power = _PowerMeans()
 
     # -- stage 1: decode + account ---------------------------------------------------------------
 
@@ -212,6 +290,7 @@ class Pipeline:
             events=events,
             logs=logs,
             dead_letters=dead,
+            power=self._power.take(),
         )
         self.stats.received += len(deliveries)
         self.stats.readings += len(fresh)
@@ -272,6 +351,8 @@ class Pipeline:
             old = latest.get(key)
             if old is None or m.ts >= old.ts:
                 latest[key] = m
+            if m.power_w is not None:
+                self._power.add(key, m.ts, m.power_w)
             device["online"] = True
         elif isinstance(m, Interval):
             slots.extend(self.ledger.add_interval(m))

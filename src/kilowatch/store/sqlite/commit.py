@@ -10,15 +10,16 @@ UTC hour (``hours``), per UTC day (``days``) and, once a zone is set, per local 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 
-from kilowatch.model.slots import SlotEnergy
+from kilowatch.model.slots import ChannelKey, SlotEnergy
 from kilowatch.query.grouping import coarser, regroup, sum_deltas
 from kilowatch.query.periods import LocalDays
 from kilowatch.store import records
 from kilowatch.store.protocol import Batch
 from kilowatch.store.sqlite import devices, journal, meta
 from kilowatch.store.sqlite.connection import refused_value, transaction
+from kilowatch.store.sqlite.power import put_power
 
 _ADD_SLOT = """
 INSERT INTO slots (device, channel, slot, import_mwh, export_mwh, estimated, n)
@@ -59,13 +60,24 @@ _ADD_DAY = _add_day_sql("days")
 _ADD_LOCAL_DAY = _add_day_sql("local_days")
 
 
-def commit(conn: sqlite3.Connection, batch: Batch, days: LocalDays | None) -> None:
+def commit(
+    conn: sqlite3.Connection,
+    batch: Batch,
+    days: LocalDays | None,
+    power_trimmed: MutableMapping[ChannelKey, int],
+) -> None:
     """Apply ``batch`` in one transaction, all or nothing; ``days``: the local zone whose days
-    are kept, if any. A value SQLite refuses is an :class:`~kilowatch.errors.UnstorableError`."""
+    are kept, if any; ``power_trimmed``: see :func:`.power.put_power`. A value SQLite refuses,
+    or a power minute :func:`~kilowatch.store.records.power_rows` refuses, is an
+    :class:`~kilowatch.errors.UnstorableError` (nothing of the batch stored)."""
+    power = records.power_rows(batch.power)
+    trimmed = dict(power_trimmed)  # taken over only if the transaction commits
     try:
         with transaction(conn):
             if _first_commit(conn, batch.commit_id):
                 _apply(conn, batch, days)
+                put_power(conn, power, trimmed)
+        power_trimmed.update(trimmed)
     except BaseException as err:
         refused = refused_value("commit refused", err)
         if refused is not None:
@@ -104,14 +116,14 @@ def _apply(conn: sqlite3.Connection, batch: Batch, days: LocalDays | None) -> No
         conn,
         "events",
         "event",
-        [(e.device, records.event_dumps(e).decode()) for e in batch.events],
+        [(e.device, e.ts, records.event_dumps(e).decode()) for e in batch.events],
         records.EVENTS_PER_DEVICE,
     )
     journal.append(
         conn,
         "logs",
         "line",
-        [(x.device, records.log_dumps(x).decode()) for x in batch.logs],
+        [(x.device, x.ts, records.log_dumps(x).decode()) for x in batch.logs],
         records.LOGS_PER_DEVICE,
     )
     journal.add_dead_letters(conn, batch.dead_letters)

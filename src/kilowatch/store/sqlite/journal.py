@@ -14,14 +14,18 @@ from kilowatch.store.protocol import DeadLetter
 
 
 def append(
-    conn: sqlite3.Connection, table: str, col: str, items: Sequence[tuple[str, str]], keep: int
+    conn: sqlite3.Connection,
+    table: str,
+    col: str,
+    items: Sequence[tuple[str, float, str]],
+    keep: int,
 ) -> None:
-    """``(device, JSON)`` items added to ``table`` (``events``/``logs``), each device's newest
+    """``(device, ts, JSON)`` items added to ``table`` (``events``/``logs``), each device's newest
     ``keep`` kept."""
     if not items:
         return
-    conn.executemany(f"INSERT INTO {table} (device, {col}) VALUES (?, ?)", items)
-    for device in {d for d, _ in items}:
+    conn.executemany(f"INSERT INTO {table} (device, ts, {col}) VALUES (?, ?, ?)", items)
+    for device in {d for d, _, _ in items}:
         conn.execute(
             f"DELETE FROM {table} WHERE device = ?1 AND id <= (SELECT id FROM {table} "
             "WHERE device = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
@@ -40,6 +44,12 @@ def newest(
             f"SELECT {col} FROM {table} WHERE device = ? ORDER BY id DESC LIMIT ?", (device, limit)
         )
     return [r for (r,) in cur]
+
+
+def drop_before(conn: sqlite3.Connection, table: str, cut: float) -> int:
+    """Retention: the rows of ``table`` (``events``/``logs``) older than ``cut`` deleted (a scan:
+    the table is bounded by its per-device limit, and this runs every few hours)."""
+    return conn.execute(f"DELETE FROM {table} WHERE ts < ?", (cut,)).rowcount
 
 
 def add_dead_letters(conn: sqlite3.Connection, letters: Sequence[DeadLetter]) -> None:
@@ -78,4 +88,11 @@ def dead_letter_counts(conn: sqlite3.Connection) -> dict[str, int]:
     return dict(conn.execute("SELECT reason, count FROM dead_letter_counts"))
 
 
-__all__ = ["add_dead_letters", "append", "dead_letter_counts", "dead_letters", "newest"]
+__all__ = [
+    "add_dead_letters",
+    "append",
+    "dead_letter_counts",
+    "dead_letters",
+    "drop_before",
+    "newest",
+]

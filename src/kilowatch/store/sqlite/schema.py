@@ -95,6 +95,27 @@ MIGRATIONS: tuple[str, ...] = (
         gen INTEGER, adopted_at REAL, seen_at REAL, script TEXT
     );
     """,
+    # 6: minute means of power (Store.power), as whole milliwatts; the audit log
+    # (Store.audit_append: each entry's JSON, with its time and action to filter on, and an index
+    # by device); the time of each event and log line, so retention can drop them by age
+    """
+    CREATE TABLE power (
+        device TEXT NOT NULL, channel TEXT NOT NULL, minute INTEGER NOT NULL,
+        power_mw INTEGER NOT NULL, samples INTEGER NOT NULL,
+        PRIMARY KEY (device, channel, minute)
+    ) WITHOUT ROWID;
+    CREATE TABLE audit (
+        id TEXT PRIMARY KEY, ts REAL NOT NULL, action TEXT NOT NULL, entry TEXT NOT NULL
+    );
+    CREATE INDEX audit_ts ON audit (ts, id);
+    CREATE TABLE audit_devices (
+        device TEXT NOT NULL, ts REAL NOT NULL, id TEXT NOT NULL, PRIMARY KEY (device, ts, id)
+    ) WITHOUT ROWID;
+    ALTER TABLE events ADD COLUMN ts REAL NOT NULL DEFAULT 0;
+    UPDATE events SET ts = coalesce(json_extract(event, '$.ts'), 0);
+    ALTER TABLE logs ADD COLUMN ts REAL NOT NULL DEFAULT 0;
+    UPDATE logs SET ts = coalesce(json_extract(line, '$.ts'), 0);
+    """,
 )
 """Schema migrations in order; ``schema_version.version`` is how many have been applied."""
 

@@ -26,16 +26,23 @@ from kilowatch.query.periods import LocalDays, Plan, plan
 from kilowatch.query.table import EnergyTable
 from kilowatch.store import records, registry
 from kilowatch.store.measured import check_measured
-from kilowatch.store.protocol import Batch, DeadLetter, DeviceRecord, Registration
-from kilowatch.store.sqlite import devices, journal, local_days, meta
+from kilowatch.store.protocol import (
+    AuditEntry,
+    Batch,
+    DeadLetter,
+    DeviceRecord,
+    PowerMinute,
+    Registration,
+)
+from kilowatch.store.sqlite import auditlog, devices, journal, local_days, meta, power
 from kilowatch.store.sqlite import registry as fleet
 from kilowatch.store.sqlite.commit import commit
-from kilowatch.store.sqlite.connection import path_of
+from kilowatch.store.sqlite.connection import path_of, transaction
 from kilowatch.store.sqlite.energy import energy_table
 from kilowatch.store.sqlite.readers import Readers
 from kilowatch.store.sqlite.repair import estimated_slots as list_estimated
 from kilowatch.store.sqlite.repair import replace_estimated as replace_slots
-from kilowatch.store.sqlite.retention import DROP_CHANNELS_PER_JOB, drop_slots
+from kilowatch.store.sqlite.retention import DROP_CHANNELS_PER_JOB, drop_records, drop_slots
 from kilowatch.store.sqlite.schema import migrate
 from kilowatch.store.sqlite.writer import Writer
 
@@ -55,6 +62,8 @@ class SqliteStore:
         self._days_ready = False
         """Whether every channel's local days are complete (queries may read them)."""
         self._rebuild: asyncio.Task[None] | None = None
+        self._power_trimmed: dict[ChannelKey, int] = {}
+        """Channel -> the UTC day its old power minutes were last dropped for (writer thread)."""
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -93,7 +102,7 @@ class SqliteStore:
     async def commit(self, batch: Batch) -> None:
         """Apply ``batch`` in one SQLite transaction."""
         # the zone is read when the job runs in the writer, in order with zone changes
-        await self._writer.run(lambda conn: commit(conn, batch, self._days))
+        await self._writer.run(lambda conn: commit(conn, batch, self._days, self._power_trimmed))
 
     async def use_local_zone(self, tz: str, *, wait: bool = False) -> None:
         days = LocalDays(tz)  # InvalidQueryError for an unknown zone
@@ -153,7 +162,20 @@ class SqliteStore:
             chunk = channels[i : i + DROP_CHANNELS_PER_JOB]
             job = functools.partial(drop_slots, channels=chunk, cut=cut)
             dropped += await self._writer.run(job)
+        await self._writer.run(lambda conn: drop_records(conn, cut))
         return dropped
+
+    async def audit_append(self, entries: Sequence[AuditEntry]) -> None:
+        """Add the entries whose id is new, in one transaction (see :meth:`Store.audit_append`)."""
+        checked = records.audit_check(entries)  # UnstorableError before anything is queued
+        if not checked:
+            return
+
+        def job(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                auditlog.append(conn, checked)
+
+        await self._writer.run(job)
 
     async def replace_estimated(self, measured: Sequence[SlotEnergy]) -> int:
         """Measured energy for estimated slots, in one transaction (see
@@ -245,6 +267,21 @@ class SqliteStore:
 
     async def dead_letter_counts(self) -> dict[str, int]:
         return await self._readers.run(journal.dead_letter_counts)
+
+    async def power(self, device: str, *, start: int, end: int) -> list[PowerMinute]:
+        return await self._readers.run(lambda conn: power.power(conn, device, start, end))
+
+    async def audit(
+        self,
+        *,
+        limit: int = 100,
+        device: str | None = None,
+        action: str | None = None,
+        before: float | None = None,
+    ) -> list[AuditEntry]:
+        return await self._readers.run(
+            lambda conn: auditlog.newest(conn, limit, device, action, before)
+        )
 
     async def get_meta(self, key: str) -> Any | None:
         return await self._readers.run(lambda conn: meta.get_meta(conn, key))
