@@ -17,11 +17,21 @@ from kilowatch import __version__
 from kilowatch.errors import ConfigError, Problem
 from kilowatch.model.messages import Reading
 from kilowatch.query.energy import Bucket, Grouping
+from kilowatch.store.audit import audited
 from kilowatch.web import openapi
 from kilowatch.web.deps import Admin, State, Viewer
 from kilowatch.web.energy import build_query, report
-from kilowatch.web.site import MAX_RETENTION_DAYS, save_site
-from kilowatch.web.views import device_json, devices_table, message_json, overview
+from kilowatch.web.energyview import energy_view
+from kilowatch.web.site import MAX_RETENTION_DAYS, changes, save_site
+from kilowatch.web.views import (
+    audit_actor,
+    device_json,
+    devices_table,
+    display_name,
+    label_changes,
+    message_json,
+    overview,
+)
 
 SSE_KEEPALIVE_S = 15.0
 """A comment line this often keeps proxies from closing an idle stream (nginx's default is 60 s)."""
@@ -160,29 +170,25 @@ class DevicePatch(BaseModel):
     summary="Rename a device / set its room (admin)",
     responses=openapi.DEVICE_WRITE,
 )
-async def patch_device(device: DeviceId, patch: DevicePatch, state: State, _: Admin) -> Response:
+async def patch_device(
+    request: Request, device: DeviceId, patch: DevicePatch, state: State, principal: Admin
+) -> Response:
     rec = await state.store.device(device)
     if rec is None:
         raise Problem(404, f"no device {device!r}")
     label = patch.label.strip() if patch.label is not None else None
     room = patch.room.strip() if patch.room is not None else None
-    await state.store.set_device_label(device, label=label, room=room)
+    changed = label_changes(rec, label, room)
+    if changed:
+        actor = await audit_actor(state.store, principal, request.headers.get("authorization", ""))
+        async with audited(state.store, actor, "device.rename", devices=[device], detail=changed):
+            await state.store.set_device_label(device, label=label, room=room)
     updated = await state.store.device(device)
     assert updated is not None
     return JSONResponse(device_json(updated, await state.store.latest(device), None, state.clock()))
 
 
-@router.get(
-    "/devices/{device}/events",
-    tags=["devices"],
-    summary="A device's recent events",
-    responses=openapi.DEVICE_READ,
-)
-async def device_events(
-    device: DeviceId, state: State, _: Viewer, limit: Annotated[int, Query(ge=1, le=1000)] = 100
-) -> Response:
-    events = await state.store.events(device, limit=limit)
-    return JSONResponse({"events": [message_json(e) for e in events]})
+# A device's power, events and logs: kilowatch.web.devicedata.
 
 
 @router.get(
@@ -262,6 +268,71 @@ async def energy(
             headers={"Content-Disposition": f'attachment; filename="energy-{query.by}.csv"'},
         )
     return JSONResponse(result.to_json())
+
+
+@router.get(
+    "/energy.csv",
+    tags=["energy"],
+    summary="The Energy page's view as CSV: buckets, series, untracked, cost",
+    response_class=Response,
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}, **openapi.QUESTION},
+)
+async def energy_csv(
+    state: State,
+    _: Viewer,
+    by: Annotated[
+        str, Query(description="bucket size", json_schema_extra={"enum": list(get_args(Bucket))})
+    ] = "hour",
+    tz: Annotated[
+        str | None,
+        Query(description="IANA zone; default: the site's", examples=["Europe/Berlin"]),
+    ] = None,
+    from_: Annotated[
+        str | None,
+        Query(alias="from", description="date or ISO datetime, inclusive", examples=["2026-03"]),
+    ] = None,
+    to: Annotated[
+        str | None,
+        Query(description="date or ISO datetime, exclusive", examples=["2026-03-16T06:00"]),
+    ] = None,
+    device: Annotated[
+        list[str],
+        Query(
+            description="device id(s); repeat or comma-separate",
+            examples=[["shellyplugsg3-aabbccddeeff"]],
+        ),
+    ] = [],  # noqa: B006 - FastAPI copies defaults
+    channel: Annotated[
+        list[str], Query(description="channel name(s), e.g. em:0/a", examples=[["switch:0"]])
+    ] = [],  # noqa: B006
+    group: Annotated[
+        str,
+        Query(
+            description="the page's view: one series (total), stacked by device, or by channel",
+            json_schema_extra={"enum": list(get_args(Grouping))},
+        ),
+    ] = "channel",
+) -> Response:
+    """One row per bucket of the period (local times with their offset): the totals, the
+    estimated flag, the cost with a tariff set, the untracked energy with grid meters set, then
+    each series' Wh (docs/api.md)."""
+    query = build_query(
+        by=by,
+        tz=tz or state.site.tz,
+        start=from_,
+        end=to,
+        devices=device,
+        channels=channel,
+        group=group,
+        now=state.clock(),
+    )
+    names = {r.device: display_name(r) for r in await state.store.devices()}
+    view = await energy_view(state.store, state.site, query, names)
+    return Response(
+        view.to_csv(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{view.filename()}"'},
+    )
 
 
 @router.get(
@@ -380,8 +451,9 @@ class SettingsPatch(TypedDict, total=False):
     responses=openapi.SETTINGS_WRITE,
 )
 async def patch_settings(
+    request: Request,
     state: State,
-    _: Admin,
+    principal: Admin,
     body: Annotated[
         SettingsPatch,
         Body(examples=[{"tz": "Europe/Berlin", "tariff": {"currency": "EUR", "price": 0.3}}]),
@@ -391,7 +463,11 @@ async def patch_settings(
         site = state.site.updated(body)
     except ConfigError as err:
         raise Problem(400, str(err), slug="invalid-parameter") from None
-    await save_site(state.store, site)
+    changed = changes(state.site, site)
+    if changed:
+        actor = await audit_actor(state.store, principal, request.headers.get("authorization", ""))
+        async with audited(state.store, actor, "settings.change", detail=changed):
+            await save_site(state.store, site)
     state.site = site
     return JSONResponse(site.to_json())
 
