@@ -91,6 +91,13 @@ class Device:
         self.duplicate_publishes = False
         self.fail_next_update = False
         self.reset_counters_on_update = False
+        self.fail_updates = False
+        """Every ``Shelly.Update`` fails half-way with ``ota_error`` until this is cleared (a
+        persistent fault, where ``fail_next_update`` fails one)."""
+        self.ota_step_s = OTA_STEP_S
+        self.update_requests: list[dict[str, Any]] = []
+        """The params of every ``Shelly.Update`` received, in order (tests check who got one)."""
+        self._ota_running = False
         self.boot_ts = clock.now()
         self.restart_required = False
         self.auth_ha1: str | None = None
@@ -722,19 +729,32 @@ class Device:
         return fw.check_for_update(self.available_updates())
 
     def _update(self, params: r.Params) -> None:
-        self.spawn(self._ota(*fw.update_target(params, self.available_updates())))
+        """``Shelly.Update``: parameters it does not know are ignored, as by the firmware (no
+        ``stage`` installs stable, §17); one update at a time."""
+        self.update_requests.append({k: v for k, v in params.items() if not k.startswith("__")})
+        target = fw.update_target(params, self.available_updates())
+        if self._ota_running:
+            raise r.precondition("An update is already in progress")
+        self._ota_running = True
+        self.spawn(self._ota(*target))
 
     async def _ota(self, ver: str, fw_id: str) -> None:
+        try:
+            await self._download(ver, fw_id)
+        finally:
+            self._ota_running = False
+
+    async def _download(self, ver: str, fw_id: str) -> None:
         self.emit_event("sys", "ota_begin", msg="Waiting for data")
         for pct in (0, 25, 50, 75, 100):
-            await asyncio.sleep(OTA_STEP_S)
+            await asyncio.sleep(self.ota_step_s)
             self.emit_event("sys", "ota_progress", msg="Downloading", progress_percent=pct)
-            if self.fail_next_update and pct >= 50:
+            if (self.fail_next_update or self.fail_updates) and pct >= 50:
                 self.fail_next_update = False
                 self.emit_event("sys", "ota_error", msg="Update failed: bad checksum")
                 return
         self.emit_event("sys", "ota_success", msg="Update applied, rebooting")
-        await asyncio.sleep(OTA_STEP_S)
+        await asyncio.sleep(self.ota_step_s)
         await self.go_down()
         self.ver, self.fw_id = ver, fw_id
         self.config["sys"]["device"]["fw_id"] = fw_id
