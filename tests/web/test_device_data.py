@@ -151,7 +151,7 @@ async def test_unknown_device_is_a_404_problem(client: httpx.AsyncClient, what: 
     ],
 )
 async def test_parameters_out_of_range_are_422(
-    client: httpx.AsyncClient, what: str, params: dict[str, object]
+    client: httpx.AsyncClient, what: str, params: dict[str, int | str]
 ) -> None:
     assert_problem(await client.get(f"/api/v1/devices/{PLUG}/{what}", params=params), 422)
 
