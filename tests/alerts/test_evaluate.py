@@ -73,11 +73,17 @@ def test_offline_back_within_grace_sends_nothing() -> None:
 
 
 def test_silent_device_fires_once_silence_exceeds_grace() -> None:
-    run = Run(Rule("off", "offline", for_s=60))
-    assert run.tick(150, devices=dev(online=True, seen=100)) == []
-    assert run.tick(161, devices=dev(online=True, seen=100)) == ["firing"]
-    assert run.sent[0].value == 61.0
-    assert run.tick(170, devices=dev(online=True, seen=169)) == ["resolved"]
+    run = Run(Rule("off", "offline", for_s=300))
+    assert run.tick(350, devices=dev(online=True, seen=100)) == []
+    assert run.tick(401, devices=dev(online=True, seen=100)) == ["firing"]
+    assert run.sent[0].value == 301.0
+    assert run.tick(410, devices=dev(online=True, seen=409)) == ["resolved"]
+
+
+def test_silence_needs_two_minutes_even_with_a_short_grace() -> None:
+    run = Run(Rule("off", "offline", for_s=5))
+    assert run.tick(200, devices=dev(online=True, seen=100)) == []
+    assert run.tick(221, devices=dev(online=True, seen=100)) == ["firing"]
 
 
 def test_repeat_while_firing() -> None:

@@ -37,6 +37,11 @@ POWER_HOLD_MAX_S = 60
 """A firing power rule resolves once power has stayed at or below the threshold for
 ``min(for_s, POWER_HOLD_MAX_S)`` seconds: a load that dips for one reading does not resolve and
 re-fire (a notification pair per dip)."""
+SILENT_MIN_S = 120
+"""A device counts as silent (offline without saying so) once its last message is older than
+``max(for_s, SILENT_MIN_S)``: a Shelly reports its meters at least every minute (``aenergy``'s
+``by_minute``), so a short grace period for a device that *said* it is offline (LWT) does not
+make every quiet minute an alert."""
 POWER_STALE_S = 600.0
 """A reading older than this says nothing about power now (the device stopped reporting: the
 offline rule's business)."""
@@ -147,7 +152,7 @@ def _offline(rule: Rule, device: str, record: DeviceRecord | None, now: float) -
         return Observation(
             True, silent, f"{device} is offline (last seen {_ago(silent)} ago)", record.last_seen
         )
-    if silent > rule.for_s:
+    if silent > max(rule.for_s, SILENT_MIN_S):
         return Observation(True, silent, f"{device} is silent for {_ago(silent)}", record.last_seen)
     return Observation(False, silent, f"{device} is back online")
 
@@ -278,6 +283,7 @@ def evaluate(
 __all__ = [
     "POWER_HOLD_MAX_S",
     "POWER_STALE_S",
+    "SILENT_MIN_S",
     "Evaluation",
     "Observation",
     "Snapshot",
