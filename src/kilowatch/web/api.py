@@ -181,8 +181,11 @@ async def patch_device(
     changed = label_changes(rec, label, room)
     if changed:
         actor = await audit_actor(state.store, principal, request.headers.get("authorization", ""))
-        async with audited(state.store, actor, "device.rename", devices=[device], detail=changed):
+        async with audited(
+            state.store, actor, "device.rename", devices=[device], detail=changed
+        ) as act:
             await state.store.set_device_label(device, label=label, room=room)
+            act.detail.update(changed)
     updated = await state.store.device(device)
     assert updated is not None
     return JSONResponse(device_json(updated, await state.store.latest(device), None, state.clock()))
@@ -466,8 +469,9 @@ async def patch_settings(
     changed = changes(state.site, site)
     if changed:
         actor = await audit_actor(state.store, principal, request.headers.get("authorization", ""))
-        async with audited(state.store, actor, "settings.change", detail=changed):
+        async with audited(state.store, actor, "settings.change", detail=changed) as act:
             await save_site(state.store, site)
+            act.detail.update(changed)  # the outcome says what changed too
     state.site = site
     return JSONResponse(site.to_json())
 

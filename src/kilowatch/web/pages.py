@@ -14,6 +14,7 @@ from kilowatch.accounts.users import verify_password
 from kilowatch.errors import ConfigError, Problem
 from kilowatch.query.energy import Bucket, EnergyQuery
 from kilowatch.query.tariff import parse_periods_text, periods_text
+from kilowatch.store.audit import audited
 from kilowatch.web.deps import (
     SESSION_COOKIE,
     Admin,
@@ -23,13 +24,16 @@ from kilowatch.web.deps import (
     current_principal,
     require_writer,
 )
-from kilowatch.web.energy import Report, parse_instant, parse_tz, period_start, report, shift_period
-from kilowatch.web.site import save_site
+from kilowatch.web.energy import parse_instant, parse_tz, period_start, shift_period
+from kilowatch.web.energyview import chart_data, energy_view
+from kilowatch.web.site import changes, save_site
 from kilowatch.web.views import (
+    audit_actor,
     device_json,
     devices_table,
     display_name,
     instant,
+    label_changes,
     overview,
     top_level,
 )
@@ -38,7 +42,6 @@ router = APIRouter(include_in_schema=False)
 
 VIEW_GROUP = {"total": "total", "device": "device", "channel": "channel"}
 STEP_OF = {"hour": "hour", "day": "day", "month": "month"}
-MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 def _render(request: Request, name: str, principal: Any, **context: Any) -> HTMLResponse:
@@ -56,11 +59,30 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
+def _login_form(
+    request: Request, *, next: str, error: str | None, username: str = "", status: int = 200
+) -> HTMLResponse:
+    """The login page; ``username`` stays filled in after a failed attempt. The hint names the
+    demo's login only when ``kilowatch demo`` serves the app (``app.state.login_hint``)."""
+    hint = getattr(request.app.state, "login_hint", None)
+    response = _render(
+        request,
+        "login.html",
+        None,
+        next=_safe_next(next),
+        error=error,
+        username=username,
+        demo_login=hint,
+    )
+    response.status_code = status
+    return response
+
+
 @router.get("/login")
 async def login_page(request: Request, next: str = "/") -> Response:
     if await current_principal(request) is not None:
         return RedirectResponse(_safe_next(next), status_code=303)
-    return _render(request, "login.html", None, next=_safe_next(next), error=None)
+    return _login_form(request, next=next, error=None)
 
 
 @router.post("/login")
@@ -82,24 +104,25 @@ async def login(
     keys = (f"ip:{client}", f"user:{username}")
     wait = state.limiter.retry_after(*keys)
     if wait > 0:
-        response = _render(
+        response = _login_form(
             request,
-            "login.html",
-            None,
-            next=_safe_next(next),
+            next=next,
             error=f"Too many failed logins. Try again in {int(wait) + 1} seconds.",
+            username=username,
+            status=429,
         )
-        response.status_code = 429
         response.headers["Retry-After"] = str(int(wait) + 1)
         return response
     role = await verify_password(state.store, username, password)
     if role is None:
         state.limiter.failed(*keys)
-        response = _render(
-            request, "login.html", None, next=_safe_next(next), error="Wrong user name or password."
+        return _login_form(
+            request,
+            next=next,
+            error="Wrong user name or password.",
+            username=username,
+            status=401,
         )
-        response.status_code = 401
-        return response
     state.limiter.succeeded(f"user:{username}")
     session_id = await state.sessions.create(username)
     redirect = RedirectResponse(_safe_next(next), status_code=303)
@@ -132,95 +155,6 @@ async def overview_page(request: Request, state: State, principal: Viewer) -> Re
     return _render(request, "overview.html", principal, nav="overview", data=data)
 
 
-def _buckets(by: Bucket, start: datetime, end: datetime) -> list[datetime]:
-    """Every bucket start in ``[start, end)`` (local), including buckets without data."""
-    out: list[datetime] = []
-    tz = start.tzinfo
-    if by in ("15min", "hour"):
-        step = 900 if by == "15min" else 3600
-        t = start.timestamp()
-        while t < end.timestamp():
-            out.append(datetime.fromtimestamp(t, UTC).astimezone(tz))
-            t += step
-        return out
-    cur = start
-    while cur < end:
-        out.append(cur)
-        cur = shift_period("hour" if by == "day" else "day", cur, 1)
-    return out
-
-
-def _label(by: Bucket, t: datetime) -> str:
-    if by in ("15min", "hour"):
-        return t.strftime("%H:%M")
-    if by == "day":
-        return str(t.day)
-    return MONTHS[t.month - 1]
-
-
-def chart_data(rep: Report, names: dict[str, str]) -> dict[str, Any]:
-    """Bars per series: import above the axis, export below it, estimated buckets flagged.
-
-    Each bucket's total (the table's Import and Export columns, the tooltip's "Total import") is
-    the store's (:meth:`EnergyTable.bucket_totals`): each meter's energy counted once, as in the
-    totals of the API, not the sum of the bars."""
-    q = rep.query
-    tz = parse_tz(q.tz)
-    starts = _buckets(q.by, q.start.astimezone(tz), q.end.astimezone(tz))
-    index = {int(t.timestamp()): i for i, t in enumerate(starts)}
-    series: dict[str, dict[str, Any]] = {}
-    n = len(starts)
-    # Stacking a channel with its parts (em:0 with em:0/a, b, c) counts it twice: show the parts.
-    with_parts = {
-        (r.device, r.channel.split("/", 1)[0]) for r in rep.rows if r.channel and "/" in r.channel
-    }
-    # The metering script's "hourly" channel measures the same wire as the device's meter: like
-    # the store's device totals, count it only where the device has no other channel's energy.
-    metered = {(r.device, int(r.start.timestamp())) for r in rep.rows if r.channel != "hourly"}
-    for row in rep.rows:
-        if q.group == "channel" and (row.device, row.channel) in with_parts:
-            continue
-        if (
-            q.group == "channel"
-            and row.channel == "hourly"
-            and (row.device, int(row.start.timestamp())) in metered
-        ):
-            continue
-        i = index.get(int(row.start.timestamp()))
-        if i is None:
-            continue
-        if q.group == "total":
-            key = "Total"
-        elif q.group == "device":
-            key = names.get(row.device or "", row.device or "?")
-        else:
-            key = f"{names.get(row.device or '', row.device or '?')} · {row.channel}"
-        s = series.setdefault(
-            key, {"name": key, "import": [0.0] * n, "export": [0.0] * n, "estimated": [False] * n}
-        )
-        s["import"][i] += row.energy_wh
-        s["export"][i] += row.returned_energy_wh
-        s["estimated"][i] = s["estimated"][i] or row.estimated
-    ordered = sorted(series.values(), key=lambda s: -sum(s["import"]))
-    totals_import, totals_export, estimated = [0.0] * n, [0.0] * n, [False] * n
-    for total in rep.table.bucket_totals().rows():
-        i = index.get(int(total.start.timestamp()))
-        if i is not None:
-            totals_import[i] += total.energy_wh
-            totals_export[i] += total.returned_energy_wh
-            estimated[i] = estimated[i] or total.estimated
-    return {
-        "by": q.by,
-        "labels": [_label(q.by, t) for t in starts],
-        "starts": [t.isoformat() for t in starts],
-        "series": ordered,
-        "total_import": totals_import,
-        "total_export": totals_export,
-        "estimated": estimated,
-        "unit": "Wh",
-    }
-
-
 def _nav_links(by: Bucket, start: datetime, params: dict[str, str]) -> dict[str, str]:
     def link(when: datetime, **over: str) -> str:
         return "/energy?" + urlencode({**params, "date": when.date().isoformat(), **over})
@@ -232,6 +166,21 @@ def _nav_links(by: Bucket, start: datetime, params: dict[str, str]) -> dict[str,
         "day": link(start, by="day"),
         "month": link(start, by="month"),
     }
+
+
+def csv_link(query: EnergyQuery) -> str:
+    """``/api/v1/energy.csv`` with the parameters of what the page shows."""
+    tz = parse_tz(query.tz)
+    params: list[tuple[str, str]] = [
+        ("by", query.by),
+        ("tz", query.tz),
+        ("from", query.start.astimezone(tz).date().isoformat()),
+        ("to", query.end.astimezone(tz).date().isoformat()),
+        ("group", query.group),
+    ]
+    params += [("device", d) for d in query.devices]
+    params += [("channel", c) for c in query.channels]
+    return "/api/v1/energy.csv?" + urlencode(params)
 
 
 async def _energy_view(
@@ -249,44 +198,43 @@ async def _energy_view(
     anchor = parse_instant("date", day, tz) if day else now_local
     start = period_start(bucket, anchor.astimezone(tz))
     end = shift_period(bucket, start, 1)
-    chosen = tuple(d for d in devices if d)
-    if not chosen and VIEW_GROUP[view] == "total":
-        chosen = state.site.grid_meters  # the site's total is its grid meters' (when it has any)
     query = EnergyQuery(
         by=bucket,
         tz=state.site.tz,
         start=start,
         end=end,
-        devices=chosen,
+        devices=tuple(d for d in devices if d),
         channels=tuple(c for c in channels if c),
         group=VIEW_GROUP[view],  # type: ignore[arg-type]
     )
-    rep = await report(state.store, query, tariff=state.site.tariff)
     records = await state.store.devices()
     names = {r.device: display_name(r) for r in records}
+    shown = await energy_view(state.store, state.site, query, names)
     params = {"by": by, "view": view}
     if devices:
         params["device"] = ",".join(devices)
     if channels:
         params["channel"] = ",".join(channels)
     if by == "hour":
-        title = start.strftime("%A %d %B %Y")
+        title = f"{start.strftime('%A')} {start.day} {start.strftime('%B %Y')}"
     elif by == "day":
         title = start.strftime("%B %Y")
     else:
         title = start.strftime("%Y")
     return {
-        "report": rep,
-        "chart": chart_data(rep, names),
+        "view_data": shown,
+        "chart": shown.chart_json(),
         "title": title,
         "by": by,
         "view": view,
         "date": start.date().isoformat(),
         "links": _nav_links(bucket, start, params),
+        "csv_url": csv_link(query),
         "records": records,
         "device_filter": ",".join(devices),
         "channel_filter": ",".join(channels),
-        "currency": state.site.tariff.currency,
+        "currency": shown.currency,
+        "has_tariff": state.site.has_tariff,
     }
 
 
@@ -355,9 +303,17 @@ async def device_rename(
     label: Annotated[str, Form(max_length=100)] = "",
     room: Annotated[str, Form(max_length=100)] = "",
 ) -> Response:
-    if await state.store.device(device) is None:
+    rec = await state.store.device(device)
+    if rec is None:
         raise Problem(404, f"no device {device!r}")
-    await state.store.set_device_label(device, label=label.strip(), room=room.strip())
+    changed = label_changes(rec, label.strip(), room.strip())
+    if changed:
+        actor = await audit_actor(state.store, principal)
+        async with audited(
+            state.store, actor, "device.rename", devices=[device], detail=changed
+        ) as act:
+            await state.store.set_device_label(device, label=label.strip(), room=room.strip())
+            act.detail.update(changed)
     return RedirectResponse(f"/devices/{device}", status_code=303)
 
 
@@ -413,7 +369,12 @@ async def settings_save(
         )
         response.status_code = 400
         return response
-    await save_site(state.store, site)
+    changed = changes(state.site, site)
+    if changed:
+        actor = await audit_actor(state.store, principal)
+        async with audited(state.store, actor, "settings.change", detail=changed) as act:
+            await save_site(state.store, site)
+            act.detail.update(changed)  # the outcome says what changed too
     state.site = site
     return RedirectResponse("/settings?saved=1", status_code=303)
 

@@ -46,6 +46,13 @@ class SiteSettings:
     def zone(self) -> ZoneInfo:
         return zone(self.tz)
 
+    @property
+    def has_tariff(self) -> bool:
+        """Whether a tariff is set: a price, an export price or a time-of-use period. Without one
+        the pages show no cost (a "0.00" would claim the energy was free)."""
+        t = self.tariff
+        return bool(t.price or t.export_price or t.periods)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "tz": self.tz,
@@ -117,6 +124,17 @@ def _retention(value: Any) -> int | None:
     return value
 
 
+def changes(old: SiteSettings, new: SiteSettings) -> dict[str, dict[str, Any]]:
+    """What a save changes, for the audit log: ``{setting: {"from": old, "to": new}}`` of the
+    settings that differ (the tariff as one; settings hold no secrets)."""
+    before, after = old.to_json(), new.to_json()
+    return {
+        key: {"from": before[key], "to": after[key]}
+        for key in after
+        if before.get(key) != after[key]
+    }
+
+
 async def load_site(store: Store, *, default_tz: str) -> SiteSettings:
     data = await store.get_meta(SITE_KEY)
     base = SiteSettings(tz=default_tz)
@@ -136,4 +154,12 @@ async def save_site(store: Store, site: SiteSettings) -> None:
     await store.use_local_zone(site.tz)
 
 
-__all__ = ["MAX_RETENTION_DAYS", "SITE_KEY", "SiteSettings", "load_site", "save_site", "zone"]
+__all__ = [
+    "MAX_RETENTION_DAYS",
+    "SITE_KEY",
+    "SiteSettings",
+    "changes",
+    "load_site",
+    "save_site",
+    "zone",
+]

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from kilowatch.accounts.tokens import list_tokens
+from kilowatch.accounts.users import Principal
 from kilowatch.model.messages import Event, Reading
 from kilowatch.query.energy import EnergyQuery
 from kilowatch.store.protocol import DeviceRecord, Store
@@ -51,6 +53,31 @@ def top_level(readings: Iterable[Reading]) -> list[Reading]:
 def power_now(readings: Iterable[Reading]) -> float | None:
     values = [r.power_w for r in top_level(readings) if r.power_w is not None]
     return sum(values) if values else None
+
+
+async def audit_actor(store: Store, principal: Principal, authorization: str = "") -> str:
+    """Who changes something, for the audit log: ``web:<user>`` for a dashboard session,
+    ``api:<token name>`` for a bearer token (``authorization``: the request's header)."""
+    if principal.via != "token":
+        return f"web:{principal.user}"
+    parts = authorization.partition(" ")[2].strip().split("_")
+    if len(parts) >= 2:
+        for token in await list_tokens(store):
+            if token.get("id") == parts[1]:
+                return f"api:{token.get('name') or principal.user}"
+    return f"api:{principal.user}"
+
+
+def label_changes(
+    rec: DeviceRecord, label: str | None, room: str | None
+) -> dict[str, dict[str, str | None]]:
+    """A rename's changes, for the audit log: ``{"label"/"room": {"from", "to"}}`` of those
+    that differ (``None``: left as is)."""
+    out: dict[str, dict[str, str | None]] = {}
+    for key, old, new in (("label", rec.label, label), ("room", rec.room, room)):
+        if new is not None and (old or "") != new:
+            out[key] = {"from": old, "to": new or None}
+    return out
 
 
 def display_name(rec: DeviceRecord) -> str:
@@ -188,6 +215,7 @@ async def overview(store: Store, site: SiteSettings, now: float) -> dict[str, An
     return {
         "tz": site.tz,
         "currency": site.tariff.currency,
+        "tariff_set": site.has_tariff,
         "periods": [
             {
                 "label": p.label,
@@ -217,12 +245,14 @@ async def overview(store: Store, site: SiteSettings, now: float) -> dict[str, An
 
 __all__ = [
     "OFFLINE_AFTER_S",
+    "audit_actor",
     "device_json",
     "devices_table",
     "display_name",
     "energy_by_device",
     "instant",
     "is_online",
+    "label_changes",
     "message_json",
     "overview",
     "power_now",

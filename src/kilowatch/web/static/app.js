@@ -5,6 +5,7 @@
 const PALETTE = ["#0f766e", "#2563eb", "#9333ea", "#db2777", "#ea580c", "#65a30d", "#0891b2", "#4f46e5",
   "#be123c", "#a16207", "#475569", "#059669"];
 const EXPORT_COLOR = "#d97706";
+const UNTRACKED_COLOR = "#94a3b8";
 
 function fmtEnergy(wh) {
   const a = Math.abs(wh);
@@ -39,11 +40,15 @@ function drawEnergyChart() {
   canvas.dataset.import = JSON.stringify(data.total_import);
   canvas.dataset.export = JSON.stringify(data.total_export);
   canvas.dataset.estimated = JSON.stringify(data.estimated);
+  canvas.dataset.titles = JSON.stringify(data.titles || data.labels);
+  canvas.dataset.series = JSON.stringify(data.series.map((s) => s.name));
+  canvas.dataset.untracked = JSON.stringify(data.untracked || null);
   if (typeof Chart === "undefined") return;
   const datasets = [];
   const hasExport = data.total_export.some((v) => v > 0);
   data.series.forEach((s, i) => {
-    const color = PALETTE[i % PALETTE.length];
+    // Untracked energy (grid meter minus sub-meters) in grey: the part no sub-meter explains.
+    const color = s.untracked ? UNTRACKED_COLOR : PALETTE[i % PALETTE.length];
     const pattern = hatch(color);
     // A series that only exports (a PV inverter) gets no empty import bars in the legend.
     if (!s.import.some((v) => v > 0) && s.export.some((v) => v > 0) && data.series.length > 1) {
@@ -61,6 +66,7 @@ function drawEnergyChart() {
       borderWidth: s.estimated.map((e) => (e ? 1 : 0)),
       stack: "energy",
       kwEstimated: s.estimated,
+      kwUntracked: Boolean(s.untracked),
     });
     if (hasExport && s.export.some((v) => v > 0)) {
       datasets.push({
@@ -89,9 +95,12 @@ function drawEnergyChart() {
         legend: { display: datasets.length > 1, position: "bottom" },
         tooltip: {
           callbacks: {
+            // The axis says "3"; a tooltip names the bucket on its own ("Tue 3 Dec").
+            title: (items) => (items.length ? (data.titles || data.labels)[items[0].dataIndex] : ""),
             label: (ctx) => {
               const ds = ctx.dataset;
-              const v = Math.abs(ctx.parsed.y);
+              // export bars are drawn below the axis; untracked energy keeps its sign
+              const v = ds.kwUntracked ? ctx.parsed.y : Math.abs(ctx.parsed.y);
               if (v === 0 && data.series.length > 4) return null;
               const est = ds.kwEstimated && ds.kwEstimated[ctx.dataIndex] ? " (estimated)" : "";
               return `${ds.label}: ${fmtEnergy(v)}${est}`;
@@ -99,7 +108,8 @@ function drawEnergyChart() {
             footer: (items) => {
               if (!items.length) return "";
               const i = items[0].dataIndex;
-              let s = "Total import " + fmtEnergy(data.total_import[i]);
+              const grid = data.grid_meters && data.grid_meters.length;
+              let s = (grid ? "Grid meter import " : "Total import ") + fmtEnergy(data.total_import[i]);
               if (data.total_export[i] > 0) s += " · export " + fmtEnergy(data.total_export[i]);
               return s;
             },
