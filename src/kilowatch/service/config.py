@@ -47,6 +47,9 @@ DEFAULT_POLL_INTERVAL_S = 10.0
 loading the settings must not load the RPC client)."""
 DEFAULT_POLL_CONCURRENCY = 32
 """Default ``poll_concurrency`` (:data:`kilowatch.service.poller.POLL_CONCURRENCY`)."""
+DEFAULT_ALERTS_INTERVAL_S = 5.0
+"""Default ``alerts_interval_s`` (:data:`kilowatch.service.alerts.ALERTS_INTERVAL_S`; not
+imported: loading the settings must not load the HTTP and SMTP clients)."""
 DEFAULT_STOP_TIMEOUT_S = 5.0
 """Default ``stop_timeout_s``: with the MQTT disconnect (at most 2 s) and closing the store, a stop
 takes well under 10 s even while the store fails."""
@@ -270,6 +273,12 @@ class Settings(BaseModel):
     )
     repair_concurrency: int = Field(
         default=4, ge=1, description="Device history backfills in flight at once."
+    )
+    # -- alerts (docs/alerts.md, src/kilowatch/service/alerts.py) ------------------------------
+    alerts_interval_s: float = Field(
+        default=DEFAULT_ALERTS_INTERVAL_S,
+        gt=0,
+        description="Seconds between two evaluations of the alert rules.",
     )
     # -- Home Assistant MQTT discovery (docs/homeassistant.md) -----------------------------------
     homeassistant: bool = Field(

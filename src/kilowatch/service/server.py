@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from kilowatch.alerts.engine import stats_json
 from kilowatch.broker.mosquitto import (
     MOSQUITTO_MISSING,
     Listener,
@@ -45,6 +46,7 @@ from kilowatch.intake.live import LiveHub
 from kilowatch.intake.pipeline import DeliverySource, Pipeline
 from kilowatch.intake.stats import IngestHealth, IngestStats
 from kilowatch.ledger import Ledger
+from kilowatch.service.alerts import AlertsRunner
 from kilowatch.service.config import BrokerMode, LogFormat, Settings, parse_broker_url
 from kilowatch.service.poller import PolledSource, Poller, PollStats
 from kilowatch.service.repair import Repairer, RepairStats, fleet_backfill
@@ -125,6 +127,8 @@ class Running:
     """The repair service's counters (estimated slots replaced: docs/configuration.md)."""
     poll: PollStats | None = None
     """The HTTP poller's counters, when it runs (``poll`` or ``poll_gen1`` set)."""
+    alerts: AlertsRunner | None = None
+    """The alerts service (docs/alerts.md); its counters are ``alerts.stats``."""
 
 
 WebStarter = Callable[[asyncio.TaskGroup, Running, asyncio.Event], Awaitable[object]]
@@ -311,13 +315,18 @@ async def _start_embedded(stack: AsyncExitStack, settings: Settings, store: Stor
 
 
 def ingest_metrics(
-    stats: IngestStats, poll: PollStats | None = None, repair: RepairStats | None = None
+    stats: IngestStats,
+    poll: PollStats | None = None,
+    repair: RepairStats | None = None,
+    alerts: AlertsRunner | None = None,
 ) -> dict[str, float]:
     """Ingest counters for the web app's ``/metrics`` (commit failures by kind, and the gauges,
     come with :attr:`Running.health`); with ``poll``, the poller's (``polls``,
     ``poll_failures``); with ``repair``, the repair service's (``repaired_slots_from_hours``,
     ``repaired_slots_from_history``, ``repair_inconsistent_hours``,
-    ``repair_backfill_failures``)."""
+    ``repair_backfill_failures``); with ``alerts``, the alerts service's (``alerts_evaluations``,
+    ``alerts_notifications``, ``alerts_delivered``, ``alerts_delivery_failures``,
+    ``alerts_delivery_attempts``, ``alerts_firing``, ``alerts_pending``...)."""
     out: dict[str, float] = {
         "received": stats.received,
         "committed": stats.committed,
@@ -332,6 +341,9 @@ def ingest_metrics(
         out["repaired_slots_from_history"] = repair.slots_from_history
         out["repair_inconsistent_hours"] = repair.inconsistent_hours
         out["repair_backfill_failures"] = repair.backfill_failures
+    if alerts is not None:
+        for name, value in stats_json(alerts.stats).items():
+            out[f"alerts_{name}"] = value
     return out
 
 
@@ -410,6 +422,10 @@ async def serve(
             repairing = tg.create_task(repairer.run(), name="repair")
             # a device whose readings resume after a gap: repair soon, not at the next interval
             watching = tg.create_task(repairer.watch(hub), name="repair-watch")
+            running.alerts = AlertsRunner(
+                store, interval_s=settings.alerts_interval_s, default_tz=settings.tz
+            )
+            alerting = tg.create_task(running.alerts.run(), name="alerts")
             if settings.homeassistant:  # MQTT discovery for Home Assistant: docs/homeassistant.md
                 from kilowatch.service.homeassistant import publish_to_homeassistant
 
@@ -436,6 +452,7 @@ async def serve(
             retention.cancel()
             repairing.cancel()
             watching.cancel()
+            alerting.cancel()
         _log_totals(pipeline.stats, poll=running.poll)
     if abandoned:
         raise StoreError(
