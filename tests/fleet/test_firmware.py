@@ -205,12 +205,16 @@ async def test_a_device_that_does_not_finish_in_time_fails_with_a_timeout(lab: L
     assert reason.startswith("timeout: still on 1.4.4") and "expected 1.5.1" in reason
 
 
-async def test_offline_devices_are_reported_and_do_not_count_as_failures(lab: Lab) -> None:
+async def test_devices_not_read_are_reported_and_do_not_count_as_failures(lab: Lab) -> None:
     gone = Registration(device="shellyplus1pm-gone", gen=2, address=f"127.0.0.1:{free_port()}")
-    report = await lab.rollout(regs=[gone, *lab.regs[:2]], max_failures=0)
-    assert outcomes(report) == ["offline", "updated", "updated"]
+    locked = lab.fleet.devices[2]
+    locked.auth_ha1 = ha1_for(locked.id, "secret")  # and kilowatch does not hold it
+    report = await lab.rollout(regs=[gone, lab.regs[2], *lab.regs[:2]], max_failures=0)
+    assert outcomes(report) == ["offline", "failed", "updated", "updated"]
     assert not report.halted and report.result == "partial" and report.failed
     assert report.devices[0].wave is None and report.devices[0].reason
+    assert report.devices[1].wave is None and "password" in (report.devices[1].reason or "")
+    assert locked.update_requests == []
 
 
 async def test_a_dry_run_plans_the_waves_and_sends_nothing(lab: Lab) -> None:

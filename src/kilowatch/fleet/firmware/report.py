@@ -35,8 +35,9 @@ class Outcome(StrEnum):
 
 
 COUNTED = (Outcome.FAILED,)
-"""The outcomes ``max_failures`` counts: an update that went wrong, not a device that was offline
-before anything was sent (that says nothing of the firmware)."""
+"""The outcome ``max_failures`` counts, for the devices of a wave: an update that went wrong. A
+device offline, or refusing to be read, before anything was sent is not counted (that says
+nothing of the firmware)."""
 
 
 @dataclass(frozen=True, slots=True)

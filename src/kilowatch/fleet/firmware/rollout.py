@@ -45,7 +45,8 @@ class _Run:
     halted: bool = False
 
     def failures(self) -> int:
-        return sum(1 for r in self.results.values() if r.outcome in COUNTED)
+        """The failures ``max_failures`` counts: those of devices in a wave (COUNTED)."""
+        return sum(1 for r in self.results.values() if r.outcome in COUNTED and r.wave is not None)
 
     def counts(self) -> dict[str, int]:
         out = {o.value: 0 for o in Outcome}
