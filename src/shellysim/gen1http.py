@@ -93,6 +93,11 @@ class Gen1HttpPlug:
         """``host``, or ``host:port`` when the port is not 80."""
         return self.host if self.port == 80 else f"{self.host}:{self.port}"
 
+    @property
+    def online(self) -> bool:
+        """Whether its socket is open (not :meth:`set_offline`, not rebooting)."""
+        return self._site is not None
+
     async def __aenter__(self) -> Self:
         app = web.Application()
         app.router.add_get("/shelly", self._shelly)
