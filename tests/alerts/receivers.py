@@ -51,8 +51,11 @@ def check_signature(secret: str, headers: dict[str, str], body: bytes) -> bool:
 
 
 class _HttpReceiver:
-    def __init__(self, *, fail_first: int = 0, fail_status: int = 500) -> None:
+    def __init__(
+        self, *, fail_first: int = 0, fail_first_per_id: int = 0, fail_status: int = 500
+    ) -> None:
         self.fail_first = fail_first
+        self.fail_first_per_id = fail_first_per_id
         self.fail_status = fail_status
         self.attempts: list[Attempt] = []
         self.received = asyncio.Event()
@@ -82,7 +85,9 @@ class _HttpReceiver:
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         headers = {k.lower(): v for k, v in request.headers.items()}
-        failing = len(self.attempts) < self.fail_first
+        msg_id = headers.get("webhook-id")
+        tried = sum(a.headers.get("webhook-id") == msg_id for a in self.attempts)
+        failing = len(self.attempts) < self.fail_first or tried < self.fail_first_per_id
         verified = self.verify(headers, body)
         status = self.fail_status if failing else (200 if verified else 401)
         self.attempts.append(Attempt(headers, body, status, verified))
@@ -103,7 +108,8 @@ class _HttpReceiver:
 
 class WebhookReceiver(_HttpReceiver):
     """Accepts a POST only with a valid signature of ``secret`` (else 401); fails the first
-    ``fail_first`` attempts with ``fail_status``. ``ids``: the distinct accepted ``webhook-id``s."""
+    ``fail_first`` attempts, and the first ``fail_first_per_id`` of each ``webhook-id``, with
+    ``fail_status``. ``ids``: the distinct accepted ``webhook-id``s."""
 
     def __init__(self, secret: str, **kw: Any) -> None:
         super().__init__(**kw)
