@@ -30,6 +30,7 @@ from kilowatch.model.messages import Event
 from kilowatch.model.slots import SlotEnergy
 from kilowatch.query.energy import EnergyQuery
 from kilowatch.store import Batch, DeadLetter
+from kilowatch.store.protocol import AuditEntry, PowerMinute
 from kilowatch.store.redis import RedisStore
 from kilowatch.testing import RedisClusterServer, RedisServer
 from kilowatch.testing.energy import T0, reference
@@ -301,3 +302,63 @@ async def test_a_replaced_writers_late_command_is_refused(node_ports: list[int])
             with pytest.raises(StoreError, match="another kilowatch took over"):
                 await old.commit(batch(2))  # and nothing later of the old writer counts either
             await check_exactly_once(new, [batch(0), batch(1)])
+
+
+# -- power minutes and the audit log through the same faults ---------------------------------------
+
+
+def with_power(k: int) -> Batch:
+    """Batch ``k`` with a minute mean of power per device: values, so a retry must leave them as
+    they are (and not fail on the slot's fence)."""
+    hour = T0 + 3600 * k
+    power = [
+        PowerMinute(device(i), "switch:0", hour + 60 * j, 10.5 * i + j, 3)
+        for i in range(DEVICES)
+        for j in range(2)
+    ]
+    b = batch(k)
+    return Batch(
+        slots=b.slots,
+        ledger_states=b.ledger_states,
+        events=b.events,
+        dead_letters=b.dead_letters,
+        power=power,
+    )
+
+
+async def test_a_batch_with_power_after_a_lost_reply_is_stored_once(node_ports: list[int]) -> None:
+    async with proxied(node_ports) as (store, proxies):
+        for proxy in proxies:
+            proxy.drop_reply(*COMMIT_COMMANDS)
+        b = with_power(1)
+        await commit_until_stored(store, b)
+        assert sum(p.fired for p in proxies) >= 1
+        await check_exactly_once(store, [batch(0), b])
+        for i in (0, DEVICES - 1):
+            mine = [p for p in b.power if p.device == device(i)]
+            got = await store.power(device(i), start=T0, end=T0 + 86400)
+            assert got == mine
+
+
+def audit(n: int) -> AuditEntry:
+    devices = (device(n % DEVICES), device((n + 1) % DEVICES))
+    return AuditEntry(id=f"e{n}", ts=T0 + n, actor="cli:ana", action="fleet.apply", devices=devices)
+
+
+async def test_an_audit_append_after_lost_replies_is_stored_once(node_ports: list[int]) -> None:
+    """One lost reply (redis-py sends the script again), then every reply lost until the call
+    fails and the caller appends the same entries again."""
+    async with proxied(node_ports) as (store, proxies):
+        for proxy in proxies:
+            proxy.drop_reply("EVAL", "EVALSHA")
+        await store.audit_append([audit(1), audit(2)])
+        assert sum(p.fired for p in proxies) == 1
+        for proxy in proxies:
+            proxy.drop_reply("EVAL", "EVALSHA", times=10**6)
+        with pytest.raises(StoreError):
+            await store.audit_append([audit(3)])
+        for proxy in proxies:
+            proxy.heal()
+        await store.audit_append([audit(3)])
+        assert await store.audit() == [audit(3), audit(2), audit(1)]
+        assert await store.audit(device=device(2)) == [audit(2), audit(1)]

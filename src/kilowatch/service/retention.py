@@ -1,7 +1,9 @@
 """The retention job of ``kilowatch serve``: drops 15-minute slots older than the site's
 ``retention_days`` (Settings page, ``PATCH /api/v1/settings``), keeping the hour, day and local-day
-rollups (see ``Store.drop_slots_before``). Runs shortly after start, then every
-:data:`RETENTION_INTERVAL_S`; a setting changed in between takes effect at the next run."""
+rollups, and with them the power minutes, audit entries, events and log lines older than the same
+cut (see ``Store.drop_slots_before`` and docs/storage.md, Retention). Runs shortly after start,
+then every :data:`RETENTION_INTERVAL_S`; a setting changed in between takes effect at the next
+run."""
 
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ async def retention_days(store: Store) -> int | None:
 
 
 async def prune_once(store: Store, now: float) -> int | None:
-    """Apply the retention setting once; how many slots were dropped (``None``: no setting)."""
+    """Apply the retention setting once; how many slots were dropped (``None``: no setting).
+    Power minutes, audit entries, events and log lines before the cut go too (not counted)."""
     days = await retention_days(store)
     if days is None:
         return None
@@ -40,7 +43,8 @@ async def prune_once(store: Store, now: float) -> int | None:
     started = time.monotonic()
     dropped = await store.drop_slots_before(before)
     log.info(
-        "retention: dropped %d 15-minute slots older than %d days in %.1f s",
+        "retention: dropped %d 15-minute slots (and power minutes, audit entries, events and "
+        "log lines) older than %d days in %.1f s",
         dropped, days, time.monotonic() - started,
     )  # fmt: skip
     return dropped

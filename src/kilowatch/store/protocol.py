@@ -115,8 +115,9 @@ class PowerMinute:
     ``minute`` is a unix time that is a multiple of 60; ``power_w`` the mean of the readings with
     a power value the pipeline saw in ``[minute, minute + 60)``; ``samples`` how many. It is a
     *value*: writing the same minute again replaces it (safe to repeat), so a batch retried or
-    replayed after a restart never doubles anything. Kept as long as the retention setting keeps
-    slots (at most 48 hours are asked for)."""
+    replayed after a restart never doubles anything. Stores keep it to the milliwatt. Kept for
+    the last :data:`~kilowatch.store.records.POWER_DAYS` (3) UTC days of its channel, and not
+    older than the retention setting keeps slots (at most 48 hours are asked for)."""
 
     device: str
     channel: str
@@ -227,7 +228,9 @@ class Store(Protocol):
         """Retention: delete the 15-minute slots that start before ``before`` (unix seconds,
         rounded down to a whole UTC hour), keeping every hour, day and local-day rollup: hour,
         day and month answers stay (but hour buckets of a zone with a half-hour offset, which
-        need slots), 15-minute answers end there. Returns how many slots were deleted."""
+        need slots), 15-minute answers end there. Also deletes what is kept by time: power
+        minutes before that cut, audit entries, events and log lines older than it. Returns how
+        many slots were deleted."""
 
     async def local_days_zone(self) -> str | None:
         """The zone whose local days are built and maintained (``None``: none, or still
@@ -280,8 +283,10 @@ class Store(Protocol):
     async def audit_append(self, entries: Sequence[AuditEntry]) -> None:
         """Add entries to the audit log in one write; an id already stored is skipped (safe to
         repeat). Kept bounded (newest 100 000) and no older than the retention setting allows
-        slots. A detail that cannot be stored raises :class:`UnstorableError` and nothing of
-        the call is stored."""
+        slots. An entry that cannot be stored (a detail that is not JSON-able, nested deeper
+        than 254 levels, or an entry over 64 KiB of JSON; an empty id; a time that is not a
+        finite number) raises :class:`UnstorableError` naming it, and nothing of the call is
+        stored."""
 
     async def audit(
         self,
@@ -291,8 +296,9 @@ class Store(Protocol):
         action: str | None = None,
         before: float | None = None,
     ) -> list[AuditEntry]:
-        """Newest first: at most ``limit`` entries, of one device (``device`` in its devices),
-        whose action is ``action`` or starts with ``action + "."``, older than ``before``."""
+        """Newest first (by ``ts``, equal times by id, descending): at most ``limit`` entries,
+        of one device (``device`` in its devices), whose action is ``action`` or starts with
+        ``action + "."``, older than ``before`` (``ts < before``: page with the last ``ts``)."""
 
     async def dead_letter_counts(self) -> dict[str, int]:
         """Count of dead letters ever seen, by reason."""

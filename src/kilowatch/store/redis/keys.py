@@ -36,6 +36,15 @@
   ``script_id``, ``deployed_at``, ``id``), without the prefix (see :mod:`.registry`).
 - ``P:kw:seed`` sorted set indexing hourly hashes written by someone else (an EMQX sink): member
   ``<device id>\\t<key>``, score = hour start (see :mod:`kilowatch.store.redis.seed`).
+- ``P:kw:power:{D}:<channel>:<yyyymmdd>`` string per channel and UTC day: the minute means of
+  power packed as signed 64-bit big-endian integers, two per minute ``n`` of the day (``#2n`` the
+  mean in mW, ``#2n+1`` the samples; 0: no value), written by ``BITFIELD SET`` in the commit
+  (values replace), expiring :data:`~kilowatch.store.records.POWER_TTL_S` after its last write;
+  ``P:kw:power:{D}`` the set of the device's channels with power. In the device's hash tag.
+- ``P:kw:{kw:audit}:entries`` hash id -> JSON of the audit log, ``P:kw:{kw:audit}:ts`` sorted set
+  of ids by time, ``P:kw:{kw:audit}:actions`` hash id -> action, ``P:kw:{kw:audit}:device:<D>``
+  sorted set of a device's ids by time: one hash tag, so a script writes them atomically on a
+  cluster too.
 - ``P:kw:fence:<lane>`` (one server) or ``P:kw:fence:{<tag>}:<lane>`` (a cluster: one per hash
   slot, ``<tag>`` a hash tag of that slot) the sequence number of the last commit of the writer
   ``<lane>`` applied there; expires a day after that commit (see :data:`~.lua.COMMIT_LUA`).
@@ -85,6 +94,20 @@ class Keys:
     def registration(self, device: str) -> str:
         """The fleet registry's hash of ``device``, ``P:kw:device:{D}:registry``."""
         return self.dev(device) + ":registry"
+
+    def power_channels(self, device: str) -> str:
+        """The set of ``device``'s channels with power minutes, ``P:kw:power:{D}``."""
+        return self.kw("power", "{" + device + "}")
+
+    def power_day(self, device: str, channel: str, day: int) -> str:
+        """A channel's power minutes of the UTC day starting at ``day``,
+        ``P:kw:power:{D}:<channel>:<yyyymmdd>``."""
+        return f"{self.power_channels(device)}:{channel}:{utc_date(day)}"
+
+    def audit(self, part: str) -> str:
+        """A key of the audit log, ``P:kw:{kw:audit}:<part>`` (``entries``, ``ts``, ``actions``,
+        ``device:<D>``)."""
+        return self.kw("{kw:audit}", part)
 
     def seed_key(self, mac: str, hour: int) -> str:
         """The seed's hourly hash key ``<prefix>:<MAC>_<hour start>``."""
@@ -145,6 +168,11 @@ def key_text(raw: bytes | str) -> str:
 def glob_escape(text: str) -> str:
     """``text`` matched literally by a SCAN ``MATCH`` pattern (device ids may hold ``[*?``)."""
     return re.sub(r"([\\*?\[\]])", r"\\\1", text)
+
+
+def utc_date(day: int) -> str:
+    """``yyyymmdd`` of the UTC day of unix time ``day``."""
+    return datetime.fromtimestamp(day, UTC).strftime("%Y%m%d")
 
 
 def year_start(ts: int) -> int:

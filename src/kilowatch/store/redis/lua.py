@@ -231,12 +231,14 @@ COMMIT_OPS = {
     "set": "V",
     "bitfield": "B",
     "seed_hour": "W",
+    "expire": "E",
+    "delete": "D",
 }
 """The commands a commit is made of (:class:`~.transaction.Ops` names them like redis-py's
 methods) and their one-letter codes in :data:`COMMIT_LUA`'s op list. ``seed_hour`` is ours: add
 mWh to a seed hour hash (``kwi``, ``kwe``) and write its Wh fields as exact decimals; a hash an
 earlier kilowatch wrote (marker ``kw``, float sums, no ``kwi``) starts from its sums rounded to
-the mWh."""
+the mWh. ``expire`` sets a key's time to live (s); ``delete`` (no arguments) deletes it."""
 COMMIT_MERGEABLE = frozenset("IHSP")
 """Codes whose ops on the same key, one after the other, are one op with the arguments of both
 (``HINCRBY k a 1; HINCRBY k b 2`` = ``I k a 1 b 2``; ``LPUSH k x; LPUSH k y`` = ``P k x y``)."""
@@ -304,6 +306,8 @@ while i <= n do
   elseif code == 'T' then call('LTRIM', key, args[a], args[a + 1])
   elseif code == 'V' then call('SET', key, args[a])
   elseif code == 'B' then chunked('BITFIELD', key, args, a, last)
+  elseif code == 'E' then call('EXPIRE', key, args[a])
+  elseif code == 'D' then call('DEL', key)
   elseif code == 'W' then
     if call('HEXISTS', key, 'kwi') == 0 and call('HGET', key, 'kw') == '1' then
       -- ours, from a kilowatch that added floats: its sums so far become the mWh to add to
@@ -548,3 +552,120 @@ return 1
 """
 """Drop a channel's replay record (``KEYS[1]``) once its seed hours are done, if it is still the
 one of nonce ``ARGV[1]``."""
+
+_AUDIT_DROP_FUNCTION = """
+local function drop(ids)
+  for _, id in ipairs(ids) do
+    local body = redis.call('HGET', KEYS[1], id)
+    if body then
+      local ok, entry = pcall(cjson.decode, body)
+      if ok and type(entry) == 'table' and type(entry.devices) == 'table' then
+        for _, device in ipairs(entry.devices) do
+          redis.call('ZREM', ARGV[2] .. tostring(device), id)
+        end
+      end
+    end
+    redis.call('HDEL', KEYS[1], id)
+    redis.call('HDEL', KEYS[3], id)
+    redis.call('ZREM', KEYS[2], id)
+  end
+end
+"""
+
+AUDIT_ADD_LUA = (
+    _AUDIT_DROP_FUNCTION
+    + """
+local i, added = 3, 0
+while i <= #ARGV do
+  local id, ts, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 4])
+  if redis.call('HSETNX', KEYS[1], id, ARGV[i + 3]) == 1 then
+    redis.call('HSET', KEYS[3], id, ARGV[i + 2])
+    redis.call('ZADD', KEYS[2], ts, id)
+    for d = 1, n do redis.call('ZADD', ARGV[2] .. ARGV[i + 4 + d], ts, id) end
+    added = added + 1
+  end
+  i = i + 5 + n
+end
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[1])
+if added > 0 and over > 0 then drop(redis.call('ZRANGE', KEYS[2], 0, over - 1)) end
+return added
+"""
+)
+"""Append audit entries atomically, each at most once (by id). ``KEYS``: the entries hash (id ->
+JSON), the time index (sorted set, score = ts) and the actions hash (id -> action), all in the
+hash tag ``{kw:audit}``. ``ARGV[1]`` how many entries to keep, ``ARGV[2]`` the head of the
+per-device indexes (``<head><device>``: sorted sets in the same hash tag), then per entry ``id ts
+action json n device1 .. devicen``. An id stored already is skipped; then the oldest entries
+beyond the bound go, from every index (their devices read from their JSON). Returns how many
+were added."""
+
+AUDIT_DROP_LUA = (
+    _AUDIT_DROP_FUNCTION
+    + """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1], 'LIMIT', 0, ARGV[3])
+drop(ids)
+return #ids
+"""
+)
+"""Retention of the audit log: at most ``ARGV[3]`` entries older than ``ARGV[1]`` deleted, oldest
+first (``KEYS`` and ``ARGV[2]`` as in :data:`AUDIT_ADD_LUA`); returns how many (call again while
+it returns ``ARGV[3]``)."""
+
+AUDIT_READ_LUA = """
+local out, offset, page = {}, 0, 500
+local limit, wanted, action = tonumber(ARGV[2]), ARGV[3] == '1', ARGV[4]
+local dotted = action .. '.'
+while #out < limit do
+  local ids = redis.call('ZREVRANGEBYSCORE', KEYS[2], ARGV[1], '-inf', 'LIMIT', offset, page)
+  if #ids == 0 then break end
+  offset = offset + #ids
+  local keep = ids
+  if wanted then
+    local actions = redis.call('HMGET', KEYS[3], unpack(ids))
+    keep = {}
+    for k = 1, #ids do
+      local a = actions[k]
+      if a and (a == action or string.sub(a, 1, #dotted) == dotted) then
+        keep[#keep + 1] = ids[k]
+      end
+    end
+  end
+  if #keep > 0 then
+    local bodies = redis.call('HMGET', KEYS[1], unpack(keep))
+    for k = 1, #keep do
+      if bodies[k] and #out < limit then out[#out + 1] = bodies[k] end
+    end
+  end
+end
+return out
+"""
+"""The newest audit entries (JSON), newest first: ``KEYS`` the entries hash, the index to walk
+(the time index, or a device's) and the actions hash; ``ARGV[1]`` the highest score (``+inf`` or
+``(<before>``), ``ARGV[2]`` how many at most, ``ARGV[3]`` ``1`` to keep only the action
+``ARGV[4]`` and those below it (``fleet`` keeps ``fleet.adopt``). Walks the index in pages of 500
+in one atomic call: a filter on a rare action reads at most the whole (bounded) log."""
+
+LIST_DROP_LUA = """
+local cut = tonumber(ARGV[1])
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+local keep, dropped = {}, 0
+for i = 1, #items do
+  local ok, item = pcall(cjson.decode, items[i])
+  if ok and type(item) == 'table' and type(item.ts) == 'number' and item.ts < cut then
+    dropped = dropped + 1
+  else
+    keep[#keep + 1] = items[i]
+  end
+end
+if dropped > 0 then
+  redis.call('DEL', KEYS[1])
+  for i = 1, #keep, 1000 do
+    redis.call('RPUSH', KEYS[1], unpack(keep, i, math.min(i + 999, #keep)))
+  end
+end
+return dropped
+"""
+"""Retention of an event or log list (``KEYS[1]``, newest first, at most 10 000 items): the items
+older than ``ARGV[1]`` removed wherever they are (a device's backlog arrives late, so a list is not
+in time order), the others kept in their order; an item that cannot be read is kept. Returns how
+many went."""

@@ -26,7 +26,15 @@ from kilowatch.query.energy import EnergyQuery, EnergyRow
 from kilowatch.query.table import EnergyTable
 from kilowatch.store import registry
 from kilowatch.store.measured import check_measured
-from kilowatch.store.protocol import Batch, DeadLetter, DeviceRecord, Registration
+from kilowatch.store.protocol import (
+    AuditEntry,
+    Batch,
+    DeadLetter,
+    DeviceRecord,
+    PowerMinute,
+    Registration,
+)
+from kilowatch.store.redis.auditlog import AuditLog
 from kilowatch.store.redis.columns import HourColumns
 from kilowatch.store.redis.connection import (
     CLOSE_TIMEOUT_S,
@@ -37,6 +45,7 @@ from kilowatch.store.redis.connection import (
 )
 from kilowatch.store.redis.energy import EnergyReader
 from kilowatch.store.redis.localdays import LocalDays
+from kilowatch.store.redis.power import read_power
 from kilowatch.store.redis.reads import RecordReader
 from kilowatch.store.redis.registry import Registry
 from kilowatch.store.redis.repair import Repairer
@@ -75,6 +84,7 @@ class RedisStore:
         self._energy = EnergyReader(self._conn, self._seed, self._columns, self._local)
         self._records = RecordReader(self._conn, self._seed)
         self._registry = Registry(self._conn)
+        self._audit = AuditLog(self._conn)
         self._refresher: asyncio.Task[None] | None = None
         self._build: asyncio.Task[None] | None = None
         self._tasks: asyncio.TaskGroup | None = None
@@ -225,8 +235,15 @@ class RedisStore:
         return await self._repairer.estimated_slots(start, end, device)
 
     async def drop_slots_before(self, before: int) -> int:
-        """Retention: see :meth:`Writer.drop_slots_before`."""
-        return await self._writer.drop_slots_before(before)
+        """Retention: see :meth:`Writer.drop_slots_before`; then the audit entries before the
+        same cut."""
+        dropped = await self._writer.drop_slots_before(before)
+        await self._audit.drop_before(before - before % 3600)
+        return dropped
+
+    async def audit_append(self, entries: Sequence[AuditEntry]) -> None:
+        """One atomic script call (see :data:`~.lua.AUDIT_ADD_LUA`)."""
+        await self._audit.append(entries)
 
     # -- local days ------------------------------------------------------------------------------
 
@@ -280,6 +297,19 @@ class RedisStore:
 
     async def dead_letter_counts(self) -> dict[str, int]:
         return await self._records.dead_letter_counts()
+
+    async def power(self, device: str, *, start: int, end: int) -> list[PowerMinute]:
+        return await read_power(self._conn, device, start, end)
+
+    async def audit(
+        self,
+        *,
+        limit: int = 100,
+        device: str | None = None,
+        action: str | None = None,
+        before: float | None = None,
+    ) -> list[AuditEntry]:
+        return await self._audit.newest(limit, device, action, before)
 
     async def get_meta(self, key: str) -> Any | None:
         return await self._records.get_meta(key)

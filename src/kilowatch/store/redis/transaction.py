@@ -60,7 +60,7 @@ def encode(
         last_code, last_key = code, key
     argv: list[Any] = [seq, FENCE_TTL_S, generation]
     for code, at, flat in ops:
-        if _joinable(flat):
+        if not flat or _joinable(flat):  # no arguments: an empty string of them
             argv += (f"{code}{at}:0", " ".join(map(str, flat)))
         else:
             argv.append(f"{code}{at}:{len(flat)}")
@@ -97,9 +97,7 @@ def _flatten(method: str, args: tuple[Any, ...]) -> tuple[str, list[Any]]:
     return code, list(args)
 
 
-async def execute(
-    conn: Connection, ops: Ops, *, lane: str, seq: int, generation: int = 0
-) -> None:
+async def execute(conn: Connection, ops: Ops, *, lane: str, seq: int, generation: int = 0) -> None:
     """Apply ``ops`` as commit number ``seq`` of writer ``lane``, each group at most once.
 
     On a server the whole batch is one script call; on a cluster one per hash slot (a channel's

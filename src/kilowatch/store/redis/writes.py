@@ -1,6 +1,6 @@
 """Everything the Redis store writes: a batch's commit (every key it touches, in one fenced script
 call per group, see :mod:`.transaction`), a device's label, a setting, and the retention cut of
-old slots."""
+old slots, power minutes, events and log lines."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from kilowatch.store.redis.columns import add_columns
 from kilowatch.store.redis.connection import Connection, store_error
 from kilowatch.store.redis.keys import DAY, MARKER, SEP, glob_escape, month_start, year_start
 from kilowatch.store.redis.localdays import LocalDays
-from kilowatch.store.redis.lua import DROP_LUA, RAISE_FLOOR_LUA
+from kilowatch.store.redis.lua import DROP_LUA, LIST_DROP_LUA, RAISE_FLOOR_LUA
+from kilowatch.store.redis.power import drop_power, power_ops
 from kilowatch.store.redis.seed import SeedIndex
 from kilowatch.store.redis.transaction import Ops, execute
 
@@ -58,18 +59,23 @@ class Writer:
         self._seq = 0
         self._seqs: OrderedDict[str, int] = OrderedDict()
         """Commit id -> sequence number, the last :data:`COMMITS_REMEMBERED`."""
+        self._power_trimmed: dict[ChannelKey, int] = {}
+        """Channel -> the UTC day whose older power days a commit of this writer deleted."""
 
     async def commit(self, batch: Batch) -> None:
         """Apply ``batch``, at most once: in one script call on a server, one per hash slot on
         a cluster (see :func:`~.transaction.execute` and docs/storage.md)."""
         try:
+            power = records.power_rows(batch.power)  # UnstorableError before anything is sent
             async with self._conn.commits:
                 await self._known_macs(batch)
                 ops = self._commit_ops(batch)
+                opened = power_ops(ops, self._keys, power, self._power_trimmed)
                 await execute(
                     self._conn, ops, lane=self.lane, seq=self._seq_of(batch.commit_id),
                     generation=self.generation,
                 )  # fmt: skip
+                self._power_trimmed.update(opened)
             self._seed.mark_known(k for m, k, _ in ops.items if m == "seed_hour")
         except redis_errors.ResponseError as err:
             if str(err).startswith("KWSTALE"):
@@ -290,9 +296,26 @@ class Writer:
                     dropped += await self._drop(todo)
                     todo = []
             dropped += await self._drop(todo)
+            await drop_power(self._conn, cut)
+            await self._drop_lists(cut)
         except (redis_errors.RedisError, OSError) as err:
             raise store_error("cannot drop old slots", err) from err
         return dropped
+
+    async def _drop_lists(self, cut: int) -> None:
+        """The events and log lines older than ``cut`` popped from every list (each device's and
+        the overall ones), :data:`DROP_CHUNK` lists per pipelined round trip."""
+        k = self._keys
+        names = await self._conn.client.smembers(k.kw("devices"))
+        lists = [k.kw("events"), k.kw("logs")]
+        for raw in names:
+            head = k.dev(raw.decode())
+            lists += (head + ":events", head + ":logs")
+        for first in range(0, len(lists), DROP_CHUNK):
+            pipe = self._conn.client.pipeline(transaction=False)
+            for key in lists[first : first + DROP_CHUNK]:
+                pipe.eval(LIST_DROP_LUA, 1, key, cut)
+            await pipe.execute()
 
     async def _drop(self, todo: Sequence[tuple[str, int]]) -> int:
         if not todo:
