@@ -7,10 +7,12 @@ from __future__ import annotations
 from kilowatch.decode.registry import default_registry
 from kilowatch.decode.state import DecoderState
 from kilowatch.intake.client import Delivery
+from kilowatch.intake.commit import UNSTORABLE, Committer
 from kilowatch.intake.pipeline import POWER_MINUTES_OPEN, Pipeline
+from kilowatch.intake.stats import IngestStats
 from kilowatch.ledger import Ledger
-from kilowatch.model.messages import Message, Reading
-from kilowatch.store import Store
+from kilowatch.model.messages import Event, Message, Reading
+from kilowatch.store import Batch, Store
 from kilowatch.store.protocol import PowerMinute
 
 T0 = 1_767_258_000  # 2026-01-01T09:00:00Z, a whole minute
@@ -95,3 +97,19 @@ async def test_the_store_holds_the_latest_mean_of_a_minute(store: Store) -> None
         PowerMinute(DEV, "a", T0, 30.0, 3),
         PowerMinute(DEV, "a", T0 + 60, 1.0, 1),
     ]
+
+
+async def test_a_power_minute_the_store_refuses_is_set_aside_and_the_rest_stored(
+    store: Store,
+) -> None:
+    """The commit step bisects a refused batch: a channel's power minutes are one record."""
+    stats = IngestStats()
+    good = PowerMinute(DEV, "a", T0, 5.0, 2)
+    bad = PowerMinute(DEV, "b", T0, 1e300, 1)  # beyond what a store keeps
+    batch = Batch(power=[good, bad], events=[Event(DEV, T0, "sys", "tick")])
+    await Committer(store, stats).commit(batch)
+    assert await store.power(DEV, start=T0, end=T0 + 60) == [good]
+    assert len(await store.events(DEV)) == 1
+    [letter] = await store.dead_letters()
+    assert letter.reason == UNSTORABLE
+    assert letter.detail.startswith(f"the store refused the power of {DEV} b (1 minutes)")

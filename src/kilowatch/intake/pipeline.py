@@ -125,7 +125,7 @@ class _PowerMeans:
         self._let_go_touched: list[PowerMinute] = []
 
     def add(self, key: ChannelKey, ts: float, power_w: float) -> None:
-        if power_w - power_w != 0.0:  # NaN or infinite: no mean can take it
+        if power_w - power_w != 0.0 or ts - ts != 0.0:  # NaN or infinite: no minute takes it
             return
         minute = int(ts // 60) * 60
         ch = self._channels.get(key)

@@ -8,11 +8,13 @@ URL). What is asked of it is :mod:`kilowatch.query`'s vocabulary. See docs/stora
 from __future__ import annotations
 
 from kilowatch.store.protocol import (
+    AuditEntry,
     Batch,
     DeadLetter,
     DeployedScript,
     DeviceRecord,
     DeviceUpdate,
+    PowerMinute,
     Registration,
     Store,
 )
@@ -36,11 +38,13 @@ def open_store(url: str) -> Store:
 
 
 __all__ = [
+    "AuditEntry",
     "Batch",
     "DeadLetter",
     "DeployedScript",
     "DeviceRecord",
     "DeviceUpdate",
+    "PowerMinute",
     "Registration",
     "Store",
     "open_store",
