@@ -35,10 +35,11 @@ from kilowatch.errors import ConfigError
 from kilowatch.fleet.discovery import scan
 from kilowatch.fleet.registry import record_found
 from kilowatch.service.config import Settings, default_data_dir, default_timezone
-from kilowatch.service.server import Running, serve
+from kilowatch.service.server import Running, ingest_metrics, serve
 from kilowatch.store import Registration, Store
-from kilowatch.web.app import start_web
-from shellysim import Fleet, LoadKind, SimClock
+from kilowatch.web.app import bind, create_app, serve_web
+from kilowatch.web.site import load_site, save_site
+from shellysim import Fleet, LoadKind, SimClock, mac_for, model_spec
 
 log = logging.getLogger("kilowatch.demo")
 
@@ -58,10 +59,14 @@ READY_TIMEOUT_S = 30.0
 HOME: tuple[tuple[str, str, tuple[LoadKind, ...] | None], ...] = (
     ("pm1", "boiler (Shelly PM Mini Gen3)", (LoadKind.BOILER,)),
     ("switch", "air conditioner (Shelly Plus 1PM)", (LoadKind.AIR_CONDITIONER,)),
-    ("3em", "mains, three phases (Shelly Pro 3EM)", None),
+    ("3em", "mains, three phases (Shelly Pro 3EM)", (LoadKind.BASE,)),
     ("plug", "balcony PV feeding in (Shelly Plus Plug S)", (LoadKind.PV,)),
 )
-"""The simulated home's Shelly devices: model key, what it meters, loads (None: model default)."""
+"""The simulated home's Shelly devices: model key, what it meters, loads (None: model default).
+The mains meter's own loads (lights, sockets: the base load on each phase) are what no sub-meter
+measures; it measures the other devices' loads too (:func:`wire_mains`)."""
+MAINS = 2
+"""The index in :data:`HOME` of the mains meter: the site's grid meter."""
 TASMOTA = "tasmota"
 """Plus one Tasmota plug (a fridge), joining in real time."""
 
@@ -201,6 +206,39 @@ def make_home(broker_url: str, clock: CatchUpClock, seed: int) -> Fleet:
     )
 
 
+def make_plugs(broker_url: str, seed: int) -> Fleet:
+    """The Tasmota fridge plug (real time: its messages carry no usable time), not started."""
+    return Fleet(
+        devices=0, vendors=[TASMOTA], broker=broker_url, seed=seed, http=False, engine=None
+    )
+
+
+def wire_mains(home: Fleet, plugs: Fleet) -> None:
+    """Put every other load of the house behind the mains meter, as in a real house: the mains
+    Pro 3EM measures the boiler, the air conditioner, the PV plug's feed-in and the fridge (also
+    before its plug joins: the fridge runs, unmetered) plus its own base load."""
+    mains = home.devices[MAINS]
+    behind = [m for dev in home.devices if dev is not mains for m in dev.meters()]
+    mains.meter_behind(behind + [pub.meter for pub in plugs.publishers])
+
+
+def mains_id(seed: int) -> str:
+    """The device id of the demo's mains meter (the simulator's ids follow from the seed)."""
+    spec = model_spec(HOME[MAINS][0])
+    return f"{spec.prefix}-{mac_for(seed, MAINS + 1).lower()}"
+
+
+async def set_grid_meter(store: Store, device: str, tz: str) -> bool:
+    """Make ``device`` the site's grid meter (Settings → Grid meters), so site totals are the
+    mains' alone, not the mains plus the sub-meters behind it. A store whose site already names
+    grid meters keeps them (returns ``False``)."""
+    site = await load_site(store, default_tz=tz)
+    if site.grid_meters and site.grid_meters != (device,):
+        return False
+    await save_site(store, site.updated({"grid_meters": [device]}))
+    return True
+
+
 async def check_store_is_free(store: Store, fleet: Fleet) -> None:
     """Refuse a store that already accounted the demo's devices: replaying their counters from
     zero days in the past would be read as counter resets and counted a second time."""
@@ -279,7 +317,8 @@ async def run_demo(
         tg: asyncio.TaskGroup, running: Running, web_stop: asyncio.Event
     ) -> None:
         state.login = await ensure_demo_login(running.store)
-        state.http_port = await start_web(tg, running, web_stop)
+        await set_grid_meter(running.store, mains_id(options.seed), settings.tz)
+        state.http_port = await start_demo_app(tg, running, web_stop, login=state.login)
 
     def on_ready(running: Running) -> None:
         if not ready.done():
@@ -296,6 +335,8 @@ async def run_demo(
                 # started only now: back-filled time must not run while the service starts
                 clock = CatchUpClock(start=time.time() - options.days * 86_400, speed=options.speed)
                 home = make_home(broker_url, clock, options.seed)
+                plugs = make_plugs(broker_url, options.seed)
+                wire_mains(home, plugs)
                 await check_store_is_free(running.store, home)
                 await stack.enter_async_context(home)
                 await register_home(running.store, home)
@@ -304,14 +345,6 @@ async def run_demo(
                 await _until(stop, _wait_caught_up(clock))
                 if not stop.is_set():
                     state.caught_up = True
-                    plugs = Fleet(
-                        devices=0,
-                        vendors=[TASMOTA],
-                        broker=broker_url,
-                        seed=options.seed,
-                        http=False,
-                        engine=None,
-                    )
                     await stack.enter_async_context(plugs)
                     echo(
                         f"history back-filled up to now; running in real time with "
@@ -324,6 +357,40 @@ async def run_demo(
             service_stop.set()
     echo("stopped.")
     return state
+
+
+async def start_demo_app(
+    tg: asyncio.TaskGroup,
+    running: Running,
+    stop: asyncio.Event,
+    *,
+    login: tuple[str, str] | None,
+) -> int:
+    """:func:`kilowatch.web.app.start_web` for the demo: the same app, whose login page also
+    tells the demo's user and password (``app.state.login_hint``) when the demo created them."""
+    settings = running.settings
+    sock = bind(settings.http_host, settings.http_port)
+    stats = running.stats
+    app = create_app(
+        running.store,
+        live=running.hub,
+        site_tz=settings.tz,
+        ingest_stats=lambda: ingest_metrics(stats, running.poll, running.repair),
+        ingest_health=running.health,
+        running=running,
+    )
+    app.state.login_hint = login
+    web = tg.create_task(
+        serve_web(app, settings.http_host, settings.http_port, sock=sock), name="web"
+    )
+
+    async def stop_web() -> None:
+        await stop.wait()
+        web.cancel()
+
+    tg.create_task(stop_web(), name="web-stop")
+    port: int = sock.getsockname()[1]
+    return port
 
 
 async def _wait_caught_up(clock: CatchUpClock) -> None:
@@ -403,6 +470,7 @@ __all__ = [
     "DEMO_PASSWORD",
     "DEMO_USER",
     "HOME",
+    "MAINS",
     "CatchUpClock",
     "DemoOptions",
     "DemoState",
@@ -410,6 +478,9 @@ __all__ = [
     "demo_data_dir",
     "demo_settings",
     "ensure_demo_login",
+    "mains_id",
     "make_home",
     "run_demo",
+    "set_grid_meter",
+    "wire_mains",
 ]

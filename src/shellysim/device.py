@@ -20,7 +20,7 @@ import itertools
 import logging
 import re
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -309,6 +309,19 @@ class Device:
     def meters(self) -> list[MeterChannel]:
         """Every meter of this device."""
         return [m for c in self.channels.values() for m in c.meters()]
+
+    def meter_behind(self, meters: Sequence[MeterChannel]) -> None:
+        """Measure ``meters``' loads too, as a mains meter measures the sub-meters behind it: the
+        *i*-th of them is wired behind this device's meter ``i % n`` (a Pro 3EM: phases a, b, c
+        in turn). Their power adds to that meter's power, counters and truth from the meter's
+        current time on; a meter cannot be behind itself, directly or through others."""
+        own = self.meters()
+        if not own:
+            raise ValueError(f"{self.id} meters nothing: nothing can be behind it")
+        for i, m in enumerate(meters):
+            if _reaches(m, set(map(id, own))):
+                raise ValueError(f"a meter of {self.id} would be behind itself")
+            own[i % len(own)].behind.append(m)
 
     def _get_status(self, params: r.Params) -> dict[str, Any]:
         """``Shelly.GetStatus``: the counters as of now, as a device reads its meter when asked
@@ -784,6 +797,13 @@ class Device:
         for m in self.meters():
             m.reset_counters()
         self._emit_energy(None)
+
+
+def _reaches(meter: MeterChannel, targets: set[int]) -> bool:
+    """Whether ``meter`` is one of ``targets`` (by identity) or has one of them behind it."""
+    if id(meter) in targets:
+        return True
+    return any(_reaches(m, targets) for m in meter.behind)
 
 
 def _key_id(key: str) -> int:

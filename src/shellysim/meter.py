@@ -11,6 +11,7 @@ whatever the counters show.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,9 @@ class MeterChannel:
         self.truth = truth
         self.gate = gate
         self.reverse = False
+        self.behind: list[MeterChannel] = []
+        """Meters whose loads this one measures too (a mains meter with sub-meters behind it):
+        their power, as they meter it (relay and ``reverse`` applied), adds to this one's."""
         self.aenergy = EnergyCounter()
         self.ret_aenergy = EnergyCounter()
         self.t = start
@@ -136,19 +140,26 @@ class MeterChannel:
         return self._seg_sample
 
     def sample(self) -> Sample:
-        """The current segment, with the relay and ``reverse`` applied."""
-        s = self._raw(int(self.t // SEGMENT_S))
+        """The current segment, with the relay and ``reverse`` applied (and the loads behind)."""
+        seg = int(self.t // SEGMENT_S)
+        s = self._raw(seg)
         if self.gate is not None and not self.gate():
             return Sample(0.0, s.voltage_v, 1.0, s.freq_hz)
         if self.reverse:
-            return Sample(-s.power_w, s.voltage_v, -s.pf, s.freq_hz)
-        return s
+            s = Sample(-s.power_w, s.voltage_v, -s.pf, s.freq_hz)
+        if not self.behind:
+            return s
+        power = s.power_w + sum(m._power(seg) for m in self.behind)
+        # the power factor keeps this meter's own magnitude; its sign follows the flow
+        pf = math.copysign(abs(s.pf) or 1.0, power) if power else abs(s.pf)
+        return Sample(power, s.voltage_v, pf, s.freq_hz)
 
     def _power(self, seg: int) -> float:
         if self.gate is not None and not self.gate():
-            return 0.0
+            return 0.0  # an open relay cuts what is behind it too
         p = self._raw(seg).power_w
-        return -p if self.reverse else p
+        behind = sum(m._power(seg) for m in self.behind) if self.behind else 0.0
+        return (-p if self.reverse else p) + behind
 
     def advance(self, t: float) -> int:
         """Integrate up to ``t``; returns how many minute boundaries were crossed."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import os
 import re
 import signal
@@ -15,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import pytest
 
 from kilowatch.demo import HOME, CatchUpClock
 from kilowatch.query.energy import EnergyQuery
@@ -58,6 +61,7 @@ def test_demo_backfills_serves_and_stops_on_sigint(tmp_path: Path) -> None:
         health = httpx.get(f"{url}api/v1/health", timeout=5)
         assert health.status_code == 200, health.text
         assert health.json()["status"] == "ok"
+        check_dashboard(url, started)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     finally:
@@ -111,6 +115,55 @@ def test_demo_backfills_serves_and_stops_on_sigint(tmp_path: Path) -> None:
     assert hours_with_energy == expected_hours
 
 
+def check_dashboard(url: str, started: float) -> None:
+    """What a new user meets: the login page names the demo's login, a wrong password keeps the
+    user name; the mains meter is the grid meter, the site's total is its energy, and it measured
+    the other devices plus its own base load."""
+    with httpx.Client(base_url=url, timeout=10) as c:
+        login = c.get("/login").text
+        assert "demo</code>" in login and "kilowatch-demo</code>" in login
+        wrong = c.post("/login", data={"username": "demo", "password": "x", "next": "/"})
+        assert wrong.status_code == 401 and 'name="username" value="demo"' in wrong.text
+        r = c.post("/login", data={"username": "demo", "password": "kilowatch-demo", "next": "/"})
+        assert r.status_code == 303, r.text
+        # the session cookie is Secure (browsers send it to loopback over http; httpx does not)
+        c.headers["cookie"] = f"kilowatch_session={r.cookies['kilowatch_session']}"
+        mains = next(d for d in c.get("/api/v1/devices").json()["devices"] if d["grid_meter"])
+        assert mains["display_name"] == "mains, three phases"
+        assert mains["model"] == "SPEM-003CEBEU" and mains["fw_ver"]
+        assert c.get("/api/v1/settings").json()["grid_meters"] == [mains["device"]]
+        # Total is the mains' energy, not the mains plus the sub-meters behind it
+        today = c.get("/api/v1/overview").json()["periods"][0]
+        params = {"by": "day", "tz": "UTC", "group": "total", "from": today["from"][:10]}
+        of_mains = c.get("/api/v1/energy", params={**params, "device": mains["device"]}).json()
+        assert abs(today["energy_wh"] - of_mains["totals"]["energy_wh"]) < 1e-6
+        home = c.get("/").text  # no tariff in the demo: no "cost 0.00", a pointer to Settings
+        assert 'class="cost"' not in home and 'id="no-tariff"' in home
+        # per back-filled hour: the mains = the sub-meters + its own base load (3 phases of
+        # 70-310 W) + the fridge, which runs before its plug joins (then it is a sub-meter)
+        first = datetime.fromtimestamp(started - DAYS * 86_400, UTC) + timedelta(hours=1)
+        last = datetime.fromtimestamp(started, UTC)
+        hours = {
+            "by": "hour", "tz": "UTC", "group": "device",
+            "from": first.strftime("%Y-%m-%dT%H:00"), "to": last.strftime("%Y-%m-%dT%H:00"),
+        }  # fmt: skip
+        r = c.get("/api/v1/energy.csv", params=hours)
+        assert r.status_code == 200, r.text
+        rows = list(csv.DictReader(io.StringIO(r.text)))
+        assert len(rows) >= 4
+        for row in rows:
+            subs = [k for k in row if k.endswith(" import_wh")]
+            assert {"boiler import_wh", "air conditioner import_wh"} <= set(subs), subs
+            assert "mains, three phases import_wh" not in subs  # the grid meter is the total
+            untracked = float(row["untracked_wh"])
+            assert 3 * 70 - 1 <= untracked <= 3 * 310 + 110, row
+            net = sum(float(row[k]) for k in subs) - sum(
+                float(v) for k, v in row.items() if k.endswith(" export_wh")
+            )
+            grid = float(row["import_wh"]) - float(row["export_wh"])
+            assert abs(grid - net - untracked) < 0.01, row
+
+
 def test_catch_up_clock_runs_fast_then_follows_real_time() -> None:
     start = time.time() - 3600
     clock = CatchUpClock(start=start, speed=3600)
@@ -147,3 +200,41 @@ def test_demo_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
     assert len(lines) == 1, result.stderr
     assert f"port {port} is in use" in lines[0]
     assert "--mqtt-port 0" in lines[0]
+
+
+def test_a_mains_meter_measures_the_meters_behind_it() -> None:
+    from shellysim import MODELS, Device, LoadKind, ManualClock, Truth
+
+    clock = ManualClock(1_800_000_000.0)
+    truth = Truth()
+
+    def device(model: str, index: int, loads: tuple[LoadKind, ...]) -> Device:
+        return Device(MODELS[model], mac=f"0200000000{index:02X}", clock=clock, loads=loads,
+                      truth=truth)  # fmt: skip
+
+    boiler = device("pm1", 1, (LoadKind.BOILER,))
+    pv = device("plug", 2, (LoadKind.PV,))
+    mains = device("3em", 3, (LoadKind.BASE,))
+    mains.meter_behind(boiler.meters() + pv.meters())
+    start = clock.now()
+    clock.advance(6 * 3600)  # 09:00-15:00 local: the PV panel feeds in
+    for dev in (boiler, pv, mains):
+        dev.tick()
+
+    def net(dev: Device, channel: str) -> float:
+        imported, returned = truth.total(dev.id, channel, start, clock.now())
+        return imported - returned
+
+    own = sum(m.profile.energy_wh(start, clock.now())[0] for m in mains.meters())
+    behind = net(boiler, "pm1:0") + net(pv, "switch:0")
+    assert net(pv, "switch:0") < 0 < net(boiler, "pm1:0")
+    assert abs(net(mains, "em:0") - (own + behind)) < 1e-6
+    # the counters the device reports say the same
+    counted = sum(m.aenergy.total_wh - m.ret_aenergy.total_wh for m in mains.meters())
+    assert abs(counted - (own + behind)) < 1e-6
+    status = mains.status()["em:0"]
+    assert status["total_act_power"] == pytest.approx(
+        sum(m.sample().power_w for m in mains.meters()), abs=0.01
+    )
+    with pytest.raises(ValueError, match="behind itself"):
+        boiler.meter_behind(mains.meters())
