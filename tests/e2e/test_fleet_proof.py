@@ -74,10 +74,11 @@ from kilowatch.fleet.scriptdeploy import SCRIPT_LIMIT_BYTES
 from kilowatch.fleet.secrets import DeviceSecrets, SecretBox
 from kilowatch.fleet.tlsmaterial import TlsMaterial, load_material
 from kilowatch.query.energy import EnergyQuery
-from kilowatch.service.config import Settings, load_settings
-from kilowatch.service.server import Running, serve
+from kilowatch.service.config import Settings
+from kilowatch.service.server import Running
 from kilowatch.store import open_store
 from kilowatch.store.protocol import Registration, Store
+from kilowatch.testing.service import running_service, service_settings
 from shellysim import Fleet, ha1_for
 from shellysim.profiles import LoadKind
 
@@ -168,32 +169,15 @@ class Site:
 
 @contextlib.asynccontextmanager
 async def site(tmp_path: Path) -> AsyncIterator[Site]:
-    settings = load_settings(
-        {
-            "broker": "managed", "store": f"sqlite:///{tmp_path}/kilowatch.db",
-            "mqtt_client_id": f"kw-proof-{uuid.uuid4().hex[:12]}",
-            "data_dir": str(tmp_path / "data"),
-            "tz": "UTC", "mqtt_port": 0, "mqtt_tls_local": True, "mqtt_tls_port": 0,
-        },
-        env={},
-    )  # fmt: skip
-    stop = asyncio.Event()
-    ready: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(serve(settings, stop, on_ready=ready.set_result))
-        waiting: set[asyncio.Future[Any]] = {ready, task}
-        await asyncio.wait(waiting, timeout=30, return_when="FIRST_COMPLETED")
-        try:
-            assert ready.done(), "kilowatch did not become ready"
-            connector = aiohttp.TCPConnector(limit=0)
-            async with (
-                open_store(settings.store_url) as store,
-                aiohttp.ClientSession(connector=connector) as session,
-            ):
-                box = SecretBox.in_data_dir(settings.data_dir)
-                yield Site(settings, ready.result(), store, session, box)
-        finally:
-            stop.set()
+    settings = service_settings(tmp_path)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with (
+        running_service(settings) as running,
+        open_store(settings.store_url) as store,
+        aiohttp.ClientSession(connector=connector) as session,
+    ):
+        box = SecretBox.in_data_dir(settings.data_dir)
+        yield Site(settings, running, store, session, box)
 
 
 # --- helpers ------------------------------------------------------------------------------------

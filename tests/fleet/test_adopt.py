@@ -9,11 +9,9 @@ Also the batch credentials functions adoption relies on (``broker.credentials.ad
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import stat
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,10 +45,11 @@ from kilowatch.fleet.rpc.base import ShellyRpc
 from kilowatch.fleet.rpc.lan import connect_lan
 from kilowatch.fleet.secrets import DeviceSecrets, SecretBox
 from kilowatch.fleet.tlsmaterial import load_material
-from kilowatch.service.config import Settings, load_settings
-from kilowatch.service.server import Running, serve
+from kilowatch.service.config import Settings
+from kilowatch.service.server import Running
 from kilowatch.store import open_store
 from kilowatch.store.protocol import Registration, Store
+from kilowatch.testing.service import running_service, service_settings
 
 needs_mosquitto = pytest.mark.skipif(
     find_mosquitto() is None, reason="mosquitto 2.x is not installed"
@@ -154,29 +153,13 @@ class Site:
 
 @contextlib.asynccontextmanager
 async def site(tmp_path: Path) -> AsyncIterator[Site]:
-    settings = load_settings(
-        {
-            "broker": "managed", "store": f"sqlite:///{tmp_path}/kilowatch.db",
-            "mqtt_client_id": f"kw-test-{uuid.uuid4().hex[:12]}",
-            "data_dir": str(tmp_path / "data"),
-            "tz": "UTC", "mqtt_port": 0, "mqtt_tls_local": True, "mqtt_tls_port": 0,
-        },
-        env={},
-    )  # fmt: skip
-    stop = asyncio.Event()
-    ready: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(serve(settings, stop, on_ready=ready.set_result))
-        waiting: set[asyncio.Future[Any]] = {ready, task}
-        await asyncio.wait(waiting, timeout=30, return_when="FIRST_COMPLETED")
-        try:
-            assert ready.done(), "kilowatch did not become ready"
-            async with open_store(settings.store_url) as store, aiohttp.ClientSession() as s:
-                yield Site(
-                    settings, ready.result(), store, s, SecretBox.in_data_dir(settings.data_dir)
-                )
-        finally:
-            stop.set()
+    settings = service_settings(tmp_path)
+    async with (
+        running_service(settings) as running,
+        open_store(settings.store_url) as store,
+        aiohttp.ClientSession() as session,
+    ):
+        yield Site(settings, running, store, session, SecretBox.in_data_dir(settings.data_dir))
 
 
 def registration(fleet: Any, dev: Any) -> Registration:
