@@ -1,0 +1,229 @@
+"""The Alerts page in a real headless Chromium (Debian's), real server and SQLite store: an admin
+adds a webhook channel and a power rule through the forms, a validation error shows in the form,
+a firing state appears without reloading, and a phone's 390 px need no sideways scrolling."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from webseed import ADMIN, NOW, PLUG, TZ, known_batch, users_meta
+
+from kilowatch.accounts.users import USERS_KEY
+from kilowatch.alerts.config import load_config
+from kilowatch.alerts.state import AlertBook, AlertState, save_book
+from kilowatch.intake.live import LiveHub
+from kilowatch.store import Store, open_store
+from kilowatch.web import create_app, serve_web
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 15_000
+
+
+class AlertsServer:
+    """The web app on a free port, in a thread with its own event loop; :meth:`run` runs a
+    coroutine on its store from the test's thread."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.port = 0
+        self.store: Store | None = None
+        self.error: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._main())
+        except BaseException as err:  # reported to the test thread
+            self.error = err
+            self.ready.set()
+
+    async def _main(self) -> None:
+        async with open_store(f"sqlite:///{self.db}") as store:
+            await store.commit(known_batch())
+            await store.put_meta(USERS_KEY, users_meta())
+            self.store = store
+            app = create_app(store, live=LiveHub(), site_tz=TZ, clock=lambda: NOW)
+            started = asyncio.Event()
+            self._task = asyncio.ensure_future(serve_web(app, "127.0.0.1", 0, started=started))
+            await started.wait()
+            self.port = app.state.port
+            self.ready.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def start(self) -> None:
+        self._thread.start()
+        assert self.ready.wait(30), "the web server did not start"
+        if self.error:
+            raise self.error
+
+    def run(self, work: Callable[[Store], Awaitable[Any]]) -> Any:
+        assert self.store is not None
+        return asyncio.run_coroutine_threadsafe(work(self.store), self.loop).result(15)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self.loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join(15)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AlertsServer]:
+    srv = AlertsServer(tmp_path_factory.mktemp("alerts-browser") / "web.db")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def page(server: AlertsServer) -> Iterator[Any]:
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        # bypass_csp: Playwright's polling evaluates text in the page (see test_web_browser);
+        # the page's own scripts are static files (test_alerts_api checks there is no inline one)
+        context = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
+        context.route(
+            "**/*",
+            lambda route: (
+                route.continue_() if route.request.url.startswith(server.url) else route.abort()
+            ),
+        )
+        pg = context.new_page()
+        pg.set_default_timeout(TIMEOUT_MS)
+        yield pg
+        browser.close()
+
+
+def overflow(page: Any) -> int:
+    value: int = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    return value
+
+
+def test_an_admin_adds_a_channel_and_a_rule_and_sees_it_fire(
+    server: AlertsServer, page: Any
+) -> None:
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(server.url + "/alerts")
+    page.fill("input[name=username]", ADMIN[0])
+    page.fill("input[name=password]", ADMIN[1])
+    page.click("button[type=submit]")
+    page.wait_for_url("**/alerts")
+
+    # A webhook channel: the form offers a fresh signing secret to copy.
+    page.click("#add-channel")
+    form = page.locator("#channel-form")
+    assert form.is_visible()
+    assert page.input_value("#channel-form input[name=secret]").startswith("whsec_")
+    assert not page.locator("#channel-form input[name=smtp_host]").is_visible(), "email only"
+    secret = page.input_value("#channel-form input[name=secret]")
+    page.fill("#channel-form input[name=name]", "home-hook")
+    page.fill("#channel-form input[name=url]", "not a url")
+    page.click("#channel-save")
+    error = page.locator("#channel-error")
+    error.wait_for(state="visible")
+    assert "url" in error.inner_text() and "home-hook" in error.inner_text()
+    page.fill("#channel-form input[name=url]", "http://127.0.0.1:9/hook")
+    page.click("#channel-save")
+    page.wait_for_url("**/alerts?saved=*")
+    row = page.locator("#alerts-channels tr[data-channel='home-hook']")
+    assert "http://127.0.0.1:9/hook" in row.inner_text()
+    assert secret not in page.content(), "the secret is never shown again"
+
+    # A power rule: a missing threshold is named in the form, then it is saved.
+    page.click("#add-rule")
+    page.fill("#rule-form input[name=id]", "kettle-power")
+    page.fill("#rule-form input[name=name]", "Kettle left on")
+    page.select_option("#rule-form select[name=kind]", "power_above")
+    page.fill("#rule-form input[name=devices]", "shellyplugsg3-*")
+    page.fill("#rule-form input[name=for_s]", "120")
+    assert page.is_checked("#rule-form input[name=notify][value='home-hook']")
+    page.click("#rule-save")
+    page.locator("#rule-error").wait_for(state="visible")
+    assert "threshold_w" in page.inner_text("#rule-error")
+    assert "invalid" in (page.get_attribute("#rule-form input[name=threshold_w]", "class") or "")
+    page.fill("#rule-form input[name=threshold_w]", "2000")
+    page.click("#rule-save")
+    page.wait_for_url("**/alerts?saved=Rule*")
+    rule = page.locator("#alerts-rules tr[data-rule='kettle-power']")
+    assert "power above 2000 W for 2 min" in rule.inner_text()
+    assert "home-hook" in rule.inner_text()
+    stored = server.run(load_config)
+    assert stored.rule("kettle-power").notify == ("home-hook",)
+    assert stored.channel("home-hook").secret == secret
+
+    # Disable, from the table.
+    rule.locator("button[data-action=toggle-rule]").click()
+    page.wait_for_url("**/alerts?saved=*disabled*")
+    assert (
+        page.get_attribute("#alerts-rules tr[data-rule='kettle-power']", "data-enabled") == "false"
+    )
+
+    # The service finds the kettle on: the page shows it within a refresh, firing first.
+    async def fire(store: Store) -> None:
+        book = AlertBook()
+        for s in (
+            AlertState("kettle-power", "shellypmminig3-000000000001", "pending", NOW - 10),
+            AlertState("kettle-power", PLUG, "firing", NOW - 300, 2400.0, NOW - 180,
+                       "power 2400 W above 2000 W for 2 min"),
+        ):  # fmt: skip
+            book.states[s.key] = s
+        await save_book(store, book)
+
+    server.run(fire)
+    first = page.locator("#alerts-current tbody tr").first
+    page.wait_for_selector("#alerts-current tr[data-status='firing']")
+    assert first.get_attribute("data-status") == "firing"
+    assert "Kettle left on" in first.inner_text() and "Kettle plug" in first.inner_text()
+    assert "2026-03-15 12:25:00" in first.inner_text(), (
+        "the site's local time, as the server writes"
+    )
+    assert page.locator("#alerts-current tbody tr").nth(1).get_attribute("data-status") == "pending"
+    assert page.inner_text("#alerts-count").startswith("1 firing, 1 pending")
+    assert errors == []
+
+
+def test_the_alerts_page_fits_a_phone(server: AlertsServer, page: Any) -> None:
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(server.url + "/alerts")
+    assert "/login" not in page.url
+    page.wait_for_selector("#alerts-rules tr[data-rule]")
+    assert overflow(page) <= 1, f"/alerts is {overflow(page)}px wider than a phone"
+    # the key cells are on screen, not scrolled away
+    for cell in ("#alerts-rules tr[data-rule] td", "#alerts-channels tr[data-channel] td"):
+        box = page.locator(cell).first.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390
+    page.click("#add-rule")
+    page.click("#add-channel")
+    assert overflow(page) <= 1, "the forms fit too"
