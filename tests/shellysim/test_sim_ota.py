@@ -98,6 +98,8 @@ async def test_ota_events_are_published_as_notify_event_over_mqtt(
     async with Fleet(devices=1, engine=None, http=False, broker=mosquitto.url, seed=9013) as f:
         await f.wait_connected()
         dev = f.devices[0]
+        # connected is not yet ready: notifications flow once subscribed and announced
+        await until(lambda: any("MQTT connected" in line for line in dev.log_ring))
         observer = Observer(mosquitto.port, f"{dev.id}/events/rpc")
         try:
             await dev.call("Shelly.Update", {"stage": "stable"})
