@@ -298,3 +298,15 @@ async def test_rollout_over_mqtt_watches_the_devices_events(
         assert time.monotonic() - began < 4.0
         assert any(p.state == "progress" and p.device == regs[0].device for p in seen)
         assert fleet.devices[0].ver == STABLE and report.result == "partial"
+
+
+async def test_a_failing_progress_callback_does_not_stop_the_rollout(lab: Lab) -> None:
+    def broken(progress: RolloutProgress) -> None:
+        raise RuntimeError("the display broke")
+
+    options = RolloutOptions(**FAST)  # type: ignore[arg-type]
+    report = await rollout(
+        lab.store, lab.regs[:2], options, secrets=None, mqtt=None, actor="cli:t",
+        on_progress=broken,
+    )  # fmt: skip
+    assert outcomes(report) == ["updated", "updated"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -27,6 +28,8 @@ from kilowatch.fleet.rpc.mqtt import MqttRpc
 from kilowatch.fleet.secrets import SecretBox
 from kilowatch.store.audit import audited
 from kilowatch.store.protocol import Batch, DeviceUpdate, Registration, Store
+
+log = logging.getLogger(__name__)
 
 ACTION = "firmware.update"
 """The audit log's name of a rollout."""
@@ -56,12 +59,16 @@ class _Run:
         return out
 
     def tell(self, device: str | None, state: str, detail: str | None = None) -> None:
-        if self.on_progress is not None:
-            self.on_progress(
-                RolloutProgress(
-                    self.wave, self.waves, device, state, detail, self.counts(), self.halted
-                )
-            )
+        if self.on_progress is None:
+            return
+        progress = RolloutProgress(
+            self.wave, self.waves, device, state, detail, self.counts(), self.halted
+        )
+        try:
+            self.on_progress(progress)
+        except Exception:
+            # a display that fails must not abandon devices in the middle of their update
+            log.exception("firmware rollout: the progress callback failed")
 
     def done(self, result: DeviceResult) -> None:
         self.results[result.device] = result
