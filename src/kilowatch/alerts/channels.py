@@ -22,8 +22,10 @@ import hmac
 import json
 import logging
 import random
+import socket
 import ssl
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -290,6 +292,36 @@ class Sender:
             ) from err
 
 
+TEST_POLICY = RetryPolicy(attempts=2, base_s=1.0, cap_s=2.0)
+"""A test notification is tried twice: someone is waiting for the answer."""
+
+
+def trial_notification(channel: str, now: float, *, source: str = "") -> Notification:
+    """A notification of type ``alert.test`` for ``channel`` (``source``: who asks)."""
+    host = source or socket.gethostname()
+    return Notification(
+        id=f"test_{uuid.uuid4().hex}",
+        ts=now,
+        rule="test",
+        device=host,
+        transition="test",
+        message=f"kilowatch test notification from {host} through channel {channel}",
+        rule_name="Test notification",
+        channels=(channel,),
+    )
+
+
+async def send_test(
+    channel: Channel, *, source: str = "", policy: RetryPolicy = TEST_POLICY
+) -> DeliveryResult:
+    """Send a test notification through ``channel`` now (``kilowatch alerts test``, the Alerts
+    page's test button); what became of it. Nothing is recorded in the history."""
+    async with Sender(policy=policy) as sender:
+        return await sender.deliver(
+            channel, trial_notification(channel.name, time.time(), source=source)
+        )
+
+
 def _header_text(text: str) -> str:
     try:
         text.encode("latin-1")
@@ -302,11 +334,14 @@ __all__ = [
     "HTTP_TIMEOUT_S",
     "RETRYABLE_HTTP",
     "SMTP_TIMEOUT_S",
+    "TEST_POLICY",
     "RetryPolicy",
     "Sender",
     "email_message",
     "payload",
+    "send_test",
     "sign",
     "subject",
+    "trial_notification",
     "verify",
 ]

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
-import time
 import tomllib
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +24,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from kilowatch.alerts.channels import RetryPolicy, Sender
+from kilowatch.alerts.channels import send_test
 from kilowatch.alerts.config import (
     AlertsConfig,
     Channel,
@@ -37,7 +34,7 @@ from kilowatch.alerts.config import (
     parse_config,
     save_config,
 )
-from kilowatch.alerts.state import AlertRecord, AlertState, DeliveryResult, Notification
+from kilowatch.alerts.state import AlertRecord, AlertState, DeliveryResult
 from kilowatch.alerts.state import current as current_states
 from kilowatch.alerts.state import history as alert_history
 from kilowatch.cli.fleet_audit import cli_actor
@@ -88,7 +85,6 @@ TEST_HELP = (
     "kilowatch alerts test ops-hook"
 )
 MAX_LIMIT = 1000
-TEST_POLICY = RetryPolicy(attempts=2, base_s=1.0, cap_s=2.0)
 
 _STORE = typer.Option(None, "--store", help="Store URL (default: as serve).")
 _CONFIG = typer.Option(None, "--config", help="TOML settings file.")
@@ -247,29 +243,14 @@ async def set_config(url: str, data: Any, *, source: str) -> AlertsConfig:
 # -- test ------------------------------------------------------------------------------------------
 
 
-def probe_notification(channel: str, now: float) -> Notification:
-    host = socket.gethostname()
-    return Notification(
-        id=f"test_{uuid.uuid4().hex}",
-        ts=now,
-        rule="test",
-        device=host,
-        transition="test",
-        message=f"kilowatch test notification from {host} through channel {channel}",
-        rule_name="Test notification",
-        channels=(channel,),
-    )
-
-
-async def send_test(url: str, name: str) -> tuple[Channel, DeliveryResult]:
+async def try_channel(url: str, name: str) -> tuple[Channel, DeliveryResult]:
     async with open_existing(url) as store:
         cfg = await load_config(store)
     channel = cfg.channel(name)
     if channel is None:
         known = ", ".join(c.name for c in cfg.channels) or "none is configured"
         raise ConfigError(f"no alert channel {name!r} (channels: {known})")
-    async with Sender(policy=TEST_POLICY) as sender:
-        return channel, await sender.deliver(channel, probe_notification(name, time.time()))
+    return channel, await send_test(channel)
 
 
 # -- the commands ----------------------------------------------------------------------------------
@@ -347,7 +328,7 @@ def register(app: typer.Typer) -> None:
         store: str | None = _STORE,
         config: str | None = _CONFIG,
     ) -> None:
-        found, result = asyncio.run(send_test(_settings(store, config).store_url, channel))
+        found, result = asyncio.run(try_channel(_settings(store, config).store_url, channel))
         where = f"{found.kind} {target_text(found)}"
         if result.ok:
             typer.echo(
