@@ -193,12 +193,12 @@ async def _watch_gen2(
                 return OtaResult(False, ver, f"installed {ver}, expected {target}")
         left = deadline - clock()
         if left <= 0:
-            what = "after its OTA succeeded" if watch.success else ""
+            said = " (it said ota_success)" if watch.success else ""
             return OtaResult(
                 False,
                 seen,
-                f"timeout: still on {seen or 'an unknown version'} {what} {timeout:g} s after "
-                f"Shelly.Update (expected {target})".replace("  ", " "),
+                f"timeout: still on {seen or 'an unknown version'} {timeout:g} s after "
+                f"Shelly.Update{said} (expected {target})",
             )
         watch.changed.clear()
         try:
