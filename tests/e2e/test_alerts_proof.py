@@ -149,7 +149,6 @@ async def test_offline_and_power_alerts_fire_and_resolve_once_on_both_channels(
                     lambda: running.alerts is not None and running.alerts.stats.evaluations > 3,
                     "evaluations after the restart",
                 )
-                assert running.alerts is not None and running.alerts.stats.notifications == 0
                 # A comes back: resolved, once
                 await webhook.wait_for(2, timeout=15)
                 await smtp.wait_for(2)

@@ -192,13 +192,18 @@ class _Fields:
         return float(value)
 
     def seconds(self, key: str, *, default: int | None) -> int | None:
+        return self.whole(key, default=default, most=366 * 86400, unit=" seconds")
+
+    def whole(self, key: str, *, default: int | None, most: int, unit: str = "") -> int | None:
         value = self.data.get(key, default)
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, f"must be a whole number of seconds, got {_shown(value)}")
-        if not 0 <= value <= 366 * 86400:
-            raise self.fail(key, f"must be between 0 and {366 * 86400} seconds, got {value}")
+            raise self.fail(
+                key, f"must be a whole number{unit and ' of' + unit}, got {_shown(value)}"
+            )
+        if not 0 <= value <= most:
+            raise self.fail(key, f"must be between 0 and {most}{unit}, got {value}")
         return value
 
     def texts(self, key: str) -> tuple[str, ...]:
@@ -347,8 +352,8 @@ def _email_channel(f: _Fields, name: str, password: str | None) -> Channel:
     security = f.text("smtp_security", default="starttls") or "starttls"
     if security not in SMTP_SECURITY:
         raise f.fail("smtp_security", f"must be one of {', '.join(SMTP_SECURITY)}")
-    port = f.seconds("smtp_port", default=None)  # a whole number: same check as seconds
-    if port is not None and not 1 <= port <= 65535:
+    port = f.whole("smtp_port", default=None, most=65535)
+    if port == 0:
         raise f.fail("smtp_port", f"must be between 1 and 65535, got {port}")
     if port is None:
         port = {"none": 25, "starttls": 587, "tls": 465}[security]

@@ -104,6 +104,8 @@ class AlertEngine:
         self._raw_config: Any = None
         self._lock = asyncio.Lock()
         self._unrecorded: list[AlertRecord] = []
+        self._dirty = False
+        """The book in memory is newer than the stored one (a write failed)."""
 
     async def start(self) -> list[Notification]:
         """Load the book and the configuration; the notifications still to deliver (the
@@ -197,13 +199,13 @@ class AlertEngine:
         snap = await self.snapshot(now)
         async with self._lock:
             result = evaluate(self.config, self.book.states, snap)
-            changed = result.states != self.book.states or result.notifications
+            changed = self._dirty or result.states != self.book.states or result.notifications
             book = AlertBook(
                 result.states, self.book.outbox + result.notifications, self.book.watermark
             )
             if changed:
                 await save_book(self.store, book)
-            self.book = book
+            self.book, self._dirty = book, False
         await self._flush_history()
         self.stats.evaluations += 1
         self.stats.notifications += len(result.notifications)
@@ -255,6 +257,7 @@ class AlertEngine:
         try:
             await save_book(self.store, self.book)
         except StoreError as err:
+            self._dirty = True
             log.warning("could not store the alert book (stored at the next tick): %s", err)
 
     async def _flush_history(self) -> None:
