@@ -1,4 +1,4 @@
-"""kilowatch.alerts.engine on a real SQLite store: restarts neither re-send nor forget, the
+"""kilowatch.alerts.engine on real stores (SQLite, Redis): restarts neither re-send nor forget, the
 outbox is delivered with the same id, the local day's energy (23- and 25-hour days), firmware
 events, a configuration saved while running."""
 
@@ -33,9 +33,13 @@ FAST = RetryPolicy(attempts=3, base_s=0.01, cap_s=0.02)
 SECRET = new_webhook_secret()
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    async with open_store(f"sqlite:///{tmp_path / 'alerts.db'}") as s:
+@pytest.fixture(params=["sqlite", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "redis":
+        url: str = request.getfixturevalue("redis_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'alerts.db'}"
+    async with open_store(url) as s:
         yield s
 
 
