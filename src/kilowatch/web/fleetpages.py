@@ -21,7 +21,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeGuard
 
 from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.responses import HTMLResponse, Response
@@ -37,7 +37,7 @@ from kilowatch.fleet.profile import Profile, load_profile
 from kilowatch.fleet.registry import parse_selection, select
 from kilowatch.service import fleetctx
 from kilowatch.service.server import Running
-from kilowatch.store.protocol import AuditEntry, Registration, Store
+from kilowatch.store.protocol import AuditEntry, DeviceRecord, Registration, Store
 from kilowatch.web import openapi
 from kilowatch.web.api import JSONResponse, StrictJSONRoute
 from kilowatch.web.deps import Admin, State, Viewer, WebState
@@ -445,11 +445,17 @@ async def fleet_rows(store: Store, now: float) -> list[dict[str, Any]]:
                 "transport": reg.transport,
                 "adopted_at": instant(reg.adopted_at),
                 "last_seen": last_seen if last_seen is not None else instant(reg.seen_at),
-                "online": is_online(rec, now) if rec is not None else None,
+                "online": is_online(rec, now) if _heard(rec) else None,
                 "compliance": check.to_json() if check is not None else None,
             }
         )
     return rows
+
+
+def _heard(rec: DeviceRecord | None) -> TypeGuard[DeviceRecord]:
+    """Whether the intake ever heard of the device (a registered device shows in
+    ``Store.devices()`` before it ever published: it is then neither online nor offline)."""
+    return rec is not None and (rec.online is not None or instant(rec.last_seen) is not None)
 
 
 @router.get(
