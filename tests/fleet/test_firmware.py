@@ -5,12 +5,15 @@ offline devices, halting, dry runs, the audit log, Gen1 over HTTP and Gen2 over 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from kilowatch.errors import RpcCallError
 from kilowatch.fleet.firmware import (
     FirmwareStatus,
     RolloutOptions,
@@ -20,6 +23,8 @@ from kilowatch.fleet.firmware import (
     plan_waves,
     rollout,
 )
+from kilowatch.fleet.rpc.base import ShellyRpc, Transport
+from kilowatch.fleet.rpc.lan import connect_lan, lan_session
 from kilowatch.fleet.rpc.mqtt import MqttRpc
 from kilowatch.fleet.secrets import DeviceSecrets, SecretBox
 from kilowatch.store import open_store
@@ -134,6 +139,41 @@ async def test_check_reads_versions_and_offers_and_says_why_a_device_was_not_rea
     # what was read is kept: the device record's available update
     record = await lab.store.device(lab.regs[0].device)
     assert record is not None and record.available_update == STABLE and record.fw_ver == OLD
+
+
+class NoUpdateServer:
+    """A real transport, except that ``Shelly.CheckForUpdate`` fails as on a device that cannot
+    reach the update server."""
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner = inner
+
+    @property
+    def label(self) -> str:
+        return self.inner.label
+
+    async def call(self, method: str, params: Mapping[str, Any] | None, *, timeout: float) -> Any:
+        if method == "Shelly.CheckForUpdate":
+            raise RpcCallError(self.label, method, -114, "Failed to fetch update info")
+        return await self.inner.call(method, params, timeout=timeout)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def test_without_the_update_server_the_offers_of_the_last_daily_check_are_used(
+    lab: Lab,
+) -> None:
+    @asynccontextmanager
+    async def opener(reg: Registration) -> AsyncIterator[ShellyRpc]:
+        assert reg.address is not None
+        async with lan_session() as session:
+            lan = await connect_lan(reg.address, session=session, device_id=reg.device)
+            async with ShellyRpc(NoUpdateServer(lan.transport)) as rpc:
+                yield rpc
+
+    found = await check_firmware(None, lab.regs[:1], secrets=None, mqtt=None, opener=opener)
+    assert (found[0].current, found[0].stable, found[0].beta) == (OLD, STABLE, BETA)
 
 
 # --- rollout ---------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from kilowatch.errors import (
     DeviceTimeoutError,
     InvalidAuthError,
     KilowatchError,
+    RpcCallError,
 )
 from kilowatch.fleet.rpc.base import ShellyRpc
 from kilowatch.fleet.rpc.lan import split_address
@@ -89,9 +90,17 @@ def check_stage(stage: str) -> str:
 
 
 async def read_offers(rpc: ShellyRpc, *, timeout: float) -> Offers:
-    """``Shelly.GetDeviceInfo`` and ``Shelly.CheckForUpdate``, each bounded by ``timeout``."""
+    """``Shelly.GetDeviceInfo`` and ``Shelly.CheckForUpdate``, each bounded by ``timeout``.
+
+    ``Shelly.CheckForUpdate`` asks the update server; when the device answers it with an error
+    (it cannot reach the server), the offers are those ``Sys.GetStatus`` holds in
+    ``available_updates`` from its last daily check (§11.1, §17)."""
     info = await rpc.call("Shelly.GetDeviceInfo", timeout=timeout)
-    offers = await rpc.call("Shelly.CheckForUpdate", timeout=timeout)
+    try:
+        offers = await rpc.call("Shelly.CheckForUpdate", timeout=timeout)
+    except RpcCallError:
+        status = await rpc.call("Sys.GetStatus", timeout=timeout)
+        offers = status.get("available_updates") if isinstance(status, dict) else None
     info = info if isinstance(info, dict) else {}
     offers = offers if isinstance(offers, dict) else {}
     return Offers(
