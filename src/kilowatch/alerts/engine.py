@@ -140,6 +140,8 @@ class AlertEngine:
     async def snapshot(self, now: float) -> Snapshot:
         """What the store says now, for the rules in force."""
         rules = [r for r in self.config.rules if r.enabled]
+        if not rules:  # nothing to watch: no reads (a removed rule's states just go)
+            return Snapshot(now)
         kinds = {r.kind for r in rules}
         devices = {d.device: d for d in await self.store.devices()}
         latest: dict[str, list[Reading]] = {}
