@@ -15,7 +15,14 @@ import typer
 
 from kilowatch.cli.stores import MAX_LISTED_DEVICES, open_existing
 from kilowatch.errors import ConfigError
-from kilowatch.fleet.logs import FOLLOW_INTERVAL_S, POLL_LIMIT_MAX, Tail, event_tail, log_tail
+from kilowatch.fleet.logs import (
+    FOLLOW_INTERVAL_S,
+    LOG_LEVELS,
+    POLL_LIMIT_MAX,
+    Tail,
+    event_tail,
+    log_tail,
+)
 from kilowatch.model.messages import Event, LogLine
 from kilowatch.service.config import resolve_store_url
 from kilowatch.store import Store
@@ -31,8 +38,6 @@ HELP = (
     "kilowatch logs shellypmminig3-ecda3bc4ddb0 --follow\n\n"
     "kilowatch logs shellypro3em-aabbccddeeff --events --limit 50 --json"
 )
-LEVELS = {0: "error", 1: "warn", 2: "info", 3: "debug", 4: "verbose"}
-"""The device's log levels (``sys.debug.level``; Mongoose OS' LL_ERROR … LL_VERBOSE_DEBUG)."""
 
 
 def _when(ts: float) -> str:
@@ -45,7 +50,7 @@ def _when(ts: float) -> str:
 
 def log_text(line: LogLine) -> str:
     """``2026-03-15 11:29:01.250 info  shelly_notification.c:164  Status change of pm1:0``."""
-    level = LEVELS.get(line.level, str(line.level)) if line.level is not None else "-"
+    level = LOG_LEVELS.get(line.level, str(line.level)) if line.level is not None else "-"
     where = f"{line.source}  " if line.source else ""
     return f"{_when(line.ts)} {level:<5} {where}{line.message}"
 

@@ -31,6 +31,9 @@ POLL_LIMIT_MAX = LOGS_PER_DEVICE
 """As many as the store keeps of a device (events are kept as many)."""
 SEEN_KEPT = 50
 """The newest items seen that a follower compares (an overlap this long cannot be mistaken)."""
+LOG_LEVELS = {0: "error", 1: "warn", 2: "info", 3: "debug", 4: "verbose"}
+"""The names of a device's log levels (``sys.debug.level``, the number after the time in a
+line: Mongoose OS' LL_ERROR … LL_VERBOSE_DEBUG)."""
 
 
 def newer(seen: Sequence[T], current: Sequence[T], *, min_overlap: int = 1) -> list[T] | None:
@@ -125,6 +128,7 @@ def event_tail(store: Store, device: str) -> Tail[Event]:
 
 __all__ = [
     "FOLLOW_INTERVAL_S",
+    "LOG_LEVELS",
     "POLL_LIMIT",
     "POLL_LIMIT_MAX",
     "Fresh",

@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from kilowatch.accounts.users import verify_password
 from kilowatch.errors import ConfigError, Problem
+from kilowatch.fleet.logs import LOG_LEVELS
 from kilowatch.query.energy import Bucket, EnergyQuery
 from kilowatch.query.tariff import parse_periods_text, periods_text
 from kilowatch.store.audit import audited
@@ -261,6 +262,10 @@ async def devices_page(request: Request, state: State, principal: Viewer) -> Res
     return _render(request, "devices.html", principal, nav="devices", devices=rows)
 
 
+DEVICE_PAGE_ITEMS = 50
+"""Events and log lines the device page shows (the newest; the API has more)."""
+
+
 @router.get("/devices/{device}")
 async def device_page(
     request: Request,
@@ -274,7 +279,9 @@ async def device_page(
     if rec is None:
         raise Problem(404, f"no device {device!r}")
     latest = await state.store.latest(device)
-    events = await state.store.events(device, limit=20)
+    # The newest first; static/device.js then keeps both lists and the power chart current.
+    events = await state.store.events(device, limit=DEVICE_PAGE_ITEMS)
+    logs = await state.store.logs(device, limit=DEVICE_PAGE_ITEMS)
     ctx = await _energy_view(state, by=by, day=date_, devices=[device], channels=[], view="channel")
     ctx["links"] = {
         k: v.replace("/energy?", f"/devices/{device}?") for k, v in ctx["links"].items()
@@ -290,6 +297,8 @@ async def device_page(
         latest=sorted(latest, key=lambda r: r.channel),
         parents=parents,
         events=events,
+        logs=logs,
+        log_levels=LOG_LEVELS,
         **ctx,
     )
 
