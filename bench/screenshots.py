@@ -5,6 +5,11 @@ inverter that exports) with 90 days of 15-minute energy through the store API in
 SQLite file, serves the app on a free port and drives Debian's headless Chromium through the pages.
 
     PYTHONPATH=src python bench/screenshots.py [--out docs/screenshots]
+
+Or of a running kilowatch, such as ``kilowatch demo`` (its grid meter's untracked energy included):
+
+    PYTHONPATH=src python bench/screenshots.py --url http://127.0.0.1:8000 --user demo \
+        --password kilowatch-demo --month 2026-11-01
 """
 
 # ruff: noqa: E501 - the device table reads best one device per line
@@ -200,7 +205,18 @@ class Server:
         self.thread.join(15)
 
 
-def shoot(base: str, out: Path) -> list[Path]:
+def shoot(
+    base: str,
+    out: Path,
+    *,
+    user: str = USER,
+    password: str = PASSWORD,
+    tz: str = TZ,
+    device: str = EM,
+    month: str | None = None,
+) -> list[Path]:
+    """Every page into ``out``; ``month``: a date of the month the month view shows (default:
+    this month)."""
     from playwright.sync_api import sync_playwright
 
     shots: list[Path] = []
@@ -219,21 +235,22 @@ def shoot(base: str, out: Path) -> list[Path]:
             shots.append(file)
 
         snap("login", "/login", full=False)
-        page.fill("input[name=username]", USER)
-        page.fill("input[name=password]", PASSWORD)
+        page.fill("input[name=username]", user)
+        page.fill("input[name=password]", password)
         page.click("button[type=submit]")
         page.wait_for_url(base + "/")
         snap("overview", "/")
-        yesterday = datetime.fromtimestamp(time.time() - 86400, ZoneInfo(TZ)).date().isoformat()
+        yesterday = datetime.fromtimestamp(time.time() - 86400, ZoneInfo(tz)).date().isoformat()
         snap(
             "energy-day",
             f"/energy?by=hour&view=device&date={yesterday}",
             wait="#energy-chart[data-drawn]",
         )
-        snap("energy-month", "/energy?by=day&view=total", wait="#energy-chart[data-drawn]")
+        month_view = "/energy?by=day&view=total" + (f"&date={month}" if month else "")
+        snap("energy-month", month_view, wait="#energy-chart[data-drawn]")
         snap("energy-year", "/energy?by=month&view=device", wait="#energy-chart[data-drawn]")
         snap("devices", "/devices")
-        snap("device", f"/devices/{EM}?by=day", wait="#live-state[data-state='live']")
+        snap("device", f"/devices/{device}?by=day", wait="#live-state[data-state='live']")
         snap("settings", "/settings")
         page.set_viewport_size({"width": 390, "height": 844})
         snap("phone-overview", "/", full=False)
@@ -243,15 +260,46 @@ def shoot(base: str, out: Path) -> list[Path]:
             full=False,
             wait="#energy-chart[data-drawn]",
         )
+        snap("phone-devices", "/devices", full=False)
         browser.close()
     return shots
+
+
+def running_site(base: str, user: str, password: str) -> tuple[str, str]:
+    """The time zone and the device to show (the grid meter, else the first) of a running
+    kilowatch; logs in over the API's form like a browser."""
+    import httpx
+
+    with httpx.Client(base_url=base, timeout=10) as c:
+        r = c.post("/login", data={"username": user, "password": password, "next": "/"})
+        if r.status_code != 303:
+            raise SystemExit(f"login as {user!r} at {base} failed: HTTP {r.status_code}")
+        # the session cookie is Secure: a browser sends it to loopback over http, httpx does not
+        c.headers["cookie"] = f"kilowatch_session={r.cookies['kilowatch_session']}"
+        tz = c.get("/api/v1/settings").json()["tz"]
+        devices = c.get("/api/v1/devices").json()["devices"]
+    if not devices:
+        raise SystemExit(f"{base} has no devices yet")
+    grid = [d["device"] for d in devices if d.get("grid_meter")]
+    return tz, (grid or [devices[0]["device"]])[0]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/screenshots"))
+    parser.add_argument("--url", help="shoot this running kilowatch instead of seeded data")
+    parser.add_argument("--user", default=USER)
+    parser.add_argument("--password", default=PASSWORD)
+    parser.add_argument("--month", help="a date (2026-11-01) of the month the month view shows")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.url:
+        base = args.url.rstrip("/")
+        tz, device = running_site(base, args.user, args.password)
+        for f in shoot(base, args.out, user=args.user, password=args.password, tz=tz,
+                       device=device, month=args.month):  # fmt: skip
+            print(f, file=sys.stderr)
+        return
     with tempfile.TemporaryDirectory() as tmp, Server(Path(tmp) / "shots.db") as server:
         for f in shoot(f"http://127.0.0.1:{server.port}", args.out):
             print(f, file=sys.stderr)

@@ -69,6 +69,10 @@ MAINS = 2
 """The index in :data:`HOME` of the mains meter: the site's grid meter."""
 TASMOTA = "tasmota"
 """Plus one Tasmota plug (a fridge), joining in real time."""
+FRIDGE = "fridge"
+"""The Tasmota plug's name on the dashboard."""
+LABEL_WAIT_S = 90.0
+"""How long the demo waits to hear of the Tasmota plug (it reports once a minute) to name it."""
 
 
 class CatchUpClock(SimClock):
@@ -351,12 +355,29 @@ async def run_demo(
                         f"{len(home.devices) + len(plugs.publishers)} devices "
                         f"(Tasmota plug {plugs.publishers[0].id} joined). Ctrl-C stops."
                     )
+                    await _until(stop, label_when_seen(running.store, plugs.publishers[0].id))
                 await stop.wait()
                 echo("stopping: devices go offline, kilowatch commits what is in flight...")
         finally:
             service_stop.set()
     echo("stopped.")
     return state
+
+
+async def label_when_seen(store: Store, device: str, label: str = FRIDGE) -> bool:
+    """Name the Tasmota plug once kilowatch has heard of it (a Tasmota plug tells no name, and
+    it is no Shelly for the fleet registry); a label someone gave it stays. ``False`` when it
+    was not seen within :data:`LABEL_WAIT_S`."""
+    try:
+        async with asyncio.timeout(LABEL_WAIT_S):
+            while (rec := await store.device(device)) is None:
+                await asyncio.sleep(CATCH_UP_POLL_S)
+    except TimeoutError:
+        log.warning("the Tasmota plug %s was not heard of in %.0f s", device, LABEL_WAIT_S)
+        return False
+    if not rec.label:
+        await store.set_device_label(device, label=label)
+    return True
 
 
 async def start_demo_app(

@@ -128,7 +128,15 @@ def check_dashboard(url: str, started: float) -> None:
         assert r.status_code == 303, r.text
         # the session cookie is Secure (browsers send it to loopback over http; httpx does not)
         c.headers["cookie"] = f"kilowatch_session={r.cookies['kilowatch_session']}"
-        mains = next(d for d in c.get("/api/v1/devices").json()["devices"] if d["grid_meter"])
+        # the Tasmota plug gets its name once kilowatch has heard of it
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            devices = c.get("/api/v1/devices").json()["devices"]
+            if any(d["display_name"] == "fridge" for d in devices):
+                break
+            time.sleep(0.2)
+        assert "fridge" in {d["display_name"] for d in devices}, devices
+        mains = next(d for d in devices if d["grid_meter"])
         assert mains["display_name"] == "mains, three phases"
         assert mains["model"] == "SPEM-003CEBEU" and mains["fw_ver"]
         assert c.get("/api/v1/settings").json()["grid_meters"] == [mains["device"]]
