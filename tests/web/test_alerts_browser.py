@@ -16,8 +16,15 @@ import pytest
 from webseed import ADMIN, NOW, PLUG, TZ, known_batch, users_meta
 
 from kilowatch.accounts.users import USERS_KEY
-from kilowatch.alerts.config import load_config
-from kilowatch.alerts.state import AlertBook, AlertState, save_book
+from kilowatch.alerts.config import load_config, new_webhook_secret, parse_config, save_config
+from kilowatch.alerts.state import (
+    AlertBook,
+    AlertRecord,
+    AlertState,
+    DeliveryResult,
+    append_history,
+    save_book,
+)
 from kilowatch.intake.live import LiveHub
 from kilowatch.store import Store, open_store
 from kilowatch.web import create_app, serve_web
@@ -125,6 +132,16 @@ def page(server: AlertsServer) -> Iterator[Any]:
         browser.close()
 
 
+def open_alerts(server: AlertsServer, page: Any) -> None:
+    """The Alerts page, logging in as the admin first when the session is not there yet."""
+    page.goto(server.url + "/alerts")
+    if "/login" in page.url:
+        page.fill("input[name=username]", ADMIN[0])
+        page.fill("input[name=password]", ADMIN[1])
+        page.click("button[type=submit]")
+        page.wait_for_url("**/alerts")
+
+
 def overflow(page: Any) -> int:
     value: int = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     return value
@@ -135,11 +152,7 @@ def test_an_admin_adds_a_channel_and_a_rule_and_sees_it_fire(
 ) -> None:
     errors: list[str] = []
     page.on("pageerror", lambda err: errors.append(str(err)))
-    page.goto(server.url + "/alerts")
-    page.fill("input[name=username]", ADMIN[0])
-    page.fill("input[name=password]", ADMIN[1])
-    page.click("button[type=submit]")
-    page.wait_for_url("**/alerts")
+    open_alerts(server, page)
 
     # A webhook channel: the form offers a fresh signing secret to copy.
     page.click("#add-channel")
@@ -183,6 +196,16 @@ def test_an_admin_adds_a_channel_and_a_rule_and_sees_it_fire(
     assert stored.rule("kettle-power").notify == ("home-hook",)
     assert stored.channel("home-hook").secret == secret
 
+    # Editing the channel keeps its secret (the form holds ***); its name is fixed.
+    page.locator("#alerts-channels tr[data-channel='home-hook'] [data-action=edit-channel]").click()
+    assert page.input_value("#channel-form input[name=secret]") == "***"
+    assert page.locator("#channel-form input[name=name]").get_attribute("readonly") is not None
+    page.fill("#channel-form input[name=url]", "http://127.0.0.1:9/other")
+    page.click("#channel-save")
+    page.wait_for_url("**/alerts?saved=Channel*")
+    assert server.run(load_config).channel("home-hook").secret == secret
+    assert "/other" in page.inner_text("#alerts-channels tr[data-channel='home-hook']")
+
     # Disable, from the table.
     rule.locator("button[data-action=toggle-rule]").click()
     page.wait_for_url("**/alerts?saved=*disabled*")
@@ -211,14 +234,58 @@ def test_an_admin_adds_a_channel_and_a_rule_and_sees_it_fire(
     )
     assert page.locator("#alerts-current tbody tr").nth(1).get_attribute("data-status") == "pending"
     assert page.inner_text("#alerts-count").startswith("1 firing, 1 pending")
+
+    # Deleting the channel takes it off the rule, once confirmed (the dialog names the rule).
+    dialogs: list[str] = []
+
+    def confirm(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.accept()
+
+    page.on("dialog", confirm)
+    page.locator(
+        "#alerts-channels tr[data-channel='home-hook'] [data-action=delete-channel]"
+    ).click()
+    page.wait_for_url("**/alerts?saved=*deleted*")
+    assert "kettle-power" in dialogs[0]
+    after = server.run(load_config)
+    assert after.channels == () and after.rule("kettle-power").notify == ()
     assert errors == []
 
 
+PHONE_CONFIG = {
+    "rules": [
+        {"id": "kettle-power", "kind": "power_above", "name": "Kettle left on for too long",
+         "devices": ["shellyplugsg3-aabbccddeeff", "shellypmminig3-*"], "channel": "switch:0",
+         "threshold_w": 2000, "for_s": 300, "repeat_s": 3600, "notify": ["ops-hook", "mail"]},
+        {"id": "budget", "kind": "daily_energy_above", "budget_wh": 12000, "enabled": False},
+    ],
+    "channels": [
+        {"name": "ops-hook", "kind": "webhook", "secret": new_webhook_secret(),
+         "url": "https://hooks.example.org/kilowatch/a/rather/long/path/to/the/receiver"},
+        {"name": "mail", "kind": "email", "smtp_host": "smtp.example.org", "sender": "k@x.org",
+         "recipients": ["someone.with.a.long.address@example.org", "other@example.org"]},
+    ],
+}  # fmt: skip
+
+
 def test_the_alerts_page_fits_a_phone(server: AlertsServer, page: Any) -> None:
+    async def seed(store: Store) -> None:
+        await save_config(store, parse_config(PHONE_CONFIG))
+        firing = AlertState("kettle-power", PLUG, "firing", NOW - 300, 2400.0, None, "2400 W")
+        await save_book(store, AlertBook(states={firing.key: firing}))
+        await append_history(
+            store,
+            [AlertRecord("h1", NOW - 60, "kettle-power", PLUG, "firing", "power 2400 W", 2400.0,
+                         (DeliveryResult("ops-hook", False, 5, "https://hooks.example.org/"
+                                         "kilowatch/a/rather/long/path answered HTTP 503"),))],
+        )  # fmt: skip
+
+    server.run(seed)
     page.set_viewport_size({"width": 390, "height": 844})
-    page.goto(server.url + "/alerts")
-    assert "/login" not in page.url
-    page.wait_for_selector("#alerts-rules tr[data-rule]")
+    open_alerts(server, page)
+    page.wait_for_selector("#alerts-history tr[data-id='h1']")
+    page.wait_for_selector("#alerts-current tr[data-status='firing']")
     assert overflow(page) <= 1, f"/alerts is {overflow(page)}px wider than a phone"
     # the key cells are on screen, not scrolled away
     for cell in ("#alerts-rules tr[data-rule] td", "#alerts-channels tr[data-channel] td"):
