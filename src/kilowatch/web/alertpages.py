@@ -306,6 +306,10 @@ async def put_config(
         after = parse_config(data, previous=before)
     except ConfigError as err:
         raise _invalid(err) from None
+    if after == before:
+        # A repeated write (e.g. a retry after a lost answer, with the If-Match of before it):
+        # what was asked for holds already; nothing to store or audit.
+        return _config_response(after)
     if if_match is not None and if_match.strip() not in ("*", etag(before)):
         raise Problem(
             412,
@@ -314,8 +318,6 @@ async def put_config(
             slug="precondition-failed",
             title="Precondition failed",
         )
-    if after == before:
-        return _config_response(after)  # a repeated write: nothing to store or audit
     who = await actor(request, state.store, principal)
     detail = changes(before, after)
     async with audited(state.store, who, AUDIT_ACTION, detail=detail) as act:
