@@ -11,8 +11,10 @@
   bounded concurrency, ordered steps, retries and a per-device report.
 - ``scriptdeploy`` and ``tlsmaterial``: the device-side steps for scripts and TLS material.
 - ``scripts``: the Shelly scripts kilowatch ships as package data (``hourly_energy.js``).
+- ``logs``: devices' debug-log lines and events as the store keeps them, followed by stored order
+  (``kilowatch logs --follow``, the device page).
 
-Planned (issue "Fleet II"): ``firmware`` (staged rollouts) and ``logs`` (device debug logs, events).
+Planned (issue "Fleet II"): ``firmware`` (staged rollouts).
 
 The rule for what goes here: fleet code may use the store and the broker's credentials below it;
 the web app and the CLI above it call it. The RPC client stays free of the rest of kilowatch, like
