@@ -20,7 +20,15 @@ from kilowatch.alerts.config import (
     save_config,
 )
 from kilowatch.alerts.engine import SITE_KEY, AlertEngine
-from kilowatch.alerts.state import current, history
+from kilowatch.alerts.state import (
+    AlertBook,
+    DeliveryResult,
+    Notification,
+    current,
+    history,
+    load_book,
+    save_book,
+)
 from kilowatch.model.messages import Event
 from kilowatch.model.slots import SlotEnergy
 from kilowatch.service.retention import SITE_KEY as SERVICE_SITE_KEY
@@ -192,3 +200,21 @@ async def test_a_configuration_saved_while_running_takes_effect(store: Store) ->
         assert await engine.tick(1003) == []
         assert engine.stats.config_errors == 1 and engine.config.rules[0].id == "off"
     assert len(rx.ids) == 1 and engine.stats.delivered == 1 and engine.stats.firing == 1
+
+
+async def test_a_stop_after_delivery_but_before_the_history_sends_nothing_again(
+    store: Store,
+) -> None:
+    async with WebhookReceiver(SECRET) as rx:
+        await save_config(store, config(rx.url, Rule("off", "offline", for_s=0, notify=("hook",))))
+        delivered = Notification(
+            id="n1", ts=1001, rule="off", device="plug-1", transition="firing", message="off",
+            channels=("hook",), results=(DeliveryResult("hook", True, 1),),
+        )  # fmt: skip
+        await save_book(store, AlertBook(outbox=[delivered], watermark=1000))
+        assert await run_once(store, 1002) == []
+        assert await run_once(store, 1003) == []
+    assert rx.attempts == []
+    (record,) = await history(store)
+    assert record.id == "n1" and record.ok
+    assert (await load_book(store)).outbox == []

@@ -10,11 +10,13 @@ a notification twice with different ids nor loses one:
 1. :meth:`AlertEngine.tick` evaluates and writes the new states *and* the new notifications (the
    outbox) in one value write, then returns the notifications;
 2. :meth:`AlertEngine.deliver` sends one notification to its channels; as each channel finishes,
-   its result goes into the outbox entry; when all are done the entry leaves the outbox and a
-   history record is written (an id already in the history is replaced, not added).
+   its result goes into the outbox entry (written); when all are done a history record is
+   written (an id already in the history is replaced, not added), then the entry leaves the
+   outbox (written).
 
 After a restart :meth:`AlertEngine.start` returns the outbox: what was decided but not delivered
-everywhere, sent again with the same id.
+everywhere, sent again with the same id to the channels that have no result yet (an entry with
+every result is only recorded).
 """
 
 from __future__ import annotations
@@ -103,7 +105,6 @@ class AlertEngine:
         self.book = AlertBook()
         self._raw_config: Any = None
         self._lock = asyncio.Lock()
-        self._unrecorded: list[AlertRecord] = []
         self._dirty = False
         """The book in memory is newer than the stored one (a write failed)."""
 
@@ -208,7 +209,7 @@ class AlertEngine:
             if changed:
                 await save_book(self.store, book)
             self.book, self._dirty = book, False
-        await self._flush_history()
+        await self._finish()
         self.stats.evaluations += 1
         self.stats.notifications += len(result.notifications)
         self.stats.firing = sum(s.status == "firing" for s in book.states.values())
@@ -221,17 +222,13 @@ class AlertEngine:
         return result.notifications
 
     async def deliver(self, n: Notification) -> AlertRecord:
-        """Send ``n`` to each of its channels not done yet, concurrently; record the results in
-        the outbox as they come, then the history. Store failures are logged: the record is
-        written at a later tick."""
-        pending = n.pending
-        await asyncio.gather(*(self._deliver_one(n.id, name) for name in pending))
+        """Send ``n`` to each of its channels not done yet, concurrently; record each result in
+        the outbox as it comes, then move the notification from the outbox to the history.
+        Store failures are logged: what was not written is written at a later tick."""
+        await asyncio.gather(*(self._deliver_one(n.id, name) for name in n.pending))
         async with self._lock:
             done = next((x for x in self.book.outbox if x.id == n.id), n)
-            self.book.outbox = [x for x in self.book.outbox if x.id != n.id]
-            self._unrecorded.append(AlertRecord.of(done))
-            await self._save_quietly()
-        await self._flush_history()
+        await self._finish()
         return AlertRecord.of(done)
 
     async def _deliver_one(self, nid: str, name: str) -> None:
@@ -262,16 +259,22 @@ class AlertEngine:
             self._dirty = True
             log.warning("could not store the alert book (stored at the next tick): %s", err)
 
-    async def _flush_history(self) -> None:
+    async def _finish(self) -> None:
+        """Move the notifications delivered on every channel from the outbox to the history:
+        the history first, so that a stop in between leaves them in the outbox (the next start
+        records them again under the same id, which replaces, and sends nothing)."""
         async with self._lock:
-            records, self._unrecorded = self._unrecorded, []
-            if not records:
+            done = [x for x in self.book.outbox if not x.pending]
+            if not done:
                 return
             try:
-                await append_history(self.store, records)
+                await append_history(self.store, [AlertRecord.of(x) for x in done])
             except StoreError as err:
-                self._unrecorded = records + self._unrecorded
                 log.warning("could not store alert history (retried at the next tick): %s", err)
+                return
+            ids = {x.id for x in done}
+            self.book.outbox = [x for x in self.book.outbox if x.id not in ids]
+            await self._save_quietly()
 
 
 def stats_json(stats: AlertStats) -> Mapping[str, int]:
