@@ -97,15 +97,8 @@ class LedgerLike(Protocol):
 _Staged = tuple[Batch, list[Reading], Sequence[Delivery]]
 
 
-class _ChannelMinutes:
-    """One channel's open minutes: minute -> ``[sum of power, samples]``, and the newest minute
-    already let go (``closed``)."""
-
-    __slots__ = ("closed", "open")
-
-    def __init__(self) -> None:
-        self.open: dict[int, list[float]] = {}
-        self.closed = -1
+_MinuteKey = tuple[str, str, int]
+"""``(device, channel, minute)``."""
 
 
 class _PowerMeans:
@@ -115,55 +108,70 @@ class _PowerMeans:
     one lets the oldest go. A reading for a minute that was let go, or that is older than every
     open one while all are taken, is **ignored**: its mean was stored already, and a fresh mean of
     the late readings alone would replace it with a mean of fewer samples. So is a reading whose
-    power is not a finite number. After a restart a minute's mean starts afresh with the first
-    reading this process sees (its earlier readings were stored with the mean before).
+    power or time is not a finite number. After a restart a minute's mean starts afresh with the
+    first reading this process sees (its earlier readings were stored with the mean before).
+
+    The per-reading path is one dict lookup and three list updates (ingest's hot loop); the
+    per-channel bookkeeping runs only when a minute opens.
     """
 
     def __init__(self) -> None:
-        self._channels: dict[ChannelKey, _ChannelMinutes] = {}
-        self._touched: set[tuple[ChannelKey, int]] = set()
+        self._acc: dict[_MinuteKey, list[float]] = {}
+        """Open minutes: ``[sum of power, samples, 1 if touched since the last take]``."""
+        self._open: dict[ChannelKey, tuple[list[int], list[int]]] = {}
+        """Channel -> (its open minutes, ``[newest minute let go]``)."""
+        self._touched: list[_MinuteKey] = []
         self._let_go_touched: list[PowerMinute] = []
 
-    def add(self, key: ChannelKey, ts: float, power_w: float) -> None:
+    def add(self, device: str, channel: str, ts: float, power_w: float) -> None:
         if power_w - power_w != 0.0 or ts - ts != 0.0:  # NaN or infinite: no minute takes it
             return
-        minute = int(ts // 60) * 60
-        ch = self._channels.get(key)
-        if ch is None:
-            ch = self._channels[key] = _ChannelMinutes()
-        acc = ch.open.get(minute)
+        key = (device, channel, int(ts // 60) * 60)
+        acc = self._acc.get(key)
         if acc is None:
-            if minute <= ch.closed:
+            acc = self._open_minute(key)
+            if acc is None:
                 return
-            if len(ch.open) >= POWER_MINUTES_OPEN:
-                oldest = min(ch.open)
-                if minute < oldest:
-                    return
-                self._let_go(key, ch, oldest)
-            ch.open[minute] = [power_w, 1]
-        else:
-            acc[0] += power_w
-            acc[1] += 1
-        self._touched.add((key, minute))
+        acc[0] += power_w
+        acc[1] += 1
+        if not acc[2]:
+            acc[2] = 1
+            self._touched.append(key)
 
-    def _let_go(self, key: ChannelKey, ch: _ChannelMinutes, minute: int) -> None:
-        acc = ch.open.pop(minute)
-        ch.closed = max(ch.closed, minute)
-        if (key, minute) in self._touched:  # its last samples still go out with this batch
-            self._touched.discard((key, minute))
-            n = int(acc[1])
-            self._let_go_touched.append(PowerMinute(key[0], key[1], minute, acc[0] / n, n))
+    def _open_minute(self, key: _MinuteKey) -> list[float] | None:
+        device, channel, minute = key
+        state = self._open.get((device, channel))
+        if state is None:
+            state = self._open[(device, channel)] = ([], [-1])
+        minutes, closed = state
+        if minute <= closed[0]:
+            return None
+        if len(minutes) >= POWER_MINUTES_OPEN:
+            oldest = min(minutes)
+            if minute < oldest:
+                return None
+            minutes.remove(oldest)
+            closed[0] = max(closed[0], oldest)
+            gone = self._acc.pop((device, channel, oldest))
+            if gone[2]:  # its last samples still go out with this batch
+                n = int(gone[1])
+                self._let_go_touched.append(PowerMinute(device, channel, oldest, gone[0] / n, n))
+        minutes.append(minute)
+        acc = self._acc[key] = [0.0, 0, 0]
+        return acc
 
     def take(self) -> list[PowerMinute]:
         """The current mean of every minute touched since the last call."""
         out = self._let_go_touched
         self._let_go_touched = []
-        channels = self._channels
-        for key, minute in self._touched:
-            acc = channels[key].open[minute]
-            n = int(acc[1])
-            out.append(PowerMinute(key[0], key[1], minute, acc[0] / n, n))
-        self._touched.clear()
+        accs = self._acc
+        for key in self._touched:
+            acc = accs.get(key)
+            if acc is not None:  # else let go, and sent above
+                acc[2] = 0
+                n = int(acc[1])
+                out.append(PowerMinute(key[0], key[1], key[2], acc[0] / n, n))
+        self._touched = []
         return out
 
 
@@ -352,7 +360,7 @@ class Pipeline:
             if old is None or m.ts >= old.ts:
                 latest[key] = m
             if m.power_w is not None:
-                self._power.add(key, m.ts, m.power_w)
+                self._power.add(m.device, m.channel, m.ts, m.power_w)
             device["online"] = True
         elif isinstance(m, Interval):
             slots.extend(self.ledger.add_interval(m))

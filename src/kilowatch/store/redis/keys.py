@@ -52,6 +52,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime
 
@@ -170,6 +171,7 @@ def glob_escape(text: str) -> str:
     return re.sub(r"([\\*?\[\]])", r"\\\1", text)
 
 
+@functools.lru_cache(maxsize=64)
 def utc_date(day: int) -> str:
     """``yyyymmdd`` of the UTC day of unix time ``day``."""
     return datetime.fromtimestamp(day, UTC).strftime("%Y%m%d")

@@ -233,12 +233,16 @@ COMMIT_OPS = {
     "seed_hour": "W",
     "expire": "E",
     "delete": "D",
+    "power_minutes": "M",
 }
 """The commands a commit is made of (:class:`~.transaction.Ops` names them like redis-py's
 methods) and their one-letter codes in :data:`COMMIT_LUA`'s op list. ``seed_hour`` is ours: add
 mWh to a seed hour hash (``kwi``, ``kwe``) and write its Wh fields as exact decimals; a hash an
 earlier kilowatch wrote (marker ``kw``, float sums, no ``kwi``) starts from its sums rounded to
-the mWh. ``expire`` sets a key's time to live (s); ``delete`` (no arguments) deletes it."""
+the mWh. ``expire`` sets a key's time to live (s); ``delete`` (no arguments) deletes it;
+``power_minutes`` is ours too: ``<minute of the day> <mW> <samples>`` triples set in a power day
+string (``BITFIELD SET i64`` of words ``2n`` and ``2n+1``: three numbers per minute to pack in
+Python instead of eight arguments)."""
 COMMIT_MERGEABLE = frozenset("IHSP")
 """Codes whose ops on the same key, one after the other, are one op with the arguments of both
 (``HINCRBY k a 1; HINCRBY k b 2`` = ``I k a 1 b 2``; ``LPUSH k x; LPUSH k y`` = ``P k x y``)."""
@@ -306,6 +310,15 @@ while i <= n do
   elseif code == 'T' then call('LTRIM', key, args[a], args[a + 1])
   elseif code == 'V' then call('SET', key, args[a])
   elseif code == 'B' then chunked('BITFIELD', key, args, a, last)
+  elseif code == 'M' then
+    local bf, m = {}, 0
+    for at = a, last, 3 do
+      local word = 2 * tonumber(args[at])
+      bf[m + 1], bf[m + 2], bf[m + 3], bf[m + 4] = 'SET', 'i64', '#' .. word, args[at + 1]
+      bf[m + 5], bf[m + 6], bf[m + 7], bf[m + 8] = 'SET', 'i64', '#' .. (word + 1), args[at + 2]
+      m = m + 8
+    end
+    chunked('BITFIELD', key, bf, 1, m)
   elseif code == 'E' then call('EXPIRE', key, args[a])
   elseif code == 'D' then call('DEL', key)
   elseif code == 'W' then

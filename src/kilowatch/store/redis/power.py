@@ -33,22 +33,24 @@ def power_ops(
     """The commit's ops for ``rows`` (see :func:`~kilowatch.store.records.power_rows`); returns
     the channels whose old days it deletes, with the day (the caller remembers them once the
     commit succeeded: ``trimmed``)."""
-    per_key: dict[str, list[object]] = {}
+    per_day: dict[tuple[str, str, int], list[int]] = {}
     newest: dict[ChannelKey, int] = {}
     for (device, channel, minute), (mw, n) in rows.items():
         day = minute - minute % DAY
-        at = 2 * ((minute - day) // 60)
-        args = per_key.setdefault(keys.power_day(device, channel, day), [])
-        args += ("SET", "i64", f"#{at}", mw, "SET", "i64", f"#{at + 1}", n)
-        if day > newest.get((device, channel), -1):
-            newest[(device, channel)] = day
+        args = per_day.get((device, channel, day))
+        if args is None:
+            args = per_day[(device, channel, day)] = []
+            if day > newest.get((device, channel), -1):
+                newest[(device, channel)] = day
+        args += ((minute - day) // 60, mw, n)
     opened = {k: day for k, day in newest.items() if day > trimmed.get(k, -1)}
     for (device, channel), day in opened.items():
         op("sadd", keys.power_channels(device), channel)
         for back in range(records.POWER_DAYS, records.POWER_DAYS + OLD_DAYS_DELETED):
             op("delete", keys.power_day(device, channel, day - back * DAY))
-    for key, args in per_key.items():
-        op("bitfield", key, *args)
+    for (device, channel, day), args in per_day.items():
+        key = keys.power_day(device, channel, day)
+        op("power_minutes", key, *args)
         op("expire", key, records.POWER_TTL_S)
     return opened
 
