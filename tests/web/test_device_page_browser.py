@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from test_web_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, ServerThread
-from webseed import ADMIN, NOW, PLUG
+from webseed import ADMIN, EM, NOW, PLUG
 
 from kilowatch.model.messages import Event, LogLine
 from kilowatch.store import Batch, open_store
@@ -40,6 +40,11 @@ def seed_batch() -> Batch:
         for i in range(30)
     ]
     logs.insert(10, LogLine(PLUG, NOW - 55, f"long {LONG}", level=1, seq=99))
+    for i in range(DAY - 5, DAY):  # the 3-phase meter: its whole and its phases
+        minute = START + 60 * i
+        power.append(PowerMinute(EM, "em:0", minute, 600.0))
+        power += [PowerMinute(EM, f"em:0/{p}", minute, w) for p, w in (("a", 100.0),
+                  ("b", 200.0), ("c", 300.0))]  # fmt: skip
     events = [Event(PLUG, NOW - 20, "sys", "ota_progress", {"progress_percent": 40})]
     return Batch(power=power, logs=logs, events=events)
 
@@ -133,6 +138,17 @@ def test_power_chart_has_24_hours_of_minutes(server: ServerThread, page: Any) ->
     }
     assert page.inner_text("#fw-version") == "1.4.4"
     assert "1.5.0 available" in page.inner_text("#fw-update")
+
+    # a meter's total and its phases, not its whole again (the total is that line)
+    page.goto(f"{server.url}/devices/{EM}")
+    page.wait_for_selector("#power-chart[data-drawn]")
+    lines = page.evaluate(
+        """() => Chart.getChart('power-chart').data.datasets.map(
+                   d => [d.label, d.data.filter(v => v !== null)])"""
+    )
+    assert lines == [["Total", [600.0] * 5], ["em:0/a", [100.0] * 5], ["em:0/b", [200.0] * 5],
+                     ["em:0/c", [300.0] * 5]]  # fmt: skip
+    assert page.inner_text("#fw-update") == "none offered"
 
 
 def test_logs_and_events_newest_first_and_live(server: ServerThread, page: Any) -> None:

@@ -82,23 +82,20 @@
     return Math.abs(w) >= 10000 ? (w / 1000).toFixed(2) + " kW" : w.toFixed(1) + " W";
   }
 
+  /* The total, and the lines that say more than it: a device's channels when it has several
+     (a Pro 4PM's switches), or the parts of its one whole (a Pro 3EM's phases), never a line
+     that repeats the total. */
   function datasetsOf(data) {
     const names = Object.keys(data.channels);
-    // A part (em:0/a) is drawn when its whole is: the phases say more than their sum.
-    const sets = [{
-      label: "Total", data: data.total_w, borderColor: TOTAL_COLOR, backgroundColor: TOTAL_COLOR,
-      borderWidth: 2, pointRadius: 0, spanGaps: false,
-    }];
-    if (names.length > 1) {
-      names.forEach((name, i) => {
-        const color = COLORS[i % COLORS.length];
-        sets.push({
-          label: name, data: data.channels[name], borderColor: color, backgroundColor: color,
-          borderWidth: 1, pointRadius: 0, spanGaps: false,
-        });
-      });
-    }
-    return sets;
+    const whole = (n) => !n.includes("/") || !(n.split("/")[0] in data.channels);
+    const wholes = names.filter(whole);
+    const shown = wholes.length > 1 ? wholes : names.filter((n) => !whole(n));
+    const line = (label, values, color, width) => ({
+      label, data: values, borderColor: color, backgroundColor: color,
+      borderWidth: width, pointRadius: 0, spanGaps: false,
+    });
+    return [line("Total", data.total_w, TOTAL_COLOR, 2)]
+      .concat(shown.map((n, i) => line(n, data.channels[n], COLORS[i % COLORS.length], 1)));
   }
 
   function labelsOf(data, tz) {
@@ -157,7 +154,10 @@
             normalized: true,
             interaction: { mode: "index", intersect: false },
             scales: {
-              x: { grid: { display: false }, ticks: { autoSkip: true, maxTicksLimit: 9, maxRotation: 0 } },
+              x: {
+                grid: { display: false },
+                ticks: { autoSkip: true, autoSkipPadding: 16, maxRotation: 0, maxTicksLimit: canvas.clientWidth < 500 ? 5 : 9 },
+              },
               y: { beginAtZero: true, ticks: { callback: (v) => fmtW(v) } },
             },
             plugins: {
