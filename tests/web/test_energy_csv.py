@@ -201,3 +201,14 @@ async def test_settings_changes_and_renames_are_audited(
     settings = (await store.audit(action="settings.change"))[0]
     assert settings.actor == "api:script"
     assert settings.detail["retention_days"] == {"from": None, "to": 400}
+
+
+def test_power_now_of_a_meter_whose_whole_has_no_power() -> None:
+    from kilowatch.model.messages import Reading
+    from kilowatch.web.views import power_now
+
+    phases = [Reading(EM, f"em:0/{p}", NOW, power_w=w) for p, w in (("a", 1.0), ("b", 2.0))]
+    assert power_now([Reading(EM, "em:0", NOW, power_w=10.0), *phases]) == 10.0
+    # the meter's last message carried only energy: its phases still say the power
+    assert power_now([Reading(EM, "em:0", NOW, energy_wh=5.0), *phases]) == 3.0
+    assert power_now([Reading(EM, "em:0", NOW, energy_wh=5.0)]) is None

@@ -51,7 +51,10 @@ def top_level(readings: Iterable[Reading]) -> list[Reading]:
 
 
 def power_now(readings: Iterable[Reading]) -> float | None:
-    values = [r.power_w for r in top_level(readings) if r.power_w is not None]
+    """One device's power now: its channels' sum, a part (``em:0/a``) counted only when its
+    whole (``em:0``) reports no power (its latest message may have carried only energy)."""
+    with_power = [r for r in readings if r.power_w is not None]
+    values = [r.power_w for r in top_level(with_power) if r.power_w is not None]
     return sum(values) if values else None
 
 
