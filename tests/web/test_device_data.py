@@ -6,18 +6,19 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from webseed import EM, NOW, PLUG, TZ, VIEWER
+from webseed import EM, NOW, PLUG, TZ, VIEWER, users_meta
 
 from kilowatch.accounts.tokens import create_token
-from kilowatch.accounts.users import Role
+from kilowatch.accounts.users import USERS_KEY, Role
 from kilowatch.intake.live import LiveHub
 from kilowatch.model.messages import Event, LogLine
-from kilowatch.store import Batch, Store
+from kilowatch.store import Batch, DeviceUpdate, Store, open_store
 from kilowatch.store.protocol import PowerMinute
 from kilowatch.web import create_app, serve_web
 from kilowatch.web.devicedata import power_json
@@ -250,3 +251,38 @@ async def test_a_stopping_app_ends_the_stream_after_the_newest(
     got = frames(r.text.splitlines())
     assert [e for e, _ in got] == ["logs", "events"]
     assert all(f["reset"] for _, f in got)
+
+
+async def test_a_store_failing_under_the_stream_ends_it_cleanly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store goes away while a page listens: the stream ends (the browser reconnects and
+    starts afresh) instead of failing the server with a traceback."""
+    store = open_store(f"sqlite:///{tmp_path / 'gone.db'}")
+    await store.__aenter__()
+    await store.commit(Batch(devices=[DeviceUpdate(PLUG, last_seen=NOW)]))
+    await store.put_meta(USERS_KEY, users_meta())
+    app: FastAPI = create_app(store, live=LiveHub(), site_tz=TZ, clock=lambda: NOW)
+    token = await create_token(store, VIEWER[0], role=Role.VIEWER, name="sse", now=NOW)
+    started = asyncio.Event()
+    async with asyncio.TaskGroup() as tg:
+        server = tg.create_task(serve_web(app, "127.0.0.1", 0, started=started))
+        async with asyncio.timeout(10):
+            await started.wait()
+        async with (
+            httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{app.state.port}",
+                headers={"authorization": f"Bearer {token}"},
+            ) as c,
+            c.stream("GET", f"/api/v1/devices/{PLUG}/stream") as r,
+        ):
+            lines: list[str] = []
+            async with asyncio.timeout(10):
+                async for line in r.aiter_lines():
+                    lines.append(line)
+                    if len(frames(lines)) == 2:
+                        await store.__aexit__(None, None, None)
+            # the loop ended: the server closed the stream
+        server.cancel()
+    assert [e for e, _ in frames(lines)] == ["logs", "events"]
+    assert "device stream of shellyplugsg3-aabbccddeeff ends" in caplog.text

@@ -5,6 +5,7 @@ the device page draws and keeps up to date (static/device.js)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any
 
@@ -12,7 +13,7 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
-from kilowatch.errors import Problem
+from kilowatch.errors import Problem, StoreError
 from kilowatch.fleet.logs import FOLLOW_INTERVAL_S, Fresh, event_tail, log_tail
 from kilowatch.model.messages import LogLine
 from kilowatch.store.protocol import PowerMinute, Store
@@ -20,6 +21,8 @@ from kilowatch.web import openapi
 from kilowatch.web.api import SSE_KEEPALIVE_S, DeviceId, JSONResponse
 from kilowatch.web.deps import State, Viewer
 from kilowatch.web.views import instant, message_json
+
+log = logging.getLogger(__name__)
 
 MINUTE = 60
 POWER_HOURS_MAX = 48
@@ -195,7 +198,12 @@ async def stream(
                 pass
             sent = False
             for name, tail in (("logs", logs), ("events", events)):
-                fresh = await tail.poll()
+                try:
+                    fresh = await tail.poll()
+                except StoreError as err:
+                    # End the stream: the browser reconnects (retry: 3 s) and starts afresh.
+                    log.warning("device stream of %s ends: %s", device, err)
+                    return
                 if fresh.items:
                     sent = True
                     yield _sse(name, fresh)
