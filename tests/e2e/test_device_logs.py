@@ -1,7 +1,8 @@
 """Device logs end to end: a simulated device on a real mosquitto gets ``[system] debug_mqtt =
 true`` from a profile (applied over the broker, as for a remote site), sends its debug log on
 ``<prefix>/debug/log``, ``kilowatch serve``'s intake stores the lines, and ``kilowatch logs``
-prints them (and the device's ``config_changed`` event)."""
+prints them (and the device's ``config_changed`` event); its power per minute is there for the
+device page's chart."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from kilowatch.service.config import load_settings
 from kilowatch.service.server import Running, serve
 from kilowatch.store import Registration, open_store
 from kilowatch.testing import MosquittoServer
+from kilowatch.web.devicedata import device_power
 from shellysim import Fleet
 
 
@@ -91,6 +93,14 @@ async def test_debug_log_lines_reach_kilowatch_logs(
                         "Shelly.GetDeviceInfo" in x.message for x in await store.logs(dev.id)
                     ):
                         await asyncio.sleep(0.05)
+                # and the device page's chart has the minute means of its power
+                async with asyncio.timeout(20):
+                    while True:
+                        chart = await device_power(store, dev.id, hours=24, now=time.time())
+                        if any(w is not None for w in chart["total_w"]):
+                            break
+                        await asyncio.sleep(0.05)
+                assert list(chart["channels"]) == ["pm1:0"] and len(chart["total_w"]) == 1440
         finally:
             stop.set()
         await service
