@@ -9,6 +9,7 @@ service: SQLite, the managed mosquitto (plain and TLS listeners on free ports), 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,8 @@ from kilowatch.service.config import Settings, load_settings
 from kilowatch.service.server import Running, WebStarter, serve
 
 READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 30.0
+"""How long a graceful stop may take before the service is cancelled."""
 
 
 def service_settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -45,21 +48,29 @@ async def running_service(
     settings: Settings, *, web: WebStarter | None = None, timeout_s: float = READY_TIMEOUT_S
 ) -> AsyncIterator[Running]:
     """Run ``kilowatch serve`` with ``settings`` (and the ``web`` starter, if any) as a task of
-    this loop; yield once it is ready; stop it gracefully when the block ends. A service that
-    is not ready within ``timeout_s`` raises :class:`KilowatchError` (its own error, when it
-    failed, is raised by the task group)."""
+    this loop; yield once it is ready; stop it gracefully when the block ends, also when the
+    block raised (its error comes out as itself). A service that fails before it is ready
+    raises its own error; one not ready within ``timeout_s`` a :class:`KilowatchError`."""
     stop = asyncio.Event()
     ready: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(serve(settings, stop, on_ready=ready.set_result, web=web))
+    task = asyncio.ensure_future(serve(settings, stop, on_ready=ready.set_result, web=web))
+    try:
         waiting: set[asyncio.Future[Any]] = {ready, task}
         await asyncio.wait(waiting, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            if task.done():
+                task.result()  # its error
+            raise KilowatchError(f"kilowatch serve did not become ready in {timeout_s} s")
+        yield ready.result()
+    finally:
+        stop.set()
         try:
-            if not ready.done():
-                raise KilowatchError(f"kilowatch serve did not become ready in {timeout_s} s")
-            yield ready.result()
-        finally:
-            stop.set()
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                await asyncio.shield(task)
+        except TimeoutError:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
-__all__ = ["READY_TIMEOUT_S", "running_service", "service_settings"]
+__all__ = ["READY_TIMEOUT_S", "STOP_TIMEOUT_S", "running_service", "service_settings"]
