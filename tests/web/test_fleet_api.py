@@ -247,3 +247,25 @@ async def test_bad_requests_and_one_job_of_a_kind_at_a_time(tmp_path: Path) -> N
         body = {"profile": "lab.toml", "devices": [one]}
         only = await finish(c, await c.post("/api/v1/fleet/plan", headers=headers, json=body))
         assert [r["device"] for r in only["rows"]] == [one]
+
+
+@needs_mosquitto
+async def test_a_firmware_rollout_job_updates_in_waves_and_is_audited(tmp_path: Path) -> None:
+    async with fleet_site(tmp_path, devices=3) as (app, fleet), client_for(app) as c:
+        headers = {"x-csrf-token": await login(c, *ADMIN)}
+        before = {d.id: d.ver for d in fleet.devices}
+        body = {"stage": "stable", "canary": 1, "max_failures": 0}
+        job = await finish(c, await c.post("/api/v1/fleet/firmware", json=body, headers=headers))
+        assert job["state"] == "done", job
+        assert job["kind"] == "firmware" and job["options"]["stage"] == "stable"
+        assert {r["status"] for r in job["rows"]} == {"updated"}, job["rows"]
+        assert job["wave"] == "2/2" and job["done"] == 3
+        assert job["report"]["waves"] and job["result"].startswith("ok")
+        assert all(d.ver != before[d.id] for d in fleet.devices)
+        end, start = await audit_of(c, "firmware")
+        assert (end["action"], end["result"], start["result"]) == (
+            "firmware.update",
+            "ok",
+            "started",
+        )
+        assert end["actor"] == f"web:{ADMIN[0]}" and len(end["devices"]) == 3
