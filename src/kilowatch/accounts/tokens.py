@@ -76,7 +76,9 @@ async def verify_token(store: Store, token: str) -> Principal | None:
     role = parse_role(record["role"])
     if parse_role(user["role"]) is Role.VIEWER:
         role = Role.VIEWER
-    return Principal(user=record["user"], role=role, via="token")
+    return Principal(
+        user=record["user"], role=role, via="token", token_name=record.get("name") or None
+    )
 
 
 __all__ = ["TOKENS_KEY", "create_token", "list_tokens", "revoke_token", "verify_token"]

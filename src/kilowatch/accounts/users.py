@@ -40,10 +40,20 @@ class Principal:
     """``session`` or ``token``."""
     csrf: str | None = None
     """The session's CSRF token; ``None`` for bearer tokens (browsers never add those)."""
+    token_name: str | None = None
+    """The API token's name, when ``via`` is ``token``."""
 
     @property
     def is_admin(self) -> bool:
         return self.role is Role.ADMIN
+
+    @property
+    def actor(self) -> str:
+        """Who acts, for the audit log: ``web:<user>`` for a dashboard session, ``api:<token
+        name>`` for a bearer token (``api:<user>`` when the token has no name)."""
+        if self.via != "token":
+            return f"web:{self.user}"
+        return f"api:{self.token_name or self.user}"
 
 
 def parse_role(value: str) -> Role:

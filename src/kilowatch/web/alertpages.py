@@ -20,8 +20,6 @@ import orjson
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
-from kilowatch.accounts.tokens import list_tokens
-from kilowatch.accounts.users import Principal
 from kilowatch.alerts.channels import Sender
 from kilowatch.alerts.config import (
     CHANNEL_KINDS,
@@ -187,18 +185,6 @@ def _config_response(cfg: AlertsConfig) -> Response:
     return JSONResponse(config_to_json(cfg), headers={"ETag": etag(cfg)})
 
 
-async def actor(request: Request, store: Store, principal: Principal) -> str:
-    """Who writes, for the audit log: ``web:<user>`` (a session) or ``api:<token name>``."""
-    if principal.via != "token":
-        return f"web:{principal.user}"
-    token_id = request.headers.get("authorization", "").partition(" ")[2].strip().split("_")
-    if len(token_id) >= 2:
-        for token in await list_tokens(store):
-            if token["id"] == token_id[1]:
-                return f"api:{token.get('name') or principal.user}"
-    return f"api:{principal.user}"
-
-
 def changes(before: AlertsConfig, after: AlertsConfig) -> dict[str, dict[str, list[str]]]:
     """Which rules and channels a write adds, removes or changes (ids and names only: the audit
     log never holds a secret)."""
@@ -318,7 +304,7 @@ async def put_config(
             slug="precondition-failed",
             title="Precondition failed",
         )
-    who = await actor(request, state.store, principal)
+    who = principal.actor
     detail = changes(before, after)
     async with audited(state.store, who, AUDIT_ACTION, detail=detail) as act:
         act.detail.update(detail)  # the outcome's entry says what changed too
@@ -356,7 +342,7 @@ async def test_channel(
     if channel is None:
         known = ", ".join(c.name for c in cfg.channels) or "none configured"
         raise Problem(404, f"no alert channel {name!r} ({known})")
-    who = await actor(request, state.store, principal)
+    who = principal.actor
     note = test_notification(name, who, state.clock())
     error: str | None = None
     detail = {"channel": name, "notification": note.id}
@@ -465,4 +451,4 @@ async def alerts_page(request: Request, state: State, principal: Viewer) -> Resp
 router.include_router(api)
 router.include_router(pages)
 
-__all__ = ["actor", "changes", "etag", "router"]
+__all__ = ["changes", "etag", "router"]

@@ -24,7 +24,6 @@ from kilowatch.web.energy import build_query, report
 from kilowatch.web.energyview import energy_view
 from kilowatch.web.site import MAX_RETENTION_DAYS, changes, save_site
 from kilowatch.web.views import (
-    audit_actor,
     device_json,
     devices_table,
     display_name,
@@ -180,7 +179,7 @@ async def patch_device(
     room = patch.room.strip() if patch.room is not None else None
     changed = label_changes(rec, label, room)
     if changed:
-        actor = await audit_actor(state.store, principal, request.headers.get("authorization", ""))
+        actor = principal.actor
         async with audited(
             state.store, actor, "device.rename", devices=[device], detail=changed
         ) as act:
@@ -468,7 +467,7 @@ async def patch_settings(
         raise Problem(400, str(err), slug="invalid-parameter") from None
     changed = changes(state.site, site)
     if changed:
-        actor = await audit_actor(state.store, principal, request.headers.get("authorization", ""))
+        actor = principal.actor
         async with audited(state.store, actor, "settings.change", detail=changed) as act:
             await save_site(state.store, site)
             act.detail.update(changed)  # the outcome says what changed too

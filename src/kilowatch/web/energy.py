@@ -263,16 +263,15 @@ async def _priced_pieces(store: Store, query: EnergyQuery) -> list[EnergyRow]:
     pieces: list[EnergyRow] = []
     for i, hour in enumerate(hours):
         slots = inside.get(i, [])
-        whole = abs(sum(s.energy_wh for s in slots) - hour.energy_wh) < 1e-6 and abs(
-            sum(s.returned_energy_wh for s in slots) - hour.returned_energy_wh
-        ) < 1e-6
+        whole = (
+            abs(sum(s.energy_wh for s in slots) - hour.energy_wh) < 1e-6
+            and abs(sum(s.returned_energy_wh for s in slots) - hour.returned_energy_wh) < 1e-6
+        )
         pieces += slots if whole else [hour]
     return pieces
 
 
-def _assign(
-    rows: Sequence[EnergyRow], parts: Sequence[EnergyRow]
-) -> list[tuple[int, EnergyRow]]:
+def _assign(rows: Sequence[EnergyRow], parts: Sequence[EnergyRow]) -> list[tuple[int, EnergyRow]]:
     """Each of ``parts`` with the index of the row of the same device and channel whose period
     holds its start (rows sorted by start; parts outside every row are left out)."""
     starts: dict[tuple[str | None, str | None], list[float]] = defaultdict(list)

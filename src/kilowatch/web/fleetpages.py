@@ -27,7 +27,6 @@ from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from kilowatch.accounts.tokens import list_tokens
 from kilowatch.accounts.users import Principal
 from kilowatch.errors import KilowatchError, Problem
 from kilowatch.fleet.apply import CONCURRENCY, ApplyOptions, Status
@@ -248,19 +247,6 @@ def _running(state: WebState) -> Running:
 
 
 # --- who, and which devices -----------------------------------------------------------------
-
-
-async def actor_of(request: Request, principal: Principal, store: Store) -> str:
-    """The audit log's actor: ``web:<user>`` for a session, ``api:<token name>`` for an API
-    token (``api:<user>`` when the token's name cannot be found)."""
-    if principal.via != "token":
-        return f"web:{principal.user}"
-    parts = request.headers.get("authorization", "").partition(" ")[2].strip().split("_", 2)
-    token_id = parts[1] if len(parts) == 3 else ""
-    for token in await list_tokens(store):
-        if token.get("id") == token_id and token.get("name"):
-            return f"api:{token['name']}"
-    return f"api:{principal.user}"
 
 
 async def _targets(
@@ -494,7 +480,7 @@ async def start_plan(
     jobs = _jobs(request)
     profile = _profile(running, body.profile)
     targets = await _targets(state.store, body.select or profile.select, body.devices)
-    actor = await actor_of(request, principal, state.store)
+    actor = principal.actor
     job = _new_job("plan", actor, targets, {"profile": body.profile}, state.clock())
 
     async def work(job: FleetJob) -> None:
@@ -527,7 +513,7 @@ async def start_apply(
     jobs = _jobs(request)
     profile = _profile(running, body.profile)
     targets = await _targets(state.store, body.select or profile.select, body.devices)
-    actor = await actor_of(request, principal, state.store)
+    actor = principal.actor
     options = {"profile": body.profile, "dry_run": body.dry_run}
     job = _new_job("apply", actor, targets, options, state.clock())
 
@@ -570,7 +556,7 @@ async def start_firmware(
     except (ValueError, KilowatchError) as err:
         raise Problem(400, str(err), slug="invalid-parameter") from None
     targets = await _targets(state.store, body.select or (), body.devices)
-    actor = await actor_of(request, principal, state.store)
+    actor = principal.actor
     shown = body.model_dump(exclude={"select", "devices"})
     job = _new_job("firmware", actor, targets, shown, state.clock())
 
@@ -734,4 +720,4 @@ def _detail_text(detail: Any) -> str:
     return "; ".join(parts)
 
 
-__all__ = ["FleetJob", "FleetJobs", "actor_of", "entry_json", "fleet_rows", "router"]
+__all__ = ["FleetJob", "FleetJobs", "entry_json", "fleet_rows", "router"]

@@ -29,7 +29,6 @@ from kilowatch.web.energy import parse_instant, parse_tz, period_start, shift_pe
 from kilowatch.web.energyview import chart_data, energy_view
 from kilowatch.web.site import changes, save_site
 from kilowatch.web.views import (
-    audit_actor,
     device_json,
     devices_table,
     display_name,
@@ -317,7 +316,7 @@ async def device_rename(
         raise Problem(404, f"no device {device!r}")
     changed = label_changes(rec, label.strip(), room.strip())
     if changed:
-        actor = await audit_actor(state.store, principal)
+        actor = principal.actor
         async with audited(
             state.store, actor, "device.rename", devices=[device], detail=changed
         ) as act:
@@ -380,7 +379,7 @@ async def settings_save(
         return response
     changed = changes(state.site, site)
     if changed:
-        actor = await audit_actor(state.store, principal)
+        actor = principal.actor
         async with audited(state.store, actor, "settings.change", detail=changed) as act:
             await save_site(state.store, site)
             act.detail.update(changed)  # the outcome says what changed too

@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kilowatch.accounts.tokens import list_tokens
-from kilowatch.accounts.users import Principal
 from kilowatch.model.messages import Event, Reading
 from kilowatch.query.energy import EnergyQuery
 from kilowatch.store.protocol import DeviceRecord, Store
@@ -56,19 +54,6 @@ def power_now(readings: Iterable[Reading]) -> float | None:
     with_power = [r for r in readings if r.power_w is not None]
     values = [r.power_w for r in top_level(with_power) if r.power_w is not None]
     return sum(values) if values else None
-
-
-async def audit_actor(store: Store, principal: Principal, authorization: str = "") -> str:
-    """Who changes something, for the audit log: ``web:<user>`` for a dashboard session,
-    ``api:<token name>`` for a bearer token (``authorization``: the request's header)."""
-    if principal.via != "token":
-        return f"web:{principal.user}"
-    parts = authorization.partition(" ")[2].strip().split("_")
-    if len(parts) >= 2:
-        for token in await list_tokens(store):
-            if token.get("id") == parts[1]:
-                return f"api:{token.get('name') or principal.user}"
-    return f"api:{principal.user}"
 
 
 def label_changes(
@@ -248,7 +233,6 @@ async def overview(store: Store, site: SiteSettings, now: float) -> dict[str, An
 
 __all__ = [
     "OFFLINE_AFTER_S",
-    "audit_actor",
     "device_json",
     "devices_table",
     "display_name",
