@@ -35,9 +35,9 @@ from kilowatch.errors import ConfigError
 from kilowatch.fleet.discovery import scan
 from kilowatch.fleet.registry import record_found
 from kilowatch.service.config import Settings, default_data_dir, default_timezone
-from kilowatch.service.server import Running, ingest_metrics, serve
+from kilowatch.service.server import Running, serve
 from kilowatch.store import Registration, Store
-from kilowatch.web.app import bind, create_app, serve_web
+from kilowatch.web.app import start_web
 from kilowatch.web.site import load_site, save_site
 from shellysim import Fleet, LoadKind, SimClock, mac_for, model_spec
 
@@ -322,7 +322,7 @@ async def run_demo(
     ) -> None:
         state.login = await ensure_demo_login(running.store)
         await set_grid_meter(running.store, mains_id(options.seed), settings.tz)
-        state.http_port = await start_demo_app(tg, running, web_stop, login=state.login)
+        state.http_port = await start_web(tg, running, web_stop, login_hint=state.login)
 
     def on_ready(running: Running) -> None:
         if not ready.done():
@@ -378,40 +378,6 @@ async def label_when_seen(store: Store, device: str, label: str = FRIDGE) -> boo
     if not rec.label:
         await store.set_device_label(device, label=label)
     return True
-
-
-async def start_demo_app(
-    tg: asyncio.TaskGroup,
-    running: Running,
-    stop: asyncio.Event,
-    *,
-    login: tuple[str, str] | None,
-) -> int:
-    """:func:`kilowatch.web.app.start_web` for the demo: the same app, whose login page also
-    tells the demo's user and password (``app.state.login_hint``) when the demo created them."""
-    settings = running.settings
-    sock = bind(settings.http_host, settings.http_port)
-    stats = running.stats
-    app = create_app(
-        running.store,
-        live=running.hub,
-        site_tz=settings.tz,
-        ingest_stats=lambda: ingest_metrics(stats, running.poll, running.repair),
-        ingest_health=running.health,
-        running=running,
-    )
-    app.state.login_hint = login
-    web = tg.create_task(
-        serve_web(app, settings.http_host, settings.http_port, sock=sock), name="web"
-    )
-
-    async def stop_web() -> None:
-        await stop.wait()
-        web.cancel()
-
-    tg.create_task(stop_web(), name="web-stop")
-    port: int = sock.getsockname()[1]
-    return port
 
 
 async def _wait_caught_up(clock: CatchUpClock) -> None:

@@ -260,13 +260,20 @@ async def serve_web(
         raise ConfigError("the web app did not start (see the log above: its startup failed)")
 
 
-async def start_web(tg: asyncio.TaskGroup, running: Running, stop: asyncio.Event) -> int:
+async def start_web(
+    tg: asyncio.TaskGroup,
+    running: Running,
+    stop: asyncio.Event,
+    *,
+    login_hint: tuple[str, str] | None = None,
+) -> int:
     """Serve ``kilowatch.web`` on ``http_host:http_port`` as a task of ``tg``: the web starter that
     ``kilowatch serve`` hands to :func:`kilowatch.service.server.serve`.
 
     The web app gets the open store, the LiveHub, the site time zone and the ingest counters; it is
     cancelled when ``stop`` is set, before the store closes. A port in use raises ``ConfigError``.
-    Returns the port it listens on.
+    ``login_hint``: a user and password the login page tells (the demo's). Returns the port it
+    listens on.
     """
     settings = running.settings
     sock = bind(settings.http_host, settings.http_port)
@@ -275,10 +282,13 @@ async def start_web(tg: asyncio.TaskGroup, running: Running, stop: asyncio.Event
         running.store,
         live=running.hub,
         site_tz=settings.tz,
-        ingest_stats=lambda: ingest_metrics(stats, running.poll, running.repair),
+        ingest_stats=lambda: ingest_metrics(
+            stats, running.poll, running.repair, alerts=running.alerts
+        ),
         ingest_health=running.health,
         running=running,
     )
+    app.state.login_hint = login_hint
     web = tg.create_task(
         serve_web(app, settings.http_host, settings.http_port, sock=sock), name="web"
     )
