@@ -211,7 +211,7 @@ async def test_apply_converges_then_a_second_apply_writes_nothing(
             "verify",
         )
         assert result.notices == (
-            "firmware 1.4.4 below minimum 1.5.1: use fleet update (issue 12)",
+            "firmware 1.4.4 below minimum 1.5.1: use kilowatch fleet firmware update",
         )
         assert result.attempts == 1 and result.error is None
     for dev, reg in zip(lab.fleet.devices, lab.regs, strict=True):
@@ -246,7 +246,7 @@ async def test_apply_converges_then_a_second_apply_writes_nothing(
     }
     assert body["devices"][0]["status"] == "unchanged"
     assert body["devices"][0]["notices"] == [
-        "firmware 1.4.4 below minimum 1.5.1: use fleet update (issue 12)"
+        "firmware 1.4.4 below minimum 1.5.1: use kilowatch fleet firmware update"
     ]
 
 
@@ -357,7 +357,7 @@ async def test_firmware_drift_is_reported_never_applied(lab: Lab, profile_dir: P
     report = await lab.apply(profile)
     assert report.summary()["unchanged"] == 3 and not report.failed
     assert report.devices[0].notices == (
-        "firmware 1.4.4, 1.5.1 (stable) offered: use fleet update (issue 12)",
+        "firmware 1.4.4, 1.5.1 (stable) offered: use kilowatch fleet firmware update",
     )
     assert lab.writes() == []
     current = parse_profile(profile_dir / "fw.toml", '[firmware]\nminimum = "1.4.4"\n', env={})

@@ -214,10 +214,13 @@ def notices(plan: DevicePlan) -> tuple[str, ...]:
         wanted = str(change.desired)
         if wanted.startswith(">= "):
             out.append(
-                f"firmware {change.actual} below minimum {wanted[3:]}: use fleet update (issue 12)"
+                f"firmware {change.actual} below minimum {wanted[3:]}: "
+                "use kilowatch fleet firmware update"
             )
         else:
-            out.append(f"firmware {change.actual}, {wanted} offered: use fleet update (issue 12)")
+            out.append(
+                f"firmware {change.actual}, {wanted} offered: use kilowatch fleet firmware update"
+            )
     return tuple(out)
 
 

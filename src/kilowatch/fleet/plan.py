@@ -61,7 +61,7 @@ class Step(Enum):
     AUTH = "auth"
     REBOOT = "reboot"
     FIRMWARE = "firmware"
-    """Reported only: ``kilowatch fleet update`` (issue 12) installs firmware."""
+    """Reported only: ``kilowatch fleet firmware update`` installs firmware."""
 
 
 STEP_ORDER = (Step.TLS, Step.MQTT, Step.SYSTEM, Step.SCRIPTS, Step.AUTH, Step.REBOOT)

@@ -122,7 +122,7 @@ class TlsSpec:
 @dataclass(frozen=True, slots=True)
 class FirmwareSpec:
     """``[firmware]``: ``minimum = "1.5.1"`` or ``stage = "stable"``; reported, never installed
-    here (``kilowatch fleet update``, issue 12)."""
+    here (``kilowatch fleet firmware update``)."""
 
     minimum: str | None = None
     stage: str | None = None
