@@ -97,10 +97,6 @@ class LedgerLike(Protocol):
 _Staged = tuple[Batch, list[Reading], Sequence[Delivery]]
 
 
-_MinuteKey = tuple[str, str, int]
-"""``(device, channel, minute)``."""
-
-
 class _PowerMeans:
     """Mean power per channel and UTC minute (``floor(ts / 60) * 60``), for :class:`PowerMinute`.
 
@@ -111,66 +107,69 @@ class _PowerMeans:
     power or time is not a finite number. After a restart a minute's mean starts afresh with the
     first reading this process sees (its earlier readings were stored with the mean before).
 
-    The per-reading path is one dict lookup and three list updates (ingest's hot loop); the
-    per-channel bookkeeping runs only when a minute opens.
+    The per-reading path is one dict lookup (the channel's last minute), a range test and two
+    additions (ingest's hot loop); the per-channel bookkeeping runs only when a reading falls in
+    another minute than its channel's previous one.
     """
 
     def __init__(self) -> None:
-        self._acc: dict[_MinuteKey, list[float]] = {}
-        """Open minutes: ``[sum of power, samples, 1 if touched since the last take]``."""
-        self._open: dict[ChannelKey, tuple[list[int], list[int]]] = {}
-        """Channel -> (its open minutes, ``[newest minute let go]``)."""
-        self._touched: list[_MinuteKey] = []
-        self._let_go_touched: list[PowerMinute] = []
+        self.current: dict[ChannelKey, list[Any]] = {}
+        """Channel -> its last minute's accumulator: ``[sum of power, samples, 1 if touched since
+        the last take, minute, minute end (-1 once let go), device, channel]``."""
+        self._open: dict[ChannelKey, tuple[dict[int, list[Any]], list[int]]] = {}
+        """Channel -> (its open minutes' accumulators, ``[newest minute let go]``)."""
+        self._touched: list[list[Any]] = []
 
-    def add(self, device: str, channel: str, ts: float, power_w: float) -> None:
+    def add(self, key: ChannelKey, ts: float, power_w: float) -> None:
+        """Count a reading of channel ``key`` (the pipeline inlines the case of a reading in its
+        channel's current minute: ``current``, ``touch``)."""
+        acc = self.current.get(key)
+        if acc is not None and acc[3] <= ts < acc[4] and power_w - power_w == 0.0:
+            acc[0] += power_w
+            acc[1] += 1
+            if not acc[2]:
+                self.touch(acc)
+            return
+        self._add_elsewhere(key, ts, power_w)
+
+    def touch(self, acc: list[Any]) -> None:
+        """Mark an accumulator as changed since the last :meth:`take`."""
+        acc[2] = 1
+        self._touched.append(acc)
+
+    def _add_elsewhere(self, key: ChannelKey, ts: float, power_w: float) -> None:
         if power_w - power_w != 0.0 or ts - ts != 0.0:  # NaN or infinite: no minute takes it
             return
-        key = (device, channel, int(ts // 60) * 60)
-        acc = self._acc.get(key)
+        minute = int(ts // 60) * 60
+        state = self._open.get(key)
+        if state is None:
+            state = self._open[key] = ({}, [-1])
+        minutes, closed = state
+        acc = minutes.get(minute)
         if acc is None:
-            acc = self._open_minute(key)
-            if acc is None:
+            if minute <= closed[0]:
                 return
+            if len(minutes) >= POWER_MINUTES_OPEN:
+                oldest = min(minutes)
+                if minute < oldest:
+                    return
+                minutes.pop(oldest)[4] = -1  # if touched, it still goes out with this batch
+                closed[0] = max(closed[0], oldest)
+            acc = minutes[minute] = [0.0, 0, 0, minute, minute + 60, key[0], key[1]]
+        self.current[key] = acc
         acc[0] += power_w
         acc[1] += 1
         if not acc[2]:
             acc[2] = 1
-            self._touched.append(key)
-
-    def _open_minute(self, key: _MinuteKey) -> list[float] | None:
-        device, channel, minute = key
-        state = self._open.get((device, channel))
-        if state is None:
-            state = self._open[(device, channel)] = ([], [-1])
-        minutes, closed = state
-        if minute <= closed[0]:
-            return None
-        if len(minutes) >= POWER_MINUTES_OPEN:
-            oldest = min(minutes)
-            if minute < oldest:
-                return None
-            minutes.remove(oldest)
-            closed[0] = max(closed[0], oldest)
-            gone = self._acc.pop((device, channel, oldest))
-            if gone[2]:  # its last samples still go out with this batch
-                n = int(gone[1])
-                self._let_go_touched.append(PowerMinute(device, channel, oldest, gone[0] / n, n))
-        minutes.append(minute)
-        acc = self._acc[key] = [0.0, 0, 0]
-        return acc
+            self._touched.append(acc)
 
     def take(self) -> list[PowerMinute]:
         """The current mean of every minute touched since the last call."""
-        out = self._let_go_touched
-        self._let_go_touched = []
-        accs = self._acc
-        for key in self._touched:
-            acc = accs.get(key)
-            if acc is not None:  # else let go, and sent above
-                acc[2] = 0
-                n = int(acc[1])
-                out.append(PowerMinute(key[0], key[1], key[2], acc[0] / n, n))
+        out = []
+        for acc in self._touched:
+            acc[2] = 0
+            n = acc[1]
+            out.append(PowerMinute(acc[5], acc[6], acc[3], acc[0] / n, n))
         self._touched = []
         return out
 
@@ -359,8 +358,17 @@ class Pipeline:
             old = latest.get(key)
             if old is None or m.ts >= old.ts:
                 latest[key] = m
-            if m.power_w is not None:
-                self._power.add(m.device, m.channel, m.ts, m.power_w)
+            p = m.power_w
+            if p is not None:  # _PowerMeans.add, its common case inlined (once per reading)
+                acc = self._power.current.get(key)
+                ts = m.ts
+                if acc is not None and acc[3] <= ts < acc[4] and p - p == 0.0:
+                    acc[0] += p
+                    acc[1] += 1
+                    if not acc[2]:
+                        self._power.touch(acc)
+                else:
+                    self._power.add(key, ts, p)
             device["online"] = True
         elif isinstance(m, Interval):
             slots.extend(self.ledger.add_interval(m))

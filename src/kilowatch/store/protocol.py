@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
-from kilowatch.model.messages import Event, LogLine, Reading
+from kilowatch.model.messages import Event, LogLine, Reading, fast_frozen_init
 from kilowatch.model.slots import ChannelKey, SlotEnergy
 from kilowatch.query.energy import EnergyQuery, EnergyRow
 
@@ -108,6 +108,7 @@ class Registration:
     script: DeployedScript | None = None
 
 
+@fast_frozen_init  # the pipeline builds one per channel and minute in every batch
 @dataclass(frozen=True, slots=True)
 class PowerMinute:
     """A channel's mean active power over one UTC minute (the device page's 24-hour chart).
