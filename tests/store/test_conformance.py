@@ -445,6 +445,7 @@ async def test_power_keeps_the_last_days_of_a_channel(store: Store) -> None:
     "bad",
     [
         PowerMinute(DEV, "pm1:0", 61, 1.0, 1),
+        PowerMinute(DEV, "pm1:0", 10**15 * 60, 1.0, 1),
         PowerMinute(DEV, "pm1:0", 60, float("nan"), 1),
         PowerMinute(DEV, "pm1:0", 60, 1e300, 1),
         PowerMinute(DEV, "pm1:0", 60, 1.0, 0),

@@ -36,6 +36,8 @@ day drops its minutes of older days in the same commit; Redis also lets a channe
 :data:`POWER_TTL_S` after its last write (a channel that went quiet)."""
 POWER_TTL_S = (POWER_DAYS + 1) * 86400
 """Expiry of a Redis power day, renewed by every commit that writes it."""
+POWER_MINUTE_END = 253_402_300_800
+"""9999-12-31T24:00Z: power minutes are dated from 1970 to the end of year 9999."""
 POWER_MW_MAX = 2**62
 """Largest absolute mean power, in mW, a store takes (both keep milliwatts as 64-bit integers)."""
 
@@ -133,6 +135,8 @@ def power_rows(minutes: Sequence[PowerMinute]) -> dict[tuple[str, str, int], tup
             raise _bad_power(m, "device and channel must be non-empty strings")
         if isinstance(m.minute, bool) or not isinstance(m.minute, int) or m.minute % 60:
             raise _bad_power(m, f"minute {m.minute!r} is not a whole UTC minute (unix s / 60)")
+        if not 0 <= m.minute < POWER_MINUTE_END:
+            raise _bad_power(m, f"minute {m.minute!r} is before 1970 or after 9999")
         p = m.power_w
         if isinstance(p, bool) or not isinstance(p, int | float) or not math.isfinite(p):
             raise _bad_power(m, f"power {p!r} is not a finite number")
@@ -289,6 +293,7 @@ __all__ = [
     "LOGS_OVERALL",
     "LOGS_PER_DEVICE",
     "POWER_DAYS",
+    "POWER_MINUTE_END",
     "POWER_MW_MAX",
     "POWER_TTL_S",
     "action_matches",
