@@ -11,8 +11,8 @@ Two stages run concurrently so that decoding the next batch overlaps committing 
   as a dead letter and the rest of its batch is stored.
 
 Each reading with a power value also feeds the mean power of its channel's UTC minute
-(:class:`_PowerMeans`); a batch carries the current mean of every minute it touched, which
-replaces what the store held for that minute.
+(:class:`_PowerMeans`); a minute's mean goes out (replacing what the store held for it) in the
+batch where it completes, and while it is open at most every :data:`POWER_WRITE_INTERVAL_S`.
 
 A message that cannot be decoded never stops ingestion: it becomes a dead letter (topic, payload,
 reason), counted per reason and logged at most once per :data:`DEAD_LETTER_LOG_INTERVAL_S` and
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -70,6 +71,9 @@ LEDGER_ERROR = "ledger_error"
 POWER_MINUTES_OPEN = 5
 """Minutes of a channel whose mean power is still being accumulated (the newest ones): a reading
 late by more (a device's backlog after an outage) is not counted in its minute's mean."""
+POWER_WRITE_INTERVAL_S = 10.0
+"""A minute still open is written at most this often (the device page's live chart); a minute
+is written at once when it completes: its channel's next minute began, or it was let go."""
 
 
 class DeliverySource(Protocol):
@@ -107,6 +111,13 @@ class _PowerMeans:
     power or time is not a finite number. After a restart a minute's mean starts afresh with the
     first reading this process sees (its earlier readings were stored with the mean before).
 
+    Written (:meth:`take`): a minute changed since it was last taken, in the batch where it
+    completes (a reading of its channel fell in a later minute, or it was let go), while open at
+    most every :data:`POWER_WRITE_INTERVAL_S`, and all of them at shutdown (``final``): a fleet
+    reporting every second must not rewrite every channel's minute in every batch. A crash loses
+    at most that interval of an open minute's samples (their messages were acknowledged with
+    the batches before); the restarted process's mean of that minute replaces it.
+
     The per-reading path is one dict lookup (the channel's last minute), a range test and two
     additions (ingest's hot loop); the per-channel bookkeeping runs only when a reading falls in
     another minute than its channel's previous one.
@@ -114,8 +125,9 @@ class _PowerMeans:
 
     def __init__(self) -> None:
         self.current: dict[ChannelKey, list[Any]] = {}
-        """Channel -> its last minute's accumulator: ``[sum of power, samples, 1 if touched since
-        the last take, minute, minute end (-1 once let go), device, channel]``."""
+        """Channel -> its last minute's accumulator: ``[sum of power, samples, 1 if changed since
+        written, minute, minute end (-1 once let go), device, channel, when last written (the
+        pipeline's clock)]``."""
         self._open: dict[ChannelKey, tuple[dict[int, list[Any]], list[int]]] = {}
         """Channel -> (its open minutes' accumulators, ``[newest minute let go]``)."""
         self._touched: list[list[Any]] = []
@@ -155,7 +167,7 @@ class _PowerMeans:
                     return
                 minutes.pop(oldest)[4] = -1  # if touched, it still goes out with this batch
                 closed[0] = max(closed[0], oldest)
-            acc = minutes[minute] = [0.0, 0, 0, minute, minute + 60, key[0], key[1]]
+            acc = minutes[minute] = [0.0, 0, 0, minute, minute + 60, key[0], key[1], -math.inf]
         self.current[key] = acc
         acc[0] += power_w
         acc[1] += 1
@@ -163,14 +175,32 @@ class _PowerMeans:
             acc[2] = 1
             self._touched.append(acc)
 
-    def take(self) -> list[PowerMinute]:
-        """The current mean of every minute touched since the last call."""
-        out = []
+    @property
+    def pending(self) -> bool:
+        """Whether a changed minute waits to be written."""
+        return bool(self._touched)
+
+    def take(self, now: float, *, final: bool = False) -> list[PowerMinute]:
+        """The current mean of every changed minute that is due (see the class): complete, let
+        go, last written :data:`POWER_WRITE_INTERVAL_S` before ``now`` or longer, or ``final``."""
+        out: list[PowerMinute] = []
+        waiting: list[list[Any]] = []
+        current = self.current
         for acc in self._touched:
+            due = (
+                final
+                or acc[4] == -1
+                or now - acc[7] >= POWER_WRITE_INTERVAL_S
+                or current.get((acc[5], acc[6])) is not acc
+            )
+            if not due:
+                waiting.append(acc)
+                continue
             acc[2] = 0
+            acc[7] = now
             n = acc[1]
             out.append(PowerMinute(acc[5], acc[6], acc[3], acc[0] / n, n))
-        self._touched = []
+        self._touched = waiting
         return out
 
 
@@ -246,8 +276,9 @@ class Pipeline:
         Energy, ledger states, events, logs and dead letters are always in the batch. Device
         ``last_seen`` and latest readings are written at most every :data:`DEVICE_WRITE_INTERVAL_S`
         / :data:`LATEST_WRITE_INTERVAL_S` (any other device change at once): a fleet reporting
-        every second must not rewrite every device row in every batch. ``final`` writes
-        everything still pending (shutdown).
+        every second must not rewrite every device row in every batch; a minute's mean power
+        when it completes, and while open every :data:`POWER_WRITE_INTERVAL_S` at most.
+        ``final`` writes everything still pending (shutdown).
         """
         decode = self.registry.decode
         state = self.state
@@ -297,7 +328,7 @@ class Pipeline:
             events=events,
             logs=logs,
             dead_letters=dead,
-            power=self._power.take(),
+            power=self._power.take(now, final=final),
         )
         self.stats.received += len(deliveries)
         self.stats.readings += len(fresh)
@@ -419,9 +450,9 @@ class Pipeline:
                     )
                 except TimeoutError:
                     # Quiet: write what the throttles still hold (a device's last reading).
-                    if self._devices_pending or self._latest_pending:
+                    if self._devices_pending or self._latest_pending or self._power.pending:
                         batch, readings = self.build([])
-                        if batch.devices or batch.latest:
+                        if batch.devices or batch.latest or batch.power:
                             await self._stage(queue, (batch, readings, []))
                     continue
                 if not deliveries:
