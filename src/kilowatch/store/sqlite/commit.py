@@ -97,6 +97,12 @@ def _first_commit(conn: sqlite3.Connection, commit_id: str) -> bool:
     return True
 
 
+def _when(ts: float) -> float:
+    """An event's or log line's time for the ``ts`` column (retention's cut): a NaN, which
+    SQLite would store as NULL, as 0 (unknown: the first retention run drops it)."""
+    return ts if ts == ts else 0.0
+
+
 def _apply(conn: sqlite3.Connection, batch: Batch, days: LocalDays | None) -> None:
     if batch.slots:
         _add_energy(conn, batch.slots, days)
@@ -116,14 +122,14 @@ def _apply(conn: sqlite3.Connection, batch: Batch, days: LocalDays | None) -> No
         conn,
         "events",
         "event",
-        [(e.device, e.ts, records.event_dumps(e).decode()) for e in batch.events],
+        [(e.device, _when(e.ts), records.event_dumps(e).decode()) for e in batch.events],
         records.EVENTS_PER_DEVICE,
     )
     journal.append(
         conn,
         "logs",
         "line",
-        [(x.device, x.ts, records.log_dumps(x).decode()) for x in batch.logs],
+        [(x.device, _when(x.ts), records.log_dumps(x).decode()) for x in batch.logs],
         records.LOGS_PER_DEVICE,
     )
     journal.add_dead_letters(conn, batch.dead_letters)
