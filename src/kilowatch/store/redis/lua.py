@@ -258,6 +258,11 @@ if floor > tonumber(ARGV[3]) then
 end
 local done = redis.call('GET', KEYS[1])
 if done and tonumber(done) >= seq then return 0 end
+-- The fence is the script's first write. Out of memory (maxmemory, noeviction) it fails here, so
+-- the commit fails whole and is retried; once a script has written, Redis lets its later writes
+-- through. Written last, a write that is not refused out of memory (DEL) could come first, let
+-- the fence through and mark a commit done whose increments were refused: energy lost.
+redis.call('SET', KEYS[1], seq, 'EX', ARGV[2])
 local unpack, min, format, sub, find = unpack, math.min, string.format, string.sub, string.find
 local failed = nil
 local function call(...)
@@ -344,7 +349,6 @@ while i <= n do
   end
   i = i + 1 + count
 end
-redis.call('SET', KEYS[1], seq, 'EX', ARGV[2])
 if failed then return redis.error_reply('commit applied but for: ' .. failed) end
 return 1
 """
