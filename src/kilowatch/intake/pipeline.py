@@ -265,6 +265,10 @@ class Pipeline:
         self._latest_pending: dict[ChannelKey, Reading] = {}
         self._latest_written: dict[ChannelKey, float] = {}
         self._power = _PowerMeans()
+        self._online: dict[str, bool] = {}
+        """Each device's availability as this process last heard it (for its events)."""
+        self._uptime: dict[str, tuple[float, int]] = {}
+        """Each device's last ``(ts, uptime_s)`` (a smaller uptime later: it rebooted)."""
 
     # -- stage 1: decode + account ---------------------------------------------------------------
 
@@ -405,11 +409,25 @@ class Pipeline:
             slots.extend(self.ledger.add_interval(m))
         elif isinstance(m, Availability):
             device["online"] = m.online
+            was = self._online.get(m.device)
+            self._online[m.device] = m.online
+            # A change is an event; so is a device first heard of as offline (its will), not one
+            # first heard of as online (every retained "true" again at each start of kilowatch).
+            if was != m.online and (was is not None or not m.online):
+                events.append(Event(m.device, m.ts, "sys", "online" if m.online else "offline"))
         elif isinstance(m, DeviceInfo):
             for name in ("mac", "model", "gen", "fw_ver", "name", "ip", "available_update"):
                 value = getattr(m, name)
                 if value is not None:
                     device[name] = value
+            if m.uptime_s is not None:
+                last = self._uptime.get(m.device)
+                if last is None or m.ts > last[0]:  # a late or repeated status says nothing new
+                    self._uptime[m.device] = (m.ts, m.uptime_s)
+                    if last is not None and m.uptime_s < last[1]:
+                        events.append(
+                            Event(m.device, m.ts, "sys", "reboot", {"uptime_s": m.uptime_s})
+                        )
         elif isinstance(m, Event):
             # Encoded now with the stores' own encoder: one that cannot be stored is a dead letter
             # with its message, instead of a commit that no retry can ever get through.
