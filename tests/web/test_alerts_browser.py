@@ -4,18 +4,13 @@ a firing state appears without reloading, and a phone's 390 px need no sideways 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import shutil
-import threading
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from webseed import ADMIN, NOW, PLUG, TZ, known_batch, users_meta
+from browserkit import ServerThread, chromium, submit_login
+from webseed import NOW, PLUG
 
-from kilowatch.accounts.users import USERS_KEY
 from kilowatch.alerts.config import load_config, new_webhook_secret, parse_config, save_config
 from kilowatch.alerts.state import (
     AlertBook,
@@ -25,120 +20,30 @@ from kilowatch.alerts.state import (
     append_history,
     save_book,
 )
-from kilowatch.intake.live import LiveHub
-from kilowatch.store import Store, open_store
-from kilowatch.web import create_app, serve_web
+from kilowatch.store import Store
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-TIMEOUT_MS = 15_000
-
-
-class AlertsServer:
-    """The web app on a free port, in a thread with its own event loop; :meth:`run` runs a
-    coroutine on its store from the test's thread."""
-
-    def __init__(self, db: Path) -> None:
-        self.db = db
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.port = 0
-        self.store: Store | None = None
-        self.error: BaseException | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_until_complete(self._main())
-        except BaseException as err:  # reported to the test thread
-            self.error = err
-            self.ready.set()
-
-    async def _main(self) -> None:
-        async with open_store(f"sqlite:///{self.db}") as store:
-            await store.commit(known_batch())
-            await store.put_meta(USERS_KEY, users_meta())
-            self.store = store
-            app = create_app(store, live=LiveHub(), site_tz=TZ, clock=lambda: NOW)
-            started = asyncio.Event()
-            self._task = asyncio.ensure_future(serve_web(app, "127.0.0.1", 0, started=started))
-            await started.wait()
-            self.port = app.state.port
-            self.ready.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    def start(self) -> None:
-        self._thread.start()
-        assert self.ready.wait(30), "the web server did not start"
-        if self.error:
-            raise self.error
-
-    def run(self, work: Callable[[Store], Awaitable[Any]]) -> Any:
-        assert self.store is not None
-        return asyncio.run_coroutine_threadsafe(work(self.store), self.loop).result(15)  # type: ignore[arg-type]
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self.loop.call_soon_threadsafe(self._task.cancel)
-        self._thread.join(15)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AlertsServer]:
-    srv = AlertsServer(tmp_path_factory.mktemp("alerts-browser") / "web.db")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    srv = ServerThread(tmp_path_factory.mktemp("alerts-browser") / "web.db")
     srv.start()
     yield srv
     srv.stop()
 
 
 @pytest.fixture(scope="module")
-def page(server: AlertsServer) -> Iterator[Any]:
-    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        # bypass_csp: Playwright's polling evaluates text in the page (see test_web_browser);
-        # the page's own scripts are static files (test_alerts_api checks there is no inline one)
-        context = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
-        context.route(
-            "**/*",
-            lambda route: (
-                route.continue_() if route.request.url.startswith(server.url) else route.abort()
-            ),
-        )
-        pg = context.new_page()
-        pg.set_default_timeout(TIMEOUT_MS)
-        yield pg
-        browser.close()
+def page(server: ServerThread) -> Iterator[Any]:
+    with chromium(server.url) as context:
+        yield context.new_page()
 
 
-def open_alerts(server: AlertsServer, page: Any) -> None:
+def open_alerts(server: ServerThread, page: Any) -> None:
     """The Alerts page, logging in as the admin first when the session is not there yet."""
     page.goto(server.url + "/alerts")
     if "/login" in page.url:
-        page.fill("input[name=username]", ADMIN[0])
-        page.fill("input[name=password]", ADMIN[1])
-        page.click("button[type=submit]")
+        submit_login(page)
         page.wait_for_url("**/alerts")
 
 
@@ -148,7 +53,7 @@ def overflow(page: Any) -> int:
 
 
 def test_an_admin_adds_a_channel_and_a_rule_and_sees_it_fire(
-    server: AlertsServer, page: Any
+    server: ServerThread, page: Any
 ) -> None:
     errors: list[str] = []
     page.on("pageerror", lambda err: errors.append(str(err)))
@@ -269,7 +174,7 @@ PHONE_CONFIG = {
 }  # fmt: skip
 
 
-def test_the_alerts_page_fits_a_phone(server: AlertsServer, page: Any) -> None:
+def test_the_alerts_page_fits_a_phone(server: ServerThread, page: Any) -> None:
     async def seed(store: Store) -> None:
         await save_config(store, parse_config(PHONE_CONFIG))
         firing = AlertState("kettle-power", PLUG, "firing", NOW - 300, 2400.0, None, "2400 W")

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_web_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, ServerThread
-from webseed import ADMIN, EM, NOW, PLUG
+from browserkit import ServerThread, chromium, log_in
+from webseed import EM, NOW, PLUG
 
 from kilowatch.model.messages import Event, LogLine
 from kilowatch.store import Batch, open_store
@@ -73,36 +72,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
 
 @pytest.fixture(scope="module")
 def context(server: ServerThread) -> Iterator[Any]:
-    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        # bypass_csp: Playwright's wait_for_function evaluates text (see test_web_browser.py)
-        ctx = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
-        ctx.route(
-            "**/*",
-            lambda route: (
-                route.continue_() if route.request.url.startswith(server.url) else route.abort()
-            ),
-        )
+    with chromium(server.url) as ctx:
         pg = ctx.new_page()
-        pg.set_default_timeout(TIMEOUT_MS)
-        pg.goto(server.url + "/login")
-        pg.fill("input[name=username]", ADMIN[0])
-        pg.fill("input[name=password]", ADMIN[1])
-        pg.click("button[type=submit]")
-        pg.wait_for_url(server.url + "/")
+        log_in(pg, server.url)
         pg.close()
         yield ctx
-        browser.close()
 
 
 @pytest.fixture
 def page(context: Any) -> Iterator[Any]:
     pg = context.new_page()
-    pg.set_default_timeout(TIMEOUT_MS)
     errors: list[str] = []
     pg.on("pageerror", lambda err: errors.append(str(err)))
     yield pg

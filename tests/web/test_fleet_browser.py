@@ -6,14 +6,13 @@ the audit log shows the apply; at 390 px the key columns fit without sideways sc
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from browserkit import chromium, log_in
 from webseed import ADMIN, users_meta
 
 from kilowatch.accounts.users import USERS_KEY
@@ -29,17 +28,6 @@ pytestmark = [
     pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto 2.x is not installed"),
 ]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TIMEOUT_MS = 30_000
 HOST = "127.0.93.2"
 DEVICES = 3
@@ -129,31 +117,10 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceThread]
 
 @pytest.fixture(scope="module")
 def page(service: ServiceThread) -> Iterator[Any]:
-    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        # bypass_csp: Playwright's polling evaluates its predicates, which the CSP refuses (see
-        # test_web_browser.py); the pages' own scripts are static files either way.
-        context = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
-        context.route(
-            "**/*",
-            lambda route: (
-                route.continue_() if route.request.url.startswith(service.url) else route.abort()
-            ),
-        )
+    with chromium(service.url, TIMEOUT_MS) as context:
         pg = context.new_page()
-        pg.set_default_timeout(TIMEOUT_MS)
-        pg.goto(service.url + "/login")
-        pg.fill("input[name=username]", ADMIN[0])
-        pg.fill("input[name=password]", ADMIN[1])
-        pg.click("button[type=submit]")
-        pg.wait_for_url(service.url + "/")
+        log_in(pg, service.url)
         yield pg
-        with contextlib.suppress(Exception):
-            browser.close()
 
 
 WATCH_STATES = """() => {

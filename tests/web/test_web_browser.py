@@ -6,93 +6,20 @@ port; the test publishes live readings into its LiveHub through that loop.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import csv
 import io
 import json
-import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from webseed import ADMIN, EM, NOW, PLUG, TZ, known_batch, users_meta
+from browserkit import ServerThread, chromium, log_in, submit_login
+from webseed import ADMIN, EM, NOW, PLUG
 
-from kilowatch.accounts.users import USERS_KEY
-from kilowatch.intake.live import LiveHub
 from kilowatch.model.messages import Reading
-from kilowatch.store import open_store
-from kilowatch.web import create_app, serve_web
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-TIMEOUT_MS = 15_000
-
-
-class ServerThread:
-    """The web app on a free port, in a thread with its own event loop."""
-
-    def __init__(self, db: Path) -> None:
-        self.db = db
-        self.hub = LiveHub()
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.port = 0
-        self.error: BaseException | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_until_complete(self._main())
-        except BaseException as err:  # reported to the test thread
-            self.error = err
-            self.ready.set()
-
-    async def _main(self) -> None:
-        async with open_store(f"sqlite:///{self.db}") as store:
-            await store.commit(known_batch())
-            await store.put_meta(USERS_KEY, users_meta())
-            app = create_app(store, live=self.hub, site_tz=TZ, clock=lambda: NOW)
-            started = asyncio.Event()
-            self._task = asyncio.ensure_future(serve_web(app, "127.0.0.1", 0, started=started))
-            await started.wait()
-            self.port = app.state.port
-            self.ready.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    def start(self) -> None:
-        self._thread.start()
-        assert self.ready.wait(30), "the web server did not start"
-        if self.error:
-            raise self.error
-
-    def publish(self, readings: list[Reading]) -> None:
-        self.loop.call_soon_threadsafe(self.hub.publish, readings)
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self.loop.call_soon_threadsafe(self._task.cancel)
-        self._thread.join(15)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
 
 @pytest.fixture(scope="module")
@@ -105,27 +32,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
 
 @pytest.fixture(scope="module")
 def page(server: ServerThread) -> Iterator[Any]:
-    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        # Playwright's wait_for_function polls by evaluating its predicate text in the page, which
-        # the app's CSP (script-src 'self', no unsafe-eval) refuses whenever polling is needed; the
-        # CSP header itself is checked by the API tests.
-        context = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
-        # Fail on any request that leaves the machine: the dashboard must work offline.
-        context.route(
-            "**/*",
-            lambda route: (
-                route.continue_() if route.request.url.startswith(server.url) else route.abort()
-            ),
-        )
-        pg = context.new_page()
-        pg.set_default_timeout(TIMEOUT_MS)
-        yield pg
-        browser.close()
+    with chromium(server.url) as context:
+        yield context.new_page()
 
 
 def bars(page: Any) -> dict[str, list[Any]]:
@@ -144,9 +52,7 @@ def test_dashboard_end_to_end(server: ServerThread, page: Any) -> None:
     # Not logged in: every page leads to the login form, which leads back.
     page.goto(server.url + "/energy")
     assert "/login" in page.url
-    page.fill("input[name=username]", ADMIN[0])
-    page.fill("input[name=password]", ADMIN[1])
-    page.click("button[type=submit]")
+    submit_login(page)
     page.wait_for_url("**/energy")
 
     # Today by hour (the injected clock: 15 March 2026, Europe/Berlin).
@@ -227,26 +133,11 @@ def hover_bar(page: Any, index: int) -> list[str]:
 
 def test_phone_layout_has_no_horizontal_scroll(server: ServerThread, page: Any) -> None:
     page.set_viewport_size({"width": 390, "height": 844})
-    page.goto(server.url + "/login")
-    page.fill("input[name=username]", ADMIN[0])
-    page.fill("input[name=password]", ADMIN[1])
-    page.click("button[type=submit]")
-    page.wait_for_url(server.url + "/")
+    log_in(page, server.url)
     for path in ("/", "/energy", f"/devices/{PLUG}", "/settings"):
         page.goto(server.url + path)
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 1, f"{path} is {overflow}px wider than a phone screen"
-
-
-def log_in(page: Any, server: ServerThread) -> None:
-    """Log in as the admin unless the page's context already is."""
-    page.goto(server.url + "/login")
-    if "/login" not in page.url:
-        return
-    page.fill("input[name=username]", ADMIN[0])
-    page.fill("input[name=password]", ADMIN[1])
-    page.click("button[type=submit]")
-    page.wait_for_url(server.url + "/")
 
 
 def downloaded_csv(page: Any) -> tuple[str, list[dict[str, str]]]:
@@ -268,7 +159,7 @@ def table_rows(page: Any) -> list[dict[str, str]]:
 
 
 def test_csv_download_is_what_the_page_shows(server: ServerThread, page: Any) -> None:
-    log_in(page, server)
+    log_in(page, server.url)
     page.goto(server.url + "/energy?by=hour&date=2026-03-15&view=device")
     name, rows = downloaded_csv(page)
     assert name == "kilowatch-energy-2026-03-15-hour-device.csv"
@@ -305,7 +196,7 @@ def hover_title(page: Any, index: int) -> str:
 
 
 def test_grid_meter_shows_untracked_energy(server: ServerThread, page: Any) -> None:
-    log_in(page, server)
+    log_in(page, server.url)
 
     def set_grid_meters(value: str) -> None:
         page.goto(server.url + "/settings")
@@ -334,7 +225,7 @@ def test_grid_meter_shows_untracked_energy(server: ServerThread, page: Any) -> N
 
 
 def test_phone_tables_show_their_key_columns(server: ServerThread, page: Any) -> None:
-    log_in(page, server)
+    log_in(page, server.url)
     page.set_viewport_size({"width": 390, "height": 844})
     try:
         checks = {
