@@ -69,6 +69,31 @@ DeviceId = Annotated[
     str, Path(min_length=1, max_length=MAX_DEVICE_ID, examples=["shellyplugsg3-aabbccddeeff"])
 ]
 
+# The query parameters /energy and /energy.csv share (docs/api.md).
+ByParam = Annotated[
+    str, Query(description="bucket size", json_schema_extra={"enum": list(get_args(Bucket))})
+]
+TzParam = Annotated[
+    str | None, Query(description="IANA zone; default: the site's", examples=["Europe/Berlin"])
+]
+FromParam = Annotated[
+    str | None,
+    Query(alias="from", description="date or ISO datetime, inclusive", examples=["2026-03"]),
+]
+ToParam = Annotated[
+    str | None, Query(description="date or ISO datetime, exclusive", examples=["2026-03-16T06:00"])
+]
+DevicesParam = Annotated[
+    list[str],
+    Query(
+        description="device id(s); repeat or comma-separate",
+        examples=[["shellyplugsg3-aabbccddeeff"]],
+    ),
+]
+ChannelsParam = Annotated[
+    list[str], Query(description="channel name(s), e.g. em:0/a", examples=[["switch:0"]])
+]
+
 
 class JSONResponse(Response):
     media_type = "application/json"
@@ -218,31 +243,12 @@ async def latest(
 async def energy(
     state: State,
     _: Viewer,
-    by: Annotated[
-        str, Query(description="bucket size", json_schema_extra={"enum": list(get_args(Bucket))})
-    ] = "hour",
-    tz: Annotated[
-        str | None,
-        Query(description="IANA zone; default: the site's", examples=["Europe/Berlin"]),
-    ] = None,
-    from_: Annotated[
-        str | None,
-        Query(alias="from", description="date or ISO datetime, inclusive", examples=["2026-03"]),
-    ] = None,
-    to: Annotated[
-        str | None,
-        Query(description="date or ISO datetime, exclusive", examples=["2026-03-16T06:00"]),
-    ] = None,
-    device: Annotated[
-        list[str],
-        Query(
-            description="device id(s); repeat or comma-separate",
-            examples=[["shellyplugsg3-aabbccddeeff"]],
-        ),
-    ] = [],  # noqa: B006 - FastAPI copies defaults
-    channel: Annotated[
-        list[str], Query(description="channel name(s), e.g. em:0/a", examples=[["switch:0"]])
-    ] = [],  # noqa: B006
+    by: ByParam = "hour",
+    tz: TzParam = None,
+    from_: FromParam = None,
+    to: ToParam = None,
+    device: DevicesParam = [],  # noqa: B006 - FastAPI copies defaults
+    channel: ChannelsParam = [],  # noqa: B006
     group: Annotated[
         str,
         Query(description="rows per", json_schema_extra={"enum": list(get_args(Grouping))}),
@@ -282,31 +288,12 @@ async def energy(
 async def energy_csv(
     state: State,
     _: Viewer,
-    by: Annotated[
-        str, Query(description="bucket size", json_schema_extra={"enum": list(get_args(Bucket))})
-    ] = "hour",
-    tz: Annotated[
-        str | None,
-        Query(description="IANA zone; default: the site's", examples=["Europe/Berlin"]),
-    ] = None,
-    from_: Annotated[
-        str | None,
-        Query(alias="from", description="date or ISO datetime, inclusive", examples=["2026-03"]),
-    ] = None,
-    to: Annotated[
-        str | None,
-        Query(description="date or ISO datetime, exclusive", examples=["2026-03-16T06:00"]),
-    ] = None,
-    device: Annotated[
-        list[str],
-        Query(
-            description="device id(s); repeat or comma-separate",
-            examples=[["shellyplugsg3-aabbccddeeff"]],
-        ),
-    ] = [],  # noqa: B006 - FastAPI copies defaults
-    channel: Annotated[
-        list[str], Query(description="channel name(s), e.g. em:0/a", examples=[["switch:0"]])
-    ] = [],  # noqa: B006
+    by: ByParam = "hour",
+    tz: TzParam = None,
+    from_: FromParam = None,
+    to: ToParam = None,
+    device: DevicesParam = [],  # noqa: B006 - FastAPI copies defaults
+    channel: ChannelsParam = [],  # noqa: B006
     group: Annotated[
         str,
         Query(
