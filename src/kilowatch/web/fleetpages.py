@@ -481,22 +481,20 @@ async def start_plan(
     profile = _profile(running, body.profile)
     targets = await _targets(state.store, body.select or profile.select, body.devices)
     actor = principal.actor
-    job = _new_job("plan", actor, targets, {"profile": body.profile}, state.clock())
 
-    async def work(job: FleetJob) -> None:
-        async with fleetctx.fleet_access(running.settings, _broker(running)) as access:
-            plans = await fleetctx.plan_and_record(
-                state.store, profile, targets, access, concurrency=CONCURRENCY,
-                progress=_ApplyProgress(job),
-            )  # fmt: skip
+    async def work(job: FleetJob, access: fleetctx.FleetAccess) -> None:
+        plans = await fleetctx.plan_and_record(
+            state.store, profile, targets, access, concurrency=CONCURRENCY,
+            progress=_ApplyProgress(job),
+        )  # fmt: skip
         drifted = sum(1 for p in plans if p.pending)
         errors = sum(1 for p in plans if p.error is not None)
         job.report = {"profile": body.profile, "devices": [p.to_json() for p in plans]}
         job.rows = _plan_rows(plans)
         job.result = f"{drifted} drifted, {len(plans) - drifted - errors} in sync, {errors} unread"
 
-    jobs.start(job, work)
-    return _accepted(job)
+    job = _new_job("plan", actor, targets, {"profile": body.profile}, state.clock())
+    return _start_job(jobs, running, job, work)
 
 
 @router.post(
@@ -515,14 +513,12 @@ async def start_apply(
     targets = await _targets(state.store, body.select or profile.select, body.devices)
     actor = principal.actor
     options = {"profile": body.profile, "dry_run": body.dry_run}
-    job = _new_job("apply", actor, targets, options, state.clock())
 
-    async def work(job: FleetJob) -> None:
-        async with fleetctx.fleet_access(running.settings, _broker(running)) as access:
-            report = await fleetctx.apply_and_record(
-                state.store, profile, targets, access, actor=actor,
-                options=ApplyOptions(dry_run=body.dry_run), progress=_ApplyProgress(job),
-            )  # fmt: skip
+    async def work(job: FleetJob, access: fleetctx.FleetAccess) -> None:
+        report = await fleetctx.apply_and_record(
+            state.store, profile, targets, access, actor=actor,
+            options=ApplyOptions(dry_run=body.dry_run), progress=_ApplyProgress(job),
+        )  # fmt: skip
         job.report = report.to_json()
         job.rows = _apply_rows(report.devices)
         counts = report.summary()
@@ -532,8 +528,8 @@ async def start_apply(
             + ", ".join(f"{counts[s.value]} {s.value}" for s in Status if counts[s.value])
         )
 
-    jobs.start(job, work)
-    return _accepted(job)
+    job = _new_job("apply", actor, targets, options, state.clock())
+    return _start_job(jobs, running, job, work)
 
 
 @router.post(
@@ -558,20 +554,35 @@ async def start_firmware(
     targets = await _targets(state.store, body.select or (), body.devices)
     actor = principal.actor
     shown = body.model_dump(exclude={"select", "devices"})
-    job = _new_job("firmware", actor, targets, shown, state.clock())
 
-    async def work(job: FleetJob) -> None:
-        async with fleetctx.fleet_access(running.settings, _broker(running)) as access:
-            report = await rollout(
-                state.store, targets, options, secrets=access.secrets, mqtt=access.mqtt,
-                actor=actor, on_progress=job.rollout_progress, session=access.session,
-            )  # fmt: skip
+    async def work(job: FleetJob, access: fleetctx.FleetAccess) -> None:
+        report = await rollout(
+            state.store, targets, options, secrets=access.secrets, mqtt=access.mqtt,
+            actor=actor, on_progress=job.rollout_progress, session=access.session,
+        )  # fmt: skip
         job.report = report.to_json()
         job.rows = _firmware_rows(report.devices)
         summary = ", ".join(f"{n} {k}" for k, n in report.summary().items() if n and k != "devices")
         job.result = f"{report.result}: {summary}"
 
-    jobs.start(job, work)
+    job = _new_job("firmware", actor, targets, shown, state.clock())
+    return _start_job(jobs, running, job, work)
+
+
+def _start_job(
+    jobs: FleetJobs,
+    running: Running,
+    job: FleetJob,
+    work: Callable[[FleetJob, fleetctx.FleetAccess], Awaitable[None]],
+) -> Response:
+    """Start ``job``: ``work`` runs in the background with the service's way to the devices open
+    (its data dir's secrets, its broker); the answer is 202 with the job and its ``Location``."""
+
+    async def with_access(job: FleetJob) -> None:
+        async with fleetctx.fleet_access(running.settings, _broker(running)) as access:
+            await work(job, access)
+
+    jobs.start(job, with_access)
     return _accepted(job)
 
 
