@@ -29,6 +29,8 @@ POWER_HOURS_MAX = 48
 """The longest stretch of minute means asked for (Store.power keeps at least two days)."""
 LIST_MAX = 1000
 """At most this many events or lines per answer (what the store keeps of a device)."""
+Limit = Annotated[int, Query(ge=1, le=LIST_MAX)]
+"""How many of a device's newest events or log lines to answer with."""
 STREAM_FIRST = 50
 """Events and lines a stream starts with, by default."""
 
@@ -131,7 +133,7 @@ async def get_events(
     device: DeviceId,
     state: State,
     _: Viewer,
-    limit: Annotated[int, Query(ge=1, le=LIST_MAX)] = 100,
+    limit: Limit = 100,
 ) -> Response:
     await known_device(state.store, device)
     events = await state.store.events(device, limit=limit)
@@ -148,7 +150,7 @@ async def get_logs(
     device: DeviceId,
     state: State,
     _: Viewer,
-    limit: Annotated[int, Query(ge=1, le=LIST_MAX)] = 100,
+    limit: Limit = 100,
 ) -> Response:
     await known_device(state.store, device)
     lines = await state.store.logs(device, limit=limit)
