@@ -85,6 +85,11 @@ class Device:
         self.name = name
         self.skew = 0
         self.report_every_s: float | None = None
+        self.minute_reports_from: float | None = None
+        """From this simulated time on, every minute rollover is reported with its own timestamp,
+        power included, also when the clock runs faster than the fleet ticks (``None``: only slot
+        boundaries are; see :meth:`tick`). A demo's catch-up sets it to real now - 24 h, so the
+        last day has one-minute power like a device that ran in real time."""
         self._last_forced = clock.now()
         self.online = False
         self.outage_until = 0.0
@@ -335,22 +340,31 @@ class Device:
 
         Counters are reported at every minute rollover; when the clock runs faster than the fleet
         ticks, rollovers inside one tick are coalesced, except at 15-minute slot boundaries, which
-        are always reported with the boundary's timestamp (so hour totals stay exact downstream).
+        are always reported with the boundary's timestamp (so hour totals stay exact downstream),
+        and, from :attr:`minute_reports_from` on, every minute rollover, each with the power of
+        every channel at that minute.
         """
         target = self.clock.now()
         meters = self.meters()
         if not meters:
             return
+        minutes_from = self.minute_reports_from
         while True:
             t = meters[0].t
             boundary = slot_of(t) + SLOT_SECONDS
+            by_minute = minutes_from is not None and t + 60 > minutes_from
+            if by_minute:
+                boundary = min(boundary, int(t // 60) * 60 + 60)
             step = min(boundary, target)
             rolled = 0
             for m in meters:
                 rolled = max(rolled, m.advance(step))
             if step >= target:
                 break
-            self._emit_energy(step + self.skew)
+            if by_minute:
+                self._emit_minute(step + self.skew)
+            else:
+                self._emit_energy(step + self.skew)
         if rolled:
             # stamped with the time the counters were integrated to, not a later clock read: at a
             # high speed factor "now" may already be past the next slot boundary
@@ -365,6 +379,20 @@ class Device:
             d = comp.energy_delta(self.now(), self.skew)
             if d:
                 deltas[comp.key] = d
+        self.emit_status(deltas, ts)
+
+    def _emit_minute(self, ts: float) -> None:
+        """Counters and the power of every channel (changed or not) in one notification
+        stamped ``ts``: a minute of a fast-running clock, reported as a device reports it."""
+        if not self.online:
+            return
+        deltas: dict[str, dict[str, Any]] = {}
+        for comp in self.channels.values():
+            comp._last_power = None
+            delta: dict[str, Any] = dict(comp.power_delta(self.now(), self.skew) or {})
+            delta.update(comp.energy_delta(self.now(), self.skew) or {})
+            if delta:
+                deltas[comp.key] = delta
         self.emit_status(deltas, ts)
 
     def _emit_power(self) -> None:

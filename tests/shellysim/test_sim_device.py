@@ -306,6 +306,24 @@ async def test_fast_clock_reports_every_slot_boundary() -> None:
     assert all(b in ts for b in boundaries)
 
 
+async def test_fast_clock_reports_every_minute_from_minute_reports_from() -> None:
+    """From ``minute_reports_from`` on, a big tick reports each minute with its own ts and the
+    power of every channel (a 3EM's phases included, changed or not); before it, only slots."""
+    clock = ManualClock(T0)
+    frames: list[dict[str, Any]] = []
+    async with make("3em", clock=clock) as dev:
+        dev.minute_reports_from = T0 + 3600
+        dev.add_sink(lambda m, p: frames.append(p))
+        clock.advance(2 * 3600 + 30)  # one big tick
+        dev.tick()
+    with_power = [p["ts"] for p in frames if "a_act_power" in p.get("em:0", {})]
+    with_energy = [p["ts"] for p in frames if "total_act" in p.get("emdata:0", {})]
+    minutes = [T0 + 3600 + 60 * i for i in range(1, 61)]
+    assert all(m in with_power and m in with_energy for m in minutes)
+    assert [t for t in with_energy if t < T0 + 3600] == [T0 + 900, T0 + 1800, T0 + 2700]
+    assert not [t for t in with_power if t < T0 + 3600]
+
+
 async def test_counter_reset_fault_keeps_truth() -> None:
     clock = ManualClock(T0)
     truth = Truth()
