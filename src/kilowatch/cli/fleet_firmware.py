@@ -18,12 +18,12 @@ from typing import Annotated
 import orjson
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from kilowatch.cli import fleetopts
 from kilowatch.cli.fleet_audit import cli_actor
-from kilowatch.errors import ConfigError, FleetError
-from kilowatch.fleet.apply import CONCURRENCY
+from kilowatch.errors import ConfigError
 from kilowatch.fleet.firmware import (
     CHECK_TIMEOUT_S,
     OTA_TIMEOUT_S,
@@ -38,7 +38,7 @@ from kilowatch.fleet.firmware import (
 )
 from kilowatch.fleet.registry import parse_selection, select
 from kilowatch.service import fleetctx
-from kilowatch.service.config import Settings, load_settings
+from kilowatch.service.config import Settings
 from kilowatch.store import open_store
 from kilowatch.store.protocol import Registration
 
@@ -65,19 +65,6 @@ UPDATE_HELP = (
     "kilowatch fleet firmware update --stage stable --canary 2 --max-failures 1\n\n"
     "kilowatch fleet firmware update --stage beta --select room=lab --dry-run"
 )
-_STORE = typer.Option(None, "--store", help="Store URL (default: as serve).")
-_DATA_DIR = typer.Option(None, "--data-dir", help="kilowatch's data dir (default: as serve).")
-_CONFIG = typer.Option(None, "--config", help="TOML settings file.")
-_BROKER = typer.Option(
-    None,
-    "--broker",
-    help="mqtt[s]://user:pass@host:port to reach devices registered with transport mqtt.",
-)
-_SELECT = typer.Option(
-    "--select", help="KEY=GLOB (id, model, app, name, room, fw, gen, ...); repeatable."
-)
-_CONCURRENCY = typer.Option(CONCURRENCY, "--concurrency", help="Devices worked on at once.")
-_REPORT = typer.Option(None, "--report", help="Write the per-device report to this JSON file.")
 _JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 _STYLE = {
     Outcome.UPDATED: "green",
@@ -89,22 +76,11 @@ _STYLE = {
 }
 
 
-def _settings(store: str | None, data_dir: str | None, config: str | None) -> Settings:
-    return load_settings(
-        {"store": store, "data_dir": data_dir}, config_file=Path(config) if config else None
-    )
-
-
 async def _targets(settings: Settings, expressions: Sequence[str]) -> list[Registration]:
     async with open_store(settings.store_url) as store:
         targets = select(await store.registry(), expressions)
     if not targets:
-        shown = " ".join(expressions) or "(everything)"
-        raise FleetError(
-            "--select",
-            f"no registered device matches {shown}; kilowatch fleet list shows the registry, "
-            "kilowatch fleet discover fills it",
-        )
+        raise fleetopts.no_match("--select", expressions)
     return targets
 
 
@@ -170,11 +146,7 @@ async def run_update(
         open_store(settings.store_url) as store,
         fleetctx.fleet_access(settings, broker) as access,
     ):
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
-            console=Console(stderr=True), transient=True,
-        ) as bar:  # fmt: skip
+        with fleetopts.device_bar(Console(stderr=True)) as bar:
             return await rollout(
                 store, targets, options, secrets=access.secrets, mqtt=access.mqtt,
                 actor=cli_actor(), on_progress=RolloutBar(bar, len(targets)),
@@ -246,22 +218,22 @@ def register(app: typer.Typer) -> None:
 
     @group.command("check", help=CHECK_HELP)
     def check_(
-        selections: Annotated[list[str] | None, _SELECT] = None,
+        selections: Annotated[list[str] | None, fleetopts.SELECT] = None,
         as_json: bool = _JSON,
-        concurrency: int = _CONCURRENCY,
+        concurrency: int = fleetopts.CONCURRENCY_OPTION,
         timeout: float = typer.Option(
             CHECK_TIMEOUT_S, "--timeout", help="Seconds each read may take."
         ),
-        broker: str | None = _BROKER,
-        store: str | None = _STORE,
-        data_dir: str | None = _DATA_DIR,
-        config: str | None = _CONFIG,
+        broker: str | None = fleetopts.BROKER,
+        store: str | None = fleetopts.STORE,
+        data_dir: str | None = fleetopts.DATA_DIR,
+        config: str | None = fleetopts.CONFIG,
     ) -> None:
         expressions = list(selections or [])
         parse_selection(expressions)
         if concurrency < 1 or timeout <= 0:
             raise ConfigError("--concurrency must be 1 or more and --timeout positive")
-        settings = _settings(store, data_dir, config)
+        settings = fleetopts.load(store, data_dir, config)
         found = asyncio.run(
             run_check(
                 settings, expressions, broker=broker, concurrency=concurrency, timeout_s=timeout
@@ -277,7 +249,7 @@ def register(app: typer.Typer) -> None:
     @group.command("update", help=UPDATE_HELP)
     def update_(
         stage: str = typer.Option(..., "--stage", help="stable or beta."),
-        selections: Annotated[list[str] | None, _SELECT] = None,
+        selections: Annotated[list[str] | None, fleetopts.SELECT] = None,
         canary: int = typer.Option(1, "--canary", help="Devices in the first wave."),
         max_failures: int = typer.Option(
             0, "--max-failures", help="Halt once more devices than this failed."
@@ -291,13 +263,13 @@ def register(app: typer.Typer) -> None:
         dry_run: bool = typer.Option(
             False, "--dry-run", help="Read the devices and print the waves; send nothing."
         ),
-        report: Path | None = _REPORT,
+        report: Path | None = fleetopts.REPORT,
         as_json: bool = _JSON,
-        concurrency: int = _CONCURRENCY,
-        broker: str | None = _BROKER,
-        store: str | None = _STORE,
-        data_dir: str | None = _DATA_DIR,
-        config: str | None = _CONFIG,
+        concurrency: int = fleetopts.CONCURRENCY_OPTION,
+        broker: str | None = fleetopts.BROKER,
+        store: str | None = fleetopts.STORE,
+        data_dir: str | None = fleetopts.DATA_DIR,
+        config: str | None = fleetopts.CONFIG,
     ) -> None:
         if stage not in STAGES:
             raise ConfigError(f"unknown --stage {stage!r}; use one of: {', '.join(STAGES)}")
@@ -310,18 +282,14 @@ def register(app: typer.Typer) -> None:
             )  # fmt: skip
         except ValueError as err:
             raise ConfigError(f"fleet firmware update: {err}") from None
-        settings = _settings(store, data_dir, config)
+        settings = fleetopts.load(store, data_dir, config)
         outcome = asyncio.run(run_update(settings, expressions, options, broker=broker))
         body = orjson.dumps(outcome.to_json(), option=orjson.OPT_INDENT_2)
         if as_json:
             typer.echo(body.decode())
         else:
             render_report(outcome, Console(width=160))
-        if report is not None:
-            try:
-                report.write_bytes(body + b"\n")
-            except OSError as err:
-                raise ConfigError(f"cannot write the report to {report}: {err}") from err
+        fleetopts.write_report(report, body)
         if outcome.failed:
             raise typer.Exit(1)
 

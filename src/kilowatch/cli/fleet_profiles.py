@@ -20,13 +20,13 @@ from typing import Annotated, Any
 import orjson
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
+from kilowatch.cli import fleetopts
 from kilowatch.cli.fleet_audit import cli_actor
 from kilowatch.errors import ConfigError, FleetError
 from kilowatch.fleet.apply import (
-    CONCURRENCY,
     ApplyOptions,
     ApplyReport,
     Status,
@@ -35,7 +35,7 @@ from kilowatch.fleet.plan import DevicePlan
 from kilowatch.fleet.profile import Profile, load_profile
 from kilowatch.fleet.registry import parse_selection, select
 from kilowatch.service import fleetctx
-from kilowatch.service.config import Settings, load_settings
+from kilowatch.service.config import Settings
 from kilowatch.store import open_store
 from kilowatch.store.protocol import Registration
 
@@ -61,16 +61,6 @@ APPLY_HELP = (
     "kilowatch fleet apply home.toml --select model=S3PM* --report apply.json"
 )
 FORMATS = ("table", "json")
-_STORE = typer.Option(None, "--store", help="Store URL (default: as serve).")
-_DATA_DIR = typer.Option(None, "--data-dir", help="kilowatch's data dir (default: as serve).")
-_CONFIG = typer.Option(None, "--config", help="TOML settings file.")
-_BROKER = typer.Option(
-    None,
-    "--broker",
-    help="mqtt[s]://user:pass@host:port to reach devices registered with transport mqtt.",
-)
-_REPORT = typer.Option(None, "--report", help="Write the per-device report to this JSON file.")
-_CONCURRENCY = typer.Option(CONCURRENCY, "--concurrency", help="Devices worked on at once.")
 _STATUS_STYLE = {
     Status.OK: "green",
     Status.UNCHANGED: "dim",
@@ -114,17 +104,10 @@ def prepare(
     profile = load_profile(profile_path)
     expressions = list(selections) if selections else list(profile.select)
     parse_selection(expressions)  # a bad expression stops here, before the store is opened
-    settings = load_settings(
-        {"store": store, "data_dir": data_dir}, config_file=Path(config) if config else None
-    )
+    settings = fleetopts.load(store, data_dir, config)
     targets = asyncio.run(_targets(settings, expressions))
     if not targets:
-        shown = " ".join(expressions) or "(everything)"
-        raise FleetError(
-            str(profile_path),
-            f"no registered device matches {shown}; kilowatch fleet list shows the registry, "
-            "kilowatch fleet discover fills it",
-        )
+        raise fleetopts.no_match(str(profile_path), expressions)
     return Job(profile, targets, settings, broker, concurrency)
 
 
@@ -150,25 +133,13 @@ class BarProgress:
         self.bar.update(self.task, advance=1, status=f"{device}: {status.value}")
 
 
-def _bar(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[status]}"),
-        console=console,
-        transient=True,
-    )
-
-
 async def run_plan(job: Job, console: Console) -> list[DevicePlan]:
     """Plan ``job``; each device's compliance (in sync, drifted, unreadable) is kept."""
     async with (
         open_store(job.settings.store_url) as store,
         fleetctx.fleet_access(job.settings, job.broker) as access,
     ):
-        with _bar(console) as bar:
+        with fleetopts.device_bar(console) as bar:
             progress = BarProgress(bar, len(job.targets), "plan")
             return await fleetctx.plan_and_record(
                 store, job.profile, job.targets, access,
@@ -183,7 +154,7 @@ async def run_apply(job: Job, options: ApplyOptions, console: Console) -> ApplyR
         open_store(job.settings.store_url) as store,
         fleetctx.fleet_access(job.settings, job.broker) as access,
     ):
-        with _bar(console) as bar:
+        with fleetopts.device_bar(console) as bar:
             verb = "dry run" if options.dry_run else "apply"
             progress = BarProgress(bar, len(job.targets), verb)
             return await fleetctx.apply_and_record(
@@ -262,10 +233,6 @@ def _check_format(fmt: str) -> None:
 
 # --- commands -------------------------------------------------------------------------------
 
-_SELECT = typer.Option(
-    "--select", help="KEY=GLOB (id, model, app, name, room, fw, gen, ...); repeatable."
-)
-
 
 def register(group: typer.Typer) -> None:
     """Add ``plan`` and ``apply`` to the ``fleet`` group."""
@@ -273,13 +240,13 @@ def register(group: typer.Typer) -> None:
     @group.command("plan", help=PLAN_HELP)
     def plan_(
         profile: Annotated[Path, typer.Argument(help="The profile (TOML).")],
-        selections: Annotated[list[str] | None, _SELECT] = None,
-        concurrency: int = _CONCURRENCY,
+        selections: Annotated[list[str] | None, fleetopts.SELECT] = None,
+        concurrency: int = fleetopts.CONCURRENCY_OPTION,
         fmt: str = typer.Option("table", "--format", help="table or json."),
-        broker: str | None = _BROKER,
-        store: str | None = _STORE,
-        data_dir: str | None = _DATA_DIR,
-        config: str | None = _CONFIG,
+        broker: str | None = fleetopts.BROKER,
+        store: str | None = fleetopts.STORE,
+        data_dir: str | None = fleetopts.DATA_DIR,
+        config: str | None = fleetopts.CONFIG,
     ) -> None:
         _check_format(fmt)
         job = prepare(
@@ -302,17 +269,17 @@ def register(group: typer.Typer) -> None:
     @group.command("apply", help=APPLY_HELP)
     def apply_(
         profile: Annotated[Path, typer.Argument(help="The profile (TOML).")],
-        selections: Annotated[list[str] | None, _SELECT] = None,
-        concurrency: int = _CONCURRENCY,
+        selections: Annotated[list[str] | None, fleetopts.SELECT] = None,
+        concurrency: int = fleetopts.CONCURRENCY_OPTION,
         dry_run: bool = typer.Option(
             False, "--dry-run", help="Plan and say what would be done; write nothing."
         ),
-        report: Path | None = _REPORT,
+        report: Path | None = fleetopts.REPORT,
         fmt: str = typer.Option("table", "--format", help="table or json (the report)."),
-        broker: str | None = _BROKER,
-        store: str | None = _STORE,
-        data_dir: str | None = _DATA_DIR,
-        config: str | None = _CONFIG,
+        broker: str | None = fleetopts.BROKER,
+        store: str | None = fleetopts.STORE,
+        data_dir: str | None = fleetopts.DATA_DIR,
+        config: str | None = fleetopts.CONFIG,
     ) -> None:
         _check_format(fmt)
         job = prepare(
@@ -331,11 +298,7 @@ def register(group: typer.Typer) -> None:
             typer.echo(body.decode())
         else:
             render_report(outcome, Console(width=160))
-        if report is not None:
-            try:
-                report.write_bytes(body + b"\n")
-            except OSError as err:
-                raise ConfigError(f"cannot write the report to {report}: {err}") from err
+        fleetopts.write_report(report, body)
         if outcome.failed:
             raise typer.Exit(1)
 
