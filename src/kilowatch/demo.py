@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 from pydantic import ValidationError
 
+from kilowatch.alerts.config import CONFIG_KEY, parse_config, save_config
 from kilowatch.errors import ConfigError
 from kilowatch.fleet.discovery import scan
 from kilowatch.fleet.registry import record_found
@@ -73,6 +74,11 @@ FRIDGE = "fridge"
 """The Tasmota plug's name on the dashboard."""
 LABEL_WAIT_S = 90.0
 """How long the demo waits to hear of the Tasmota plug (it reports once a minute) to name it."""
+BOILER = 0
+"""The index in :data:`HOME` of the boiler (the example alert rule watches it)."""
+MINUTE_POWER_S = 86_400.0
+"""The last day of the back-fill is reported minute by minute, power included (the device page's
+chart shows the last 24 h at one-minute resolution); older history only at slot boundaries."""
 
 
 class CatchUpClock(SimClock):
@@ -278,6 +284,59 @@ async def register_home(store: Store, fleet: Fleet) -> int:
     return len(found)
 
 
+async def enable_debug_log(fleet: Fleet, device_index: int = MAINS) -> None:
+    """Turn one device's debug log over MQTT on the way an installer would (``Sys.SetConfig``
+    ``debug.mqtt.enable`` over its HTTP RPC): its log lines and the ``config_changed`` event
+    then flow through the broker and the intake like a real device's."""
+    dev = fleet.devices[device_index]
+    body = {
+        "id": 1,
+        "method": "Sys.SetConfig",
+        "params": {"config": {"debug": {"mqtt": {"enable": True}}}},
+    }
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{fleet.url(dev)}/rpc", json=body) as resp,
+    ):
+        reply = await resp.json()
+    if "error" in reply:
+        log.warning("%s refused Sys.SetConfig: %s", dev.id, reply["error"])
+
+
+def example_alerts(fleet: Fleet) -> dict[str, Any]:
+    """The demo's example alert rules (no channel: the Alerts page shows their states and
+    history): the boiler above 1.5 kW for 5 minutes, any device offline for 5 minutes."""
+    boiler = fleet.devices[BOILER].id
+    return {
+        "rules": [
+            {
+                "id": "boiler-high",
+                "name": "Boiler above 1.5 kW for 5 minutes",
+                "kind": "power_above",
+                "devices": [boiler],
+                "threshold_w": 1500,
+                "for_s": 300,
+            },
+            {
+                "id": "device-offline",
+                "name": "A device offline for 5 minutes",
+                "kind": "offline",
+                "for_s": 300,
+            },
+        ],
+        "channels": [],
+    }
+
+
+async def ensure_example_alerts(store: Store, fleet: Fleet) -> bool:
+    """Save :func:`example_alerts` when the store has no alerts configuration yet; a store
+    with one (even an empty one someone saved) keeps it (returns ``False``)."""
+    if await store.get_meta(CONFIG_KEY) is not None:
+        return False
+    await save_config(store, parse_config(example_alerts(fleet)))
+    return True
+
+
 async def ensure_demo_login(store: Store) -> tuple[str, str] | None:
     """``(user, password)`` to show: the demo user, created when the store has no users; ``None``
     when the store has users of its own (they are left alone)."""
@@ -339,17 +398,24 @@ async def run_demo(
                 # started only now: back-filled time must not run while the service starts
                 clock = CatchUpClock(start=time.time() - options.days * 86_400, speed=options.speed)
                 home = make_home(broker_url, clock, options.seed)
+                for dev in home.devices:
+                    dev.minute_reports_from = time.time() - MINUTE_POWER_S
                 plugs = make_plugs(broker_url, options.seed)
                 wire_mains(home, plugs)
                 await check_store_is_free(running.store, home)
                 await stack.enter_async_context(home)
                 await register_home(running.store, home)
+                await ensure_example_alerts(running.store, home)
+                await enable_debug_log(home)
                 for line in banner(options, settings, state, home, clock, wiped):
                     echo(line)
                 await _until(stop, _wait_caught_up(clock))
                 if not stop.is_set():
                     state.caught_up = True
                     await stack.enter_async_context(plugs)
+                    # a power blip at the mains: its offline, online and reboot events show
+                    # on its device page as a real device's would
+                    await home.devices[MAINS].reboot()
                     echo(
                         f"history back-filled up to now; running in real time with "
                         f"{len(home.devices) + len(plugs.publishers)} devices "
@@ -464,7 +530,10 @@ __all__ = [
     "banner",
     "demo_data_dir",
     "demo_settings",
+    "enable_debug_log",
     "ensure_demo_login",
+    "ensure_example_alerts",
+    "example_alerts",
     "mains_id",
     "make_home",
     "run_demo",

@@ -145,6 +145,7 @@ def check_dashboard(url: str, started: float) -> None:
         params = {"by": "day", "tz": "UTC", "group": "total", "from": today["from"][:10]}
         of_mains = c.get("/api/v1/energy", params={**params, "device": mains["device"]}).json()
         assert abs(today["energy_wh"] - of_mains["totals"]["energy_wh"]) < 1e-6
+        check_device_data(c, mains["device"], started)
         home = c.get("/").text  # no tariff in the demo: no "cost 0.00", a pointer to Settings
         assert 'class="cost"' not in home and 'id="no-tariff"' in home
         # per back-filled hour: the mains = the sub-meters + its own base load (3 phases of
@@ -170,6 +171,32 @@ def check_dashboard(url: str, started: float) -> None:
             )
             grid = float(row["import_wh"]) - float(row["export_wh"])
             assert abs(grid - net - untracked) < 0.01, row
+
+
+def check_device_data(c: httpx.Client, mains: str, started: float) -> None:
+    """The device page's data as a new user meets it: the back-filled hours' power minute by
+    minute (the catch-up reports every minute of the last day), the debug log the demo turned
+    on and its config_changed event, the mains' reboot after the catch-up; the example rules."""
+    power = c.get(f"/api/v1/devices/{mains}/power", params={"hours": 24}).json()
+    minutes = [
+        i
+        for i, w in enumerate(power["total_w"])
+        if w is not None and power["start"] + i * 60 < started
+    ]
+    back_filled = int(DAYS * 86_400 // 60)
+    assert len(minutes) >= back_filled - 5, (len(minutes), back_filled)
+    assert set(power["channels"]) == {"em:0", "em:0/a", "em:0/b", "em:0/c"}
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        kinds = {e["event"] for e in c.get(f"/api/v1/devices/{mains}/events").json()["events"]}
+        if {"config_changed", "reboot"} <= kinds:
+            break
+        time.sleep(0.2)
+    assert {"config_changed", "reboot"} <= kinds, kinds
+    logs = c.get(f"/api/v1/devices/{mains}/logs").json()["logs"]
+    assert any("Status change" in line["message"] for line in logs), logs[:3]
+    rules = c.get("/api/v1/alerts/config").json()["rules"]
+    assert {r["id"] for r in rules} == {"boiler-high", "device-offline"}, rules
 
 
 def test_catch_up_clock_runs_fast_then_follows_real_time() -> None:
