@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import logging
 import math
 import time
@@ -38,6 +39,7 @@ from kilowatch.fleet.registry import record_found
 from kilowatch.service.config import Settings, default_data_dir, default_timezone
 from kilowatch.service.server import Running, serve
 from kilowatch.store import Registration, Store
+from kilowatch.store.audit import audited
 from kilowatch.web.app import start_web
 from kilowatch.web.site import load_site, save_site
 from shellysim import Fleet, LoadKind, SimClock, mac_for, model_spec
@@ -245,8 +247,20 @@ async def set_grid_meter(store: Store, device: str, tz: str) -> bool:
     site = await load_site(store, default_tz=tz)
     if site.grid_meters and site.grid_meters != (device,):
         return False
-    await save_site(store, site.updated({"grid_meters": [device]}))
+    if site.grid_meters != (device,):
+        detail = {"grid_meters": [device]}
+        async with audited(store, demo_actor(), "settings.change", detail=detail):
+            await save_site(store, site.updated({"grid_meters": [device]}))
     return True
+
+
+def demo_actor() -> str:
+    """``cli:<os user>``: who the demo's audit entries name (it acts as the CLI would)."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name and no password entry (some containers)
+        user = "unknown"
+    return f"cli:{user}"
 
 
 async def check_store_is_free(store: Store, fleet: Fleet) -> None:
@@ -284,23 +298,26 @@ async def register_home(store: Store, fleet: Fleet) -> int:
     return len(found)
 
 
-async def enable_debug_log(fleet: Fleet, device_index: int = MAINS) -> None:
+async def enable_debug_log(store: Store, fleet: Fleet, device_index: int = MAINS) -> None:
     """Turn one device's debug log over MQTT on the way an installer would (``Sys.SetConfig``
-    ``debug.mqtt.enable`` over its HTTP RPC): its log lines and the ``config_changed`` event
-    then flow through the broker and the intake like a real device's."""
+    ``debug.mqtt.enable`` over its HTTP RPC, audited as ``device.config``): its log lines and
+    the ``config_changed`` event then flow through the broker and the intake like a real
+    device's."""
     dev = fleet.devices[device_index]
-    body = {
-        "id": 1,
-        "method": "Sys.SetConfig",
-        "params": {"config": {"debug": {"mqtt": {"enable": True}}}},
-    }
+    params = {"config": {"debug": {"mqtt": {"enable": True}}}}
+    body = {"id": 1, "method": "Sys.SetConfig", "params": params}
+    detail = {"method": "Sys.SetConfig", "params": params}
+    actor = demo_actor()
     async with (
+        audited(store, actor, "device.config", devices=[dev.id], detail=detail) as act,
         aiohttp.ClientSession() as session,
-        session.post(f"{fleet.url(dev)}/rpc", json=body) as resp,
     ):
-        reply = await resp.json()
-    if "error" in reply:
-        log.warning("%s refused Sys.SetConfig: %s", dev.id, reply["error"])
+        async with session.post(f"{fleet.url(dev)}/rpc", json=body) as resp:
+            reply = await resp.json()
+        if "error" in reply:
+            act.result = "failed"
+            act.detail["error"] = reply["error"]
+            log.warning("%s refused Sys.SetConfig: %s", dev.id, reply["error"])
 
 
 def example_alerts(fleet: Fleet) -> dict[str, Any]:
@@ -333,7 +350,10 @@ async def ensure_example_alerts(store: Store, fleet: Fleet) -> bool:
     with one (even an empty one someone saved) keeps it (returns ``False``)."""
     if await store.get_meta(CONFIG_KEY) is not None:
         return False
-    await save_config(store, parse_config(example_alerts(fleet)))
+    cfg = parse_config(example_alerts(fleet))
+    detail = {"source": "kilowatch demo", "rules": len(cfg.rules), "channels": 0}
+    async with audited(store, demo_actor(), "alerts.rules", detail=detail):
+        await save_config(store, cfg)
     return True
 
 
@@ -406,7 +426,7 @@ async def run_demo(
                 await stack.enter_async_context(home)
                 await register_home(running.store, home)
                 await ensure_example_alerts(running.store, home)
-                await enable_debug_log(home)
+                await enable_debug_log(running.store, home)
                 for line in banner(options, settings, state, home, clock, wiped):
                     echo(line)
                 await _until(stop, _wait_caught_up(clock))

@@ -197,6 +197,10 @@ def check_device_data(c: httpx.Client, mains: str, started: float) -> None:
     assert any("Status change" in line["message"] for line in logs), logs[:3]
     rules = c.get("/api/v1/alerts/config").json()["rules"]
     assert {r["id"] for r in rules} == {"boiler-high", "device-offline"}, rules
+    # what the demo changed is audited as the CLI's doing: rules, grid meter, the debug log
+    entries = c.get("/api/v1/audit").json()["entries"]
+    done = {(e["action"], e["result"]) for e in entries if e["actor"].startswith("cli:")}
+    assert {("alerts.rules", "ok"), ("settings.change", "ok"), ("device.config", "ok")} <= done
 
 
 def test_catch_up_clock_runs_fast_then_follows_real_time() -> None:
