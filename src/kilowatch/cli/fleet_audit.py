@@ -24,6 +24,7 @@ from rich.table import Table
 from kilowatch.cli.stores import open_existing
 from kilowatch.errors import ConfigError
 from kilowatch.service.config import load_settings
+from kilowatch.store.audit import devices_text, entry_json
 from kilowatch.store.protocol import AuditEntry
 from kilowatch.web.site import load_site
 
@@ -39,8 +40,6 @@ HELP = (
     "kilowatch fleet audit --action fleet --json"
 )
 MAX_LIMIT = 10_000
-SHOWN_DEVICES = 3
-"""Devices named in a table row; more are counted (``a, b, c +97``)."""
 DETAIL_CHARS = 80
 
 
@@ -51,26 +50,6 @@ def cli_actor() -> str:
     except (OSError, KeyError):  # no login name and no password entry (some containers)
         user = "unknown"
     return f"cli:{user}"
-
-
-def entry_json(entry: AuditEntry) -> dict[str, Any]:
-    """An entry's JSON (``--json``, ``/api/v1/audit``)."""
-    return {
-        "id": entry.id,
-        "ts": entry.ts,
-        "actor": entry.actor,
-        "action": entry.action,
-        "devices": list(entry.devices),
-        "result": entry.result,
-        "detail": dict(entry.detail),
-    }
-
-
-def devices_text(devices: Sequence[str], shown: int = SHOWN_DEVICES) -> str:
-    """``a, b, c +97``: the first ``shown`` devices and how many more."""
-    if len(devices) <= shown:
-        return ", ".join(devices)
-    return ", ".join(devices[:shown]) + f" +{len(devices) - shown}"
 
 
 def detail_text(detail: Any, limit: int = DETAIL_CHARS) -> str:

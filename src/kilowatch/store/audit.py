@@ -17,6 +17,8 @@ from typing import Any
 from kilowatch.store.protocol import AuditEntry, Store
 
 RESULTS = ("started", "ok", "failed", "partial", "halted", "refused")
+SHOWN_DEVICES = 3
+"""Devices :func:`devices_text` names; more are counted (``a, b, c +97``)."""
 
 
 def audit_entry(
@@ -96,4 +98,32 @@ async def audited(
     await store.audit_append([end])
 
 
-__all__ = ["RESULTS", "AuditedAction", "audit_entry", "audited"]
+def entry_json(entry: AuditEntry) -> dict[str, Any]:
+    """An entry's JSON (``kilowatch fleet audit --json``, ``/api/v1/audit``, the audit page)."""
+    return {
+        "id": entry.id,
+        "ts": entry.ts,
+        "actor": entry.actor,
+        "action": entry.action,
+        "devices": list(entry.devices),
+        "result": entry.result,
+        "detail": dict(entry.detail),
+    }
+
+
+def devices_text(devices: Sequence[str], shown: int = SHOWN_DEVICES) -> str:
+    """``a, b, c +97``: the first ``shown`` devices and how many more."""
+    if len(devices) <= shown:
+        return ", ".join(devices)
+    return ", ".join(devices[:shown]) + f" +{len(devices) - shown}"
+
+
+__all__ = [
+    "RESULTS",
+    "SHOWN_DEVICES",
+    "AuditedAction",
+    "audit_entry",
+    "audited",
+    "devices_text",
+    "entry_json",
+]

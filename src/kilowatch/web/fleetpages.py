@@ -36,7 +36,8 @@ from kilowatch.fleet.profile import Profile, load_profile
 from kilowatch.fleet.registry import parse_selection, select
 from kilowatch.service import fleetctx
 from kilowatch.service.server import Running
-from kilowatch.store.protocol import AuditEntry, DeviceRecord, Registration, Store
+from kilowatch.store.audit import devices_text, entry_json
+from kilowatch.store.protocol import DeviceRecord, Registration, Store
 from kilowatch.web import openapi
 from kilowatch.web.api import JSONResponse, StrictJSONRoute
 from kilowatch.web.deps import Admin, State, Viewer, WebState
@@ -51,7 +52,6 @@ MAX_AUDIT_LIMIT = 1000
 MAX_SELECT = 20
 MAX_DEVICES = 5000
 AUDIT_PAGE = 100
-SHOWN_DEVICES = 3
 
 
 # --- jobs -----------------------------------------------------------------------------------
@@ -608,19 +608,6 @@ async def get_job(
     return JSONResponse({"job": found.to_json()})
 
 
-def entry_json(entry: AuditEntry) -> dict[str, Any]:
-    """An audit entry's JSON."""
-    return {
-        "id": entry.id,
-        "ts": entry.ts,
-        "actor": entry.actor,
-        "action": entry.action,
-        "devices": list(entry.devices),
-        "result": entry.result,
-        "detail": dict(entry.detail),
-    }
-
-
 @router.get(
     "/api/v1/audit",
     tags=["fleet"],
@@ -698,7 +685,7 @@ async def audit_page(
         {
             **entry_json(e),
             "when": when(e.ts),
-            "devices_text": _devices_text(e.devices),
+            "devices_text": devices_text(e.devices),
             "detail_text": _detail_text(e.detail),
         }
         for e in entries
@@ -708,12 +695,6 @@ async def audit_page(
         request, "audit.html", principal, nav="fleet", entries=shown, device=device,
         action=action, older=older,
     )  # fmt: skip
-
-
-def _devices_text(devices: Sequence[str]) -> str:
-    if len(devices) <= SHOWN_DEVICES:
-        return ", ".join(devices)
-    return ", ".join(devices[:SHOWN_DEVICES]) + f" +{len(devices) - SHOWN_DEVICES}"
 
 
 def _detail_text(detail: Any) -> str:
@@ -726,7 +707,7 @@ def _detail_text(detail: Any) -> str:
         if isinstance(value, dict):
             value = ", ".join(f"{k} {v}" for k, v in value.items() if v)
         elif isinstance(value, list):
-            value = _devices_text([str(v) for v in value])
+            value = devices_text([str(v) for v in value])
         parts.append(f"{key}: {value}")
     return "; ".join(parts)
 
