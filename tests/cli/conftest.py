@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+
+# importlib import mode: make this folder's helper module (cliproc) importable by the test files.
+sys.path.insert(0, str(Path(__file__).parent))
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 """The fixture's type (the test files, imported by importlib, repeat it)."""

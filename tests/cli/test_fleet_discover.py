@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from cliproc import run_kilowatch
 
 from kilowatch.errors import ConfigError
 from kilowatch.fleet.discovery import Found, How
@@ -25,7 +24,6 @@ from shellysim import Fleet
 if TYPE_CHECKING:
     from conftest import Run
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
 # Networks of their own: other tests' simulated devices stand on 127.0.1.x:80, and a test
 # running beside this one (pytest-xdist) must not find them, nor fight over their port 80.
 SCAN_NET = "127.0.42.0/24"
@@ -36,20 +34,6 @@ def _store_args(tmp_path: Path) -> list[str]:
     return ["--store", f"sqlite:///{tmp_path}/k.db", "--data-dir", str(tmp_path / "data")]
 
 
-async def _run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """The real ``kilowatch`` command (the simulator keeps running in this event loop)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kilowatch", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": SRC, "KILOWATCH_STORE": "", "KILOWATCH_CONFIG": "",
-             "COLUMNS": "200", **(env or {})},
-    )  # fmt: skip
-    async with asyncio.timeout(120):
-        out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 async def test_discover_scans_records_and_a_second_run_changes_nothing(tmp_path: Path) -> None:
     async with Fleet(
         devices=40, models=["pm1", "switch", "3em", "em"], engine=None, http_hosts=SCAN_NET
@@ -57,7 +41,7 @@ async def test_discover_scans_records_and_a_second_run_changes_nothing(tmp_path:
         ids = {d.id for d in fleet.devices}
         args = ["fleet", "discover", "--scan", SCAN_NET, "--no-broker", *_store_args(tmp_path)]
         started = time.perf_counter()
-        code, out, err = await _run(*args, "--format", "json")
+        code, out, err = await run_kilowatch(*args, "--format", "json")
         elapsed = time.perf_counter() - started
         assert code == 0, err
         first = json.loads(out)
@@ -69,14 +53,16 @@ async def test_discover_scans_records_and_a_second_run_changes_nothing(tmp_path:
             assert d["mac"] == dev.mac and d["outcome"] == "new"
         assert elapsed < 30, f"discover of a /24 took {elapsed:.1f} s"
 
-        code, out, err = await _run(*args)  # the table this time
+        code, out, err = await run_kilowatch(*args)  # the table this time
         assert code == 0, err
         assert "40 devices: 0 new, 0 updated, 40 unchanged" in out
         for dev in fleet.devices:
             assert dev.id in out
         assert out.count("unchanged") == 41  # each row, and the summary
 
-    code, out, err = await _run("fleet", "list", *_store_args(tmp_path), "--format", "json")
+    code, out, err = await run_kilowatch(
+        "fleet", "list", *_store_args(tmp_path), "--format", "json"
+    )
     assert code == 0, err
     listed = json.loads(out)
     assert [r["device"] for r in listed] == sorted(ids)
@@ -93,7 +79,7 @@ async def test_discover_scan_and_broker_together(
     ):
         await lan.wait_connected()
         await remote.wait_connected()
-        code, out, err = await _run(
+        code, out, err = await run_kilowatch(
             "fleet", "discover", "--scan", MIXED_NET.replace("0/24", "1-20"),
             "--broker", mosquitto.url, "--broker-wait", "1", "--format", "json",
             *_store_args(tmp_path),
@@ -106,7 +92,9 @@ async def test_discover_scan_and_broker_together(
     for dev in remote.devices:  # only the broker sees them
         assert found[dev.id]["address"] is None
         assert (found[dev.id]["how"], found[dev.id]["prefix"]) == ("broker", dev.id)
-    code, out, err = await _run("fleet", "list", *_store_args(tmp_path), "--format", "json")
+    code, out, err = await run_kilowatch(
+        "fleet", "list", *_store_args(tmp_path), "--format", "json"
+    )
     transports = {r["device"]: r["transport"] for r in json.loads(out)}
     assert {transports[d.id] for d in lan.devices} == {"lan"}
     assert {transports[d.id] for d in remote.devices} == {"mqtt"}

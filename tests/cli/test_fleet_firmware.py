@@ -4,12 +4,11 @@ report, a second run finishing the rest, the audit entry, and clear errors for b
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from cliproc import run_kilowatch
 
 from kilowatch.store import open_store
 from kilowatch.store.protocol import Registration
@@ -17,22 +16,6 @@ from shellysim import Fleet
 
 if TYPE_CHECKING:
     from conftest import Run
-
-SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-
-async def _run(*args: str) -> tuple[int, str, str]:
-    """The real ``kilowatch`` command (the simulator keeps running in this event loop)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kilowatch", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": SRC, "KILOWATCH_STORE": "", "KILOWATCH_CONFIG": "",
-             "COLUMNS": "200"},
-    )  # fmt: skip
-    async with asyncio.timeout(120):
-        out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_check_then_a_halted_update_then_one_that_finishes(tmp_path: Path) -> None:
@@ -50,27 +33,27 @@ async def test_check_then_a_halted_update_then_one_that_finishes(tmp_path: Path)
                 ]
             )  # fmt: skip
 
-        code, out, err = await _run("fleet", "firmware", "check", *where)
+        code, out, err = await run_kilowatch("fleet", "firmware", "check", *where)
         assert code == 0, err
         assert "1.4.4" in out and "1.5.1" in out and "1.6.0-beta2" in out
         assert "3 devices: 3 offered a stable update, 3 a beta, 0 not read" in out
-        code, out, err = await _run("fleet", "firmware", "check", "--json", f"--select={ids[0]}",
-                                    *where)  # fmt: skip
+        code, out, err = await run_kilowatch("fleet", "firmware", "check", "--json",
+                                             f"--select={ids[0]}", *where)  # fmt: skip
         assert code == 0, err
         assert [(s["device"], s["current"], s["stable"]) for s in json.loads(out)] == [
             (ids[0], "1.4.4", "1.5.1")
         ]
 
-        code, out, err = await _run("fleet", "firmware", "update", "--stage", "stable",
-                                    "--dry-run", *where)  # fmt: skip
+        code, out, err = await run_kilowatch("fleet", "firmware", "update", "--stage", "stable",
+                                             "--dry-run", *where)  # fmt: skip
         assert code == 0, err
         assert "3 planned" in out and all(d.update_requests == [] for d in fleet.devices)
 
         fleet.devices[0].fail_updates = True  # the canary fails
         report = tmp_path / "report.json"
-        code, out, err = await _run("fleet", "firmware", "update", "--stage", "stable",
-                                    "--report", str(report), "--select", "room=lab",
-                                    *where)  # fmt: skip
+        code, out, err = await run_kilowatch("fleet", "firmware", "update", "--stage", "stable",
+                                             "--report", str(report), "--select", "room=lab",
+                                             *where)  # fmt: skip
         assert code == 1, (out, err)
         assert "halted" in out and "ota_error: Update failed: bad checksum" in out
         body = json.loads(report.read_text())
@@ -79,8 +62,8 @@ async def test_check_then_a_halted_update_then_one_that_finishes(tmp_path: Path)
         assert all(d.update_requests == [] for d in fleet.devices[1:])
 
         fleet.devices[0].fail_updates = False
-        code, out, err = await _run("fleet", "firmware", "update", "--stage", "stable",
-                                    "--canary", "3", "--json", *where)  # fmt: skip
+        code, out, err = await run_kilowatch("fleet", "firmware", "update", "--stage", "stable",
+                                             "--canary", "3", "--json", *where)  # fmt: skip
         assert code == 0, err
         assert [d["outcome"] for d in json.loads(out)["devices"]] == ["updated"] * 3
         assert all(d.ver == "1.5.1" for d in fleet.devices)

@@ -4,13 +4,12 @@ fails while the others succeed; the JSON report; a dry run writes nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from cliproc import run_kilowatch
 
 from kilowatch.fleet.secrets import SecretBox
 from kilowatch.store import open_store
@@ -21,7 +20,6 @@ from shellysim import Fleet, ha1_for
 if TYPE_CHECKING:
     from conftest import Run
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
 SCRIPT = "let who = '{{ device.name }}';\nprint(who);\n"
 
 
@@ -46,20 +44,6 @@ password = "generate"
 name = "hello"
 file = "hello.js"
 """
-
-
-async def _run(*args: str) -> tuple[int, str, str]:
-    """The real ``kilowatch`` command (the simulator keeps running in this event loop)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kilowatch", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": SRC, "KILOWATCH_STORE": "", "KILOWATCH_CONFIG": "",
-             "COLUMNS": "200"},
-    )  # fmt: skip
-    async with asyncio.timeout(120):
-        out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def _register(url: str, fleet: Fleet, *, room: str = "lab") -> list[Registration]:
@@ -93,12 +77,12 @@ async def test_plan_apply_report_and_a_device_offline(
         await _register(url, fleet)
         ids = [d.id for d in fleet.devices]
 
-        code, out, err = await _run("fleet", "plan", str(profile), *where)
+        code, out, err = await run_kilowatch("fleet", "plan", str(profile), *where)
         assert code == 0, err
         assert "mqtt.server" in out and "sys.device.name" in out and "script:hello" in out
         assert "3 devices: 3 to change, 0 in sync, 0 not read" in out
 
-        code, out, err = await _run("fleet", "apply", str(profile), "--dry-run", *where)
+        code, out, err = await run_kilowatch("fleet", "apply", str(profile), "--dry-run", *where)
         assert code == 0, err
         assert "3 planned" in out
         assert all(not d.config["mqtt"]["enable"] for d in fleet.devices)  # nothing written
@@ -106,7 +90,9 @@ async def test_plan_apply_report_and_a_device_offline(
         down = fleet.devices[2]
         down.fault_outage(3600)
         report = tmp_path / "report.json"
-        code, out, err = await _run("fleet", "apply", str(profile), "--report", str(report), *where)
+        code, out, err = await run_kilowatch(
+            "fleet", "apply", str(profile), "--report", str(report), *where
+        )
         assert code == 1, (out, err)
         body = json.loads(report.read_text())
         statuses = {d["device"]: d["status"] for d in body["devices"]}
@@ -137,14 +123,16 @@ async def test_plan_apply_report_and_a_device_offline(
             assert held_script.sha256 == hashlib.sha256(slot.code.encode()).hexdigest()
 
         down.outage_until = 0.0  # back online: the next apply converges it, the rest unchanged
-        code, out, err = await _run(
+        code, out, err = await run_kilowatch(
             "fleet", "apply", str(profile), "--format", "json", "--concurrency", "2", *where
         )
         assert code == 0, err
         statuses = {d["device"]: d["status"] for d in json.loads(out)["devices"]}
         assert statuses == {ids[0]: "unchanged", ids[1]: "unchanged", ids[2]: "ok"}
 
-        code, out, err = await _run("fleet", "plan", str(profile), "--format", "json", *where)
+        code, out, err = await run_kilowatch(
+            "fleet", "plan", str(profile), "--format", "json", *where
+        )
         assert code == 0, err
         assert all(p["changes"] == [] and p["error"] is None for p in json.loads(out))
 
@@ -158,10 +146,12 @@ async def test_select_and_what_is_refused(tmp_path: Path, kilowatch: Run) -> Non
     async with Fleet(devices=2, models=["pm1"], unprovisioned=True, tick_s=0.05) as fleet:
         await _register(url, fleet, room="attic")
         # The profile's own [select] matches no device in the attic.
-        code, _, err = await _run("fleet", "plan", str(profile), *where)
+        code, _, err = await run_kilowatch("fleet", "plan", str(profile), *where)
         assert code == 1 and "no registered device matches room=lab" in err
         one = fleet.devices[0].id
-        code, out, err = await _run("fleet", "plan", str(profile), "--select", f"id={one}", *where)
+        code, out, err = await run_kilowatch(
+            "fleet", "plan", str(profile), "--select", f"id={one}", *where
+        )
         assert code == 0, err
         assert one in out and fleet.devices[1].id not in out
     result = kilowatch("fleet", "plan", str(tmp_path / "nope.toml"), *where)
@@ -182,7 +172,9 @@ async def test_an_unreadable_device_makes_plan_exit_1(tmp_path: Path) -> None:
         await _register(url, fleet)
         locked = fleet.devices[0]
         locked.auth_ha1 = ha1_for(locked.id, "not-known-to-kilowatch")
-        code, out, err = await _run("fleet", "plan", str(profile), "--format", "json", *where)
+        code, out, err = await run_kilowatch(
+            "fleet", "plan", str(profile), "--format", "json", *where
+        )
         assert code == 1, (out, err)
         plans = {p["device"]: p for p in json.loads(out)}
         assert plans[locked.id]["error"]["type"] == "InvalidAuthError"
