@@ -22,7 +22,7 @@ from kilowatch.web import openapi
 from kilowatch.web.deps import Admin, State, Viewer
 from kilowatch.web.energy import build_query, report
 from kilowatch.web.energyview import energy_view
-from kilowatch.web.site import MAX_RETENTION_DAYS, changes, save_site
+from kilowatch.web.site import MAX_RETENTION_DAYS, change_site
 from kilowatch.web.views import (
     device_json,
     devices_table,
@@ -452,12 +452,7 @@ async def patch_settings(
         site = state.site.updated(body)
     except ConfigError as err:
         raise Problem(400, str(err), slug="invalid-parameter") from None
-    changed = changes(state.site, site)
-    if changed:
-        actor = principal.actor
-        async with audited(state.store, actor, "settings.change", detail=changed) as act:
-            await save_site(state.store, site)
-            act.detail.update(changed)  # the outcome says what changed too
+    await change_site(state.store, principal.actor, state.site, site)
     state.site = site
     return JSONResponse(site.to_json())
 

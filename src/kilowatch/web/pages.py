@@ -27,7 +27,7 @@ from kilowatch.web.deps import (
 )
 from kilowatch.web.energy import parse_instant, parse_tz, period_start, shift_period
 from kilowatch.web.energyview import chart_data, energy_view
-from kilowatch.web.site import changes, save_site
+from kilowatch.web.site import change_site
 from kilowatch.web.views import (
     device_json,
     devices_table,
@@ -377,12 +377,7 @@ async def settings_save(
         )
         response.status_code = 400
         return response
-    changed = changes(state.site, site)
-    if changed:
-        actor = principal.actor
-        async with audited(state.store, actor, "settings.change", detail=changed) as act:
-            await save_site(state.store, site)
-            act.detail.update(changed)  # the outcome says what changed too
+    await change_site(state.store, principal.actor, state.site, site)
     state.site = site
     return RedirectResponse("/settings?saved=1", status_code=303)
 

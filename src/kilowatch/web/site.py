@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from kilowatch.errors import ConfigError
 from kilowatch.query.tariff import Tariff
 from kilowatch.service.retention import SITE_KEY
+from kilowatch.store.audit import audited
 from kilowatch.store.protocol import Store
 
 MAX_RETENTION_DAYS = 100 * 366
@@ -154,10 +155,21 @@ async def save_site(store: Store, site: SiteSettings) -> None:
     await store.use_local_zone(site.tz)
 
 
+async def change_site(store: Store, actor: str, old: SiteSettings, new: SiteSettings) -> None:
+    """Save ``new`` in place of ``old``, audited as ``settings.change`` by ``actor`` with what
+    :func:`changes` (nothing is written, nor audited, when nothing changed)."""
+    changed = changes(old, new)
+    if changed:
+        async with audited(store, actor, "settings.change", detail=changed) as act:
+            await save_site(store, new)
+            act.detail.update(changed)  # the outcome says what changed too
+
+
 __all__ = [
     "MAX_RETENTION_DAYS",
     "SITE_KEY",
     "SiteSettings",
+    "change_site",
     "changes",
     "load_site",
     "save_site",
