@@ -4,6 +4,7 @@ ones, over a real store of each kind (the web fixtures' known data plus the line
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -186,46 +187,56 @@ def frames(lines: list[str]) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-async def test_stream_sends_the_newest_then_each_new_line_once(seeded: Store) -> None:
-    """Over a real socket, as the page's EventSource reads it: the newest first (``reset``), then
-    lines stored afterwards, one of them equal to one already sent, each once."""
-    app: FastAPI = create_app(seeded, live=LiveHub(), site_tz=TZ, clock=lambda: NOW)
-    token = await create_token(seeded, VIEWER[0], role=Role.VIEWER, name="sse", now=NOW)
+@contextlib.asynccontextmanager
+async def plug_stream(store: Store, **params: int) -> AsyncIterator[httpx.Response]:
+    """The plug's device stream over a real socket, as a viewer's token reads it: the app over
+    ``store`` is served on a free port until the block ends."""
+    app: FastAPI = create_app(store, live=LiveHub(), site_tz=TZ, clock=lambda: NOW)
+    token = await create_token(store, VIEWER[0], role=Role.VIEWER, name="sse", now=NOW)
     started = asyncio.Event()
-    again = LogLine(PLUG, NOW - 50, "same", level=1)
-    fresh = [LogLine(PLUG, NOW + 1, "after 1"), again, LogLine(PLUG, NOW + 1, "after 1")]
-    got: list[tuple[str, dict[str, Any]]] = []
     async with asyncio.TaskGroup() as tg:
         server = tg.create_task(serve_web(app, "127.0.0.1", 0, started=started))
         async with asyncio.timeout(10):
             await started.wait()
-        async with (
-            httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{app.state.port}",
-                headers={"authorization": f"Bearer {token}"},
-            ) as c,
-            c.stream("GET", f"/api/v1/devices/{PLUG}/stream", params={"limit": 5}) as r,
-        ):
-            assert r.headers["content-type"].startswith("text/event-stream")
-            lines: list[str] = []
-            stored = False
-            async with asyncio.timeout(15):
-                async for line in r.aiter_lines():
-                    lines.append(line)
-                    got = frames(lines)
-                    if len(got) == 2 and not stored:  # the newest logs and events came
-                        stored = True
-                        await seeded.commit(Batch(logs=fresh[:2]))
-                        await seeded.commit(
-                            Batch(
-                                logs=fresh[2:],
-                                events=[Event(PLUG, NOW + 2, "sys", "ota_success")],
-                            )
+        try:
+            async with (
+                httpx.AsyncClient(
+                    base_url=f"http://127.0.0.1:{app.state.port}",
+                    headers={"authorization": f"Bearer {token}"},
+                ) as c,
+                c.stream("GET", f"/api/v1/devices/{PLUG}/stream", params=params) as r,
+            ):
+                yield r
+        finally:
+            server.cancel()
+
+
+async def test_stream_sends_the_newest_then_each_new_line_once(seeded: Store) -> None:
+    """Over a real socket, as the page's EventSource reads it: the newest first (``reset``), then
+    lines stored afterwards, one of them equal to one already sent, each once."""
+    again = LogLine(PLUG, NOW - 50, "same", level=1)
+    fresh = [LogLine(PLUG, NOW + 1, "after 1"), again, LogLine(PLUG, NOW + 1, "after 1")]
+    got: list[tuple[str, dict[str, Any]]] = []
+    async with plug_stream(seeded, limit=5) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines: list[str] = []
+        stored = False
+        async with asyncio.timeout(15):
+            async for line in r.aiter_lines():
+                lines.append(line)
+                got = frames(lines)
+                if len(got) == 2 and not stored:  # the newest logs and events came
+                    stored = True
+                    await seeded.commit(Batch(logs=fresh[:2]))
+                    await seeded.commit(
+                        Batch(
+                            logs=fresh[2:],
+                            events=[Event(PLUG, NOW + 2, "sys", "ota_success")],
                         )
-                    later = [i for e, f in got[2:] if e == "logs" for i in f["items"]]
-                    if len(later) >= 3 and any(e == "events" for e, _ in got[2:]):
-                        break
-        server.cancel()
+                    )
+                later = [i for e, f in got[2:] if e == "logs" for i in f["items"]]
+                if len(later) >= 3 and any(e == "events" for e, _ in got[2:]):
+                    break
     (first, logs), (second, events) = got[0], got[1]
     assert (first, logs["reset"], second, events["reset"]) == ("logs", True, "events", True)
     assert [x["message"] for x in logs["items"]] == [
@@ -262,27 +273,13 @@ async def test_a_store_failing_under_the_stream_ends_it_cleanly(
     await store.__aenter__()
     await store.commit(Batch(devices=[DeviceUpdate(PLUG, last_seen=NOW)]))
     await store.put_meta(USERS_KEY, users_meta())
-    app: FastAPI = create_app(store, live=LiveHub(), site_tz=TZ, clock=lambda: NOW)
-    token = await create_token(store, VIEWER[0], role=Role.VIEWER, name="sse", now=NOW)
-    started = asyncio.Event()
-    async with asyncio.TaskGroup() as tg:
-        server = tg.create_task(serve_web(app, "127.0.0.1", 0, started=started))
+    async with plug_stream(store) as r:
+        lines: list[str] = []
         async with asyncio.timeout(10):
-            await started.wait()
-        async with (
-            httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{app.state.port}",
-                headers={"authorization": f"Bearer {token}"},
-            ) as c,
-            c.stream("GET", f"/api/v1/devices/{PLUG}/stream") as r,
-        ):
-            lines: list[str] = []
-            async with asyncio.timeout(10):
-                async for line in r.aiter_lines():
-                    lines.append(line)
-                    if len(frames(lines)) == 2:
-                        await store.__aexit__(None, None, None)
-            # the loop ended: the server closed the stream
-        server.cancel()
+            async for line in r.aiter_lines():
+                lines.append(line)
+                if len(frames(lines)) == 2:
+                    await store.__aexit__(None, None, None)
+        # the loop ended: the server closed the stream
     assert [e for e, _ in frames(lines)] == ["logs", "events"]
     assert "device stream of shellyplugsg3-aabbccddeeff ends" in caplog.text
