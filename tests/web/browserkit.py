@@ -37,31 +37,58 @@ CHROMIUM_ARGS = [
 TIMEOUT_MS = 15_000
 
 
-class ServerThread:
+class LoopThread:
+    """:meth:`main` run in a thread with its own event loop; :meth:`start` returns once it set
+    ``ready`` (having set ``port``), or raises what it raised."""
+
+    WHAT = "the web server"
+    START_S = 30.0
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.port = 0
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    async def main(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self.main())
+        except BaseException as err:  # reported to the test thread
+            self.error = err
+            self.ready.set()
+
+    def start(self) -> None:
+        self._thread.start()
+        assert self.ready.wait(self.START_S), f"{self.WHAT} did not start"
+        if self.error:
+            raise self.error
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class ServerThread(LoopThread):
     """The web app (a SQLite store at ``db`` holding the known data and users) on a free port, in
     a thread with its own event loop. :meth:`publish` feeds its LiveHub and :meth:`run` runs a
     coroutine on its store, both from the test's thread."""
 
     def __init__(self, db: Path) -> None:
+        super().__init__()
         self.db = db
         self.hub = LiveHub()
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.port = 0
         self.store: Store | None = None
-        self.error: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_until_complete(self._main())
-        except BaseException as err:  # reported to the test thread
-            self.error = err
-            self.ready.set()
-
-    async def _main(self) -> None:
+    async def main(self) -> None:
         async with open_store(f"sqlite:///{self.db}") as store:
             await store.commit(known_batch())
             await store.put_meta(USERS_KEY, users_meta())
@@ -75,12 +102,6 @@ class ServerThread:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def start(self) -> None:
-        self._thread.start()
-        assert self.ready.wait(30), "the web server did not start"
-        if self.error:
-            raise self.error
-
     def publish(self, readings: list[Reading]) -> None:
         self.loop.call_soon_threadsafe(self.hub.publish, readings)
 
@@ -91,11 +112,7 @@ class ServerThread:
     def stop(self) -> None:
         if self._task is not None:
             self.loop.call_soon_threadsafe(self._task.cancel)
-        self._thread.join(15)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        self.join(15)
 
 
 @contextlib.contextmanager

@@ -6,13 +6,12 @@ the audit log shows the apply; at 390 px the key columns fit without sideways sc
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from browserkit import chromium, log_in
+from browserkit import LoopThread, chromium, log_in
 from webseed import ADMIN, users_meta
 
 from kilowatch.accounts.users import USERS_KEY
@@ -41,29 +40,20 @@ tz = "Europe/Vienna"
 """
 
 
-class ServiceThread:
+class ServiceThread(LoopThread):
     """kilowatch serve (SQLite, managed mosquitto, the web app on a free port) and a simulated
     fleet registered in its store, in a thread with its own event loop."""
 
+    WHAT = "the service"
+    START_S = 60.0
+
     def __init__(self, tmp: Path) -> None:
+        super().__init__()
         self.tmp = tmp
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.port = 0
         self.devices: list[Any] = []
-        self.error: BaseException | None = None
         self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_until_complete(self._main())
-        except BaseException as err:  # reported to the test thread
-            self.error = err
-            self.ready.set()
-
-    async def _main(self) -> None:
+    async def main(self) -> None:
         from shellysim import Fleet
 
         self._stop = asyncio.Event()
@@ -91,20 +81,10 @@ class ServiceThread:
             self.ready.set()
             await self._stop.wait()
 
-    def start(self) -> None:
-        self._thread.start()
-        assert self.ready.wait(60), "the service did not start"
-        if self.error:
-            raise self.error
-
     def stop(self) -> None:
         if self._stop is not None:
             self.loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(30)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        self.join(30)
 
 
 @pytest.fixture(scope="module")
