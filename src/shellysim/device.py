@@ -18,6 +18,7 @@ import copy
 import inspect
 import itertools
 import logging
+import math
 import re
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
@@ -352,16 +353,17 @@ class Device:
         while True:
             t = meters[0].t
             boundary = slot_of(t) + SLOT_SECONDS
-            by_minute = minutes_from is not None and t + 60 > minutes_from
-            if by_minute:
-                boundary = min(boundary, int(t // 60) * 60 + 60)
+            if minutes_from is not None and boundary > minutes_from:
+                # this slot is reported minute by minute from the first whole minute on
+                first = math.ceil(minutes_from / 60) * 60
+                boundary = min(boundary, max(int(t // 60) * 60 + 60, first))
             step = min(boundary, target)
             rolled = 0
             for m in meters:
                 rolled = max(rolled, m.advance(step))
             if step >= target:
                 break
-            if by_minute:
+            if minutes_from is not None and step >= minutes_from:
                 self._emit_minute(step + self.skew)
             else:
                 self._emit_energy(step + self.skew)

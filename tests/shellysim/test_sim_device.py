@@ -312,13 +312,13 @@ async def test_fast_clock_reports_every_minute_from_minute_reports_from() -> Non
     clock = ManualClock(T0)
     frames: list[dict[str, Any]] = []
     async with make("3em", clock=clock) as dev:
-        dev.minute_reports_from = T0 + 3600
+        dev.minute_reports_from = T0 + 3600 - 40  # from the first whole minute after it
         dev.add_sink(lambda m, p: frames.append(p))
         clock.advance(2 * 3600 + 30)  # one big tick
         dev.tick()
     with_power = [p["ts"] for p in frames if "a_act_power" in p.get("em:0", {})]
     with_energy = [p["ts"] for p in frames if "total_act" in p.get("emdata:0", {})]
-    minutes = [T0 + 3600 + 60 * i for i in range(1, 61)]
+    minutes = [T0 + 3600 + 60 * i for i in range(61)]
     assert all(m in with_power and m in with_energy for m in minutes)
     assert [t for t in with_energy if t < T0 + 3600] == [T0 + 900, T0 + 1800, T0 + 2700]
     assert not [t for t in with_power if t < T0 + 3600]
