@@ -249,8 +249,9 @@ async def set_grid_meter(store: Store, device: str, tz: str) -> bool:
         return False
     if site.grid_meters != (device,):
         detail = {"grid_meters": [device]}
-        async with audited(store, demo_actor(), "settings.change", detail=detail):
+        async with audited(store, demo_actor(), "settings.change", detail=detail) as act:
             await save_site(store, site.updated({"grid_meters": [device]}))
+            act.detail.update(detail)  # the outcome says what changed too, as the web's does
     return True
 
 
@@ -314,6 +315,7 @@ async def enable_debug_log(store: Store, fleet: Fleet, device_index: int = MAINS
     ):
         async with session.post(f"{fleet.url(dev)}/rpc", json=body) as resp:
             reply = await resp.json()
+        act.detail.update(detail)
         if "error" in reply:
             act.result = "failed"
             act.detail["error"] = reply["error"]
@@ -352,8 +354,9 @@ async def ensure_example_alerts(store: Store, fleet: Fleet) -> bool:
         return False
     cfg = parse_config(example_alerts(fleet))
     detail = {"source": "kilowatch demo", "rules": len(cfg.rules), "channels": 0}
-    async with audited(store, demo_actor(), "alerts.rules", detail=detail):
+    async with audited(store, demo_actor(), "alerts.rules", detail=detail) as act:
         await save_config(store, cfg)
+        act.detail.update(rules=len(cfg.rules), channels=0)
     return True
 
 
@@ -433,14 +436,12 @@ async def run_demo(
                 if not stop.is_set():
                     state.caught_up = True
                     await stack.enter_async_context(plugs)
-                    # a power blip at the mains: its offline, online and reboot events show
-                    # on its device page as a real device's would
-                    await home.devices[MAINS].reboot()
                     echo(
                         f"history back-filled up to now; running in real time with "
                         f"{len(home.devices) + len(plugs.publishers)} devices "
                         f"(Tasmota plug {plugs.publishers[0].id} joined). Ctrl-C stops."
                     )
+                    await _until(stop, blip_when_delivered(running.store, home, clock))
                     await _until(stop, label_when_seen(running.store, plugs.publishers[0].id))
                 await stop.wait()
                 echo("stopping: devices go offline, kilowatch commits what is in flight...")
@@ -448,6 +449,27 @@ async def run_demo(
             service_stop.set()
     echo("stopped.")
     return state
+
+
+async def blip_when_delivered(store: Store, fleet: Fleet, clock: CatchUpClock) -> bool:
+    """Reboot the mains once (a power blip: its offline, online and reboot events show on its
+    device page as a real device's would), but only once kilowatch has stored its power of the
+    last minutes: a reboot drops the connection, and with it whatever of the catch-up's backlog
+    still waited in the device's send buffer. ``False`` (no reboot) when that takes longer
+    than :data:`LABEL_WAIT_S`."""
+    mains = fleet.devices[MAINS]
+    try:
+        async with asyncio.timeout(LABEL_WAIT_S):
+            while True:
+                since = int(clock.now()) - 120
+                if await store.power(mains.id, start=since, end=since + 180):
+                    break
+                await asyncio.sleep(CATCH_UP_POLL_S)
+    except TimeoutError:
+        log.warning("the mains' catch-up was not delivered in %.0f s: no reboot", LABEL_WAIT_S)
+        return False
+    await mains.reboot()
+    return True
 
 
 async def label_when_seen(store: Store, device: str, label: str = FRIDGE) -> bool:
