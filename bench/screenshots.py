@@ -1,15 +1,20 @@
 """Screenshots of every dashboard page with realistic data, for the README (docs/screenshots/*.png).
 
 Writes a small home + workshop (plugs, PM Minis, a Pro 3EM main meter with three phases, a PV
-inverter that exports) with 90 days of 15-minute energy through the store API into a temporary
-SQLite file, serves the app on a free port and drives Debian's headless Chromium through the pages.
+inverter that exports) with 90 days of 15-minute energy and the last day's power minutes through
+the store API into a temporary SQLite file, serves the app on a free port and drives Debian's
+headless Chromium through the pages.
 
     PYTHONPATH=src python bench/screenshots.py [--out docs/screenshots]
 
-Or of a running kilowatch, such as ``kilowatch demo`` (its grid meter's untracked energy included):
+Or of a running kilowatch, such as ``kilowatch demo`` (its grid meter's untracked energy, power
+minutes, events, debug log, example alert rules and audit entries included; the README's images
+are shot this way):
 
     PYTHONPATH=src python bench/screenshots.py --url http://127.0.0.1:8000 --user demo \
         --password kilowatch-demo --month 2026-11-01
+
+Only reads: it logs in and looks, never saves anything.
 """
 
 # ruff: noqa: E501 - the device table reads best one device per line
@@ -36,12 +41,15 @@ from kilowatch.model.messages import Event, Reading
 from kilowatch.model.slots import SLOT_SECONDS, SlotEnergy, slot_of
 from kilowatch.query.tariff import Tariff
 from kilowatch.store import Batch, DeviceUpdate, Store, open_store
+from kilowatch.store.protocol import PowerMinute
 from kilowatch.web import create_app, serve_web
 from kilowatch.web.site import SiteSettings, save_site
 
 TZ = "Europe/Berlin"
 USER, PASSWORD = "admin", "screenshot-pass"
 DAYS = 90
+DEVICE_READY = ("#live-state[data-state='live']", "#power-chart[data-drawn]")
+"""The device page is drawn: its live table connected and its power chart drawn."""
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -150,12 +158,27 @@ def build(now: float) -> Batch:
     devices.append(DeviceUpdate(OFFLINE, last_seen=now - 3 * 3600, online=False, mac="84FCE63A4E83",
                                 model="S3PM-001PCEU16", gen=3, fw_ver="1.4.2", name="Garden pump",
                                 source="shelly"))  # fmt: skip
-    events = [
-        Event(EM, now - 3600 * 5, "sys", "config_changed", {"cfg_rev": 12}),
-        Event(EM, now - 86400, "em:0", "ota_success", {"version": "1.4.4"}),
+    events = [  # in the order they happened, as the intake stores them
         Event(EM, now - 86400 - 300, "sys", "ota_progress", {"progress_percent": 100}),
+        Event(EM, now - 86400, "em:0", "ota_success", {"version": "1.4.4"}),
+        Event(EM, now - 3600 * 5, "sys", "config_changed", {"cfg_rev": 12}),
     ]
-    return Batch(slots=slots, devices=devices, latest=latest, events=events)
+    power: list[PowerMinute] = []
+    first = (int(now) // 60 - 24 * 60) * 60
+    for minute in range(first, int(now) // 60 * 60, 60):
+        local = datetime.fromtimestamp(minute, UTC).astimezone(tz)
+        hour = local.hour + local.minute / 60
+        working = local.weekday() < 5 and 8 <= hour < 17
+        wobble = 1 + 0.08 * math.sin(minute / 420)
+        phases = {
+            "a": 40 + (1200 * wobble if working else 0),
+            "b": 20 + (180 if working or 17 <= hour < 21 else 0),
+            "c": 10 + (1400 if working and (minute // 60) % 20 < 7 else 0),
+        }
+        for p, w in phases.items():
+            power.append(PowerMinute(EM, f"em:0/{p}", minute, round(w, 1), 6))
+        power.append(PowerMinute(EM, "em:0", minute, round(sum(phases.values()), 1), 6))
+    return Batch(slots=slots, devices=devices, latest=latest, events=events, power=power)
 
 
 async def seed(store: Store, now: float) -> None:
@@ -226,10 +249,21 @@ def shoot(
         ctx.route("**/*", lambda r: r.continue_() if r.request.url.startswith(base) else r.abort())
         page = ctx.new_page()
 
-        def snap(name: str, path: str, *, full: bool = True, wait: str | None = None) -> None:
+        def snap(
+            name: str,
+            path: str,
+            *,
+            full: bool = True,
+            wait: str | tuple[str, ...] = (),
+            at: str | None = None,
+        ) -> None:
+            """``wait``: selectors that show the page is drawn; ``at``: an element scrolled to
+            the top of the (phone) viewport."""
             page.goto(base + path)
-            if wait:
-                page.wait_for_selector(wait)
+            for selector in (wait,) if isinstance(wait, str) else wait:
+                page.wait_for_selector(selector)
+            if at:
+                page.eval_on_selector(at, "e => window.scrollTo(0, e.offsetTop - 8)")
             file = out / f"{name}.png"
             page.screenshot(path=str(file), full_page=full)
             shots.append(file)
@@ -250,7 +284,11 @@ def shoot(
         snap("energy-month", month_view, wait="#energy-chart[data-drawn]")
         snap("energy-year", "/energy?by=month&view=device", wait="#energy-chart[data-drawn]")
         snap("devices", "/devices")
-        snap("device", f"/devices/{device}?by=day", wait="#live-state[data-state='live']")
+        device_page = f"/devices/{device}?by=day"
+        snap("device", device_page, wait=DEVICE_READY)
+        snap("fleet", "/fleet", wait="#fleet-table")
+        snap("audit", "/fleet/audit")
+        snap("alerts", "/alerts", wait="#alerts-rules")
         snap("settings", "/settings")
         page.set_viewport_size({"width": 390, "height": 844})
         snap("phone-overview", "/", full=False)
@@ -261,6 +299,8 @@ def shoot(
             wait="#energy-chart[data-drawn]",
         )
         snap("phone-devices", "/devices", full=False)
+        snap("phone-fleet", "/fleet", full=False, wait="#fleet-table")
+        snap("phone-device", device_page, full=False, wait=DEVICE_READY, at="#power")
         browser.close()
     return shots
 
