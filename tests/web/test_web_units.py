@@ -151,3 +151,8 @@ def test_the_first_and_last_instants_render() -> None:
     when = jinja_filters(lambda: 0.0)["when"]
     assert when(FIRST_INSTANT) == "0001-01-01 00:00:00 UTC"
     assert when(LAST_INSTANT) == "9999-12-31 23:59:59 UTC"
+    # in a site's zone; where the zone's time is out of datetime's years, in UTC
+    assert when(FIRST_INSTANT, "America/New_York") == "0001-01-01 00:00:00 UTC"
+    assert when(LAST_INSTANT, "Asia/Tokyo") == "9999-12-31 23:59:59 UTC"
+    assert when(1_782_864_000.0, "Europe/Berlin") == "2026-07-01 02:00:00 CEST"
+    assert when(1_767_225_600.0, "Europe/Berlin") == "2026-01-01 01:00:00 CET"

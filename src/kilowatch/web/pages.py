@@ -3,9 +3,11 @@ and the same numbers are in a table (readable without JavaScript, and by tests).
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -418,13 +420,20 @@ def jinja_filters(clock: Any) -> dict[str, Any]:
     def age(ts: float | None) -> str:
         return _fmt_age(instant(ts), clock())
 
-    def when(ts: float | None) -> str:
+    def when(ts: float | None, tz: str | None = None) -> str:
+        """``ts`` as ``YYYY-MM-DD HH:MM:SS`` in the zone ``tz`` (its abbreviation after it), or
+        in UTC; unknown (``–``) for what no datetime holds."""
         # stored times come from devices' clocks: render what no datetime holds as unknown
         at = instant(ts)
         if at is None:
             return "–"
+        moment = datetime.fromtimestamp(at, UTC)
+        if tz is not None:
+            with contextlib.suppress(OverflowError, ValueError):  # the years 1 and 9999: UTC
+                local = moment.astimezone(ZoneInfo(tz))
+                return f"{local.isoformat(' ', 'seconds')[:19]} {local.tzname()}"
         # isoformat: strftime's %Y writes the year 1 as "1" (glibc)
-        return datetime.fromtimestamp(at, UTC).isoformat(" ", "seconds")[:19] + " UTC"
+        return moment.isoformat(" ", "seconds")[:19] + " UTC"
 
     def num(value: float | None, digits: int = 1) -> str:
         return "–" if value is None else f"{value:.{digits}f}"

@@ -11,10 +11,29 @@
   const COLORS = ["#2563eb", "#9333ea", "#db2777", "#ea580c", "#65a30d", "#0891b2", "#4f46e5", "#a16207"];
   const TOTAL_COLOR = "#0f766e";
 
-  function utc(ts) {
+  // Times as the server writes them: "YYYY-MM-DD HH:MM:SS" and the zone's abbreviation, in the
+  // site's zone (data-tz of #journals), or UTC when the browser does not know that zone.
+  const journals = document.getElementById("journals");
+  let stamp = null;
+  try {
+    stamp = new Intl.DateTimeFormat("en-CA", {
+      timeZone: (journals && journals.dataset.tz) || "UTC", year: "numeric", month: "2-digit",
+      day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23",
+      timeZoneName: "short",
+    });
+  } catch (err) {
+    stamp = null;
+  }
+
+  function when(ts) {
     if (typeof ts !== "number" || !Number.isFinite(ts)) return "–";
     const d = new Date(ts * 1000);
     if (Number.isNaN(d.getTime())) return "–";
+    if (stamp !== null) {
+      const p = {};
+      for (const part of stamp.formatToParts(d)) p[part.type] = part.value;
+      return `${p.year}-${p.month}-${p.day} ${p.hour}:${p.minute}:${p.second} ${p.timeZoneName}`;
+    }
     return d.toISOString().replace("T", " ").slice(0, 19) + " UTC";
   }
 
@@ -26,7 +45,7 @@
   }
 
   function timeEl(ts) {
-    const t = el("time", "", utc(ts));
+    const t = el("time", "", when(ts));
     if (ts !== undefined) t.title = String(ts);
     return t;
   }
