@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from webseed import ADMIN, NOW, PLUG, TZ, client_for, login, users_meta
+from webseed import ADMIN, LAB_PROFILE, NOW, PLUG, TZ, client_for, login, users_meta
 
 from kilowatch.accounts.tokens import create_token
 from kilowatch.accounts.users import USERS_KEY, Role
@@ -26,14 +26,6 @@ from kilowatch.web import create_app
 
 HOST = "127.0.93.1"
 JOB_TIMEOUT_S = 60.0
-PROFILE = """\
-[select]
-match = ["room=lab"]
-
-[system]
-name = "{{ device.name }}"
-tz = "Europe/Vienna"
-"""
 
 
 # --- without the service --------------------------------------------------------------------
@@ -126,7 +118,7 @@ async def fleet_site(tmp_path: Path, devices: int = 2) -> AsyncIterator[tuple[Fa
     settings = service_settings(tmp_path)
     profiles = Path(settings.data_dir) / "profiles"
     profiles.mkdir(parents=True)
-    (profiles / "lab.toml").write_text(PROFILE)
+    (profiles / "lab.toml").write_text(LAB_PROFILE)
     (profiles / "broken.toml").write_text("[system]\nname = 42\n")
     async with (
         running_service(settings) as running,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from browserkit import LoopThread, chromium, log_in
-from webseed import ADMIN, users_meta
+from webseed import ADMIN, LAB_PROFILE, users_meta
 
 from kilowatch.accounts.users import USERS_KEY
 from kilowatch.broker.mosquitto import find_mosquitto
@@ -30,14 +30,6 @@ pytestmark = [
 TIMEOUT_MS = 30_000
 HOST = "127.0.93.2"
 DEVICES = 3
-PROFILE = """\
-[select]
-match = ["room=lab"]
-
-[system]
-name = "{{ device.name }}"
-tz = "Europe/Vienna"
-"""
 
 
 class ServiceThread(LoopThread):
@@ -60,7 +52,7 @@ class ServiceThread(LoopThread):
         settings = service_settings(self.tmp, http_host="127.0.0.1", http_port=0)
         profiles = Path(settings.data_dir) / "profiles"
         profiles.mkdir(parents=True)
-        (profiles / "lab.toml").write_text(PROFILE)
+        (profiles / "lab.toml").write_text(LAB_PROFILE)
         async with open_store(settings.store_url) as store:  # users before the app's first start
             await store.put_meta(USERS_KEY, users_meta())
 

@@ -22,6 +22,15 @@ VIEWER = ("victor", "victor-password-1")
 PLUG = "shellyplugsg3-aabbccddeeff"
 EM = "shellypro3em-112233445566"
 ESTIMATED_HOUR = 5
+LAB_PROFILE = """\
+[select]
+match = ["room=lab"]
+
+[system]
+name = "{{ device.name }}"
+tz = "Europe/Vienna"
+"""
+"""A fleet profile for the devices in room ``lab``: their name and time zone (the fleet tests)."""
 
 
 def hour_start(day: int, hour: int, month: int = 3) -> int:
